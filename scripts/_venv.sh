@@ -1,0 +1,28 @@
+# Sourced by scripts/*.sh: creates .venv from requirements.txt when missing or stale.
+# Idempotent: a stamp with the hash of requirements.txt skips pip when nothing changed.
+# Env: STRATUS_PYTHON (interpreter used to create the venv, default python3).
+set -euo pipefail
+STRATUS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${STRATUS_ROOT}/.venv"
+stamp="${VENV}/.requirements.sha256"
+want="$(sha256sum "${STRATUS_ROOT}/requirements.txt" | cut -d' ' -f1)"
+if [[ ! -x "${VENV}/bin/python" ]]; then
+  echo "[setup] creating ${VENV}" >&2
+  "${STRATUS_PYTHON:-python3}" -m venv "${VENV}"
+fi
+if [[ ! -f "${stamp}" || "$(cat "${stamp}")" != "${want}" ]]; then
+  echo "[setup] installing requirements.txt into ${VENV} (first run takes a few minutes)" >&2
+  "${VENV}/bin/python" -m pip install --quiet --upgrade pip
+  "${VENV}/bin/python" -m pip install --quiet -r "${STRATUS_ROOT}/requirements.txt"
+  echo "${want}" > "${stamp}"
+fi
+export PATH="${VENV}/bin:${PATH}"
+export PYTHONPATH="${STRATUS_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+# DeepSpeed picks its accelerator from this; CPU unless a CUDA device is visible.
+if [[ -z "${DS_ACCELERATOR:-}" ]]; then
+  if "${VENV}/bin/python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    export DS_ACCELERATOR=cuda
+  else
+    export DS_ACCELERATOR=cpu
+  fi
+fi
