@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,16 +66,12 @@ def _check_values(x: np.ndarray, y: np.ndarray, name: str, columns: list[str] | 
         row, col = (int(v) for v in np.argwhere(bad)[0])
         col_name = columns[col] if columns else f"column {col}"
         raise DataError(
-            f"{name}: row {row + 1}, {col_name} is {x[row, col]} (NaN/inf); "
-            "replace or drop non-finite values"
+            f"{name}: row {row + 1}, {col_name} is {x[row, col]} (NaN/inf); replace or drop non-finite values"
         )
     bad_y = ~np.isin(y, (0.0, 1.0))
     if bad_y.any():
         row = int(np.argmax(bad_y))
-        raise DataError(
-            f"{name}: row {row + 1} has label {y[row]!r}; labels must be 0 or 1 for binary "
-            "classification"
-        )
+        raise DataError(f"{name}: row {row + 1} has label {y[row]!r}; labels must be 0 or 1 for binary classification")
 
 
 def _load_npz(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -169,14 +166,14 @@ def _read_source(source: str) -> tuple[Path, bool]:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    tmp = tempfile.NamedTemporaryFile(suffix=Path(key).suffix, delete=False)
-    tmp.close()
+    fd, tmp_name = tempfile.mkstemp(suffix=Path(key).suffix)
+    os.close(fd)
     try:
-        boto3.client("s3").download_file(bucket, key, tmp.name)
+        boto3.client("s3").download_file(bucket, key, tmp_name)
     except (ClientError, BotoCoreError) as e:
-        Path(tmp.name).unlink(missing_ok=True)
+        Path(tmp_name).unlink(missing_ok=True)
         raise DataError(f"{source}: cannot download ({e}); check the bucket, key and credentials") from None
-    return Path(tmp.name), True
+    return Path(tmp_name), True
 
 
 def load_arrays(cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
