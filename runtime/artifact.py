@@ -136,11 +136,7 @@ def _check_tensors(manifest: dict, key: str) -> None:
                 f"of {sorted(DATATYPES)}"
             )
         shape = spec.get("shape")
-        if (
-            not isinstance(shape, list)
-            or not shape
-            or any(type(d) is not int or d < -1 or d == 0 for d in shape)
-        ):
+        if not isinstance(shape, list) or not shape or any(type(d) is not int or d < -1 or d == 0 for d in shape):
             raise ArtifactError(
                 f"{MANIFEST}: {key} {spec['name']!r} shape {shape!r} must be a list of positive "
                 "ints or -1 (variable), e.g. [-1, 1000]"
@@ -156,9 +152,7 @@ def parse_manifest(text: str | bytes) -> dict:
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{MANIFEST}: must be a JSON object")
     if manifest.get("format") != FORMAT:
-        raise ArtifactError(
-            f"{MANIFEST}: format {manifest.get('format')!r} is not {FORMAT!r}; re-export the model"
-        )
+        raise ArtifactError(f"{MANIFEST}: format {manifest.get('format')!r} is not {FORMAT!r}; re-export the model")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{MANIFEST}: 'files' must be a non-empty object")
@@ -171,9 +165,7 @@ def parse_manifest(text: str | bytes) -> dict:
             or type(entry.get("size")) is not int
             or entry["size"] < 0
         ):
-            raise ArtifactError(
-                f"{rel}: manifest entry {entry!r} needs 'sha256' (64 lowercase hex) and 'size' (int)"
-            )
+            raise ArtifactError(f"{rel}: manifest entry {entry!r} needs 'sha256' (64 lowercase hex) and 'size' (int)")
     _check_tensors(manifest, "inputs")
     _check_tensors(manifest, "outputs")
     if "model_name" in manifest and not isinstance(manifest["model_name"], str):
@@ -252,9 +244,7 @@ def verify_artifact(version_dir: Path) -> dict:
             raise ArtifactError(f"{rel}: resolves outside {version_dir}")
         want = listed[rel]
         if path.stat().st_size != want["size"]:
-            raise ArtifactError(
-                f"{rel}: modified (size {path.stat().st_size}, manifest says {want['size']})"
-            )
+            raise ArtifactError(f"{rel}: modified (size {path.stat().st_size}, manifest says {want['size']})")
         sha, _ = sha256_file(path)
         if sha != want["sha256"]:
             raise ArtifactError(f"{rel}: modified (sha256 {sha} != manifest {want['sha256']})")
@@ -265,9 +255,7 @@ def _pbtxt_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def config_pbtxt(
-    model_name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int = 0
-) -> str:
+def config_pbtxt(model_name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int = 0) -> str:
     """Triton model configuration text for an ONNX Runtime model.
 
     Args:
