@@ -1,0 +1,1 @@
+"""Pulumi components and pure helpers of the stratus AWS stack (see ARCHITECTURE.md)."""
