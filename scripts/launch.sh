@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Train (DeepSpeed ZeRO), then export (prune + int8 ONNX + gate) and publish the model.
+#
+#   ./scripts/launch.sh                         # mlp-binary, 2 local ranks, ZeRO-2 + optimizer offload
+#   ./scripts/launch.sh --zero-stage 3 --offload all --run-name z3
+#   ./scripts/launch.sh --resume --run-name z3  # continue after a crash or preemption (exit 75)
+#   ./scripts/launch.sh --dry-run               # print the DeepSpeed config and command, start nothing
+#   ./scripts/launch.sh -- --set epochs=2       # anything after -- goes to `python -m runtime train`
+#   ./scripts/launch.sh --stack dev             # the same on the stack's training nodes (see --help)
+#
+# Env: STRATUS_PYTHON (python used to create .venv), DS_ACCELERATOR (cpu|cuda; detected),
+#      STRATUS_MODEL_REPO (publish target, default runs/model-repo; s3://bucket/prefix works).
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: scripts/launch.sh [options] [-- extra `runtime train` arguments]
+
+Sets up .venv from requirements.txt when missing, validates config and data, trains with
+DeepSpeed ZeRO data parallelism through DeepSpeed's launcher, then exports and publishes.
+
+options:
+  --preset NAME         training preset (default mlp-binary; also mlp-large)
+  --nproc N             local ranks (default 2)
+  --zero-stage {0,1,2,3}
+                        ZeRO stage (default 2): 1 shards optimizer state, 2 also gradients,
+                        3 also parameters (each rank owns a shard, like a parameter server)
+  --offload {none,optimizer,all}
+                        CPU offload (default optimizer; all = optimizer + parameters, ZeRO-3)
+  --data PATH|s3://...  training data (.npz with x,y or .csv with a `label` column)
+  --run-name NAME       run directory runs/NAME (default: the preset name)
+  --resume              continue from the newest verified checkpoint of the run
+  --no-export           train only; skip export and publish
+  --stack NAME          run on the training nodes of Pulumi stack NAME through SSM (no SSH)
+  --dry-run             validate, print the generated DeepSpeed config and the command; run nothing
+  -h, --help            this help
+
+exit codes: 0 done; 2 bad config/data; 3 no usable checkpoint to resume; 75 preempted
+(a checkpoint was committed: rerun with --resume).
+EOF
+}
+
+preset=mlp-binary nproc=2 zero_stage="" offload="" data="" run_name="" resume=0 export=1 stack="" dry_run=0
+extra=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --preset) preset="$2"; shift 2 ;;
+    --nproc) nproc="$2"; shift 2 ;;
+    --zero-stage) zero_stage="$2"; shift 2 ;;
+    --offload) offload="$2"; shift 2 ;;
+    --data) data="$2"; shift 2 ;;
+    --run-name) run_name="$2"; shift 2 ;;
+    --resume) resume=1; shift ;;
+    --no-export) export=0; shift ;;
+    --stack) stack="$2"; shift 2 ;;
+    --dry-run) dry_run=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "launch.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+cd "${STRATUS_ROOT}"
+
+train_args=(--preset "${preset}" --nproc "${nproc}")
+[[ -n "${zero_stage}" ]] && train_args+=(--set "parallel.zero_stage=${zero_stage}")
+[[ -n "${offload}" ]] && train_args+=(--set "parallel.offload=${offload}")
+[[ -n "${data}" ]] && train_args+=(--data "${data}")
+[[ -n "${run_name}" ]] && train_args+=(--run-name "${run_name}")
+[[ ${resume} == 1 ]] && train_args+=(--resume)
+train_args+=("${extra[@]}")
+run_dir="runs/${run_name:-${preset}}"
+repo="${STRATUS_MODEL_REPO:-runs/model-repo}"
+
+if [[ -n "${stack}" ]]; then
+  remote_args=(--stack "${stack}")
+  [[ ${dry_run} == 1 ]] && remote_args+=(--dry-run)
+  exec python -m runtime.remote "${remote_args[@]}" -- "${train_args[@]}"
+fi
+
+if [[ ${dry_run} == 1 ]]; then
+  python -m runtime train "${train_args[@]}" --dry-run
+  if [[ ${export} == 1 && -f runtime/export.py ]]; then
+    echo "then: python -m runtime export --run-dir ${run_dir} --publish ${repo}"
+  fi
+  exit 0
+fi
+
+echo "[launch] training ${preset} on ${nproc} rank(s) (DS_ACCELERATOR=${DS_ACCELERATOR})"
+python -m runtime train "${train_args[@]}"
+
+if [[ ${export} == 1 && -f runtime/export.py ]]; then
+  echo "[launch] exporting ${run_dir} and publishing to ${repo}"
+  python -m runtime export --run-dir "${run_dir}" --publish "${repo}"
+fi
+echo "[launch] done: ${run_dir} (metrics.csv, training.png, summary.json, checkpoints/)"
