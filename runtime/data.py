@@ -58,7 +58,10 @@ def make_builtin(num_samples: int, num_features: int, seed: int) -> tuple[np.nda
     return x.astype(np.float32), y
 
 
-def _check_values(x: np.ndarray, y: np.ndarray, name: str, columns: list[str] | None) -> None:
+def _check_values(
+    x: np.ndarray, y: np.ndarray, name: str, columns: list[str] | None, unit: str = "row", first: int = 1
+) -> None:
+    """Reject empty data, non-finite features and non-0/1 labels; rows are numbered from `first`."""
     if x.shape[0] == 0:
         raise DataError(f"{name}: no rows; add at least one sample")
     bad = ~np.isfinite(x)
@@ -66,12 +69,14 @@ def _check_values(x: np.ndarray, y: np.ndarray, name: str, columns: list[str] | 
         row, col = (int(v) for v in np.argwhere(bad)[0])
         col_name = columns[col] if columns else f"column {col}"
         raise DataError(
-            f"{name}: row {row + 1}, {col_name} is {x[row, col]} (NaN/inf); replace or drop non-finite values"
+            f"{name}: {unit} {row + first}, {col_name} is {x[row, col]} (NaN/inf); replace or drop non-finite values"
         )
     bad_y = ~np.isin(y, (0.0, 1.0))
     if bad_y.any():
         row = int(np.argmax(bad_y))
-        raise DataError(f"{name}: row {row + 1} has label {y[row]!r}; labels must be 0 or 1 for binary classification")
+        raise DataError(
+            f"{name}: {unit} {row + first} has label {float(y[row])!r}; labels must be 0 or 1 for binary classification"
+        )
 
 
 def _load_npz(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -145,11 +150,7 @@ def _load_csv(text: str, name: str, label_column: str) -> tuple[np.ndarray, np.n
     x = np.delete(table, label_at, axis=1)
     with np.errstate(over="ignore"):
         x32 = x.astype(np.float32)
-    # Report CSV line numbers (header is line 1) for value errors too.
-    try:
-        _check_values(x32, y, name, features)
-    except DataError as e:
-        raise DataError(str(e).replace(": row ", ": data row ", 1)) from None
+    _check_values(x32, y, name, features, unit="line", first=2)  # the header is line 1
     return x32, y
 
 

@@ -7,6 +7,7 @@ all-reduce at each step boundary, so all of them take part in the final checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -50,10 +51,8 @@ def run_launcher(cmd: list[str]) -> int:
 
     def forward(signum, frame) -> None:  # noqa: ARG001
         for rank in _rank_processes(root):
-            try:
+            with contextlib.suppress(psutil.Error):
                 rank.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
 
     previous = signal.signal(signal.SIGTERM, forward)
     # Ctrl-C reaches every process of the foreground group by itself; just don't die before them.
