@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,7 +120,7 @@ def _convert(key: str, type_name: str, raw: Any) -> Any:
                 raise ValueError
             return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
         if base == "float":
-            if isinstance(raw, bool):
+            if isinstance(raw, bool) or not math.isfinite(float(raw)):
                 raise ValueError
             return float(raw)
         if base == "tuple[str, ...]":
@@ -131,9 +132,12 @@ def _convert(key: str, type_name: str, raw: Any) -> Any:
         pass
     else:
         raise AssertionError(f"no converter for field type {type_name}")
-    example = {"str": "text", "bool": "true", "int": "4", "float": "12.5"}
-    expected = "a list of strings" if base.startswith("tuple") else f"a {base}"
-    hint = '["10.0.0.0/16"]' if base.startswith("tuple") else example.get(base, "")
+    expected, hint = {
+        "str": ("a non-empty string", "text"),
+        "bool": ("true or false", "true"),
+        "int": ("an integer", "4"),
+        "float": ("a number", "12.5"),
+    }.get(base, ("a list of strings", '["10.0.0.0/16"]'))
     raise ConfigError(key, f"{raw!r} is not {expected}", f"set it like `{hint}`")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from pulumi.runtime import settings
+from pulumi.runtime import rpc, settings
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
@@ -29,6 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "__main__.py"
 ACCOUNT_ID = "123456789012"
 S3_PREFIX_LIST = "pl-63a5400a"
+
+
+def _reveal(value: Any) -> Any:
+    """Unwrap Pulumi's secret envelopes, as the engine does before handing props to policies."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return _reveal(value["value"])
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    return value
 
 
 def _tag(text: str, n: int = 17) -> str:
@@ -49,6 +60,7 @@ class StratusMocks(pulumi.runtime.Mocks):
         self.zones = [f"{region}{z}" for z in "abcd"]
         self.offerings = dict(offerings or {})
         self._next_ip = 10
+        self.invokes: list[tuple[str, dict]] = []
 
     def new_resource(self, args: MockResourceArgs) -> tuple[str, dict]:
         """Return an id and the resource's state: its inputs plus AWS-computed outputs."""
@@ -96,6 +108,7 @@ class StratusMocks(pulumi.runtime.Mocks):
     def call(self, args: MockCallArgs) -> dict:
         """Answer the invokes the program makes; any other invoke is a test failure."""
         invoke, a = args.token, args.args
+        self.invokes.append((invoke, dict(a)))
         if invoke == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/ci",
                     "userId": "AIDAMOCK", "id": ACCOUNT_ID}  # fmt: skip
@@ -146,10 +159,10 @@ class RecordingMonitor(MockMonitor):
         if request.type != "pulumi:pulumi:Stack":
             registration = self.resources[response.urn]
             deps = {k: list(v.urns) for k, v in request.propertyDependencies.items()}
-            inputs = pulumi.runtime.rpc.deserialize_properties(request.object)
+            inputs = _reveal(rpc.deserialize_properties(request.object))
             self.recorded.append(Registered(
-                response.urn, request.type, request.name, registration.id, dict(inputs),
-                dict(registration.state), request.parent, bool(request.custom), deps,
+                response.urn, request.type, request.name, registration.id, inputs,
+                _reveal(dict(registration.state)), request.parent, bool(request.custom), deps,
             ))  # fmt: skip
         return response
 

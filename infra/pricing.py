@@ -239,7 +239,7 @@ def enforce_budget(estimate: CostEstimate, max_hourly_usd: float | None) -> None
     if estimate.total_usd_per_hour > cap:
         raise BudgetExceededError(
             "max-hourly-usd",
-            f"the estimated cost {estimate.total_usd_per_hour} USD/h is above the cap of {cap} USD/h",
+            f"the estimated cost {estimate.total_usd_per_hour} USD/h is above the cap of {cap.normalize():f} USD/h",
             "choose fewer or smaller instances (lower `trainer-count`, a smaller "
             "`trainer-instance-type`), use spot with a lower `trainer-spot-max-price`, or raise "
             "`max-hourly-usd`. Breakdown:\n" + estimate.table(),
