@@ -1,0 +1,90 @@
+"""Real DeepSpeed training on the CPU: 2 ranks, ZeRO stage x offload matrix, resume, bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.runtime.conftest import SHORT_RUN, ZERO_MATRIX, read_metrics, run_train
+
+pytestmark = pytest.mark.deepspeed
+
+
+@pytest.mark.parametrize("run_id", list(ZERO_MATRIX))
+def test_zero_matrix_trains_two_ranks_with_falling_loss(zero_runs, run_id):
+    run_dir = zero_runs.get(run_id)
+    rows = read_metrics(run_dir)
+    losses = [float(r["loss"]) for r in rows]
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
+    summary = zero_runs.summary(run_id)
+    stage, offload = ZERO_MATRIX[run_id]
+    assert (summary["world_size"], summary["zero_stage"], summary["offload"]) == (2, stage, offload)
+    assert summary["global_batch_size"] == 32 and summary["micro_batch_size"] == 16
+    assert (run_dir / "training.png").stat().st_size > 1000
+    assert (run_dir / "checkpoints" / "latest").read_text() == "global_step12"
+
+
+def test_zero3_each_rank_holds_about_half_of_the_parameters(zero_runs):
+    """The parameter-server idea in ZeRO-3 form: each rank owns a shard; others fetch it on demand."""
+    z3 = zero_runs.summary("z3-none")
+    total, held = z3["num_parameters"], z3["params_held_per_rank"]
+    assert len(held) == 2
+    for h in held:
+        assert 0.45 * total <= h <= 0.55 * total, (total, held)
+    assert total <= sum(held) <= total + 2 * 4  # padding: at most one element per tensor per rank
+    z2 = zero_runs.summary("z2-none")  # ZeRO-2 partitions optimizer state, but every rank has all params
+    assert z2["params_held_per_rank"] == [z2["num_parameters"]] * 2
+
+
+def test_resume_in_a_new_process_continues_step_and_loss(zero_runs, tmp_path):
+    straight = zero_runs.get("z2-optimizer")
+    resumed = tmp_path / "z2-optimizer"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "global_step12")  # as if the run had stopped at step 6
+    result = run_train(
+        tmp_path, "z2-optimizer", *SHORT_RUN, "parallel.zero_stage=2", "parallel.offload=optimizer", args=("--resume",)
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resumed" in result.stdout and "at step 6" in result.stdout
+    before = {int(r["step"]): float(r["loss"]) for r in read_metrics(straight)}
+    after = {int(r["step"]): float(r["loss"]) for r in read_metrics(resumed)}
+    assert sorted(after) == list(range(1, 13))
+    for step in range(7, 13):
+        assert after[step] == pytest.approx(before[step], abs=1e-6), (step, before, after)
+
+
+def test_existing_run_is_not_restarted_without_resume(zero_runs, tmp_path):
+    shutil.copytree(zero_runs.get("z2-none"), tmp_path / "z2-none")
+    result = run_train(tmp_path, "z2-none", *SHORT_RUN)
+    assert result.returncode == 2
+    assert "already has checkpoints" in result.stdout + result.stderr and "--resume" in result.stdout + result.stderr
+    assert "deepspeed.launcher" not in result.stdout + result.stderr
+
+
+def test_resume_with_no_valid_checkpoint_fails_loudly(zero_runs, tmp_path):
+    shutil.copytree(zero_runs.get("z2-none"), tmp_path / "z2-none")
+    for tag in (tmp_path / "z2-none" / "checkpoints").glob("global_step*"):
+        state = next(tag.glob("*optim_states.pt"))
+        state.write_bytes(state.read_bytes()[:100])  # truncated
+    result = run_train(tmp_path, "z2-none", *SHORT_RUN, args=("--resume",))
+    assert result.returncode == 3, result.stdout[-3000:]
+    assert "no verified checkpoint" in result.stdout and "truncated" in result.stdout
+
+
+def test_bad_data_fails_before_any_process_group_starts(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,label\n1,2,0\n1,2,7\n")
+    result = run_train(tmp_path, "bad", args=("--data", str(bad)))
+    assert result.returncode == 2
+    assert f"{bad}: line 3 has label 7.0; labels must be 0 or 1" in result.stdout + result.stderr
+    assert "deepspeed.launcher" not in result.stdout + result.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_dry_run_prints_config_and_command_and_starts_nothing(tmp_path):
+    result = run_train(tmp_path, "dry", "parallel.zero_stage=3", args=("--dry-run",))
+    assert result.returncode == 0, result.stderr
+    assert '"stage": 3' in result.stdout and "deepspeed.launcher.runner --num_gpus 2" in result.stdout
+    assert not (tmp_path / "dry").exists()
