@@ -189,6 +189,25 @@ class ProgramRun:
         return [r for r in self.of_type(typ) if target.urn in r.property_dependencies.get(prop, [])]
 
 
+def load_stack_config(path: str | Path) -> dict[str, Any]:
+    """The `config:` mapping of a stack file such as `Pulumi.example.yaml`.
+
+    Raises:
+        ValueError: the file has no `config:` mapping or holds encrypted (`secure:`) values,
+            which only the Pulumi CLI can decrypt.
+    """
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    config = data.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: no `config:` mapping; see Pulumi.example.yaml")
+    secure = [k for k, v in config.items() if isinstance(v, dict) and "secure" in v]
+    if secure:
+        raise ValueError(f"{path}: encrypted values {secure} need the Pulumi CLI; stratus config has no secrets")
+    return config
+
+
 def config_strings(config: Mapping[str, Any], namespace: str = "stratus") -> dict[str, str]:
     """Turn a stack-file `config:` mapping into Pulumi's string config (lists as JSON)."""
     out = {}

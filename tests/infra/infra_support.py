@@ -5,16 +5,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-import yaml
-
-from infra.offline import ROOT, ProgramRun, Registered
+from infra.offline import ROOT, ProgramRun, Registered, load_stack_config
 
 EXAMPLE = ROOT / "Pulumi.example.yaml"
 
 
 def example_config(**overrides) -> dict:
     """The config of Pulumi.example.yaml with `overrides` (kebab keys; None removes a key)."""
-    config = dict(yaml.safe_load(EXAMPLE.read_text())["config"])
+    config = load_stack_config(EXAMPLE)
     for key, value in overrides.items():
         full = key if ":" in key else f"stratus:{key}"
         if value is None:
