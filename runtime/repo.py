@@ -175,17 +175,23 @@ class S3Repo:
             args["SSEKMSKeyId"] = self.kms_key_id
         return args
 
+    def _upload_error(self, key: str, e: Exception) -> PublishError:
+        error = self._error("uploading", key, e)
+        if not self.kms_key_id and "AccessDenied" in str(e):
+            error.args = (f"{error}; the stack's bucket policy requires --kms-key-id <kms_key_arn>",)
+        return error
+
     def put_file(self, key: str, src: Path) -> None:
         try:
             self.client.upload_file(str(src), self.bucket, self.key(key), ExtraArgs=self._sse_args())
         except Exception as e:
-            raise self._error("uploading", key, e) from e
+            raise self._upload_error(key, e) from e
 
     def put_bytes(self, key: str, data: bytes) -> None:
         try:
             self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data, **self._sse_args())
         except Exception as e:
-            raise self._error("uploading", key, e) from e
+            raise self._upload_error(key, e) from e
 
     def write_latest(self, model: str, version: int) -> None:
         self.put_bytes(f"{model}/{LATEST}", f"{version}\n".encode())

@@ -13,9 +13,11 @@ deflate decompression) and a body that arrives too slowly is cut off (408).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -27,7 +29,6 @@ from runtime.artifact import DATATYPES
 from runtime.serve_model import LoadedModel, ModelManager
 from runtime.serve_protocol import Limits, RequestError, decode_infer_request, encode_infer_response
 
-access_log = logging.getLogger("stratus.access")
 log = logging.getLogger("stratus.serve")
 
 SERVER_NAME = "stratus"
@@ -45,7 +46,12 @@ class Route:
 
     @property
     def segments(self) -> tuple[str, ...]:
-        return tuple(self.path.strip("/").split("/"))
+        return _segments(self.path)
+
+
+@functools.cache
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(path.strip("/").split("/"))
 
 
 ROUTES: tuple[Route, ...] = (
@@ -63,8 +69,11 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+@functools.lru_cache(maxsize=512)
 def match_route(method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
-    """Return (route, path params, path_exists). `path_exists` with no route means 405."""
+    """Return (route, path params, path_exists). `path_exists` with no route means 405.
+
+    Cached (bounded LRU): callers must not mutate the returned params."""
     parts = tuple(path.strip("/").split("/"))
     path_exists = False
     for route in ROUTES:
@@ -133,6 +142,39 @@ class Metrics:
             self.reload_failures.labels(reason).inc()
 
 
+class AccessLog:
+    """Structured access log: one JSON object per request, written in batches.
+
+    Lines are buffered and flushed every `flush_interval` seconds (or at 64 KiB), like nginx's
+    `access_log ... buffer=`: a write per request would cost more than the request itself.
+    """
+
+    def __init__(self, stream=None, flush_interval: float = 0.2):
+        self.stream = stream or sys.stderr
+        self.flush_interval = flush_interval
+        self._lines: list[str] = []
+        self._size = 0
+        self._scheduled = False
+
+    def write(self, entry: dict) -> None:
+        line = orjson.dumps(entry).decode()
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size > 65536:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._lines:
+            self.stream.write("\n".join(self._lines) + "\n")
+            self.stream.flush()
+            self._lines.clear()
+            self._size = 0
+
+
 class _Disconnected(Exception):
     pass
 
@@ -149,6 +191,7 @@ class ServeApp:
         limits: per-request tensor caps.
         max_body_bytes: cap on the (decompressed) request body.
         body_timeout: seconds allowed for a body that arrives in more than one piece.
+        access_log: where to write one JSON line per request; None disables it.
     """
 
     def __init__(
@@ -160,8 +203,10 @@ class ServeApp:
         limits: Limits,
         max_body_bytes: int,
         body_timeout: float = 30.0,
+        access_log: AccessLog | None = None,
     ):
         self.manager = manager
+        self.access_log = access_log
         self.metrics = metrics
         self.limits = limits
         self.max_body_bytes = max_body_bytes
@@ -223,23 +268,22 @@ class ServeApp:
             await send({"type": "http.response.body", "body": body})
         elapsed = time.perf_counter() - start
         self.metrics.observe(route_name, status, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
+        if self.access_log is not None:
             client = scope.get("client") or ("", 0)
-            access_log.info(
-                orjson.dumps(
-                    {
-                        "ts": round(time.time(), 3),
-                        "event": "access",
-                        "client": client[0],
-                        "method": method,
-                        "path": path[:256],
-                        "route": route_name,
-                        "status": status,
-                        "ms": round(elapsed * 1e3, 3),
-                        "bytes_out": len(body),
-                        "model_version": version,
-                    }
-                ).decode()
+            self.access_log.write(
+                {
+                    "ts": round(time.time(), 3),
+                    "level": "info",
+                    "logger": "stratus.access",
+                    "client": client[0],
+                    "method": method,
+                    "path": path[:256],
+                    "route": route_name,
+                    "status": status,
+                    "ms": round(elapsed * 1e3, 3),
+                    "bytes_out": len(body),
+                    "model_version": version,
+                }
             )
 
     async def _lifespan(self, receive, send) -> None:
@@ -250,6 +294,8 @@ class ServeApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.manager.stop()
+                if self.access_log is not None:
+                    self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -77,6 +77,7 @@ class Server:
     log_path: Path
     repo: str
     serving_version: int = 1
+    token_file: Path | None = None
     artifacts: dict[int, Path] = field(default_factory=dict)
 
     @property
@@ -176,6 +177,7 @@ def server(tmp_path_factory, artifacts) -> Server:
     env = {k: v for k, v in os.environ.items() if k != "STRATUS_SERVE_TOKEN"}
     srv = start_server(str(repo), root / "server.log", ["--token-file", str(token_file), "--poll-interval", "0.2"], env)
     srv.artifacts = {1: artifacts[1]}
+    srv.token_file = token_file
     try:
         srv.wait_for(srv.is_ready, "readiness")
         yield srv

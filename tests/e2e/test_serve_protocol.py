@@ -174,7 +174,7 @@ def test_metrics_and_access_log(server):
     assert re.search(r"^stratus_model_ready 1\.0$", text, re.M)
     assert "stratus_model_reload_failures" in text
     server.wait_for(lambda: "/v2/models/nope" in server.log_path.read_text(), "access log line")
-    access = [r for r in server.log_records() if r.get("event") == "access"]
+    access = [r for r in server.log_records() if r.get("logger") == "stratus.access"]
     nope = [r for r in access if r["path"] == "/v2/models/nope"][-1]
     assert nope["status"] == 404 and nope["method"] == "GET" and nope["ms"] >= 0
     assert server.token not in server.log_path.read_text()

@@ -6,10 +6,12 @@ import gzip
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import zlib
 
+import httpx
 import pytest
 
 from runtime.serve import TokenError, load_token
@@ -95,6 +97,27 @@ def test_token_sources(tmp_path):
         load_token(None, None, environ={"STRATUS_SERVE_TOKEN": "short"})
     with pytest.raises(TokenError, match="cannot read"):
         load_token(str(tmp_path / "missing"), None, environ={})
+
+
+def test_token_rotation_on_sighup(server):
+    """`kill -HUP` re-reads the token source: the old token stops working, the new one works."""
+    old, new = server.token, "rotated-token-" + "r" * 32
+    server.token_file.write_text(new)
+    try:
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for(
+            lambda: httpx.get(f"{server.url}/v2", headers={"Authorization": f"Bearer {new}"}).status_code == 200,
+            "rotation",
+        )
+        assert httpx.get(f"{server.url}/v2", headers={"Authorization": f"Bearer {old}"}).status_code == 401
+        server.token = new
+        # a broken source keeps the current token instead of locking everyone out
+        server.token_file.write_text("short")
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for(lambda: "token reload failed" in server.log_path.read_text(), "failed reload logged")
+        assert httpx.get(f"{server.url}/v2", headers=server.auth).status_code == 200
+    finally:
+        server.token_file.write_text(server.token)
 
 
 def test_server_refuses_to_start_without_token(tmp_path):
