@@ -19,6 +19,7 @@ import os
 import random
 import re
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ LATEST = "latest"
 STATE = "train_state.json"
 CONFIG = "train_config.json"
 _TAG_RE = re.compile(r"^global_step(\d+)$")
+# Crash tests set STRATUS_FAILPOINT=kill-during-save:<rank>:<step>: that rank SIGKILLs itself after
+# writing its DeepSpeed shards of that step and before the commit agreement, like a reclaimed node.
+_failpoint = os.environ.get("STRATUS_FAILPOINT", "")
 
 log = get_logger()
 
@@ -256,6 +260,8 @@ def commit(
     error = None
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
+        if _failpoint == f"kill-during-save:{rank}:{step}":
+            os.kill(os.getpid(), signal.SIGKILL)
         (tag_dir / "rng").mkdir(parents=True, exist_ok=True)
         atomic_write(tag_dir / "rng" / f"rank{rank}.json", json.dumps(rng_state()).encode())
     except Exception as e:  # any failure of this rank must reach the agreement below
