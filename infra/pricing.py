@@ -167,7 +167,7 @@ class CostEstimate:
             rows.append(f"{line.item:<44} {line.quantity:>8} {line.unit_usd_per_hour:>12.6f} {line.usd_per_hour:>10}")
         rows.append(f"{'total':<44} {'':>8} {'':>12} {self.total_usd_per_hour:>10}")
         if self.run_hours is not None:
-            rows.append(f"estimated run cost for {self.run_hours} h: {self.run_usd} USD")
+            rows.append(f"estimated run cost for {self.run_hours.normalize():f} h: {self.run_usd} USD")
         rows.append(
             f"prices: AWS on-demand list prices as of {PRICES_AS_OF}; data transfer, NAT data "
             "processing and API requests are usage-dependent and not included"
