@@ -78,7 +78,8 @@ class Storage(pulumi.ComponentResource):
         self.key_arn = self.key.arn
         aws.kms.Alias(
             f"{name}-key-alias",
-            name=f"alias/{args.name_prefix}",
+            # Alias names allow [A-Za-z0-9/_-] only; stack names may also hold dots.
+            name="alias/" + re.sub(r"[^A-Za-z0-9/_-]", "-", args.name_prefix),
             target_key_id=self.key.key_id,
             opts=child(self),
         )

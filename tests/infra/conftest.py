@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-from infra_support import EFA_SPOT_EGRESS, example_config
+import sys
+from pathlib import Path
 
-from infra.offline import ProgramRun, run_program
+import pytest
+
+# The helper modules next to this file (infra_support, infra_checks, iam_sim) import by plain
+# name whether or not tests/ is laid out as a package.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from infra_support import EFA_SPOT_EGRESS, example_config  # noqa: E402
+
+from infra.offline import ProgramRun, run_program  # noqa: E402
 
 
 @pytest.fixture(scope="session")
