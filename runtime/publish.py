@@ -1,6 +1,6 @@
 """`python -m runtime publish`: publish a verified artifact into a model repository.
 
-    python -m runtime publish --artifact runs/export/mlp-binary --repo runs/model-repo \\
+    python -m runtime publish --artifact runs/mlp-binary/export --repo runs/model-repo \\
         --model mlp-binary
     python -m runtime publish --artifact DIR --repo s3://<models_bucket>/models --model mlp-binary \\
         --kms-key-id <kms_key_arn>

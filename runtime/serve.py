@@ -128,7 +128,7 @@ def configure_logging(level: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m runtime serve",
-        description=__doc__.split("\n\n")[2] if __doc__ else None,
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"Token: exactly one of --token-file, ${TOKEN_ENV}, --token-ssm-parameter (required).",
     )
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=64, help="largest batch dimension accepted (default 64)")
     p.add_argument("--max-elements", type=int, default=1 << 22, help="largest element count of one input tensor")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds allowed to receive a request body")
+    p.add_argument(
+        "--max-connections", type=int, default=1024, help="concurrent connections before answering 503 (default 1024)"
+    )
     p.add_argument("--intra-op-threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-access-log", action="store_true", help="do not log one JSON line per request")
@@ -151,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> None:
     check_model_name(args.model)
-    for name in ("max_body_bytes", "max_batch_size", "max_elements", "intra_op_threads"):
+    for name in ("max_body_bytes", "max_batch_size", "max_elements", "intra_op_threads", "max_connections"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.poll_interval <= 0 or args.body_timeout <= 0:
@@ -163,7 +166,8 @@ def _check_args(args: argparse.Namespace) -> None:
 async def _serve(args: argparse.Namespace, token: str) -> None:
     import uvicorn
 
-    from runtime.serve_app import AccessLog, Metrics, ServeApp
+    from runtime.serve_app import ServeApp
+    from runtime.serve_metrics import AccessLog, Metrics
     from runtime.serve_model import ModelManager
     from runtime.serve_protocol import Limits
 
@@ -208,6 +212,7 @@ async def _serve(args: argparse.Namespace, token: str) -> None:
         log_config=None,
         server_header=False,
         timeout_keep_alive=15,
+        limit_concurrency=args.max_connections,
     )
     await uvicorn.Server(config).serve()
 

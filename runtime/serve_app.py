@@ -17,15 +17,15 @@ import functools
 import hashlib
 import hmac
 import logging
-import sys
 import time
 import zlib
 from dataclasses import dataclass
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runtime.artifact import DATATYPES
+from runtime.serve_metrics import AccessLog, Metrics
 from runtime.serve_model import LoadedModel, ModelManager
 from runtime.serve_protocol import Limits, RequestError, decode_infer_request, encode_infer_response
 
@@ -93,86 +93,6 @@ def match_route(method: str, path: str) -> tuple[Route | None, dict[str, str], b
             if route.method == method:
                 return route, params, True
     return None, {}, path_exists
-
-
-class Metrics:
-    """Prometheus metrics in a private registry (served at /metrics behind the token)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "stratus_requests", "HTTP requests by route and status code", ["route", "code"], registry=r
-        )
-        self.errors = Counter(
-            "stratus_request_errors", "HTTP responses with status >= 400 by code", ["code"], registry=r
-        )
-        self.latency = Histogram(
-            "stratus_request_duration_seconds",
-            "Request latency from first byte handled to response sent",
-            ["route"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=r,
-        )
-        self.model_version = Gauge("stratus_model_version", "Model version being served (0: none)", registry=r)
-        self.model_ready = Gauge("stratus_model_ready", "1 when a verified, warmed model is serving", registry=r)
-        self.reloads = Counter("stratus_model_reloads", "Model versions loaded and swapped in", registry=r)
-        self.reload_failures = Counter(
-            "stratus_model_reload_failures", "Versions that failed to load, by reason", ["reason"], registry=r
-        )
-        self._children: dict[tuple[str, int], tuple] = {}
-
-    def observe(self, route: str, code: int, seconds: float) -> None:
-        children = self._children.get((route, code))
-        if children is None:
-            err = self.errors.labels(str(code)) if code >= 400 else None
-            children = (self.requests.labels(route, str(code)), self.latency.labels(route), err)
-            self._children[(route, code)] = children
-        children[0].inc()
-        children[1].observe(seconds)
-        if children[2] is not None:
-            children[2].inc()
-
-    def on_model_event(self, event: str, version: int | None = None, reason: str = "") -> None:
-        if event == "loaded":
-            self.reloads.inc()
-            self.model_version.set(version or 0)
-            self.model_ready.set(1)
-        elif event == "reload_failed":
-            self.reload_failures.labels(reason).inc()
-
-
-class AccessLog:
-    """Structured access log: one JSON object per request, written in batches.
-
-    Lines are buffered and flushed every `flush_interval` seconds (or at 64 KiB), like nginx's
-    `access_log ... buffer=`: a write per request would cost more than the request itself.
-    """
-
-    def __init__(self, stream=None, flush_interval: float = 0.2):
-        self.stream = stream or sys.stderr
-        self.flush_interval = flush_interval
-        self._lines: list[str] = []
-        self._size = 0
-        self._scheduled = False
-
-    def write(self, entry: dict) -> None:
-        line = orjson.dumps(entry).decode()
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size > 65536:
-            self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
-
-    def flush(self) -> None:
-        self._scheduled = False
-        if self._lines:
-            self.stream.write("\n".join(self._lines) + "\n")
-            self.stream.flush()
-            self._lines.clear()
-            self._size = 0
 
 
 class _Disconnected(Exception):
@@ -358,26 +278,25 @@ class ServeApp:
         declared = hdrs.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise RequestError(413, f"request body of {int(declared)} bytes exceeds the cap of {cap}")
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        body = message.get("body", b"")
-        if message.get("more_body"):
-            chunks, total = [body], len(body)
-            try:
-                async with asyncio.timeout(self.body_timeout):
-                    while message.get("more_body"):
-                        message = await receive()
-                        if message["type"] == "http.disconnect":
-                            raise _Disconnected
-                        chunk = message.get("body", b"")
-                        total += len(chunk)
-                        if total > cap:
-                            raise RequestError(413, f"request body exceeds the cap of {cap} bytes")
-                        chunks.append(chunk)
-            except TimeoutError:
-                raise RequestError(408, f"request body not received within {self.body_timeout} s") from None
-            body = b"".join(chunks)
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            # One deadline for the whole body, first byte included (slow-body clients get 408).
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Disconnected
+                    chunk = message.get("body", b"")
+                    total += len(chunk)
+                    if total > cap:
+                        raise RequestError(413, f"request body exceeds the cap of {cap} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            raise RequestError(408, f"request body not received within {self.body_timeout} s") from None
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if len(body) > cap:
             raise RequestError(413, f"request body exceeds the cap of {cap} bytes")
         encoding = hdrs.get(b"content-encoding", b"identity").strip().lower()

@@ -31,6 +31,7 @@ NUM_FEATURES = 8
 MAX_BATCH = 64
 MAX_ELEMENTS = 256  # < MAX_BATCH * NUM_FEATURES, so the element cap is reachable on its own
 MAX_BODY = 64 * 1024
+BODY_TIMEOUT = 1.5
 TOKEN = "e2e-token-0123456789abcdef0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,7 +139,7 @@ def start_server(repo: str, log_path: Path, extra_args: list[str], env: dict[str
         "--max-body-bytes",
         str(MAX_BODY),
         "--body-timeout",
-        "5",
+        str(BODY_TIMEOUT),
         *extra_args,
     ]
     env = {**env, "PYTHONPATH": str(REPO_ROOT)}

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import zlib
@@ -16,7 +17,7 @@ import pytest
 
 from runtime.serve import TokenError, load_token
 from runtime.serve_app import ROUTES
-from tests.e2e.conftest import MAX_BODY, MODEL, NUM_FEATURES, REPO_ROOT
+from tests.e2e.conftest import BODY_TIMEOUT, MAX_BODY, MODEL, NUM_FEATURES, REPO_ROOT
 
 INFER = f"/v2/models/{MODEL}/infer"
 
@@ -242,6 +243,21 @@ def test_body_cap_chunked(server):
         r = c.post(INFER, content=chunks())
     assert r.request.headers.get("transfer-encoding") == "chunked"
     assert r.status_code == 413
+
+
+@pytest.mark.parametrize("sent", [0, 10], ids=["no-body-yet", "partial-body"])
+def test_slow_body_times_out(server, sent):
+    head = (
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token}\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=BODY_TIMEOUT + 10) as sock:
+        sock.sendall(head + b"{" * sent)
+        response = b""
+        while b"}" not in response and (chunk := sock.recv(65536)):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 408"), response[:200]
+    assert b"not received within" in response
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])

@@ -1,0 +1,97 @@
+"""Observability of `runtime.serve`: Prometheus metrics and the structured access log.
+
+Metrics live in a private registry served at `/metrics` behind the bearer token. Label values
+are bounded: routes come from the route table (unknown paths are "unmatched"), codes from the
+responses the app sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# The *_created series double the exposition size and nobody alerts on them.
+disable_created_metrics()
+
+
+class Metrics:
+    """Prometheus metrics in a private registry (served at /metrics behind the token)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "stratus_requests", "HTTP requests by route and status code", ["route", "code"], registry=r
+        )
+        self.errors = Counter(
+            "stratus_request_errors", "HTTP responses with status >= 400 by code", ["code"], registry=r
+        )
+        self.latency = Histogram(
+            "stratus_request_duration_seconds",
+            "Request latency from first byte handled to response sent",
+            ["route"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.model_version = Gauge("stratus_model_version", "Model version being served (0: none)", registry=r)
+        self.model_ready = Gauge("stratus_model_ready", "1 when a verified, warmed model is serving", registry=r)
+        self.reloads = Counter("stratus_model_reloads", "Model versions loaded and swapped in", registry=r)
+        self.reload_failures = Counter(
+            "stratus_model_reload_failures", "Versions that failed to load, by reason", ["reason"], registry=r
+        )
+        self._children: dict[tuple[str, int], tuple] = {}
+
+    def observe(self, route: str, code: int, seconds: float) -> None:
+        children = self._children.get((route, code))
+        if children is None:
+            err = self.errors.labels(str(code)) if code >= 400 else None
+            children = (self.requests.labels(route, str(code)), self.latency.labels(route), err)
+            self._children[(route, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if children[2] is not None:
+            children[2].inc()
+
+    def on_model_event(self, event: str, version: int | None = None, reason: str = "") -> None:
+        if event == "loaded":
+            self.reloads.inc()
+            self.model_version.set(version or 0)
+            self.model_ready.set(1)
+        elif event == "reload_failed":
+            self.reload_failures.labels(reason).inc()
+
+
+class AccessLog:
+    """Structured access log: one JSON object per request, written in batches.
+
+    Lines are buffered and flushed every `flush_interval` seconds (or at 64 KiB), like nginx's
+    `access_log ... buffer=`: a write per request would cost more than the request itself.
+    """
+
+    def __init__(self, stream=None, flush_interval: float = 0.2):
+        self.stream = stream or sys.stderr
+        self.flush_interval = flush_interval
+        self._lines: list[str] = []
+        self._size = 0
+        self._scheduled = False
+
+    def write(self, entry: dict) -> None:
+        line = orjson.dumps(entry).decode()
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size > 65536:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._lines:
+            self.stream.write("\n".join(self._lines) + "\n")
+            self.stream.flush()
+            self._lines.clear()
+            self._size = 0
