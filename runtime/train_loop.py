@@ -210,7 +210,7 @@ def run(cfg: TrainConfig, *, resume: bool) -> int:
                 metrics.append(
                     step=step,
                     epoch=epoch,
-                    loss=f"{mean_loss:.6f}",
+                    loss=repr(mean_loss),
                     samples_per_s=f"{rate:.1f}",
                     val_loss=f"{val_loss:.6f}" if do_eval else "",
                     val_accuracy=f"{val_acc:.6f}" if do_eval else "",
