@@ -123,7 +123,7 @@ def run(cfg: TrainConfig, *, resume: bool) -> int:
     num_params, held = partition_stats(engine)
     if rank == 0:
         log.info(
-            "model %s: %d parameters (held per rank: %s); ZeRO-%d, offload=%s, %s on %s x %d",
+            "model %s: %d parameters (held per rank: %s); ZeRO-%d, offload=%s, %s on %s x %d (%s)",
             cfg.preset,
             num_params,
             held,
@@ -132,6 +132,7 @@ def run(cfg: TrainConfig, *, resume: bool) -> int:
             precision,
             kind,
             world,
+            dist.get_backend(),
         )
         log.info(
             "global batch %d = %d ranks x %d micro x %d accumulation; %d steps (%d/epoch)",
@@ -228,6 +229,7 @@ def run(cfg: TrainConfig, *, resume: bool) -> int:
             "preset": cfg.preset,
             "run_name": cfg.run_name,
             "world_size": world,
+            "backend": dist.get_backend(),
             "device": kind,
             "zero_stage": cfg.parallel.zero_stage,
             "offload": cfg.parallel.offload,

@@ -35,8 +35,9 @@ options:
   --dry-run             validate, print the generated DeepSpeed config and the command; run nothing
   -h, --help            this help
 
-exit codes: 0 done; 2 bad config/data; 3 no usable checkpoint to resume; 75 preempted
-(a checkpoint was committed: rerun with --resume).
+exit codes: training: 0 done; 2 bad config/data; 3 no usable checkpoint to resume; 75 preempted
+(a checkpoint was committed: rerun with --resume). Export (see `python -m runtime export --help`):
+1 bad input or failed publish; 3 the accuracy gate failed (nothing was published).
 EOF
 }
 
@@ -81,7 +82,7 @@ fi
 
 if [[ ${dry_run} == 1 ]]; then
   python -m runtime train "${train_args[@]}" --dry-run
-  if [[ ${export} == 1 && -f runtime/export.py ]]; then
+  if [[ ${export} == 1 ]]; then
     echo "then: python -m runtime export --run-dir ${run_dir} --publish ${repo}"
   fi
   exit 0
@@ -90,7 +91,7 @@ fi
 echo "[launch] training ${preset} on ${nproc} rank(s) (DS_ACCELERATOR=${DS_ACCELERATOR})"
 python -m runtime train "${train_args[@]}"
 
-if [[ ${export} == 1 && -f runtime/export.py ]]; then
+if [[ ${export} == 1 ]]; then
   echo "[launch] exporting ${run_dir} and publishing to ${repo}"
   python -m runtime export --run-dir "${run_dir}" --publish "${repo}"
 fi
