@@ -39,6 +39,7 @@ from runtime.artifact import ArtifactError, sha256_file
 from runtime.consolidate import Consolidated, consolidate, resolve_checkpoint, save_consolidated
 from runtime.data import DataError, Dataset, load_dataset
 from runtime.export_config import ExportConfig, ExportError, GateError
+from runtime.export_eval import gate
 from runtime.export_stage import check_out_dir, stage_artifact, versions
 from runtime.log import get_logger
 from runtime.models import count_parameters
@@ -49,19 +50,6 @@ STAGES = 6
 
 def _stage(n: int, text: str, *args: Any) -> None:
     log.info(f"[{n}/{STAGES}] {text}", *args)
-
-
-def gate(fp32_accuracy: float, exported_accuracy: float, tolerance: float) -> float:
-    """Return the accuracy drop in points; raise GateError when it exceeds `tolerance`."""
-    drop = fp32_accuracy - exported_accuracy
-    if drop > tolerance:
-        raise GateError(
-            f"gate failed: validation accuracy fp32 {fp32_accuracy:.2f}% -> int8 "
-            f"{exported_accuracy:.2f}% (drop {drop:.2f} points > tolerance {tolerance:g}); "
-            "nothing was written or published. Prune less (--structured-fraction, --sparsity), "
-            "fine-tune longer (--finetune-steps), try --per-channel, or raise --tolerance"
-        )
-    return drop
 
 
 def _load_data(ckpt: Consolidated) -> Dataset:
@@ -274,19 +262,26 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a("--run-dir", required=True, type=Path, help="training run directory, e.g. runs/mlp-binary")
+    a("--run-dir", metavar="DIR", required=True, type=Path, help="training run directory, e.g. runs/mlp-binary")
     a("--checkpoint", metavar="TAG", help="checkpoint tag (global_step<N>); default: newest verified")
-    a("--out", type=Path, help="staged version directory; default: <run-dir>/export")
-    a("--consolidated-dir", type=Path, help="where <tag>.safetensors goes; default: <run-dir>/consolidated")
-    a("--model-name", help="name in the manifest and the repository; default: the training preset")
+    a("--out", metavar="DIR", type=Path, help="staged version directory; default: <run-dir>/export")
+    a(
+        "--consolidated-dir",
+        metavar="DIR",
+        type=Path,
+        help="where <tag>.safetensors goes; default: <run-dir>/consolidated",
+    )
+    a("--model-name", metavar="NAME", help="name in the manifest and the repository; default: the training preset")
     a(
         "--structured-fraction",
+        metavar="F",
         type=float,
         default=d.structured_fraction,
         help=f"fraction of each hidden layer's units removed (0 = off; default {d.structured_fraction})",
     )
     a(
         "--sparsity",
+        metavar="F",
         type=float,
         default=d.sparsity,
         help=f"fraction of each Linear weight zeroed by magnitude, after structured pruning "
@@ -294,12 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--finetune-steps",
+        metavar="N",
         type=int,
         default=d.finetune_steps,
         help=f"Adam steps on the training split after pruning (0 = off; default {d.finetune_steps})",
     )
-    a("--finetune-lr", type=float, help="fine-tune learning rate; default: the checkpoint's optim.lr")
-    a("--finetune-batch-size", type=int, help="fine-tune batch; default: the checkpoint's global_batch_size")
+    a("--finetune-lr", metavar="LR", type=float, help="fine-tune learning rate; default: the checkpoint's optim.lr")
+    a(
+        "--finetune-batch-size",
+        metavar="N",
+        type=int,
+        help="fine-tune batch; default: the checkpoint's global_batch_size",
+    )
     a(
         "--quantization",
         choices=("dynamic", "static"),
@@ -309,12 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--per-channel", action="store_true", help="one int8 weight scale per output unit")
     a(
         "--calibration-rows",
+        metavar="N",
         type=int,
         default=d.calibration_rows,
         help=f"training rows for static calibration (default {d.calibration_rows})",
     )
     a(
         "--tolerance",
+        metavar="POINTS",
         type=float,
         default=d.tolerance,
         help=f"largest allowed accuracy drop fp32 -> int8, in points (default {d.tolerance}); "
@@ -322,12 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--latency-threads",
+        metavar="N",
         type=int,
         default=d.latency_threads,
         help=f"CPU threads when timing PyTorch and ONNX Runtime (default {d.latency_threads})",
     )
     a(
         "--latency-iters",
+        metavar="N",
         type=int,
         default=d.latency_iters,
         help=f"timed calls per latency number, median reported (default {d.latency_iters})",
@@ -337,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REPO",
         help="after the gate passes, publish to this model repository (a directory or s3://bucket/prefix)",
     )
-    a("--kms-key-id", help="KMS key id/ARN for SSE-KMS when publishing to s3://")
+    a("--kms-key-id", metavar="KEY", help="KMS key id/ARN for SSE-KMS when publishing to s3://")
     return p
 
 

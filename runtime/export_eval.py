@@ -19,6 +19,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from runtime.export_config import GateError
 from runtime.models import WithSigmoid
 from runtime.onnx_export import INPUT_NAME, OUTPUT_NAME, predict
 
@@ -108,3 +109,16 @@ def latency_table(
             entry[name] = onnx_latency_ms(sess, batch, iters=iters)
         table[f"batch_{b}"] = {k: round(v, 4) for k, v in entry.items()}
     return table
+
+
+def gate(fp32_accuracy: float, exported_accuracy: float, tolerance: float) -> float:
+    """Return the accuracy drop in points; raise GateError when it exceeds `tolerance`."""
+    drop = fp32_accuracy - exported_accuracy
+    if drop > tolerance:
+        raise GateError(
+            f"gate failed: validation accuracy fp32 {fp32_accuracy:.2f}% -> int8 "
+            f"{exported_accuracy:.2f}% (drop {drop:.2f} points > tolerance {tolerance:g}); "
+            "nothing was written or published. Prune less (--structured-fraction, --sparsity), "
+            "fine-tune longer (--finetune-steps), try --per-channel, or raise --tolerance"
+        )
+    return drop

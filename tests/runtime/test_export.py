@@ -120,6 +120,8 @@ def test_export_stages_a_verified_int8_artifact_within_tolerance(zero_runs, tmp_
     sizes = manifest["size_bytes"]
     assert sizes["int8_onnx"] == manifest["files"]["model.onnx"]["size"]
     assert sizes["int8_onnx"] < 0.27 * sizes["fp32_onnx"]  # int8 alone gives ~0.26; pruning halves it
+    assert sizes["pruned_fp32_onnx"] < 0.55 * sizes["fp32_onnx"]
+    assert manifest["compression"]["params_pruned"] == 1000 * 50 + 50 + 50 + 1 < manifest["compression"]["params_fp32"]
     layers = manifest["compression"]["layers"]
     assert [row["shape_after"] for row in layers] == [[50, 1000], [1, 50]]
     assert all(abs(row["weight_sparsity"] - 0.5) < 0.01 for row in layers)
