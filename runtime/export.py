@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +238,7 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
                 "world_size": ckpt.manifest.get("world_size"),
                 "data_source": ckpt.config.data.source,
                 "consolidated_sha256": sha256_file(consolidated_path)[0],
-                "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
             },
             "versions": versions(),
         }
