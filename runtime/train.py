@@ -23,9 +23,10 @@ import os
 import shlex
 import socket
 import sys
+from typing import Any
 
 from runtime.config import ConfigError, TrainConfig, deepspeed_config, load_config
-from runtime.data import DataError, load_dataset, steps_per_epoch
+from runtime.data import DataError, Dataset, load_dataset, steps_per_epoch
 from runtime.log import get_logger
 
 EXIT_BAD_INPUT = 2
@@ -101,12 +102,19 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def preflight(args: argparse.Namespace, argv: list[str]) -> int:
-    """Outside a launcher: validate everything, then exec DeepSpeed's launcher (or print it)."""
-    cfg = resolve_config(args)
-    if args.nproc < 1:
-        raise ConfigError(f"--nproc {args.nproc} is invalid: use 1 or more local ranks")
-    ds = deepspeed_config(cfg, world_size=args.nproc, device=_device())
+def validate(cfg: TrainConfig, *, world_size: int, device: str) -> tuple[dict[str, Any], Dataset, int]:
+    """Check that `cfg` and its data can train on `world_size` ranks of `device`; launch nothing.
+
+    Shared by the local preflight and `runtime.remote` (which validates before sending a job).
+
+    Returns:
+        (the DeepSpeed config dict, the loaded and split dataset, optimizer steps per epoch).
+
+    Raises:
+        ConfigError: the batch does not divide over the ranks or exceeds the training rows.
+        DataError: the data source cannot be read or fails validation.
+    """
+    ds = deepspeed_config(cfg, world_size=world_size, device=device)
     data = load_dataset(cfg.data, cfg.seed)
     spe = steps_per_epoch(len(data.train_idx), cfg.global_batch_size)
     if spe < 1:
@@ -114,6 +122,15 @@ def preflight(args: argparse.Namespace, argv: list[str]) -> int:
             f"config `global_batch_size` = {cfg.global_batch_size} is invalid: the training split has only "
             f"{len(data.train_idx)} rows; use a batch of at most that many"
         )
+    return ds, data, spe
+
+
+def preflight(args: argparse.Namespace, argv: list[str]) -> int:
+    """Outside a launcher: validate everything, then exec DeepSpeed's launcher (or print it)."""
+    cfg = resolve_config(args)
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc} is invalid: use 1 or more local ranks")
+    ds, data, spe = validate(cfg, world_size=args.nproc, device=_device())
     ckpt_dir = cfg.run_dir / "checkpoints"
     from runtime.checkpoint import candidates
 
