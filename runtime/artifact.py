@@ -21,14 +21,14 @@ free-form `compression`, `metrics`, `latency_ms`, `size_bytes`, `provenance`, `v
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from runtime.fsutil import atomic_write, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "stratus-model/1"
@@ -51,22 +51,10 @@ DATATYPES: dict[str, tuple[str, str]] = {
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
-_CHUNK = 1 << 20
 
 
 class ArtifactError(ValueError):
     """An artifact (version directory or manifest) is invalid; the message names the file."""
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    """Return `(sha256 hex, size in bytes)` of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _check_dir(version_dir: Path) -> Path:
@@ -171,26 +159,6 @@ def parse_manifest(text: str | bytes) -> dict:
     if "model_name" in manifest and not isinstance(manifest["model_name"], str):
         raise ArtifactError(f"{MANIFEST}: 'model_name' must be a string")
     return manifest
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same directory, fsync, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_manifest(version_dir: Path, info: dict) -> dict:

@@ -13,7 +13,6 @@ DeepSpeed's own `latest` is never written (`save_latest=False`), so it cannot na
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import random
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from runtime.fsutil import atomic_write, fsync_dir, sha256_file
 from runtime.log import get_logger
 
 FORMAT = "stratus-checkpoint/1"
@@ -55,48 +55,26 @@ def step_of(tag: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def sha256_file(path: Path, *, fsync: bool = False) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-        if fsync:
-            os.fsync(f.fileno())
-    return h.hexdigest()
-
-
 def _files(tag_dir: Path) -> list[Path]:
     return sorted(p for p in tag_dir.rglob("*") if not p.is_dir() and p.name != MANIFEST)
 
 
-def write_manifest(tag_dir: Path, **info: Any) -> dict[str, Any]:
-    """Hash (and fsync) every file under `tag_dir`, then write `manifest.json` atomically."""
+def hash_files(tag_dir: Path, *, fsync: bool = False) -> dict[str, dict[str, Any]]:
+    """`{relpath: {"sha256", "size"}}` of every file under `tag_dir` but the manifest; no symlinks."""
     files = {}
     for path in _files(tag_dir):
         if path.is_symlink():
             raise CheckpointError(f"{path}: symlink inside a checkpoint; refusing to commit it")
-        files[str(path.relative_to(tag_dir))] = {"sha256": sha256_file(path, fsync=True), "size": path.stat().st_size}
+        sha, size = sha256_file(path, fsync=fsync)
+        files[str(path.relative_to(tag_dir))] = {"sha256": sha, "size": size}
+    return files
+
+
+def write_manifest(tag_dir: Path, **info: Any) -> dict[str, Any]:
+    """Hash (and fsync) every file under `tag_dir`, then write `manifest.json` atomically."""
+    files = hash_files(tag_dir, fsync=True)
     for sub in {p.parent for p in tag_dir.rglob("*")} | {tag_dir}:
-        _fsync_dir(sub)
+        fsync_dir(sub)
     manifest = {"format": FORMAT, "tag": tag_dir.name, **info, "files": files}
     atomic_write(tag_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     return manifest
@@ -134,7 +112,7 @@ def verify_checkpoint(tag_dir: Path, world_size: int | None = None) -> dict[str,
         size = path.stat().st_size
         if size != meta["size"]:
             raise CheckpointError(f"{path}: size {size} bytes, manifest says {meta['size']} (truncated?)")
-        if sha256_file(path) != meta["sha256"]:
+        if sha256_file(path)[0] != meta["sha256"]:
             raise CheckpointError(f"{path}: sha256 does not match the manifest (modified or corrupt)")
     extra = [str(p.relative_to(tag_dir)) for p in _files(tag_dir) if str(p.relative_to(tag_dir)) not in listed]
     if extra:

@@ -250,7 +250,6 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
         from runtime.publish import publish
 
         version = publish(out_dir, cfg.publish, model_name=model_name, kms_key_id=cfg.kms_key_id)
-        log.info("published %s version %d to %s", model_name, version, cfg.publish)
     return {"out_dir": out_dir, "manifest": manifest, "version": version}
 
 

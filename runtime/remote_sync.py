@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtime.checkpoint import LATEST, MANIFEST, CheckpointError, candidates, sha256_file, verify_checkpoint
+from runtime.checkpoint import LATEST, MANIFEST, CheckpointError, candidates, hash_files, verify_checkpoint
 from runtime.log import get_logger
 
 PART_FORMAT = "stratus-checkpoint-part/1"
@@ -117,20 +117,11 @@ class Uploader:
         self.uploaded.append(full)
 
 
-def _local_files(tag_dir: Path) -> dict[str, dict[str, Any]]:
-    files = {}
-    for path in sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
-        if path.is_symlink():
-            raise SyncError(f"{path}: symlink inside a checkpoint; refusing to upload it")
-        files[str(path.relative_to(tag_dir))] = {"sha256": sha256_file(path), "size": path.stat().st_size}
-    return files
-
-
 def sync_node_part(up: Uploader, ckpt_dir: Path, *, node_rank: int, launch_id: str) -> list[str]:
     """Node k > 0: upload the files of every tag, then its part record. Returns the tags sent."""
     sent = []
     for tag_dir in reversed(candidates(ckpt_dir)):  # oldest first
-        files = _local_files(tag_dir)
+        files = hash_files(tag_dir)
         for rel, meta in files.items():
             up.file(f"{tag_dir.name}/{rel}", tag_dir / rel, meta["sha256"], meta["size"])
         part = {"format": PART_FORMAT, "tag": tag_dir.name, "node_rank": node_rank, "launch_id": launch_id}

@@ -220,9 +220,6 @@ async def _serve(args: argparse.Namespace, token: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry. Returns 2 for configuration errors (incl. no token); serves until SIGTERM/SIGINT."""
     args = build_parser().parse_args(argv)
-    if sys.version_info < (3, 11):  # asyncio.timeout bounds request bodies
-        print("serve: needs Python 3.11 or newer (the stack's hosts run python3.11)", file=sys.stderr)
-        return 2
     configure_logging(args.log_level)
     try:
         _check_args(args)

@@ -7,8 +7,13 @@ VENV="${STRATUS_ROOT}/.venv"
 stamp="${VENV}/.requirements.sha256"
 want="$(sha256sum "${STRATUS_ROOT}/requirements.txt" | cut -d' ' -f1)"
 if [[ ! -x "${VENV}/bin/python" ]]; then
+  py="${STRATUS_PYTHON:-python3}"
+  if ! "${py}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "[setup] ${py} is missing or older than Python 3.11; install 3.11+ or set STRATUS_PYTHON" >&2
+    exit 2
+  fi
   echo "[setup] creating ${VENV}" >&2
-  "${STRATUS_PYTHON:-python3}" -m venv "${VENV}"
+  "${py}" -m venv "${VENV}"
 fi
 if [[ ! -f "${stamp}" || "$(cat "${stamp}")" != "${want}" ]]; then
   echo "[setup] installing requirements.txt into ${VENV} (first run takes a few minutes)" >&2
