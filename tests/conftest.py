@@ -15,6 +15,8 @@ import urllib.request
 
 import pytest
 
+from tests.support import aws_test_env
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -52,7 +54,7 @@ def aws_server(tmp_path_factory):
     deadline = time.monotonic() + 60
     while True:
         try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)  # noqa: S310 - our own loopback URL
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -67,14 +69,7 @@ def aws_server(tmp_path_factory):
 @pytest.fixture
 def aws_env(aws_server, monkeypatch):
     """Point boto3 (in this process and in child processes) at the emulator."""
-    env = {
-        "AWS_ENDPOINT_URL": aws_server,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }
+    env = aws_test_env(aws_server)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)

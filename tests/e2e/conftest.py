@@ -18,48 +18,18 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
-from runtime.artifact import write_manifest
-from runtime.config import ModelConfig
-from runtime.models import WithSigmoid, build_mlp
 from runtime.publish import publish
 from tests.conftest import free_port
+from tests.support import build_artifact
 
 MODEL = "tiny"
-NUM_FEATURES = 8
 MAX_BATCH = 64
 MAX_ELEMENTS = 256  # < MAX_BATCH * NUM_FEATURES, so the element cap is reachable on its own
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 1.5
 TOKEN = "e2e-token-0123456789abcdef0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def build_artifact(dest: Path, seed: int) -> Path:
-    """A real exported version directory: a seeded sigmoid MLP as ONNX, plus its manifest."""
-    torch.manual_seed(seed)
-    model = WithSigmoid(build_mlp(NUM_FEATURES, ModelConfig(hidden_sizes=(16,)))).eval()
-    dest.mkdir(parents=True)
-    torch.onnx.export(
-        model,
-        (torch.randn(2, NUM_FEATURES),),
-        str(dest / "model.onnx"),
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-        dynamo=False,
-    )
-    write_manifest(
-        dest,
-        {
-            "model_name": MODEL,
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, NUM_FEATURES]}],
-            "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 1]}],
-            "provenance": {"seed": seed},
-        },
-    )
-    return dest
 
 
 def reference_output(artifact: Path, x: np.ndarray) -> np.ndarray:

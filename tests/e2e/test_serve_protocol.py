@@ -12,7 +12,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import MODEL, NUM_FEATURES, reference_output
+from tests.e2e.conftest import MODEL, reference_output
+from tests.support import NUM_FEATURES
 
 
 def _x(batch: int, seed: int = 0) -> np.ndarray:

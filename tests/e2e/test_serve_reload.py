@@ -16,7 +16,8 @@ import pytest
 
 from runtime.artifact import atomic_write
 from runtime.publish import publish
-from tests.e2e.conftest import MODEL, NUM_FEATURES, TOKEN, reference_output, start_server, stop_server
+from tests.e2e.conftest import MODEL, TOKEN, reference_output, start_server, stop_server
+from tests.support import NUM_FEATURES, aws_test_env
 
 X = np.random.default_rng(7).standard_normal((2, NUM_FEATURES)).astype(np.float32)
 BODY = {"inputs": [{"name": "input", "shape": [2, NUM_FEATURES], "datatype": "FP32", "data": X.ravel().tolist()}]}
@@ -111,14 +112,7 @@ def test_hot_reload_under_load_good_then_tampered(server, artifacts):
 @pytest.fixture(scope="module")
 def s3_server(aws_server, tmp_path_factory):
     """A server on an empty s3:// repository (moto), token from an SSM SecureString."""
-    env = {
-        "AWS_ENDPOINT_URL": aws_server,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }
+    env = aws_test_env(aws_server)
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)

@@ -17,7 +17,8 @@ import pytest
 
 from runtime.serve import TokenError, load_token
 from runtime.serve_app import ROUTES
-from tests.e2e.conftest import BODY_TIMEOUT, MAX_BODY, MODEL, NUM_FEATURES, REPO_ROOT
+from tests.e2e.conftest import BODY_TIMEOUT, MAX_BODY, MODEL, REPO_ROOT
+from tests.support import NUM_FEATURES
 
 INFER = f"/v2/models/{MODEL}/infer"
 

@@ -9,42 +9,12 @@ from pathlib import Path
 
 import boto3
 import pytest
-import torch
 
 import runtime.publish as publish_mod
-from runtime.artifact import MANIFEST, ArtifactError, verify_artifact, write_manifest
-from runtime.config import ModelConfig
-from runtime.models import WithSigmoid, build_mlp
+from runtime.artifact import MANIFEST, ArtifactError, verify_artifact
 from runtime.publish import PublishError, main, publish, read_latest
 from runtime.repo import open_repo
-
-NUM_FEATURES = 8
-
-
-def build_artifact(dest: Path, seed: int = 0, model_name: str = "tiny") -> Path:
-    """A real (tiny) exported version directory: sigmoid MLP as ONNX + manifest."""
-    torch.manual_seed(seed)
-    model = WithSigmoid(build_mlp(NUM_FEATURES, ModelConfig(hidden_sizes=(16,)))).eval()
-    dest.mkdir(parents=True)
-    torch.onnx.export(
-        model,
-        (torch.randn(2, NUM_FEATURES),),
-        str(dest / "model.onnx"),
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-        dynamo=False,
-    )
-    write_manifest(
-        dest,
-        {
-            "model_name": model_name,
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, NUM_FEATURES]}],
-            "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 1]}],
-            "provenance": {"seed": seed},
-        },
-    )
-    return dest
+from tests.support import build_artifact
 
 
 @pytest.fixture
