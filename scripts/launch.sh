@@ -9,7 +9,7 @@
 #   ./scripts/launch.sh --stack dev             # the same on the stack's training nodes (see --help)
 #
 # Env: STRATUS_PYTHON (python used to create .venv), DS_ACCELERATOR (cpu|cuda; detected),
-#      STRATUS_MODEL_REPO (publish target, default runs/model-repo; s3://bucket/prefix works).
+#      STRATUS_MODEL_REPO (publish target, default <output-dir>/model-repo; s3://bucket/prefix works).
 set -euo pipefail
 
 usage() {
@@ -28,7 +28,8 @@ options:
   --offload {none,optimizer,all}
                         CPU offload (default optimizer; all = optimizer + parameters, ZeRO-3)
   --data PATH|s3://...  training data (.npz with x,y or .csv with a `label` column)
-  --run-name NAME       run directory runs/NAME (default: the preset name)
+  --run-name NAME       run directory <output-dir>/NAME (default: the preset name)
+  --output-dir DIR      parent of run directories (default runs)
   --resume              continue from the newest verified checkpoint of the run
   --no-export           train only; skip export and publish
   --stack NAME          run on the training nodes of Pulumi stack NAME through SSM (no SSH)
@@ -41,7 +42,8 @@ exit codes: training: 0 done; 2 bad config/data; 3 no usable checkpoint to resum
 EOF
 }
 
-preset=mlp-binary nproc=2 zero_stage="" offload="" data="" run_name="" resume=0 export=1 stack="" dry_run=0
+preset=mlp-binary nproc=2 zero_stage="" offload="" data="" run_name="" output_dir=runs resume=0 export=1 stack=""
+dry_run=0
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -51,6 +53,7 @@ while [[ $# -gt 0 ]]; do
     --offload) offload="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
     --run-name) run_name="$2"; shift 2 ;;
+    --output-dir) output_dir="$2"; shift 2 ;;
     --resume) resume=1; shift ;;
     --no-export) export=0; shift ;;
     --stack) stack="$2"; shift 2 ;;
@@ -64,15 +67,15 @@ done
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "${STRATUS_ROOT}"
 
-train_args=(--preset "${preset}" --nproc "${nproc}")
+train_args=(--preset "${preset}" --nproc "${nproc}" --set "output_dir=${output_dir}")
 [[ -n "${zero_stage}" ]] && train_args+=(--set "parallel.zero_stage=${zero_stage}")
 [[ -n "${offload}" ]] && train_args+=(--set "parallel.offload=${offload}")
 [[ -n "${data}" ]] && train_args+=(--data "${data}")
 [[ -n "${run_name}" ]] && train_args+=(--run-name "${run_name}")
 [[ ${resume} == 1 ]] && train_args+=(--resume)
 train_args+=("${extra[@]}")
-run_dir="runs/${run_name:-${preset}}"
-repo="${STRATUS_MODEL_REPO:-runs/model-repo}"
+run_dir="${output_dir}/${run_name:-${preset}}"
+repo="${STRATUS_MODEL_REPO:-${output_dir}/model-repo}"
 
 if [[ -n "${stack}" ]]; then
   remote_args=(--stack "${stack}")
