@@ -80,8 +80,10 @@ def write_manifest(tag_dir: Path, **info: Any) -> dict[str, Any]:
     return manifest
 
 
-def verify_checkpoint(tag_dir: Path, world_size: int | None = None) -> dict[str, Any]:
+def verify_checkpoint(tag_dir: Path, world_size: int | None = None, *, check_hashes: bool = True) -> dict[str, Any]:
     """Return the manifest of `tag_dir` if every file is present, unmodified, and nothing extra.
+
+    `check_hashes=False` checks presence and sizes only: a cheap pre-check before starting ranks.
 
     Raises:
         CheckpointError: naming the first problem (missing manifest or file, size or hash
@@ -112,7 +114,7 @@ def verify_checkpoint(tag_dir: Path, world_size: int | None = None) -> dict[str,
         size = path.stat().st_size
         if size != meta["size"]:
             raise CheckpointError(f"{path}: size {size} bytes, manifest says {meta['size']} (truncated?)")
-        if sha256_file(path)[0] != meta["sha256"]:
+        if check_hashes and sha256_file(path)[0] != meta["sha256"]:
             raise CheckpointError(f"{path}: sha256 does not match the manifest (modified or corrupt)")
     extra = [str(p.relative_to(tag_dir)) for p in _files(tag_dir) if str(p.relative_to(tag_dir)) not in listed]
     if extra:
@@ -133,7 +135,7 @@ def candidates(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in sorted(tags, key=lambda t: t[0], reverse=True)]
 
 
-def find_latest_verified(ckpt_dir: Path, world_size: int | None = None) -> Path:
+def find_latest_verified(ckpt_dir: Path, world_size: int | None = None, *, check_hashes: bool = True) -> Path:
     """The newest tag directory whose manifest verifies; others are skipped with a warning.
 
     Raises:
@@ -143,7 +145,7 @@ def find_latest_verified(ckpt_dir: Path, world_size: int | None = None) -> Path:
     reasons = []
     for tag_dir in candidates(ckpt_dir):
         try:
-            verify_checkpoint(tag_dir, world_size)
+            verify_checkpoint(tag_dir, world_size, check_hashes=check_hashes)
             return tag_dir
         except CheckpointError as e:
             log.warning("skipping checkpoint %s: %s", tag_dir.name, e)

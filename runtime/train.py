@@ -132,13 +132,21 @@ def preflight(args: argparse.Namespace, argv: list[str]) -> int:
         raise ConfigError(f"--nproc {args.nproc} is invalid: use 1 or more local ranks")
     ds, data, spe = validate(cfg, world_size=args.nproc, device=_device())
     ckpt_dir = cfg.run_dir / "checkpoints"
-    from runtime.checkpoint import candidates
+    from runtime.checkpoint import CheckpointError, candidates, find_latest_verified
 
     if not args.resume and candidates(ckpt_dir) and not args.dry_run:
         raise ConfigError(
             f"run {cfg.run_name!r} already has checkpoints in {ckpt_dir}; pass --resume to continue it "
             "or --run-name NEW to start a new run (nothing was deleted)"
         )
+    if args.resume and not args.dry_run:
+        # Sizes only here; rank 0 checks every hash again before anything is loaded.
+        try:
+            tag_dir = find_latest_verified(ckpt_dir, args.nproc, check_hashes=False)
+        except CheckpointError as e:
+            log.error("cannot resume: %s", e)
+            return EXIT_NO_CHECKPOINT
+        log.info("resuming from %s (newest complete checkpoint)", tag_dir)
     port = args.master_port or _free_port()
     forwarded = _strip_value_flags(argv, {"--nproc", "--master-port"})
     cmd = launcher_command(forwarded, args.nproc, port)

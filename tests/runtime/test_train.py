@@ -98,14 +98,23 @@ def test_existing_run_is_not_restarted_without_resume(zero_runs, tmp_path):
     assert "deepspeed.launcher" not in result.stdout + result.stderr
 
 
-def test_resume_with_no_valid_checkpoint_fails_loudly(zero_runs, tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "same-size-modified"])
+def test_resume_with_no_valid_checkpoint_fails_loudly(zero_runs, tmp_path, damage):
+    """Sizes are checked before any rank starts; hashes again by rank 0 before anything is loaded."""
     shutil.copytree(zero_runs.get("z2-none"), tmp_path / "z2-none")
     for tag in (tmp_path / "z2-none" / "checkpoints").glob("global_step*"):
         state = next(tag.glob("*optim_states.pt"))
-        state.write_bytes(state.read_bytes()[:100])  # truncated
+        data = state.read_bytes()
+        state.write_bytes(data[:100] if damage == "truncated" else data[:-1] + bytes([data[-1] ^ 1]))
     result = run_train(tmp_path, "z2-none", *SHORT_RUN, args=("--resume",))
-    assert result.returncode == 3, result.stdout[-3000:]
-    assert "no verified checkpoint" in result.stdout and "truncated" in result.stdout
+    out = result.stdout + result.stderr
+    assert result.returncode == 3, out[-3000:]
+    assert "cannot resume: no verified checkpoint" in out
+    if damage == "truncated":
+        assert "size 100 bytes" in out and "deepspeed.launcher" not in out
+    else:
+        assert "sha256 does not match" in out and "deepspeed.launcher" in out
+    assert "step 1/" not in out  # never silently starts over
 
 
 def test_bad_data_fails_before_any_process_group_starts(tmp_path):
