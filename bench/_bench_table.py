@@ -39,6 +39,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "formula": formula,
         "phase_ms": {k: mean(p[k] for p in phases) for k in phases[0]},
         "faults_per_step": mean(run["ranks"][0]["page_faults_per_step"] for run in runs),
+        "cpu_ms": mean(1000 * run["ranks"][0]["cpu_s_per_step"] for run in runs),
+        "wall_ms": mean(1000 * run["ranks"][0]["elapsed_s"] / run["ranks"][0]["steps"] for run in runs),
         "losses": r0["losses"],
         "loads": [run["load_before"] for run in runs],
         "optimizer": r0["optimizer"],
@@ -47,6 +49,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def render(rows: list[list[dict[str, Any]]], *, world_size: int) -> str:
     """The results table (ratios against the plain DDP row when it ran) and the time-per-phase table.
+
+    The second table is rank 0's: phases, wall and process CPU time per timed step (CPU time below
+    wall time is time spent waiting, mostly for gloo), minor page faults per step.
 
     Args:
         rows: per table row, the result of each launch of it (see `run_row`).
@@ -85,14 +90,14 @@ def render(rows: list[list[dict[str, Any]]], *, world_size: int) -> str:
         )
     lines += [
         "",
-        "| row | optimizer | forward ms/step | backward ms/step | optimizer step ms/step | page faults/step (rank 0) "
-        "| RSS at start MiB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| row | optimizer | forward ms/step | backward ms/step | optimizer step ms/step | wall ms/step "
+        "| CPU ms/step (all threads) | page faults/step | RSS at start MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for runs, s in zip(rows, sums, strict=True):
         ph = s["phase_ms"]
         lines.append(
             f"| {runs[0]['label']} | {s['optimizer']} | {ph['forward']:.0f} | {ph['backward']:.0f} | {ph['step']:.0f} "
-            f"| {s['faults_per_step']:,.0f} | {_mib(s['rss_start'])} |"
+            f"| {s['wall_ms']:.0f} | {s['cpu_ms']:.0f} | {s['faults_per_step']:,.0f} | {_mib(s['rss_start'])} |"
         )
     return "\n".join(lines)

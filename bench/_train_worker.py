@@ -62,7 +62,12 @@ def build_engine(args: argparse.Namespace, cfg: TrainConfig, num_features: int) 
         ddp = DistributedDataParallel(model, gradient_as_bucket_view=args.bucket_view)
         o = cfg.optim
         opt = torch.optim.AdamW(
-            ddp.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=args.fused_adamw
+            ddp.parameters(),
+            lr=o.lr,
+            betas=o.betas,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            fused=args.fused_adamw or None,
         )
         return ddp, opt, {"num_params": count_parameters(model), "optimizer": type(opt).__name__}
     import deepspeed

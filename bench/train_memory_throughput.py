@@ -1,23 +1,29 @@
 """ZeRO memory and throughput benchmark: plain DDP vs DeepSpeed ZeRO-1/2/3, with and without CPU offload.
 
-    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py              # all rows
-    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --rows ddp,z2-off
-    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --untuned    # DS defaults
-    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --dry-run    # commands only
-    # try a DeepSpeed setting on top of the tuned one (value parsed as JSON):
-    ... bench/train_memory_throughput.py --rows z2-off --set zero_optimization.reduce_bucket_size=5e6
+    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py           # ~8 min, 2 cores
+    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --rows ddp,z2-off,z3
+    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --untuned --repeat 1
+    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --dry-run  # commands only
+    # one change on top of the tuned setup (DeepSpeed key as JSON, or a rank environment variable):
+    ... bench/train_memory_throughput.py --rows z2-off --set zero_optimization.overlap_comm=true
+    ... bench/train_memory_throughput.py --rows ddp,z2-off --env THP_MEM_ALLOC_ENABLE=0
+    .venv/bin/python bench/train_memory_throughput.py --render results.json   # table of a saved --json run
 
-Model: the `mlp-large` preset (4096 -> 4096 -> 2048 -> 1, 25,174,017 parameters), 2 ranks on this
-machine, 64 samples per rank per step (global batch 128), builtin dataset, BCE loss. Each row is a
-fresh launch: DDP through `torchrun --nproc_per_node 2` (gloo, `torch.optim.AdamW`), DeepSpeed rows
-through DeepSpeed's launcher with the config from `runtime.config.deepspeed_config(...)` plus the
-overrides in `TUNED` (or none with `--untuned`). ZeRO-3 builds the model inside `deepspeed.zero.Init`.
+Model: the `mlp-large` preset (4096 -> 4096 -> 2048 -> 1, 25,174,017 parameters), 2 ranks, 64
+samples per rank per step (global batch 128), builtin dataset (1,024 rows, cycled), BCE loss, Adam
+lr 1e-3 without weight decay or clipping, fp32 unless the row says bf16. DDP rows run under
+`torchrun --nproc_per_node 2` (gloo, `torch.optim.AdamW`); DeepSpeed rows under DeepSpeed's
+launcher with `runtime.config.deepspeed_config(...)` plus `tuned_overrides()` and `TUNED_ENV`
+(neither with `--untuned`). ZeRO-3 builds the model inside `deepspeed.zero.Init`.
 
-Per row: samples/s over `--steps` steps after `--warmup` steps (barrier before and after, slowest
-rank), peak RSS per rank (`ru_maxrss`), RSS at start (after imports and process-group init), the
-model-state bytes each rank really holds (`bench/_model_state.py`) and the ZeRO paper's formula for
-the row's precision, plus the 1-minute load average before the row (the machine is shared).
-Environment: `BENCH_MASTER_PORT` (default 29650; row i uses port + i).
+Each row is launched `--repeat` times, rows interleaved so that load drift on this shared machine
+hits all rows alike. Per launch: samples/s over `--steps` timed steps after `--warmup` steps
+(barrier before and after, slowest rank), peak RSS per rank (`ru_maxrss`), and one extra step in
+which the model-state bytes each rank really holds are counted between backward and optimizer step
+(`bench/_model_state.py`), shown next to the ZeRO paper's formula for the row's precision. The loss
+sequence is compared with the DDP row's (every fp32 row trains the same model on the same batches).
+Logs and per-rank JSON go to `--work-dir`. Environment: `BENCH_MASTER_PORT` (default 29650; each
+launch takes the next port).
 """
 
 from __future__ import annotations
@@ -240,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write all results to this file")
     p.add_argument("--row-timeout", type=int, default=300, help="seconds before a row is killed")
     p.add_argument("--dry-run", action="store_true", help="print the launch commands and exit")
+    p.add_argument("--render", type=Path, default=None, help="print the tables of a saved --json file and exit")
     args = p.parse_args(argv)
+    if args.render:
+        print(render(list(json.loads(args.render.read_text()).values()), world_size=NUM_RANKS))
+        return 0
     keys = [k.strip() for k in args.rows.split(",") if k.strip()]
     unknown = [k for k in keys if k not in ROWS]
     if unknown:
