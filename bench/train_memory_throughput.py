@@ -44,6 +44,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from _bench_table import render  # noqa: E402
 
+from runtime.config import nest  # noqa: E402
+
 WORKER = ROOT / "bench" / "_train_worker.py"
 NUM_RANKS = 2
 
@@ -140,13 +142,7 @@ def parse_set(text: str) -> dict[str, Any]:
         value = raw
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    node: dict[str, Any] = {}
-    cursor = node
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = value
-    return node
+    return nest(key, value)
 
 
 def parse_env(text: str) -> tuple[str, str]:

@@ -282,6 +282,17 @@ def _build(data: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"config: {e}") from None
 
 
+def nest(dotted_key: str, value: Any) -> dict[str, Any]:
+    """`nest("a.b", 1)` -> `{"a": {"b": 1}}`: a dotted override key as the nested mapping it sets."""
+    node: dict[str, Any] = {}
+    cursor = node
+    parts = dotted_key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return node
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """`a.b=value` -> {"a": {"b": value}}; the value is parsed as YAML (numbers, lists, strings)."""
     if "=" not in text:
@@ -294,13 +305,7 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
-    node: dict[str, Any] = {}
-    cursor = node
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = value
-    return node
+    return nest(key, value)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
