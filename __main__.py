@@ -5,39 +5,40 @@
     pulumi up
     ./scripts/plan.sh Pulumi.dev.yaml      # offline: resources, policy verdicts, cost
 
-Reads the config once, builds one component per concern, exports the outputs that
-`scripts/launch.sh --stack` relies on (names fixed in ARCHITECTURE.md).
+Reads the config once, builds one component per concern, and exports the outputs that
+`scripts/launch.sh --stack` and `runtime.remote` read (names fixed in `runtime/contract.py`).
 """
 
 import pulumi
 import pulumi_aws as aws
 
-from infra import policies, pricing
-from infra.common import base_tags
-from infra.config import load_config
-from infra.iam import Iam, IamArgs
-from infra.netplan import lookup_zones
-from infra.network import Network, NetworkArgs
-from infra.serving import Serving, ServingArgs
-from infra.storage import Storage, StorageArgs
-from infra.training import Training, TrainingArgs
-from infra.userdata import trainer_user_data
+from infra.builders.policies import token_parameter_arn, token_parameter_name
+from infra.builders.userdata import trainer_user_data
+from infra.components.base import base_tags
+from infra.components.iam import Iam, IamArgs
+from infra.components.network import Network, NetworkArgs, lookup_zones
+from infra.components.serving import Serving, ServingArgs
+from infra.components.storage import Storage, StorageArgs
+from infra.components.training import Training, TrainingArgs
+from infra.config.catalog import CATALOG
+from infra.config.cost import enforce_budget, estimate_cost
+from infra.config.stack import load_config
+from runtime import contract
 
 cfg = load_config()
-estimate = pricing.estimate_cost(cfg)
-pricing.enforce_budget(estimate, cfg.max_hourly_usd)
+estimate = estimate_cost(cfg)
+enforce_budget(estimate, cfg.max_hourly_usd)
 pulumi.log.info("estimated cost:\n" + estimate.table())
 
 account_id = aws.get_caller_identity().account_id
 partition = aws.get_partition().partition
 project, stack, tags = pulumi.get_project(), pulumi.get_stack(), base_tags()
-trainer_type = pricing.CATALOG[cfg.trainer_instance_type]
-server_type = pricing.CATALOG[cfg.serving_instance_type]
+trainer_type, server_type = CATALOG[cfg.trainer_instance_type], CATALOG[cfg.serving_instance_type]
 zones = lookup_zones(
     cfg.region,
     cfg.num_availability_zones,
     cfg.training_availability_zone,
-    [trainer_type.name, server_type.name],
+    {"trainer-instance-type": trainer_type.name, "serving-instance-type": server_type.name},
     cfg.zone_offerings_lookup,
 )
 
@@ -54,11 +55,11 @@ network = Network("network", NetworkArgs(
     tags=tags, egress_enabled=cfg.egress_enabled, interface_endpoints=cfg.interface_endpoints,
     flow_log_depends_on=[storage],
 ))  # fmt: skip
-token_name = policies.token_parameter_name(project, stack)
+token_name = token_parameter_name(project, stack)
 iam = Iam("iam", IamArgs(
     bucket_arns={purpose: bucket.arn for purpose, bucket in buckets.items()},
     key_arn=storage.key_arn, region=cfg.region, partition=partition, tags=tags,
-    token_parameter_arn=policies.token_parameter_arn(
+    token_parameter_arn=token_parameter_arn(
         partition=partition, region=cfg.region, account_id=account_id, name=token_name),
 ))  # fmt: skip
 bucket_names = pulumi.Output.all(**{p: b.bucket for p, b in buckets.items()})
@@ -79,15 +80,16 @@ serving = Serving("serving", ServingArgs(
     region=cfg.region, tags=tags, ami_id=cfg.serving_ami, root_volume_gb=cfg.serving_root_volume_gb,
 ))  # fmt: skip
 
-pulumi.export("region", cfg.region)
-pulumi.export("kms_key_arn", storage.key_arn)
-for purpose, bucket in buckets.items():
-    pulumi.export(f"{purpose}_bucket", bucket.bucket)
-pulumi.export("trainer_instance_ids", training.instance_ids)
-pulumi.export("trainer_private_ips", training.private_ips)
-pulumi.export("trainer_slots_per_node", training.slots_per_node)
-pulumi.export("serving_instance_id", serving.instance_id)
-pulumi.export("serving_private_ip", serving.private_ip)
-pulumi.export("serving_url", serving.url)
-pulumi.export("serving_token_parameter", serving.token_parameter_name)
-pulumi.export("estimated_hourly_usd", float(estimate.total_usd_per_hour))
+# In the order of `contract.STACK_OUTPUTS`; bucket outputs are `<purpose>_bucket`.
+pulumi.export(contract.OUTPUT_REGION, cfg.region)
+pulumi.export(contract.OUTPUT_KMS_KEY_ARN, storage.key_arn)
+for purpose in contract.BUCKET_PURPOSES:
+    pulumi.export(f"{purpose}_bucket", buckets[purpose].bucket)
+pulumi.export(contract.OUTPUT_TRAINER_INSTANCE_IDS, training.instance_ids)
+pulumi.export(contract.OUTPUT_TRAINER_PRIVATE_IPS, training.private_ips)
+pulumi.export(contract.OUTPUT_TRAINER_SLOTS_PER_NODE, training.slots_per_node)
+pulumi.export(contract.OUTPUT_SERVING_INSTANCE_ID, serving.instance_id)
+pulumi.export(contract.OUTPUT_SERVING_PRIVATE_IP, serving.private_ip)
+pulumi.export(contract.OUTPUT_SERVING_URL, serving.url)
+pulumi.export(contract.OUTPUT_SERVING_TOKEN_PARAMETER, serving.token_parameter_name)
+pulumi.export(contract.OUTPUT_ESTIMATED_HOURLY_USD, float(estimate.total_usd_per_hour))

@@ -29,9 +29,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from _model_state import ddp_model_state, zero_model_state  # noqa: E402
 from train_memory_throughput import deep_merge  # noqa: E402
 
-from runtime.config import TrainConfig, deepspeed_config, load_config  # noqa: E402
-from runtime.data import epoch_order, make_builtin, rank_batch  # noqa: E402
-from runtime.models import build_mlp, count_parameters  # noqa: E402
+from runtime.train.config import TrainConfig, deepspeed_config, load_config  # noqa: E402
+from runtime.train.data import epoch_order, make_builtin, rank_batch  # noqa: E402
+from runtime.train.models import build_mlp, count_parameters  # noqa: E402
 
 NUM_ROWS = 1024  # 8 global batches of 128: enough distinct batches, small enough not to set the RSS peak
 

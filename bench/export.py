@@ -47,7 +47,7 @@ VARIANTS = {
 
 def ensure_trained(runs_dir: Path, name: str) -> Path:
     """The run directory of `name`, training it first when it has no verified checkpoint."""
-    from runtime.checkpoint import CheckpointError, find_latest_verified
+    from runtime.train.checkpoint import CheckpointError, find_latest_verified
 
     run_dir = runs_dir / name
     try:
@@ -66,8 +66,8 @@ def ensure_trained(runs_dir: Path, name: str) -> Path:
 
 
 def export_row(run_dir: Path, name: str, variant: str, threads: int, iters: int) -> dict:
-    from runtime.export import run_export
-    from runtime.export_config import ExportConfig, GateError
+    from runtime.export.config import ExportConfig, GateError
+    from runtime.export.pipeline import run_export
 
     settings = VARIANTS[variant]
     slug = variant.replace("+", "-").replace(" ", "-")
@@ -79,7 +79,7 @@ def export_row(run_dir: Path, name: str, variant: str, threads: int, iters: int)
         **settings,
     )
     try:
-        manifest = run_export(cfg)["manifest"]
+        manifest = run_export(cfg).manifest
     except GateError as e:
         return {"model": name, "variant": variant, "error": str(e)}
     return {"model": name, "variant": variant, **manifest}
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
-    from runtime.log import get_logger
+    from runtime.common.log import get_logger
 
     for handler in get_logger().handlers:  # progress to stderr, the table alone on stdout
         handler.setStream(sys.stderr)

@@ -45,7 +45,7 @@ MODEL = "mlp-binary"
 
 def bare_app_factory(num_features: int):
     """ASGI app: reads the body, decodes + validates it like runtime.serve, returns a fixed tensor."""
-    from runtime.serve_protocol import Limits, RequestError, TensorSpec, decode_infer_request, encode_infer_response
+    from runtime.serve.protocol import Limits, RequestError, TensorSpec, decode_infer_request, encode_infer_response
 
     inputs = {"input": TensorSpec("input", "FP32", (-1, num_features))}
     outputs = {"output": TensorSpec("output", "FP32", (-1, 1))}
@@ -197,10 +197,10 @@ def _wait_ready(port: int, auth: bool, proc: subprocess.Popen, timeout: float = 
 def _build_repo(root: Path, num_features: int) -> str:
     import torch
 
-    from runtime.artifact import write_manifest
-    from runtime.config import mlp_binary
-    from runtime.models import WithSigmoid, build_mlp
-    from runtime.publish import publish
+    from runtime.repository.artifact import write_manifest
+    from runtime.repository.publish import publish
+    from runtime.train.models import WithSigmoid, build_mlp
+    from runtime.train.presets import mlp_binary
 
     cfg = mlp_binary()
     model = WithSigmoid(build_mlp(num_features, cfg.model)).eval()

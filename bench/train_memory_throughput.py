@@ -1,9 +1,9 @@
 """ZeRO memory and throughput benchmark: plain DDP vs DeepSpeed ZeRO-1/2/3, with and without CPU offload.
 
-    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py           # ~8 min, 2 cores
-    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --rows ddp,z2-off,z3
-    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --untuned --repeat 1
-    PYTHONPATH=. DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --dry-run  # commands only
+    DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py           # ~8 min, 2 cores
+    DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --rows ddp,z2-off,z3
+    DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --untuned --repeat 1
+    DS_ACCELERATOR=cpu .venv/bin/python bench/train_memory_throughput.py --dry-run  # commands only
     # one change on top of the tuned setup (DeepSpeed key as JSON, or a rank environment variable):
     ... bench/train_memory_throughput.py --rows z2-off --set zero_optimization.overlap_comm=true
     ... bench/train_memory_throughput.py --rows ddp,z2-off --env THP_MEM_ALLOC_ENABLE=0
@@ -44,7 +44,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from _bench_table import render  # noqa: E402
 
-from runtime.config import nest  # noqa: E402
+from runtime.train.loading import nest  # noqa: E402
 
 WORKER = ROOT / "bench" / "_train_worker.py"
 NUM_RANKS = 2

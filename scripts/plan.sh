@@ -4,7 +4,8 @@
 # Needs no AWS credentials and no Pulumi CLI: the program runs under Pulumi's unit-test mocks.
 #   ./scripts/plan.sh                        # Pulumi.example.yaml
 #   ./scripts/plan.sh Pulumi.dev.yaml        # any stack config file
-# Exit status: 0 all rules pass, 1 a rule is violated, 2 invalid config or over max-hourly-usd.
+# Exit status (runtime.contract.ExitCode): 0 all rules pass, 1 a rule is violated, 2 invalid config
+# or over max-hourly-usd.
 set -euo pipefail
 config="${1:-Pulumi.example.yaml}"
 # Resolve the file before changing directory, so relative paths mean what the caller meant.
@@ -13,4 +14,4 @@ if [[ -f "${config}" ]]; then
 fi
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "${STRATUS_ROOT}"
-exec python -m infra.plan "${config}"
+exec python -m infra.tools.plan "${config}"

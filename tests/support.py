@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from runtime.artifact import write_manifest
-from runtime.config import ModelConfig
-from runtime.models import WithSigmoid, build_mlp
+from runtime.repository.artifact import write_manifest
+from runtime.train.config import ModelConfig
+from runtime.train.models import WithSigmoid, build_mlp
 
 NUM_FEATURES = 8
 

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from runtime.config import DataConfig
-from runtime.data import load_dataset
+from runtime.train.config import DataConfig
+from runtime.train.data import load_dataset
 from tests.conftest import free_port
 from tests.runtime.conftest import ROOT
 
@@ -114,7 +114,7 @@ def test_launch_trains_exports_publishes_and_the_server_answers(tmp_path):
             str(token),
         ],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=dict(os.environ),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# The helper modules next to this file (infra_support, infra_checks, iam_sim) import by plain
-# name whether or not tests/ is laid out as a package.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from infra_support import EFA_SPOT_EGRESS, example_config  # noqa: E402
-
-from infra.offline import ProgramRun, run_program  # noqa: E402
+from infra.tools.offline import ProgramRun, run_program
+from tests.infra.support import EFA_SPOT_EGRESS, example_config
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.offline import ROOT, ProgramRun, load_stack_config, run_program
-from infra.policycheck import load_rules
+from infra.tools.offline import ROOT, ProgramRun, load_stack_config, run_program
+from infra.tools.policycheck import load_rules
 
 EFA_SPOT_EGRESS = {
     "stratus:trainer-instance-type": "p4d.24xlarge",

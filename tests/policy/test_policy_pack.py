@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from infra.policycheck import POLICY_DIR
+from infra.tools.policycheck import POLICY_DIR
 
 
 def test_pack_starts_its_analyzer_like_the_pulumi_cli_runs_it():

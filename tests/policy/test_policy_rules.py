@@ -9,8 +9,8 @@ import re
 import pytest
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 
-from infra.offline import ProgramRun
-from infra.policycheck import evaluate
+from infra.tools.offline import ProgramRun
+from infra.tools.policycheck import evaluate
 
 
 def _all_violations(run: ProgramRun) -> list:

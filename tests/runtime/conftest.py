@@ -30,7 +30,7 @@ def run_train(out_dir: Path, run_name: str, *sets: str, args: tuple[str, ...] = 
     cmd = [sys.executable, "-m", "runtime", "train", "--nproc", "2", "--run-name", run_name]
     for s in (f"output_dir={out_dir}", *sets):
         cmd += ["--set", s]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 

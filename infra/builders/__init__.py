@@ -1,0 +1,1 @@
+"""Pure builders: plain functions of names and ARNs, no Pulumi, no AWS calls."""

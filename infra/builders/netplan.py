@@ -1,0 +1,117 @@
+"""Network planning: subnet CIDR maths and the choice of availability zones.
+
+Pure functions. `infra.components.network.lookup_zones` asks AWS (through Pulumi invokes) which
+zones exist and which offer the instance types, then calls `choose_zones`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from infra.config.errors import ConfigError
+
+# The VPC is cut into eighths: private subnets take the first four, public ones the next
+# four, so up to four zones fit and private subnets keep most of the address space.
+SUBNET_SPLIT_BITS = 3
+MAX_ZONES = 4
+
+
+@dataclass(frozen=True)
+class SubnetPlan:
+    """CIDRs of one zone's subnets."""
+
+    zone: str
+    private_cidr: str
+    public_cidr: str
+
+
+def plan_subnets(vpc_cidr: str, zones: Sequence[str]) -> list[SubnetPlan]:
+    """Split `vpc_cidr` into one private and one public subnet per zone, without overlaps.
+
+    Args:
+        vpc_cidr: the VPC range, IPv4, prefix /16 to /24.
+        zones: zone names, at most four.
+
+    Returns:
+        One `SubnetPlan` per zone, in the order given.
+    """
+    if not 1 <= len(zones) <= MAX_ZONES:
+        raise ValueError(f"need 1-{MAX_ZONES} zones, got {len(zones)}")
+    vpc = ipaddress.ip_network(vpc_cidr, strict=True)
+    blocks = list(vpc.subnets(prefixlen_diff=SUBNET_SPLIT_BITS))
+    return [SubnetPlan(zone, str(blocks[i]), str(blocks[MAX_ZONES + i])) for i, zone in enumerate(zones)]
+
+
+@dataclass(frozen=True)
+class ZonePlan:
+    """The zones of the VPC; `training_zone` is first and also hosts the serving host."""
+
+    zones: tuple[str, ...]
+    training_zone: str
+
+
+def choose_zones(
+    available: Sequence[str],
+    count: int,
+    *,
+    requested: str | None,
+    offering: Mapping[str, Sequence[str]] | None = None,
+    type_keys: Mapping[str, str] | None = None,
+) -> ZonePlan:
+    """Pick `count` zones with one that offers every instance type for training and serving.
+
+    Args:
+        available: zone names that are up in the region, in AWS order.
+        count: how many zones the VPC spans.
+        requested: `training-availability-zone`, or None to pick the first that fits.
+        offering: instance type -> zones offering it; None skips the offering check.
+        type_keys: instance type -> the config key that chose it (`serving-instance-type`...),
+            named when no zone offers the type; a type not in it is blamed on
+            `trainer-instance-type`, the key that decides the training zone.
+
+    Returns:
+        The plan; its zones start with the training zone.
+
+    Raises:
+        ConfigError: too few zones, the requested zone is unknown, or no zone offers a type.
+    """
+    if len(available) < count:
+        raise ConfigError(
+            "availability-zone-count",
+            f"{count} zones requested but the region has {len(available)} available",
+            f"set it to at most {len(available)}",
+        )
+    candidates = list(available)
+    if offering:
+        for instance_type, zones in offering.items():
+            fits = [z for z in candidates if z in set(zones)]
+            if not fits:
+                blamed = (type_keys or {}).get(instance_type, "trainer-instance-type")
+                key = "training-availability-zone" if requested else blamed
+                raise ConfigError(
+                    key,
+                    f"no zone offers {instance_type} together with the other instance types; "
+                    f"zones offering {instance_type}: {', '.join(sorted(zones)) or 'none'}",
+                    "choose instance types offered in a common zone, or another region",
+                )
+            candidates = fits
+    if requested is not None:
+        if requested not in available:
+            raise ConfigError(
+                "training-availability-zone",
+                f"{requested} is not an available zone",
+                "use one of " + ", ".join(available),
+            )
+        if requested not in candidates:
+            raise ConfigError(
+                "training-availability-zone",
+                f"{requested} does not offer every instance type of the stack",
+                "use one of " + ", ".join(candidates),
+            )
+        training = requested
+    else:
+        training = candidates[0]
+    others = [z for z in available if z != training][: count - 1]
+    return ZonePlan((training, *others), training)

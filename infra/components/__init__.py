@@ -1,0 +1,1 @@
+"""Pulumi components of the stack, one `pulumi.ComponentResource` per module."""

@@ -1,0 +1,5 @@
+"""The stack's config, read once and validated, the instance catalog and the cost estimate.
+
+Import order, without cycles: `catalog` and `errors` import nothing of infra; `validate` imports
+both; `stack` (StackConfig) imports `validate`; `cost` imports `catalog`, `errors` and `stack`.
+"""

@@ -1,0 +1,135 @@
+"""Instance catalog and regional prices: the types and regions the stack may use.
+
+Prices are AWS public on-demand list prices for Linux, shared tenancy, in USD per hour, as
+published on https://aws.amazon.com/ec2/pricing/on-demand/ (EC2), /ebs/pricing/ (gp3),
+/vpc/pricing/ (NAT gateway, public IPv4), /privatelink/pricing/ (interface endpoints),
+/kms/pricing/ and /s3/pricing/, transcribed 2025-06 (after the June 2025 P4/P5 price
+reductions). They could not be re-checked from the build environment (no AWS access): refresh
+them from the AWS Price List API (`aws pricing get-products --service-code AmazonEC2 ...`)
+before relying on a budget, and bump PRICES_AS_OF when you do.
+
+Plain data and one lookup: no Pulumi, no network, and nothing else of `infra` (config
+validation and the cost estimate both read it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+PRICES_AS_OF = "2025-06"
+HOURS_PER_MONTH = Decimal(730)  # AWS converts monthly prices to hourly with 730 h/month.
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstanceType:
+    """One EC2 instance type the stack may launch."""
+
+    name: str
+    """EC2 instance type, e.g. `p4d.24xlarge`."""
+    gpus: int
+    """GPUs per instance (0 for CPU types); also the DeepSpeed slots per training node."""
+    gpu_model: str
+    """GPU model, empty for CPU types."""
+    gpu_memory_gib: int
+    """Total GPU memory of the instance in GiB."""
+    vcpus: int
+    """vCPUs per instance."""
+    memory_gib: int
+    """Host memory in GiB."""
+    network_gbps: float
+    """Network bandwidth in Gbit/s ("up to" figures are taken at their peak)."""
+    efa_interfaces: int
+    """EFA network interfaces the type supports (one per network card); 0: no EFA."""
+    usd_per_hour: dict[str, Decimal]
+    """On-demand USD/h by region; a region missing here does not offer the type."""
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """Regions that offer this type, sorted."""
+        return tuple(sorted(self.usd_per_hour))
+
+
+def _prices(us_east_1: str, us_west_2: str, eu_west_1: str | None) -> dict[str, Decimal]:
+    prices = {"us-east-1": Decimal(us_east_1), "us-west-2": Decimal(us_west_2)}
+    if eu_west_1 is not None:
+        prices["eu-west-1"] = Decimal(eu_west_1)
+    return prices
+
+
+def _gpu(name, gpus, model, gpu_mem, vcpus, mem, gbps, efa, prices) -> InstanceType:
+    return InstanceType(
+        name=name, gpus=gpus, gpu_model=model, gpu_memory_gib=gpu_mem, vcpus=vcpus,
+        memory_gib=mem, network_gbps=gbps, efa_interfaces=efa, usd_per_hour=prices,
+    )  # fmt: skip
+
+
+def _cpu(name, vcpus, mem, prices) -> InstanceType:
+    return _gpu(name, 0, "", 0, vcpus, mem, 12.5, 0, prices)
+
+
+# EFA interface counts follow the EC2 user guide table "Supported instance types" for EFA:
+# g5.48xlarge and g6e.12xlarge have one EFA-capable card, p4d/g6e.48xlarge four, p5 thirty-two.
+_CATALOG = [
+    _gpu("g5.xlarge", 1, "A10G", 24, 4, 16, 10, 0, _prices("1.006", "1.006", "1.123")),
+    _gpu("g5.2xlarge", 1, "A10G", 24, 8, 32, 10, 0, _prices("1.212", "1.212", "1.353")),
+    _gpu("g5.12xlarge", 4, "A10G", 96, 48, 192, 40, 0, _prices("5.672", "5.672", "6.332")),
+    _gpu("g5.48xlarge", 8, "A10G", 192, 192, 768, 100, 1, _prices("16.288", "16.288", "18.184")),
+    _gpu("g6.xlarge", 1, "L4", 24, 4, 16, 10, 0, _prices("0.8048", "0.8048", None)),
+    _gpu("g6.12xlarge", 4, "L4", 96, 48, 192, 40, 0, _prices("4.6016", "4.6016", None)),
+    _gpu("g6e.xlarge", 1, "L40S", 48, 4, 32, 20, 0, _prices("1.861", "1.861", None)),
+    _gpu("g6e.12xlarge", 4, "L40S", 192, 48, 384, 100, 1, _prices("10.493", "10.493", None)),
+    _gpu("g6e.48xlarge", 8, "L40S", 384, 192, 1536, 400, 4, _prices("30.131", "30.131", None)),
+    _gpu("p4d.24xlarge", 8, "A100", 320, 96, 1152, 400, 4, _prices("21.96", "21.96", "23.72")),
+    _gpu("p5.48xlarge", 8, "H100", 640, 192, 2048, 3200, 32, _prices("55.04", "55.04", None)),
+    _cpu("c7i.xlarge", 4, 8, _prices("0.1785", "0.1785", "0.1995")),
+    _cpu("c7i.2xlarge", 8, 16, _prices("0.357", "0.357", "0.399")),
+    _cpu("m7i.xlarge", 4, 16, _prices("0.2016", "0.2016", "0.2226")),
+    _cpu("m7i.2xlarge", 8, 32, _prices("0.4032", "0.4032", "0.4452")),
+]
+CATALOG: dict[str, InstanceType] = {t.name: t for t in _CATALOG}
+"""Every instance type the stack allows, by name."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegionPrices:
+    """Non-instance prices of one region, USD."""
+
+    gp3_gb_month: Decimal
+    """EBS gp3 storage per GB-month (baseline IOPS/throughput, which are free)."""
+    s3_standard_gb_month: Decimal
+    """S3 Standard storage per GB-month, first 50 TB tier."""
+    nat_gateway_hour: Decimal
+    """NAT gateway per hour (data processing per GB is usage-dependent and left out)."""
+    public_ipv4_hour: Decimal
+    """Public IPv4 address per hour (the NAT gateway's Elastic IP)."""
+    interface_endpoint_az_hour: Decimal
+    """Interface VPC endpoint per AZ per hour."""
+    kms_key_month: Decimal
+    """Customer-managed KMS key per month (requests are usage-dependent and left out)."""
+
+
+REGIONS: dict[str, RegionPrices] = {
+    "us-east-1": RegionPrices(
+        gp3_gb_month=Decimal("0.08"), s3_standard_gb_month=Decimal("0.023"),
+        nat_gateway_hour=Decimal("0.045"), public_ipv4_hour=Decimal("0.005"),
+        interface_endpoint_az_hour=Decimal("0.01"), kms_key_month=Decimal("1"),
+    ),
+    "us-west-2": RegionPrices(
+        gp3_gb_month=Decimal("0.08"), s3_standard_gb_month=Decimal("0.023"),
+        nat_gateway_hour=Decimal("0.045"), public_ipv4_hour=Decimal("0.005"),
+        interface_endpoint_az_hour=Decimal("0.01"), kms_key_month=Decimal("1"),
+    ),
+    "eu-west-1": RegionPrices(
+        gp3_gb_month=Decimal("0.088"), s3_standard_gb_month=Decimal("0.023"),
+        nat_gateway_hour=Decimal("0.048"), public_ipv4_hour=Decimal("0.005"),
+        interface_endpoint_az_hour=Decimal("0.011"), kms_key_month=Decimal("1"),
+    ),
+}  # fmt: skip
+"""Regions the stack supports (the catalog has prices for them)."""
+
+
+def offering_regions(instance_type: str) -> tuple[str, ...]:
+    """Return the supported regions that offer `instance_type` (empty when it is unknown)."""
+    entry = CATALOG.get(instance_type)
+    return entry.regions if entry else ()

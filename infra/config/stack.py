@@ -1,0 +1,225 @@
+"""The stack's config: read once from `Pulumi.<stack>.yaml`, typed, validated, frozen.
+
+Components never call `pulumi.Config`; `__main__.py` calls `load_config()` and hands the
+`StackConfig` (or values taken from it) to each component. Keys are kebab-case in the `stratus`
+namespace (`pulumi config set trainer-count 4`), plus `aws:region`. An unknown key, a malformed
+value or an inconsistent combination raises `ConfigError` naming the key and the fix, so
+`pulumi preview` fails before anything is planned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from infra.config import validate
+from infra.config.errors import ConfigError
+
+NAMESPACE = "stratus"
+DEFAULT_INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages", "kms", "logs")
+
+
+def _key(key: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"key": key})
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackConfig:
+    """Every setting of one stack; see `Pulumi.example.yaml` for a commented example."""
+
+    region: str = _key("aws:region")
+    """AWS region (`aws:region`, required); one of the regions in `infra/config/catalog.py`."""
+    vpc_cidr: str = _key("vpc-cidr", "10.42.0.0/16")
+    """Private IPv4 range of the VPC, prefix /16 to /24."""
+    num_availability_zones: int = _key("availability-zone-count", 2)
+    """Availability zones the VPC spans (2-4); one private subnet in each."""
+    training_availability_zone: str | None = _key("training-availability-zone")
+    """Zone of the training subnet and placement group; default: the first zone offering the
+    training type."""
+    zone_offerings_lookup: bool = _key("zone-offerings-lookup", True)
+    """Ask EC2 at preview which zones offer the instance types (needs AWS credentials)."""
+    egress_enabled: bool = _key("egress-enabled", False)
+    """Add a public subnet, internet gateway and NAT gateway for outbound internet (pip, dnf
+    mirrors outside S3); off by default: instances reach AWS only through VPC endpoints."""
+    interface_endpoints: tuple[str, ...] = _key("interface-endpoints", DEFAULT_INTERFACE_ENDPOINTS)
+    """Interface VPC endpoints to create (services from `validate.INTERFACE_SERVICES`)."""
+    trainer_instance_type: str = _key("trainer-instance-type", "g5.12xlarge")
+    """GPU instance type of the training nodes (a GPU type from the catalog)."""
+    num_trainers: int = _key("trainer-count", 2)
+    """Number of training nodes (1-64)."""
+    trainer_market: str = _key("trainer-market", "on-demand")
+    """`on-demand` or `spot`."""
+    trainer_spot_max_price: float | None = _key("trainer-spot-max-price")
+    """Spot price cap in USD/h per node; required with `trainer-market: spot`."""
+    trainer_ami: str | None = _key("trainer-ami")
+    """AMI id override for training nodes; default: the newest Deep Learning AMI (PyTorch)."""
+    trainer_root_volume_gb: int = _key("trainer-root-volume-gb", 200)
+    """Root volume of each training node in GB (gp3, encrypted with the stack key)."""
+    trainer_scratch_volume_gb: int = _key("trainer-scratch-volume-gb", 500)
+    """Scratch volume mounted at /scratch on each training node in GB; 0: none."""
+    serving_instance_type: str = _key("serving-instance-type", "c7i.xlarge")
+    """Instance type of the serving host, GPU or CPU (from the catalog)."""
+    serving_ami: str | None = _key("serving-ami")
+    """AMI id override for the serving host; default: Deep Learning AMI for GPU types,
+    Amazon Linux 2023 for CPU types."""
+    serving_root_volume_gb: int = _key("serving-root-volume-gb", 50)
+    """Root volume of the serving host in GB (gp3, encrypted with the stack key)."""
+    serving_port: int = _key("serving-port", 8000)
+    """TCP port of the inference server (1024-65535)."""
+    serving_allowed_cidrs: tuple[str, ...] = _key("serving-allowed-cidrs", ())
+    """IPv4 ranges allowed to reach the inference port; default: the VPC's own range."""
+    model_name: str = _key("model-name", "mlp-binary")
+    """Model the serving host serves from `s3://<models_bucket>/models/<model-name>/`; the
+    name rule is `runtime.contract.MODEL_NAME_RE` (at most 64 characters, no `..`)."""
+    kms_deletion_window_days: int = _key("kms-deletion-window-days", 30)
+    """Waiting period before the stack key is deleted after `pulumi destroy` (7-30)."""
+    checkpoint_noncurrent_days: int = _key("checkpoint-noncurrent-days", 30)
+    """Days after which overwritten/deleted checkpoint object versions expire."""
+    logs_expiration_days: int = _key("logs-expiration-days", 365)
+    """Days after which access and flow logs expire."""
+    force_destroy_buckets: bool = _key("force-destroy-buckets", False)
+    """Let `pulumi destroy` delete non-empty buckets (for throw-away stacks only)."""
+    max_hourly_usd: float | None = _key("max-hourly-usd")
+    """Budget guard: preview fails when the estimated hourly cost exceeds this."""
+    training_hours: float | None = _key("training-hours")
+    """Expected hours of the training run; adds an estimated run cost to the estimate."""
+    estimated_s3_gb: int = _key("estimated-s3-gb", 100)
+    """GB expected in the buckets, for the storage line of the cost estimate."""
+
+    def __post_init__(self) -> None:
+        if not self.serving_allowed_cidrs:
+            # Default resolved here, not in parsing, so every construction path gets it.
+            object.__setattr__(self, "serving_allowed_cidrs", (self.vpc_cidr,))
+        validate.check_region(self.region)
+        validate.check_network(
+            region=self.region,
+            vpc_cidr=self.vpc_cidr,
+            num_availability_zones=self.num_availability_zones,
+            training_availability_zone=self.training_availability_zone,
+            interface_endpoints=self.interface_endpoints,
+            egress_enabled=self.egress_enabled,
+        )
+        validate.check_trainer(
+            region=self.region,
+            instance_type_name=self.trainer_instance_type,
+            num_trainers=self.num_trainers,
+            market=self.trainer_market,
+            spot_max_price=self.trainer_spot_max_price,
+            ami=self.trainer_ami,
+            root_volume_gb=self.trainer_root_volume_gb,
+            scratch_volume_gb=self.trainer_scratch_volume_gb,
+        )
+        validate.check_serving(
+            region=self.region,
+            instance_type_name=self.serving_instance_type,
+            ami=self.serving_ami,
+            root_volume_gb=self.serving_root_volume_gb,
+            port=self.serving_port,
+            allowed_cidrs=self.serving_allowed_cidrs,
+            model_name=self.model_name,
+        )
+        validate.check_operations(
+            kms_deletion_window_days=self.kms_deletion_window_days,
+            checkpoint_noncurrent_days=self.checkpoint_noncurrent_days,
+            logs_expiration_days=self.logs_expiration_days,
+            estimated_s3_gb=self.estimated_s3_gb,
+            max_hourly_usd=self.max_hourly_usd,
+            training_hours=self.training_hours,
+        )
+
+
+FIELDS = {f.metadata["key"]: f for f in dataclasses.fields(StackConfig)}
+"""Config key -> dataclass field."""
+
+
+def _convert(key: str, type_name: str, raw: Any) -> Any:
+    """Convert one raw config value (a string from Pulumi, or already typed) to `type_name`."""
+    base = type_name.replace(" | None", "")
+    try:
+        if base == "str":
+            if not isinstance(raw, str) or not raw.strip():
+                raise ValueError
+            return raw.strip()
+        if base == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).strip().lower() not in ("true", "false"):
+                raise ValueError
+            return str(raw).strip().lower() == "true"
+        if base == "int":
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
+        if base == "float":
+            if isinstance(raw, bool) or not math.isfinite(float(raw)):
+                raise ValueError
+            return float(raw)
+        if base == "tuple[str, ...]":
+            items = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ValueError
+            return tuple(items)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        pass
+    else:
+        raise AssertionError(f"no converter for field type {type_name}")
+    expected, hint = {
+        "str": ("a non-empty string", "text"),
+        "bool": ("true or false", "true"),
+        "int": ("an integer", "4"),
+        "float": ("a number", "12.5"),
+    }.get(base, ("a list of strings", '["10.0.0.0/16"]'))
+    raise ConfigError(key, f"{raw!r} is not {expected}", f"set it like `{hint}`")
+
+
+def parse_config(raw: Mapping[str, Any]) -> StackConfig:
+    """Build a validated `StackConfig` from raw key/value pairs.
+
+    Args:
+        raw: config keys without the `stratus:` namespace (plus `aws:region`) mapped to the
+            values Pulumi holds (strings; lists as JSON) or already typed values.
+
+    Returns:
+        The frozen, validated config.
+
+    Raises:
+        ConfigError: an unknown key, a malformed value, or an invalid combination.
+    """
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in FIELDS:
+            close = difflib.get_close_matches(key, FIELDS, n=1)
+            fix = f"did you mean `{close[0]}`?" if close else "remove it"
+            raise ConfigError(
+                key,
+                "is not a stratus config key",
+                f"{fix} Known keys: " + ", ".join(sorted(FIELDS)),
+            )
+        if value is None:
+            continue
+        f = FIELDS[key]
+        kwargs[f.name] = _convert(key, str(f.type), value)
+    if "region" not in kwargs:
+        raise ConfigError("aws:region", "is not set", "run `pulumi config set aws:region us-east-1`")
+    return StackConfig(**kwargs)
+
+
+def load_config() -> StackConfig:
+    """Read the current stack's config through Pulumi and validate it (call once per run)."""
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    # pulumi.Config only answers for keys we ask about; list every set key (explicit config and
+    # the PULUMI_CONFIG bag) so a misspelt key is an error instead of a silently ignored one.
+    known = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    ours = pulumi.Config(NAMESPACE)
+    raw: dict[str, Any] = {
+        key.split(":", 1)[1]: ours.get(key.split(":", 1)[1]) for key in known if key.startswith(f"{NAMESPACE}:")
+    }
+    raw["aws:region"] = pulumi.Config("aws").get("region")
+    return parse_config(raw)

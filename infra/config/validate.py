@@ -1,0 +1,217 @@
+"""Validation rules of the stack config: each raises `ConfigError` naming the key and the fix.
+
+Plain functions of values, one per concern, so they import neither `StackConfig` nor Pulumi:
+`StackConfig.__post_init__` (infra/config/stack.py) calls them in this order on every
+construction, and the first broken rule wins.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from infra.config.catalog import CATALOG, REGIONS, InstanceType
+from infra.config.errors import ConfigError
+from runtime.contract import MODEL_NAME_RE, model_name_problem
+
+INTERFACE_SERVICES = frozenset({"ssm", "ssmmessages", "ec2messages", "kms", "logs", "sts", "ecr.api", "ecr.dkr"})
+"""Services `interface-endpoints` may name."""
+SSM_SERVICES = ("ssm", "ssmmessages", "ec2messages")
+"""Endpoints Session Manager needs when instances have no internet egress."""
+MARKETS = ("on-demand", "spot")
+AMI_ID = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
+ZONE_NAME = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
+MIN_GPU_ROOT_GB = 100  # Deep Learning AMI root snapshot plus the runtime venv and caches.
+MIN_CPU_ROOT_GB = 20
+MAX_VOLUME_GB = 16384  # the gp3 size limit
+
+
+def _in_range(key: str, value: float, low: float, high: float, unit: str = "") -> None:
+    if not low <= value <= high:
+        raise ConfigError(key, f"{value}{unit} is out of range", f"use {low}-{high}{unit}")
+
+
+def _positive_or_unset(key: str, value: float | None, fix: str) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(key, f"{value} is not positive", fix)
+
+
+def _cidr(key: str, text: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        raise ConfigError(
+            key,
+            f"{text!r} is not a valid CIDR ({e})",
+            "write a network address with its prefix, e.g. 10.42.0.0/16",
+        ) from None
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise ConfigError(key, f"{text} is an IPv6 range", "use an IPv4 range")
+    return net
+
+
+def _ami(key: str, ami: str | None) -> None:
+    if ami is not None and not AMI_ID.match(ami):
+        raise ConfigError(key, f"{ami!r} is not an AMI id", "use an id like ami-0123456789abcdef0, or unset it")
+
+
+def instance_type(key: str, name: str, region: str, *, gpu_only: bool) -> InstanceType:
+    """The catalog entry of `name`, which must be offered in `region` (and have GPUs if `gpu_only`).
+
+    Raises:
+        ConfigError: naming `key`, the allowed types, or the regions that offer the type.
+    """
+    entry = CATALOG.get(name)
+    allowed = [t.name for t in CATALOG.values() if t.gpus > 0 or not gpu_only]
+    if entry is None or (gpu_only and entry.gpus == 0):
+        kind = "GPU instance type" if gpu_only else "instance type"
+        raise ConfigError(
+            key,
+            f"{name!r} is not a supported {kind}",
+            "use one of " + ", ".join(allowed) + " (catalog: infra/config/catalog.py)",
+        )
+    if region not in entry.regions:
+        raise ConfigError(
+            key,
+            f"{name} is not offered in {region}; regions that offer it: " + ", ".join(entry.regions),
+            f"set `aws:region` to one of those regions or choose a type offered in {region}",
+        )
+    return entry
+
+
+def check_region(region: str) -> None:
+    """`aws:region` is one the catalog has prices for."""
+    if region not in REGIONS:
+        raise ConfigError(
+            "aws:region",
+            f"{region!r} is not a supported region",
+            "use one of " + ", ".join(sorted(REGIONS)),
+        )
+
+
+def check_network(
+    *,
+    region: str,
+    vpc_cidr: str,
+    num_availability_zones: int,
+    training_availability_zone: str | None,
+    interface_endpoints: tuple[str, ...],
+    egress_enabled: bool,
+) -> None:
+    """The VPC range, zone count and zone name, and the interface endpoints (SSM without egress)."""
+    vpc = _cidr("vpc-cidr", vpc_cidr)
+    if not vpc.is_private or not 16 <= vpc.prefixlen <= 24:
+        raise ConfigError(
+            "vpc-cidr",
+            f"{vpc_cidr} must be a private range of /16 to /24",
+            "use e.g. 10.42.0.0/16 (RFC 1918)",
+        )
+    _in_range("availability-zone-count", num_availability_zones, 2, 4)
+    zone = training_availability_zone
+    if zone is not None and (not ZONE_NAME.match(zone) or not zone.startswith(region)):
+        raise ConfigError(
+            "training-availability-zone",
+            f"{zone!r} is not a zone of {region}",
+            f"use a zone name like {region}a, or unset it",
+        )
+    unknown = sorted(set(interface_endpoints) - INTERFACE_SERVICES)
+    if unknown or len(set(interface_endpoints)) != len(interface_endpoints):
+        raise ConfigError(
+            "interface-endpoints",
+            f"unknown or repeated services {unknown}",
+            "list each of " + ", ".join(sorted(INTERFACE_SERVICES)) + " at most once",
+        )
+    missing = [s for s in SSM_SERVICES if s not in interface_endpoints]
+    if missing and not egress_enabled:
+        raise ConfigError(
+            "interface-endpoints",
+            f"{missing} missing while egress is disabled, so Session Manager could not reach the instances",
+            "add them, or set `egress-enabled: true`",
+        )
+
+
+def check_trainer(
+    *,
+    region: str,
+    instance_type_name: str,
+    num_trainers: int,
+    market: str,
+    spot_max_price: float | None,
+    ami: str | None,
+    root_volume_gb: int,
+    scratch_volume_gb: int,
+) -> None:
+    """The training nodes: a GPU type offered in the region, count, market and spot cap, AMI, volumes."""
+    trainer = instance_type("trainer-instance-type", instance_type_name, region, gpu_only=True)
+    _in_range("trainer-count", num_trainers, 1, 64)
+    if market not in MARKETS:
+        raise ConfigError("trainer-market", f"{market!r} is not a market", "use `on-demand` or `spot`")
+    on_demand = float(trainer.usd_per_hour[region])
+    if market == "spot" and spot_max_price is None:
+        raise ConfigError(
+            "trainer-spot-max-price",
+            "is required with `trainer-market: spot` so the budget guard has an upper bound",
+            f"set a cap in USD/h per node, at most the on-demand {on_demand}",
+        )
+    if market == "on-demand" and spot_max_price is not None:
+        raise ConfigError(
+            "trainer-spot-max-price",
+            "is set but `trainer-market` is on-demand",
+            "remove it, or set `trainer-market: spot`",
+        )
+    if spot_max_price is not None and not 0 < spot_max_price <= on_demand:
+        raise ConfigError(
+            "trainer-spot-max-price",
+            f"{spot_max_price} is not within (0, on-demand price {on_demand}] USD/h",
+            "set a positive cap no higher than on-demand",
+        )
+    _ami("trainer-ami", ami)
+    _in_range("trainer-root-volume-gb", root_volume_gb, MIN_GPU_ROOT_GB, MAX_VOLUME_GB, " GB")
+    _in_range("trainer-scratch-volume-gb", scratch_volume_gb, 0, MAX_VOLUME_GB, " GB")
+
+
+def check_serving(
+    *,
+    region: str,
+    instance_type_name: str,
+    ami: str | None,
+    root_volume_gb: int,
+    port: int,
+    allowed_cidrs: tuple[str, ...],
+    model_name: str,
+) -> None:
+    """The serving host: type offered in the region, AMI, root volume, port, allowed ranges, model name."""
+    server = instance_type("serving-instance-type", instance_type_name, region, gpu_only=False)
+    _ami("serving-ami", ami)
+    min_root = MIN_GPU_ROOT_GB if server.gpus else MIN_CPU_ROOT_GB
+    _in_range("serving-root-volume-gb", root_volume_gb, min_root, MAX_VOLUME_GB, " GB")
+    _in_range("serving-port", port, 1024, 65535)
+    for text in allowed_cidrs:
+        if _cidr("serving-allowed-cidrs", text).prefixlen < 8:
+            raise ConfigError(
+                "serving-allowed-cidrs",
+                f"{text} would expose the inference port to a large part of the internet",
+                "list the VPC range or your VPN/peered ranges (prefix /8 or longer)",
+            )
+    # The rule is the runtime's too (`publish` and `serve` check it): one definition in the contract.
+    problem = model_name_problem(model_name)
+    if problem is not None:
+        raise ConfigError("model-name", problem, f"pick a name matching {MODEL_NAME_RE.pattern}, e.g. mlp-binary")
+
+
+def check_operations(
+    *,
+    kms_deletion_window_days: int,
+    checkpoint_noncurrent_days: int,
+    logs_expiration_days: int,
+    estimated_s3_gb: int,
+    max_hourly_usd: float | None,
+    training_hours: float | None,
+) -> None:
+    """Retention windows, the storage estimate, the budget cap and the expected run length."""
+    _in_range("kms-deletion-window-days", kms_deletion_window_days, 7, 30)
+    _in_range("checkpoint-noncurrent-days", checkpoint_noncurrent_days, 1, 3650)
+    _in_range("logs-expiration-days", logs_expiration_days, 1, 3650)
+    _in_range("estimated-s3-gb", estimated_s3_gb, 0, 10_000_000)
+    _positive_or_unset("max-hourly-usd", max_hourly_usd, "set a cap in USD/h, or unset it")
+    _positive_or_unset("training-hours", training_hours, "set the expected run length in hours, or unset it")

@@ -1,0 +1,255 @@
+"""Run the Pulumi program offline under `pulumi.runtime.set_mocks` and record what it registers.
+
+Used by `tests/infra`, `tests/policy` and `python -m infra.tools.plan`: no Pulumi CLI, no AWS
+credentials.
+The mocks answer like AWS would (camelCase outputs: ids, ARNs, bucket names, private IPs), and
+the monitor records each registration with its parent and property dependencies, the same
+information the Pulumi engine hands to a policy pack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import runpy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import rpc, settings
+from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from infra.config.catalog import offering_regions
+
+ROOT = Path(__file__).resolve().parents[2]
+PROGRAM = ROOT / "__main__.py"
+ACCOUNT_ID = "123456789012"
+S3_PREFIX_LIST = "pl-63a5400a"
+
+
+def _reveal(value: Any) -> Any:
+    """Unwrap Pulumi's secret envelopes, as the engine does before handing props to policies."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return _reveal(value["value"])
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    return value
+
+
+def _tag(text: str, n: int = 17) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+class StratusMocks(pulumi.runtime.Mocks):
+    """AWS-like answers for resources and invokes.
+
+    Args:
+        region: region whose zones `getAvailabilityZones` returns.
+        offerings: instance type -> zones offering it; default: every zone of a region that the
+            catalog lists for the type.
+    """
+
+    def __init__(self, region: str = "us-east-1", offerings: Mapping[str, list[str]] | None = None):
+        self.region = region
+        self.zones = [f"{region}{z}" for z in "abcd"]
+        self.offerings = dict(offerings or {})
+        self._next_ip = 10
+        self.invokes: list[tuple[str, dict]] = []
+
+    def new_resource(self, args: MockResourceArgs) -> tuple[str, dict]:
+        """Return an id and the resource's state: its inputs plus AWS-computed outputs."""
+        inputs, typ, name = dict(args.inputs), args.typ, args.name
+        service = typ.split(":")[1].split("/")[0]
+        rid, out = f"{name}-{_tag(name, 8)}", {}
+        arn_base = f"arn:aws:{service}:{self.region}:{ACCOUNT_ID}"
+        if typ == "aws:s3/bucket:Bucket":
+            rid = inputs.get("bucket") or inputs.get("bucketPrefix", name) + _tag(name, 8)
+            out = {"bucket": rid, "arn": f"arn:aws:s3:::{rid}"}
+        elif typ == "aws:kms/key:Key":
+            rid = f"{_tag(name, 8)}-0000-4000-8000-{_tag(name + 'k', 12)}"
+            out = {"keyId": rid, "arn": f"{arn_base}:key/{rid}"}
+        elif typ.startswith("aws:iam/"):
+            rid = inputs.get("name") or f"{name}-{_tag(name, 7)}"
+            kind = "instance-profile" if typ.endswith("InstanceProfile") else "role"
+            out = {"name": rid, "arn": f"arn:aws:iam::{ACCOUNT_ID}:{kind}/{rid}"}
+        elif typ == "aws:ssm/parameter:Parameter":
+            rid = inputs["name"]
+            out = {"arn": f"{arn_base}:parameter{rid}"}
+        elif typ == "aws:ec2/instance:Instance":
+            rid = f"i-{_tag(name)}"
+            out = {"privateIp": f"10.42.0.{self._next_ip}", "arn": f"{arn_base}:instance/{rid}"}
+            self._next_ip += 1
+        elif typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            rid = f"lt-{_tag(name)}"
+            out = {"latestVersion": 1, "arn": f"{arn_base}:launch-template/{rid}"}
+        elif typ == "aws:ec2/placementGroup:PlacementGroup":
+            rid = f"{name}-{_tag(name, 7)}"
+            out = {"name": rid}
+        elif typ == "aws:ec2/vpcEndpoint:VpcEndpoint":
+            rid = f"vpce-{_tag(name)}"
+            if inputs.get("vpcEndpointType") == "Gateway":
+                out = {"prefixListId": S3_PREFIX_LIST}
+        elif typ == "aws:ec2/eip:Eip":
+            out = {"allocationId": f"eipalloc-{_tag(name)}", "publicIp": "203.0.113.10"}
+        elif typ == "random:index/randomPassword:RandomPassword":
+            rid, out = "none", {"result": f"mock-secret-{_tag(name, 32)}"}
+        elif typ.startswith("aws:ec2/"):
+            prefix = {"vpc": "vpc", "subnet": "subnet", "securityGroup": "sg"}.get(typ.split("/")[1].split(":")[0], "r")
+            rid = f"{prefix}-{_tag(name)}"
+        out.setdefault("arn", f"{arn_base}:{_tag(typ, 6)}/{rid}")
+        return rid, {**inputs, **out}
+
+    def call(self, args: MockCallArgs) -> dict:
+        """Answer the invokes the program makes; any other invoke is a test failure."""
+        invoke, a = args.token, args.args
+        self.invokes.append((invoke, dict(a)))
+        if invoke == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/ci",
+                    "userId": "AIDAMOCK", "id": ACCOUNT_ID}  # fmt: skip
+        if invoke == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
+        if invoke == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            ids = [f"use1-az{i}" for i in range(1, len(self.zones) + 1)]
+            return {"names": self.zones, "zoneIds": ids, "id": self.region}
+        if invoke == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            instance_type = a["filters"][0]["values"][0]
+            default = self.zones if self.region in offering_regions(instance_type) else []
+            zones = self.offerings.get(instance_type, default)
+            return {"locations": zones, "instanceTypes": [instance_type] * len(zones),
+                    "locationTypes": ["availability-zone"] * len(zones), "id": self.region}  # fmt: skip
+        if invoke == "aws:ec2/getAmi:getAmi":
+            names = [f["values"][0] for f in a.get("filters", []) if f["name"] in ("name", "image-id")]
+            ami = names[0] if names and names[0].startswith("ami-") else f"ami-{_tag(str(names))}"
+            return {"id": ami, "imageId": ami, "rootDeviceName": "/dev/xvda",
+                    "architecture": "x86_64", "name": names[0] if names else "mock"}  # fmt: skip
+        raise NotImplementedError(f"the offline mocks do not answer the invoke {invoke}")
+
+
+@dataclass
+class Registered:
+    """One resource as the program registered it."""
+
+    urn: str
+    type: str
+    name: str
+    id: str
+    inputs: dict
+    state: dict
+    parent: str
+    custom: bool
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+
+
+class RecordingMonitor(MockMonitor):
+    """A mock monitor that also keeps parents and property dependencies of registrations."""
+
+    def __init__(self, mocks: StratusMocks):
+        super().__init__(mocks)
+        self.recorded: list[Registered] = []
+
+    def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
+        """Register through the mocks, then record the request's dependency information."""
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            registration = self.resources[response.urn]
+            deps = {k: list(v.urns) for k, v in request.propertyDependencies.items()}
+            inputs = _reveal(rpc.deserialize_properties(request.object))
+            self.recorded.append(Registered(
+                response.urn, request.type, request.name, registration.id, inputs,
+                _reveal(dict(registration.state)), request.parent, bool(request.custom), deps,
+            ))  # fmt: skip
+        return response
+
+
+@dataclass
+class ProgramRun:
+    """What one offline run registered and exported."""
+
+    resources: list[Registered]
+    outputs: dict[str, Any]
+
+    def of_type(self, typ: str) -> list[Registered]:
+        """Every resource of the type token `typ`, in registration order."""
+        return [r for r in self.resources if r.type == typ]
+
+    def named(self, name: str) -> Registered:
+        """The resource with logical name `name` (exactly one must exist)."""
+        found = [r for r in self.resources if r.name == name]
+        assert len(found) == 1, f"expected one resource named {name}, found {len(found)}"
+        return found[0]
+
+    def attached(self, typ: str, target: Registered, prop: str = "bucket") -> list[Registered]:
+        """Resources of `typ` whose `prop` input was computed from `target` (v7 bucket joins)."""
+        return [r for r in self.of_type(typ) if target.urn in r.property_dependencies.get(prop, [])]
+
+
+def load_stack_config(path: str | Path) -> dict[str, Any]:
+    """The `config:` mapping of a stack file such as `Pulumi.example.yaml`.
+
+    Raises:
+        ValueError: the file has no `config:` mapping or holds encrypted (`secure:`) values,
+            which only the Pulumi CLI can decrypt.
+    """
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    config = data.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: no `config:` mapping; see Pulumi.example.yaml")
+    secure = [k for k, v in config.items() if isinstance(v, dict) and "secure" in v]
+    if secure:
+        raise ValueError(f"{path}: encrypted values {secure} need the Pulumi CLI; stratus config has no secrets")
+    return config
+
+
+def config_strings(config: Mapping[str, Any], namespace: str = "stratus") -> dict[str, str]:
+    """Turn a stack-file `config:` mapping into Pulumi's string config (lists as JSON)."""
+    out = {}
+    for key, value in config.items():
+        full = key if ":" in key else f"{namespace}:{key}"
+        if isinstance(value, bool):
+            out[full] = "true" if value else "false"
+        elif isinstance(value, list | dict):
+            out[full] = json.dumps(value)
+        else:
+            out[full] = str(value)
+    return out
+
+
+def run(
+    body: Callable[[], Any],
+    config: Mapping[str, Any] | None = None,
+    *,
+    mocks: StratusMocks | None = None,
+    stack: str = "dev",
+) -> ProgramRun:
+    """Run `body` as a Pulumi program under mocks; its returned dict becomes `outputs`.
+
+    Exceptions raised by the program (config errors, the budget guard) propagate unchanged.
+    """
+    config = dict(config or {})
+    mocks = mocks or StratusMocks(region=str(config.get("aws:region", "us-east-1")))
+    monitor = RecordingMonitor(mocks)
+    settings.ROOT.set(None)  # each run gets a fresh root stack resource
+    pulumi.runtime.set_mocks(mocks, project="stratus", stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(config_strings(config))
+    returned: dict[str, Any] = {}
+    _sync_await(run_pulumi_func(lambda: returned.update(body() or {})))
+    exported = {**settings.get_root_resource().outputs, **returned}
+    outputs = {k: _sync_await(pulumi.Output.from_input(v).future()) for k, v in exported.items()}
+    return ProgramRun(monitor.recorded, outputs)
+
+
+def run_program(config: Mapping[str, Any], **kwargs: Any) -> ProgramRun:
+    """Run the whole stack program (`__main__.py`) with `config` (keys as in a stack file)."""
+
+    def program() -> None:
+        runpy.run_path(str(PROGRAM), run_name="__main__")
+
+    return run(program, config, **kwargs)

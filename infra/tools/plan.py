@@ -1,0 +1,173 @@
+"""Offline plan of a stack: what `pulumi up` would create, the policy verdicts, and the cost.
+
+    ./scripts/plan.sh Pulumi.example.yaml          # or: python -m infra.tools.plan Pulumi.dev.yaml
+
+Runs the real program under Pulumi mocks (no Pulumi CLI, no AWS credentials; zone offerings
+are taken from the catalog instead of EC2) and prints three parts: a table of the resources
+(type, name, key security settings), the verdict of every rule of the policy pack, and the
+hourly cost breakdown. Exit status (`runtime.contract.ExitCode`): 0 (OK) all rules pass, 1
+(FAILED) a rule is violated, 2 (BAD_INPUT) the config is invalid or over budget (the message names
+the key; a budget overrun shows the breakdown). `stratus plan` calls `main(argv)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from infra.config.cost import estimate_cost
+from infra.config.errors import ConfigError
+from infra.config.stack import parse_config
+from infra.tools.offline import ProgramRun, Registered, load_stack_config, run_program
+from infra.tools.policycheck import evaluate
+from runtime.contract import ExitCode
+
+
+def _short(typ: str) -> str:
+    package, rest = typ.split(":", 1)
+    module, cls = rest.split(":")
+    module = module.split("/")[0]
+    return f"{package if module == 'index' else module}.{cls}"
+
+
+def _n(value) -> str:
+    """Numbers come back from the engine as floats; print whole ones without `.0`."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _rule(i: dict) -> str:
+    proto = "all" if str(i.get("ipProtocol")) == "-1" else f"{i.get('ipProtocol')} {_n(i.get('fromPort'))}"
+    source = i.get("cidrIpv4") or i.get("prefixListId") or "its own group"
+    return f"{proto} {'from' if 'Ingress' in i.get('_kind', '') else 'to'} {source}"
+
+
+def _volumes(devices: list, keys: set[str]) -> str:
+    parts = []
+    for d in devices:
+        ebs = d.get("ebs", d)
+        encrypted = str(ebs.get("encrypted")).lower() == "true"
+        key = "stack key" if ebs.get("kmsKeyId") in keys else "other key"
+        parts.append(f"{_n(ebs.get('volumeSize'))}GB {'encrypted (' + key + ')' if encrypted else 'UNENCRYPTED'}")
+    return ", ".join(parts)
+
+
+def _imds(props: dict) -> str:
+    meta = props.get("metadataOptions") or {}
+    return "IMDSv2" if meta.get("httpTokens") == "required" else "IMDSv1 ALLOWED"
+
+
+def summarize(r: Registered, run: ProgramRun, keys: set[str]) -> str:
+    """The security-relevant settings of one resource, in a few words."""
+    i, short = r.inputs, r.type.rsplit(":", 1)[-1]
+    attached = {
+        x.type.rsplit(":", 1)[-1]: x for x in run.resources if r.urn in x.property_dependencies.get("bucket", [])
+    }
+    if short == "Bucket":
+        sse = (attached.get("BucketServerSideEncryptionConfiguration") or r).inputs.get("rules", [{}])[0]
+        default = sse.get("applyServerSideEncryptionByDefault", {})
+        enc = f"{default.get('sseAlgorithm', 'NO SSE')}" + (
+            " stack key" if default.get("kmsMasterKeyId") in keys else ""
+        )
+        logging = attached.get("BucketLogging")
+        return ", ".join([
+            f"{enc}{' + bucket key' if sse.get('bucketKeyEnabled') else ''}",
+            "public access blocked" if "BucketPublicAccessBlock" in attached else "PUBLIC ACCESS NOT BLOCKED",
+            "TLS-only policy" if "BucketPolicy" in attached else "NO POLICY",
+            "versioned" if "BucketVersioning" in attached else "unversioned",
+            f"logs to {logging.inputs['targetPrefix']}" if logging else "no access log (log bucket)",
+        ])  # fmt: skip
+    if short == "Key":
+        rotation = "on" if i.get("enableKeyRotation") else "OFF"
+        return f"rotation {rotation}, deletion window {_n(i.get('deletionWindowInDays'))} d"
+    if short == "LaunchTemplate":
+        nis = i.get("networkInterfaces", [])
+        efa = sum(1 for n in nis if n.get("interfaceType") == "efa")
+        public = any(n.get("associatePublicIpAddress") != "false" for n in nis)
+        spot = (i.get("instanceMarketOptions") or {}).get("spotOptions", {}).get("maxPrice")
+        return ", ".join(filter(None, [
+            i.get("instanceType"), _imds(i), "PUBLIC IP" if public else "no public IP",
+            _volumes(i.get("blockDeviceMappings", []), keys), f"EFA x{efa}" if efa else "",
+            f"spot <= {spot} USD/h" if spot else "on-demand",
+        ]))  # fmt: skip
+    if short == "Instance":
+        root = i.get("rootBlockDevice")
+        volumes = _volumes([root], keys) if root else "volumes from launch template"
+        public = "PUBLIC IP" if i.get("associatePublicIpAddress") else "no public IP"
+        return ", ".join(filter(None, [i.get("instanceType"), _imds(i), public, volumes]))
+    if short in ("SecurityGroupIngressRule", "SecurityGroupEgressRule"):
+        return _rule({**i, "_kind": short})
+    if short == "Subnet":
+        public = "ON" if i.get("mapPublicIpOnLaunch") else "off"
+        return (
+            f"{i.get('tags', {}).get('tier')} {i.get('cidrBlock')} in {i.get('availabilityZone')}, public IPs {public}"
+        )
+    if short == "VpcEndpoint":
+        return f"{i.get('vpcEndpointType')} {i.get('serviceName')}"
+    if short == "FlowLog":
+        return f"{i.get('trafficType')} traffic -> {i.get('logDestinationType')}"
+    if short == "DefaultSecurityGroup":
+        return "no rules" if not (i.get("ingress") or i.get("egress")) else "HAS RULES"
+    if short == "Role":
+        principal = json.loads(i["assumeRolePolicy"])["Statement"][0]["Principal"]
+        return f"trusted by {principal}"
+    if short == "RolePolicy":
+        statements = json.loads(i["policy"])["Statement"]
+        return ", ".join(f"{s['Effect']} {s['Sid']}" for s in statements)
+    if short == "Parameter":
+        return f"{i.get('type')} {i.get('name')}" + (" (stack key)" if i.get("keyId") in keys else "")
+    if short == "SecurityGroup":
+        return i.get("description", "")
+    if short == "RolePolicyAttachment":
+        return i.get("policyArn", "").rsplit("/", 1)[-1]
+    return ""
+
+
+def resource_table(run: ProgramRun) -> str:
+    """One line per custom resource: type, logical name, key security settings."""
+    keys = {k.state["arn"] for k in run.of_type("aws:kms/key:Key")}
+    # Registration order depends on output resolution; sort by component, then type and name.
+    custom = sorted((r for r in run.resources if r.custom), key=lambda r: (r.parent, r.type, r.name))
+    rows = [(_short(r.type), r.name, summarize(r, run, keys)) for r in custom]
+    width_type = max(len(t) for t, _, _ in rows)
+    width_name = max(len(n) for _, n, _ in rows)
+    lines = [f"{'type':<{width_type}}  {'name':<{width_name}}  security settings"]
+    lines += [f"{t:<{width_type}}  {n:<{width_name}}  {s}".rstrip() for t, n, s in rows]
+    return "\n".join(lines) + f"\n{len(rows)} resources"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Plan the stack file given on the command line; see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "config", nargs="?", default="Pulumi.example.yaml", help="stack config file (Pulumi.<stack>.yaml)"
+    )
+    args = parser.parse_args(argv)
+    path = Path(args.config)
+    stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml") or "dev"
+    try:
+        config = load_stack_config(path)
+        run = run_program(config, stack=stack)
+    except (ConfigError, ValueError, OSError) as e:
+        print(f"plan failed for {path}:\n{e}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    raw = {k.split(":", 1)[1] if k.startswith("stratus:") else k: v for k, v in config.items()}
+    estimate = estimate_cost(parse_config(raw))
+    verdicts = evaluate(run)
+    print(f"== resources: stack '{stack}' from {path} (offline, Pulumi mocks) ==")
+    print(resource_table(run))
+    print("\n== policy verdicts (policy/, all mandatory) ==")
+    for name, violations in verdicts.items():
+        print(f"{'PASS' if not violations else 'FAIL'}  {name}")
+        for v in violations:
+            print(f"      {v.message}")
+    failed = sum(1 for v in verdicts.values() if v)
+    print(f"{len(verdicts) - failed} passed, {failed} failed")
+    print("\n== estimated cost (USD) ==")
+    print(estimate.table())
+    return ExitCode.FAILED if failed else ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Staging of an export: the output directory is replaced atomically, and only by a verified artifact.
+
+`stage_artifact` writes `model.onnx` + `manifest.json` (through `runtime.artifact.write_manifest`)
+into a hidden sibling directory, verifies it with `runtime.artifact.verify_artifact`, and only then
+swaps it in for the previous export. Any failure removes the temp directory and leaves the output
+directory exactly as it was. `check_out_dir` refuses to replace anything that is not a previous
+export, so a mistyped `--out runs` cannot delete a directory of other files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from runtime.export.config import ExportError
+from runtime.repository.artifact import FORMAT as ARTIFACT_FORMAT
+from runtime.repository.artifact import MANIFEST, verify_artifact, write_manifest
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace anything but a previous export (or an empty directory).
+
+    Raises:
+        ExportError: `out_dir` is a file or symlink, or a directory holding something else.
+    """
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir}: exists and is not a directory; choose a new directory")
+    entries = list(out_dir.iterdir())
+    if not entries:
+        return
+    try:
+        previous = json.loads((out_dir / MANIFEST).read_text())
+        ours = isinstance(previous, dict) and previous.get("format") == ARTIFACT_FORMAT
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        names = ", ".join(sorted(p.name for p in entries)[:5])
+        raise ExportError(
+            f"--out {out_dir}: holds files that are not a previous export ({names}); choose a new or empty directory"
+        )
+
+
+def stage_artifact(out_dir: Path, model_path: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Write `model.onnx` + `manifest.json` into a sibling temp dir, verify, then swap it in.
+
+    The previous export (if any) is replaced only after the new one verified; on any error the
+    temp dir is removed and `out_dir` is untouched. Returns the manifest written.
+    """
+    check_out_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    try:
+        staging.chmod(0o755)
+        shutil.copyfile(model_path, staging / "model.onnx")
+        manifest = write_manifest(staging, info)
+        verify_artifact(staging)
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not out_dir.exists():
+            os.replace(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return manifest
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that produced and will run the artifact."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnx": onnx.__version__,
+        "deepspeed": metadata.version("deepspeed"),
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,334 @@
+"""`stratus remote`: train on a Pulumi stack's training nodes through SSM Run Command (no SSH).
+
+Runbook:
+    # what scripts/launch.sh --stack NAME runs; reads `pulumi stack output --json --stack NAME`
+    stratus remote --stack dev -- --preset mlp-binary --set max_steps=200
+    # without the Pulumi CLI here: outputs saved elsewhere with `pulumi stack output --json > FILE`
+    stratus remote --outputs-file dev-outputs.json -- --data ./train.csv --run-name csv1
+    # validate, then print the bundle contents, the S3 keys and every node's command; send nothing
+    stratus remote --stack dev --dry-run -- --set parallel.zero_stage=3
+
+(`python -m runtime remote ...` and `python -m runtime.remote ...` are the same command.)
+
+Steps: validate the config and data here for the stack's world (nodes x GPUs); upload a local
+`--data` file to s3://<datasets_bucket>/<run>/<name>; upload the runtime bundle to
+s3://<models_bucket>/runtime/stratus-runtime.tar.gz (SSE-KMS with the stack key, like every
+upload); send node i of N one `AWS-RunShellScript` command running DeepSpeed's per-node launcher
+(`deepspeed.launcher.launch --node_rank=i`) and then `runtime.remote.sync`, which copies the
+committed checkpoints to s3://<checkpoints_bucket>/<run>/ (manifest after files, `latest` last);
+poll until every node is done, print each node's output tail.
+
+Exit codes (docs/architecture.md): 0 every node succeeded; 1 a node failed (named); 2 bad outputs, config, data or
+arguments; 75 a node was preempted after committing a checkpoint (rerun with --resume);
+130 interrupted here (the commands keep running on the nodes; the message says how to cancel).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.common.log import get_logger
+from runtime.common.options import option, parse_options
+from runtime.common.s3 import head_or_none, sse_kms_args
+from runtime.contract import BUNDLE_KEY, NODE_OUTPUT_DIR, ExitCode
+from runtime.remote.bundle import bundle_entries, write_bundle
+from runtime.remote.nodes import NodeJob, node_script, node_train_args
+from runtime.remote.outputs import RemoteError, StackOutputs, read_outputs
+from runtime.train.checkpoint import existing_run_message
+from runtime.train.command import TrainOptions, parse_train_options, validate
+from runtime.train.config import ConfigError
+from runtime.train.data import DataError
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = ("Success", "Failed", "Cancelled", "TimedOut")
+MAX_EXECUTION_TIMEOUT_S = 172800  # SSM's limit for AWS-RunShellScript (48 h)
+log = get_logger()
+
+
+@dataclass(kw_only=True)
+class RemoteOptions:
+    """The options of `stratus remote` (those after `--` are `stratus train`'s)."""
+
+    stack: str | None = option(None, metavar="NAME")
+    """Pulumi stack whose outputs name the nodes, buckets and key."""
+
+    outputs_file: str | None = option(None, metavar="FILE")
+    """JSON of `pulumi stack output --json` (no Pulumi CLI needed)."""
+
+    dry_run: bool = False
+    """Validate and print the bundle, the S3 keys and every node's commands; send nothing."""
+
+    master_port: int = option(29500, metavar="PORT")
+    """Rendezvous port on node 0."""
+
+    wheels: Path | None = option(None, metavar="DIR")
+    """Directory of wheels to ship for stacks without egress."""
+
+    poll_interval: float = option(10.0, metavar="SECONDS")
+    """Seconds between progress lines."""
+
+    execution_timeout: int = option(MAX_EXECUTION_TIMEOUT_S, metavar="SECONDS")
+    """Seconds SSM lets a node's command run (at most 48 h)."""
+
+    def __post_init__(self) -> None:
+        if bool(self.stack) == bool(self.outputs_file):
+            raise RemoteError("name the stack: exactly one of --stack NAME or --outputs-file FILE")
+        if not 1 <= self.execution_timeout <= MAX_EXECUTION_TIMEOUT_S:
+            raise RemoteError(
+                f"--execution-timeout {self.execution_timeout} must be 1..{MAX_EXECUTION_TIMEOUT_S} seconds "
+                "(SSM's range)"
+            )
+        if not 0 < self.master_port < 65536:
+            raise RemoteError(f"--master-port {self.master_port}: use 1-65535")
+
+
+def _split(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+class Launch:
+    """One remote training launch: validated inputs and the plan; `run()` talks to AWS."""
+
+    def __init__(self, opts: RemoteOptions, train_opts: TrainOptions):
+        self.opts = opts
+        self.outputs: StackOutputs = read_outputs(stack=opts.stack, outputs_file=opts.outputs_file)
+        self.dry_run = opts.dry_run or train_opts.dry_run
+        self.cfg = train_opts.train_config()
+        world = self.outputs.world_size
+        if train_opts.nproc != self.outputs.slots_per_node:
+            log.info("--nproc %d ignored: the stack runs %d node(s) x %d GPU(s)", train_opts.nproc,
+                     self.outputs.num_nodes, self.outputs.slots_per_node)  # fmt: skip
+        _, data, spe = validate(self.cfg, world_size=world, device="cuda")
+        log.info("config and data valid for %d ranks: %s, %d train rows, %d steps/epoch", world,
+                 self.cfg.data.source, len(data.train_idx), spe)  # fmt: skip
+        self.run_name = self.cfg.run_name
+        self.launch_id = f"{self.run_name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+        source = self.cfg.data.source
+        self.data_file: Path | None = None
+        data_arg = train_opts.data
+        if not source.startswith(("builtin:", "s3://")):
+            self.data_file = Path(source)
+            self.data_key = f"{self.run_name}/{self.data_file.name}"
+            data_arg = f"s3://{self.outputs.datasets_bucket}/{self.data_key}"
+        self.config_file = None
+        if train_opts.config:
+            node_path = f"{NODE_OUTPUT_DIR}/{self.run_name}/config-{self.launch_id}{Path(train_opts.config).suffix}"
+            self.config_file = (node_path, Path(train_opts.config).read_bytes())
+        self.entries = bundle_entries(ROOT, opts.wheels)
+        self.resume = train_opts.resume
+        self.train_args = node_train_args(train_opts, data=data_arg,
+                                          config_path=self.config_file and self.config_file[0])  # fmt: skip
+
+    def job(self, bundle_sha256: str) -> NodeJob:
+        return NodeJob(outputs=self.outputs, run_name=self.run_name, train_args=tuple(self.train_args),
+                       bundle_sha256=bundle_sha256, launch_id=self.launch_id, master_port=self.opts.master_port,
+                       config_file=self.config_file)  # fmt: skip
+
+    def print_plan(self, job: NodeJob) -> None:
+        out = self.outputs
+        print(f"runtime bundle ({len(self.entries)} files, sha256 {job.bundle_sha256}):")
+        for e in self.entries:
+            print(f"  {e.size:>10}  {e.name}")
+        print("S3 keys:")
+        print(f"  bundle       s3://{out.models_bucket}/{BUNDLE_KEY}")
+        if self.data_file:
+            print(f"  data         s3://{out.datasets_bucket}/{self.data_key}  (from {self.data_file})")
+        print(f"  checkpoints  s3://{out.checkpoints_bucket}/{self.run_name}/")
+        print(f"  (uploads: SSE-KMS with {out.kms_key_arn})")
+        for i, instance in enumerate(out.instance_ids):
+            print(f"node {i} ({instance}, {out.private_ips[i]}): AWS-RunShellScript commands:")
+            for line in node_script(job, i):
+                print(f"  {line}")
+
+    # --- AWS ------------------------------------------------------------------------------------
+
+    def check_instances(self, ec2: Any) -> None:
+        """Every output instance exists, runs, and has the private IP the outputs say."""
+        out = self.outputs
+        resp = ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": list(out.instance_ids)}])
+        found = {i["InstanceId"]: i for r in resp["Reservations"] for i in r["Instances"]}
+        for rank, (iid, ip) in enumerate(zip(out.instance_ids, out.private_ips, strict=True)):
+            inst = found.get(iid)
+            if inst is None:
+                raise RemoteError(
+                    f"node {rank}: instance {iid} (trainer_instance_ids[{rank}]) does not exist in {out.region}; "
+                    "the stack outputs are stale: run `pulumi refresh` and `pulumi up`"
+                )
+            state = inst.get("State", {}).get("Name")
+            if state != "running":
+                raise RemoteError(f"node {rank}: instance {iid} is {state}; start it or run `pulumi up`")
+            if inst.get("PrivateIpAddress") != ip:
+                raise RemoteError(
+                    f"node {rank}: instance {iid} has private IP {inst.get('PrivateIpAddress')}, outputs say {ip}; "
+                    "run `pulumi refresh`"
+                )
+
+    def check_run_is_new(self, s3: Any) -> None:
+        key = f"{self.run_name}/latest"
+        if not self.resume and head_or_none(s3, self.outputs.checkpoints_bucket, key) is not None:
+            raise RemoteError(
+                existing_run_message(self.run_name, f"s3://{self.outputs.checkpoints_bucket}/{self.run_name}/")
+            )
+
+    def upload(self, s3: Any, path: Path, bucket: str, key: str) -> None:
+        s3.upload_file(str(path), bucket, key, ExtraArgs=sse_kms_args(self.outputs.kms_key_arn))
+        log.info("uploaded %s to s3://%s/%s", path.name, bucket, key)
+
+    def send(self, ssm: Any, job: NodeJob) -> list[str]:
+        ids = []
+        for rank, iid in enumerate(self.outputs.instance_ids):
+            resp = ssm.send_command(
+                InstanceIds=[iid],
+                DocumentName="AWS-RunShellScript",
+                Comment=f"stratus {self.run_name} node {rank}/{self.outputs.num_nodes}"[:100],
+                Parameters={"commands": node_script(job, rank), "executionTimeout": [str(self.opts.execution_timeout)]},
+            )
+            ids.append(resp["Command"]["CommandId"])
+            log.info("node %d (%s): command %s sent", rank, iid, ids[-1])
+        return ids
+
+    def run(self) -> int:
+        """Upload data and bundle, send a command per node, wait; returns the exit code (see module doc)."""
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        out = self.outputs
+        with tempfile.TemporaryDirectory(prefix="stratus-bundle-") as tmp:
+            bundle = Path(tmp) / "stratus-runtime.tar.gz"
+            job = self.job(write_bundle(self.entries, bundle))
+            if self.dry_run:
+                self.print_plan(job)
+                return ExitCode.OK
+            s3 = boto3.client("s3", region_name=out.region)
+            self.check_instances(boto3.client("ec2", region_name=out.region))
+            self.check_run_is_new(s3)
+            if self.data_file:
+                self.upload(s3, self.data_file, out.datasets_bucket, self.data_key)
+            self.upload(s3, bundle, out.models_bucket, BUNDLE_KEY)
+        ssm = boto3.client("ssm", region_name=out.region)
+        command_ids = self.send(ssm, job)
+        try:
+            results = wait_for_nodes(ssm, list(out.instance_ids), command_ids, interval=self.opts.poll_interval)
+        except (KeyboardInterrupt, ClientError, BotoCoreError) as e:
+            why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"polling failed ({e})"
+            ids = " ".join(command_ids)
+            print(f"{why}: the commands keep running on the nodes; follow or cancel them with\n"
+                  f"  for c in {ids}; do aws ssm list-command-invocations --region {out.region} --details "
+                  f"--command-id $c; done\n"
+                  f"  for c in {ids}; do aws ssm cancel-command --region {out.region} --command-id $c; done",
+                  file=sys.stderr)  # fmt: skip
+            return ExitCode.INTERRUPTED if isinstance(e, KeyboardInterrupt) else ExitCode.FAILED
+        return report(results, run_name=self.run_name)
+
+
+def _invocation(ssm: Any, command_id: str, instance_id: str) -> dict[str, Any]:
+    from botocore.exceptions import ClientError
+
+    try:
+        return ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "InvocationDoesNotExist":
+            return {"Status": "Pending", "StatusDetails": "Pending"}  # not registered yet, right after sending
+        raise
+
+
+def wait_for_nodes(
+    ssm: Any,
+    instance_ids: list[str],
+    command_ids: list[str],
+    *,
+    interval: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+    out: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Poll each node's invocation until all are terminal, printing `node status` lines.
+
+    A failing node does not cancel the others: they fail at the collective timeout by themselves
+    and still sync what was committed. Returns the final invocations in node order.
+    """
+    results: list[dict[str, Any] | None] = [None] * len(instance_ids)
+    start = time.monotonic()
+    while True:
+        for rank, (iid, cid) in enumerate(zip(instance_ids, command_ids, strict=True)):
+            if results[rank] is None or results[rank]["Status"] not in TERMINAL:
+                results[rank] = _invocation(ssm, cid, iid)
+        elapsed = int(time.monotonic() - start)
+        states = "  ".join(
+            f"node{r} {iid} {res['Status']}" for r, (iid, res) in enumerate(zip(instance_ids, results, strict=True))
+        )
+        out(f"[remote] {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}  {states}")
+        if all(r["Status"] in TERMINAL for r in results):
+            return results  # type: ignore[return-value]
+        sleep(interval)
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+_HINTS = {
+    "Undeliverable": "the SSM agent is unreachable: is the node running and registered "
+    "(aws ssm describe-instance-information)?",
+    "DeliveryTimedOut": "the SSM agent never picked the command up: check the node and its instance profile",
+    "ExecutionTimedOut": "the command ran past --execution-timeout",
+}
+
+
+def report(results: list[dict[str, Any]], *, run_name: str, out: Callable[[str], None] = print) -> ExitCode:
+    """Print each node's output tail; return 0, 75 (only preemptions) or 1, naming failed nodes."""
+    failed = []
+    for rank, res in enumerate(results):
+        out(f"--- node {rank} ({res.get('InstanceId', '?')}): {res['Status']} ({res.get('StatusDetails', '')}), "
+            f"exit {res.get('ResponseCode', '?')}")  # fmt: skip
+        if res.get("StandardOutputContent"):
+            out(_tail(res["StandardOutputContent"]))
+        if res["Status"] != "Success":
+            if res.get("StandardErrorContent"):
+                out(_tail(res["StandardErrorContent"], 20))
+            failed.append((rank, res))
+    if not failed:
+        out(f"[remote] {run_name}: every node succeeded")
+        return ExitCode.OK
+    for rank, res in failed:
+        hint = _HINTS.get(res.get("StatusDetails", ""), "see its output above and the full log on the node")
+        log.error("node %d (%s) %s, exit %s: %s", rank, res.get("InstanceId", "?"), res["Status"],
+                  res.get("ResponseCode", "?"), hint)  # fmt: skip
+    if all(res.get("ResponseCode") == ExitCode.PREEMPTED for _, res in failed):
+        log.error("preempted after committing a checkpoint: rerun with --resume --run-name %s", run_name)
+        return ExitCode.PREEMPTED
+    return ExitCode.FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry of `stratus remote`; returns an `ExitCode` (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    own, train_argv = _split(argv)
+    try:
+        opts = parse_options(RemoteOptions, own, prog="stratus remote", description=__doc__)
+        return Launch(opts, parse_train_options(train_argv)).run()
+    except (RemoteError, ConfigError, DataError) as e:
+        log.error("%s", e)
+        return ExitCode.BAD_INPUT
+    except (ClientError, BotoCoreError) as e:
+        log.error(
+            "AWS refused or failed a call: %s; check the credentials are for the stack's account "
+            "(aws sts get-caller-identity) and allow EC2 describe, S3 put with the stack key, and SSM SendCommand",
+            e,
+        )
+        return ExitCode.FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""What each training node runs: DeepSpeed's per-node launcher, then the checkpoint sync.
+
+Pure functions of the stack outputs and the launch; `runtime.remote.command` sends the lines with
+SSM Run Command (`AWS-RunShellScript`). Paths on the hosts come from `runtime.contract`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from runtime.common.options import to_argv
+from runtime.contract import APP_DIR, HOST_BUNDLE, HOST_PYTHON, NODE_OUTPUT_DIR, PREPARE_UNIT
+from runtime.remote.outputs import StackOutputs
+from runtime.train.command import TrainOptions
+
+
+def encode_world_info(hosts: Sequence[str], slots_per_node: int) -> str:
+    """DeepSpeed's `--world_info`: urlsafe base64 of the JSON `{host: [0, .., slots-1], ..}`.
+
+    The same encoding as `deepspeed.launcher.runner.encode_world_info`. `deepspeed.launcher.launch`
+    decodes it and takes key number `--node_rank` as its own node, so the key order is the node
+    order and global ranks are numbered host by host in that order.
+    """
+    info = {host: list(range(slots_per_node)) for host in hosts}
+    return base64.urlsafe_b64encode(json.dumps(info).encode("utf-8")).decode("utf-8")
+
+
+def node_train_args(opts: TrainOptions, *, data: str | None, config_path: str | None) -> list[str]:
+    """`stratus train` arguments for the nodes, rebuilt from the operator's parsed options.
+
+    The same dataclass parses both command lines (`runtime.common.options.to_argv`), so an option
+    added to `TrainOptions` reaches the nodes without being listed here. `--nproc`,
+    `--master-port` and `--dry-run` are dropped (the world comes from `--world_info`), `--config`
+    points at `config_path` (written on the node), `--data` at `data` (an S3 URL or the builtin),
+    and `output_dir` is the node's scratch volume.
+    """
+    node = replace(opts, config=config_path, data=data)
+    argv = to_argv(node, skip=("nproc", "master_port", "dry_run"))
+    return [*argv, "--set", f"output_dir={NODE_OUTPUT_DIR}"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeJob:
+    """Everything that is the same on every node of one launch."""
+
+    outputs: StackOutputs
+    run_name: str
+    train_args: tuple[str, ...]
+    bundle_sha256: str
+    launch_id: str
+    master_port: int = 29500
+    config_file: tuple[str, bytes] | None = None
+    """(path on the node, content) of the operator's `--config` file, written there before training."""
+
+
+def node_launch_command(job: NodeJob, node_rank: int) -> str:
+    """The DeepSpeed per-node launcher command of node `node_rank` (what the brief of a node is)."""
+    out = job.outputs
+    launch = [
+        HOST_PYTHON, "-m", "deepspeed.launcher.launch",
+        f"--world_info={encode_world_info(out.private_ips, out.slots_per_node)}",
+        f"--node_rank={node_rank}", f"--master_addr={out.private_ips[0]}", f"--master_port={job.master_port}",
+        "--module", "runtime.train", *job.train_args,
+    ]  # fmt: skip
+    return f"cd {APP_DIR}/app && DS_ACCELERATOR=cuda {shlex.join(launch)}"
+
+
+def node_script(job: NodeJob, node_rank: int) -> list[str]:
+    """The `AWS-RunShellScript` lines for node `node_rank` (POSIX sh, run as root by SSM).
+
+    Reinstalls the just-uploaded bundle (`stratus-prepare.service`), checks its sha256, trains
+    through DeepSpeed's per-node launcher with the log on the scratch volume (the tail goes to
+    SSM, whose output keeps only 24,000 characters), then syncs checkpoints whatever training's
+    exit status was. Exits with training's status, else the sync's.
+    """
+    out = job.outputs
+    q = shlex.quote
+    run_dir = f"{NODE_OUTPUT_DIR}/{job.run_name}"
+    node_log = f"{run_dir}/node{node_rank}.log"
+    bundle = HOST_BUNDLE
+    sync = [
+        HOST_PYTHON, "-m", "runtime.remote.sync", "--run-dir", run_dir, "--bucket", out.checkpoints_bucket,
+        "--prefix", f"{job.run_name}/", "--kms-key-id", out.kms_key_arn, "--node-rank", str(node_rank),
+        "--num-nodes", str(out.num_nodes), "--launch-id", job.launch_id,
+    ]  # fmt: skip
+    lines = [
+        "set -u",
+        f"export AWS_REGION={q(out.region)} AWS_DEFAULT_REGION={q(out.region)}",
+        f"echo '[stratus] node {node_rank}/{out.num_nodes} ({out.private_ips[node_rank]}): installing the bundle'",
+        f"systemctl restart {PREPARE_UNIT} || {{ echo '[stratus] installing the runtime bundle failed; "
+        f"see journalctl -u {PREPARE_UNIT}' >&2; exit 1; }}",
+        f"echo {q(f'{job.bundle_sha256}  {bundle}')} | sha256sum -c --status - || {{ echo '[stratus] {bundle} is "
+        "not the bundle this launch uploaded (another launch replaced it?)' >&2; exit 1; }",
+        f"mkdir -p {q(run_dir)}",
+    ]
+    if job.config_file:
+        path, content = job.config_file
+        lines.append(f"echo {base64.b64encode(content).decode()} | base64 -d > {q(path)}")
+    lines += [
+        f"echo '[stratus] training; full log: {node_log}'",
+        f"{node_launch_command(job, node_rank)} >> {q(node_log)} 2>&1",
+        "rc=$?",
+        f"tail -n 100 {q(node_log)}",
+        f"{shlex.join(sync)}",
+        "sync_rc=$?",
+        f'echo "[stratus] node {node_rank}: training exit $rc, checkpoint sync exit $sync_rc"',
+        'if [ "$rc" -ne 0 ]; then exit "$rc"; fi',
+        'exit "$sync_rc"',
+    ]
+    return lines

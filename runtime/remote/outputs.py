@@ -1,0 +1,134 @@
+"""The stack outputs a remote launch needs: read from `pulumi stack output --json` or a file, checked.
+
+Names and meaning are fixed in `runtime.contract`; nothing here calls AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.contract import REMOTE_TRAINING_OUTPUTS
+
+REQUIRED_OUTPUTS = REMOTE_TRAINING_OUTPUTS
+
+
+class RemoteError(RuntimeError):
+    """A stack, input or node problem; the message names what to change."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackOutputs:
+    """The stack outputs that a remote training launch needs (names fixed in ARCHITECTURE.md)."""
+
+    region: str
+    """AWS region of the stack; every client is created there."""
+    kms_key_arn: str
+    """The stack key; every upload names it (SSE-KMS), or the bucket policies refuse it."""
+    datasets_bucket: str
+    """Bucket that local training data is uploaded to, under `<run>/`."""
+    checkpoints_bucket: str
+    """Bucket that node 0 syncs committed checkpoints to, under `<run>/`."""
+    models_bucket: str
+    """Bucket holding the runtime bundle at `runtime/stratus-runtime.tar.gz`."""
+    instance_ids: tuple[str, ...]
+    """Training node instance ids; position i is node rank i."""
+    private_ips: tuple[str, ...]
+    """Private IPs of the training nodes, same order; the first is the rendezvous (master) address."""
+    slots_per_node: int
+    """GPUs per node: one DeepSpeed rank each."""
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.instance_ids)
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.slots_per_node
+
+
+def parse_outputs(data: object, source: str) -> StackOutputs:
+    """Check and convert `pulumi stack output --json` data.
+
+    Raises:
+        RemoteError: naming each missing or malformed output and `pulumi up`.
+    """
+    if not isinstance(data, dict):
+        raise RemoteError(f"{source}: expected a JSON object of stack outputs (`pulumi stack output --json`)")
+    missing = [k for k in REQUIRED_OUTPUTS if data.get(k) in (None, "", [])]
+    if missing:
+        raise RemoteError(
+            f"{source} lacks the stack output(s) {', '.join(missing)}; run `pulumi up` on the stack "
+            "(a stack from an older stratus version or without training nodes does not export them)"
+        )
+    secret = [k for k in REQUIRED_OUTPUTS if data[k] == "[secret]"]
+    if secret:
+        raise RemoteError(f"{source}: output(s) {', '.join(secret)} are secret; they must be plain outputs")
+    for k in REQUIRED_OUTPUTS[:5]:
+        if not isinstance(data[k], str):
+            raise RemoteError(f"{source}: output {k} is {data[k]!r}, expected a string; run `pulumi up`")
+    ids, ips, slots = data["trainer_instance_ids"], data["trainer_private_ips"], data["trainer_slots_per_node"]
+    for k, v in (("trainer_instance_ids", ids), ("trainer_private_ips", ips)):
+        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+            raise RemoteError(f"{source}: output {k} is {v!r}, expected a list of strings; run `pulumi up`")
+    if len(ids) != len(ips):
+        raise RemoteError(
+            f"{source}: {len(ids)} trainer_instance_ids but {len(ips)} trainer_private_ips; "
+            "run `pulumi refresh` then `pulumi up`"
+        )
+    if len(set(ids)) != len(ids) or len(set(ips)) != len(ips):
+        raise RemoteError(f"{source}: trainer_instance_ids/trainer_private_ips hold duplicates; run `pulumi up`")
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise RemoteError(
+            f"{source}: output trainer_slots_per_node is {slots!r}; it must be a positive integer "
+            "(a trainer-instance-type with GPUs)"
+        )
+    return StackOutputs(
+        region=data["region"],
+        kms_key_arn=data["kms_key_arn"],
+        datasets_bucket=data["datasets_bucket"],
+        checkpoints_bucket=data["checkpoints_bucket"],
+        models_bucket=data["models_bucket"],
+        instance_ids=tuple(ids),
+        private_ips=tuple(ips),
+        slots_per_node=slots,
+    )
+
+
+def read_outputs(*, stack: str | None = None, outputs_file: str | Path | None = None) -> StackOutputs:
+    """Stack outputs from `--outputs-file` (that JSON) or from `pulumi stack output --stack NAME`.
+
+    Raises:
+        RemoteError: unreadable file, no Pulumi CLI, a failing `pulumi`, or bad outputs.
+    """
+    if outputs_file is not None:
+        try:
+            data = json.loads(Path(outputs_file).read_text())
+        except OSError as e:
+            raise RemoteError(f"--outputs-file {outputs_file}: cannot read it ({e.strerror})") from None
+        except json.JSONDecodeError as e:
+            raise RemoteError(
+                f"--outputs-file {outputs_file}: not JSON ({e}); write it with "
+                "`pulumi stack output --json --stack NAME > FILE`"
+            ) from None
+        return parse_outputs(data, f"--outputs-file {outputs_file}")
+    if not stack:
+        raise RemoteError("name the stack: --stack NAME (or --outputs-file FILE)")
+    cmd = ["pulumi", "stack", "output", "--json", "--show-secrets=false", "--stack", stack]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        raise RemoteError(
+            "the Pulumi CLI is not installed (https://www.pulumi.com/docs/install/); install it, or pass "
+            "--outputs-file FILE written elsewhere with `pulumi stack output --json --stack NAME > FILE`"
+        ) from None
+    if result.returncode != 0:
+        raise RemoteError(f"`{shlex.join(cmd)}` failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    try:
+        data = json.loads(result.stdout)
+    except json.JSONDecodeError as e:
+        raise RemoteError(f"`{shlex.join(cmd)}` printed no JSON ({e})") from None
+    return parse_outputs(data, f"stack {stack}")

@@ -1,0 +1,147 @@
+"""`stratus serve`: authenticated Open Inference Protocol (KServe v2) server.
+
+    # local repository, token from a file (chmod 600)
+    stratus serve --repo runs/model-repo --model mlp-binary --token-file ~/.stratus-token
+    # the stack's serving host (the systemd unit written by the stack's user data)
+    stratus serve --repo s3://<models_bucket>/models --model mlp-binary \\
+        --host <private ip> --port 8000 --token-ssm-parameter <serving_token_parameter>
+
+Routes: GET /v2/health/live (the only one without the token), /v2/health/ready, /v2,
+/v2/models/{name}[/versions/{v}], .../ready, .../config, POST .../infer (JSON or the binary tensor
+extension), GET /metrics (Prometheus). Every route but liveness needs `Authorization: Bearer`.
+
+The token comes from exactly one of `--token-file PATH`, the environment variable
+STRATUS_SERVE_TOKEN, or `--token-ssm-parameter NAME` (SSM SecureString, read with decryption);
+never from a command-line value. Without one the server refuses to start. `kill -HUP <pid>`
+re-reads it from the same source (token rotation without a restart).
+
+The server is live at once and ready only after a verified version answered a warm-up; it polls
+`<repo>/<model>/LATEST` every --poll-interval seconds and swaps in new versions atomically.
+Logs are JSON lines on stderr; access-log lines have "logger": "stratus.access" and are written
+in batches every 0.2 s.
+Exit codes (docs/architecture.md): 0 stopped by SIGTERM/SIGINT; 2 bad options or no usable token.
+(`python -m runtime serve ...` is the same command without the console script.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+import orjson
+
+from runtime.common.options import parse_options
+from runtime.contract import ExitCode
+from runtime.repository.store import open_repo
+from runtime.serve.auth import TOKEN_ENV, TokenError, load_token
+from runtime.serve.config import ServeConfig
+
+log = logging.getLogger("stratus.serve")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, the same shape as the access log's lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+async def _serve(cfg: ServeConfig, token: str) -> None:
+    import uvicorn
+
+    from runtime.serve.app import ServeApp
+    from runtime.serve.metrics import AccessLog, Metrics
+    from runtime.serve.model import ModelManager
+    from runtime.serve.protocol import Limits
+
+    metrics = Metrics()
+    manager = ModelManager(
+        open_repo(cfg.repo),
+        cfg.model,
+        poll_interval=cfg.poll_interval,
+        max_batch_size=cfg.max_batch_size,
+        intra_op_threads=cfg.intra_op_threads,
+        on_event=metrics.on_model_event,
+    )
+    app = ServeApp(
+        manager,
+        token,
+        metrics,
+        limits=Limits(max_batch_size=cfg.max_batch_size, max_elements=cfg.max_elements),
+        max_body_bytes=cfg.max_body_bytes,
+        body_timeout=cfg.body_timeout,
+        access_log=None if cfg.no_access_log else AccessLog(sys.stderr),
+    )
+
+    async def rotate() -> None:
+        try:
+            new_token, source = await asyncio.to_thread(load_token, cfg.token_file, cfg.token_ssm_parameter)
+        except TokenError as e:
+            log.error("token reload failed, keeping the current token: %s", e)
+            return
+        app.set_token(new_token)
+        log.info("token reloaded from %s", source)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(rotate()))
+    config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        loop="none",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_keep_alive=15,
+        limit_concurrency=cfg.max_connections,
+    )
+    await uvicorn.Server(config).serve()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry of `stratus serve`: 2 for bad options or no token; serves until SIGTERM/SIGINT, then 0."""
+    epilog = f"Token: exactly one of --token-file, ${TOKEN_ENV}, --token-ssm-parameter (required)."
+    try:
+        cfg = parse_options(ServeConfig, argv, prog="stratus serve", description=__doc__, epilog=epilog)
+    except ValueError as e:
+        print(f"serve: {e}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    configure_logging(cfg.log_level)
+    try:
+        open_repo(cfg.repo)
+        token, source = load_token(cfg.token_file, cfg.token_ssm_parameter)
+    except ValueError as e:
+        print(f"serve: {e}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    log.info("serving %s from %s on http://%s:%d (token from %s)", cfg.model, cfg.repo, cfg.host, cfg.port, source)
+    import uvloop
+
+    started = time.monotonic()
+    uvloop.run(_serve(cfg, token))
+    log.info("stopped after %.0f s", time.monotonic() - started)
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

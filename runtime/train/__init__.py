@@ -1,0 +1,4 @@
+"""Training: config and presets, data, the model, DeepSpeed ZeRO, the loop, checkpoints.
+
+Command: `runtime.train.command` (`stratus train`). Flow and folder map: docs/architecture.md.
+"""

@@ -1,0 +1,27 @@
+"""The few collectives the training loop and checkpoints use, on CPU tensors (gloo or NCCL)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Element-wise sum over ranks (float64). Collective."""
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_agree(ok: bool) -> bool:
+    """True on every rank iff `ok` is true on every rank (blocks until all ranks arrive)."""
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank iff `flag` is true on some rank. Collective."""
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -1,0 +1,210 @@
+"""Typed training configuration: keyword-only dataclasses, a docstring under every field.
+
+Validation runs on construction and names the key, the value and the fix. Presets are in
+`runtime.train.presets`, file and `--set` overrides in `runtime.train.loading`, and the DeepSpeed
+config is derived from a `TrainConfig` by `runtime.train.deepspeed_config` (one source of truth;
+batch sizes are derived from `global_batch_size`, never typed twice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BUILTIN_SOURCE = "builtin:mlp-binary"
+"""`data.source` of the embedded default dataset (see `runtime.train.data`)."""
+
+
+class ConfigError(ValueError):
+    """A user mistake in the training config: the message names the key, the value and the fix."""
+
+
+def _fail(key: str, value: Any, fix: str) -> None:
+    raise ConfigError(f"config `{key}` = {value!r} is invalid: {fix}")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    hidden_sizes: tuple[int, ...] = (100,)
+    """Widths of the hidden Dense+ReLU layers; the input width follows the data."""
+
+    num_outputs: int = 1
+    """Output units; 1 means binary classification with a sigmoid output."""
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = tuple(self.hidden_sizes)
+        if not self.hidden_sizes or any(not isinstance(h, int) or h < 1 for h in self.hidden_sizes):
+            _fail("model.hidden_sizes", self.hidden_sizes, "give a list of positive integers, e.g. [100]")
+        if self.num_outputs != 1:
+            _fail("model.num_outputs", self.num_outputs, "only binary classification (1) is supported")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    source: str = BUILTIN_SOURCE
+    """Dataset: `builtin:mlp-binary`, a local `.npz`/`.csv` path, or `s3://bucket/key.(npz|csv)`."""
+
+    label_column: str = "label"
+    """For `.csv`: the header name of the 0/1 label column; every other column is a feature."""
+
+    val_fraction: float = 0.2
+    """Fraction of rows held out for validation (chosen by `seed`, disjoint from training)."""
+
+    num_samples: int = 12_000
+    """Rows generated for the builtin dataset (ignored for files)."""
+
+    num_features: int = 1000
+    """Feature width of the builtin dataset (ignored for files: their width is used)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source:
+            _fail("data.source", self.source, "give builtin:mlp-binary, a .npz/.csv path or s3:// URL")
+        builtin = self.source.startswith("builtin:")
+        if builtin and self.source != BUILTIN_SOURCE:
+            _fail("data.source", self.source, "the only builtin dataset is builtin:mlp-binary")
+        if not builtin and not self.source.lower().endswith((".npz", ".csv")):
+            _fail("data.source", self.source, "use a file ending in .npz (arrays x, y) or .csv")
+        if not 0.0 < self.val_fraction < 1.0:
+            _fail("data.val_fraction", self.val_fraction, "use a fraction strictly between 0 and 1")
+        if self.num_samples < 10:
+            _fail("data.num_samples", self.num_samples, "use at least 10 rows")
+        if self.num_features < 1:
+            _fail("data.num_features", self.num_features, "use a positive width")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 1e-3
+    """Adam learning rate."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam moment decay rates."""
+
+    eps: float = 1e-8
+    """Adam epsilon."""
+
+    weight_decay: float = 0.0
+    """L2 weight decay (classic Adam, not decoupled)."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if not 0.0 < self.lr < 1.0:
+            _fail("optim.lr", self.lr, "use a learning rate in (0, 1), e.g. 1e-3")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            _fail("optim.betas", self.betas, "give two numbers in [0, 1), e.g. [0.9, 0.999]")
+        if self.eps <= 0:
+            _fail("optim.eps", self.eps, "use a small positive number, e.g. 1e-8")
+        if self.weight_decay < 0:
+            _fail("optim.weight_decay", self.weight_decay, "use 0 or a positive number")
+
+
+OFFLOAD_CHOICES = ("none", "optimizer", "all")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+
+
+@dataclass(kw_only=True)
+class ParallelConfig:
+    zero_stage: int = 2
+    """ZeRO stage: 0 plain data parallel, 1 shards optimizer state, 2 also gradients, 3 also params."""
+
+    offload: str = "optimizer"
+    """CPU offload: `none`, `optimizer` (optimizer state + step on CPU), `all` (also params, ZeRO-3)."""
+
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step on each rank."""
+
+    precision: str = "auto"
+    """`auto` (bf16 on GPU, fp32 on CPU), `fp32`, or `bf16`."""
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            _fail("parallel.zero_stage", self.zero_stage, "use 0, 1, 2 or 3")
+        if self.offload not in OFFLOAD_CHOICES:
+            _fail("parallel.offload", self.offload, f"use one of {', '.join(OFFLOAD_CHOICES)}")
+        if self.offload == "optimizer" and self.zero_stage == 0:
+            _fail("parallel.offload", self.offload, "optimizer offload needs parallel.zero_stage >= 1")
+        if self.offload == "all" and self.zero_stage != 3:
+            _fail("parallel.offload", self.offload, "parameter offload needs parallel.zero_stage=3")
+        if self.grad_accum_steps < 1:
+            _fail("parallel.grad_accum_steps", self.grad_accum_steps, "use 1 or more")
+        if self.precision not in PRECISION_CHOICES:
+            _fail("parallel.precision", self.precision, f"use one of {', '.join(PRECISION_CHOICES)}")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    preset: str = "mlp-binary"
+    """Name of the preset this config started from (recorded in checkpoints and artifacts)."""
+
+    run_name: str = "mlp-binary"
+    """Run directory name under `output_dir`; checkpoints go to `<output_dir>/<run_name>/checkpoints`."""
+
+    output_dir: str = "runs"
+    """Parent directory of run directories."""
+
+    epochs: int = 10
+    """Passes over the training split."""
+
+    global_batch_size: int = 32
+    """Samples per optimizer step over all ranks; micro batch = global / (world * grad_accum)."""
+
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run all epochs). For smoke tests and benchmarks."""
+
+    seed: int = 1234
+    """Seeds data order, the validation split, and parameter init."""
+
+    log_every: int = 50
+    """Print a progress line every N optimizer steps."""
+
+    eval_every: int = 0
+    """Evaluate on the validation split every N steps (0: at the end of each epoch only)."""
+
+    checkpoint_every: int = 500
+    """Commit a checkpoint every N optimizer steps (and always at the end)."""
+
+    keep_checkpoints: int = 3
+    """How many committed checkpoints to keep (the newest verified one is never deleted)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def __post_init__(self) -> None:
+        if not self.run_name or any(c in self.run_name for c in "/\\ ") or self.run_name in (".", ".."):
+            _fail("run_name", self.run_name, "use a plain name without slashes or spaces")
+        for key in ("epochs", "global_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                _fail(key, getattr(self, key), "use a positive integer")
+        for key in ("max_steps", "eval_every"):
+            if getattr(self, key) < 0:
+                _fail(key, getattr(self, key), "use 0 (off) or a positive integer")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+    def micro_batch_size(self, world_size: int) -> int:
+        """Per-rank micro batch; raises ConfigError when the global batch does not divide."""
+        per_step = world_size * self.parallel.grad_accum_steps
+        if self.global_batch_size % per_step:
+            _fail(
+                "global_batch_size",
+                self.global_batch_size,
+                f"it must be a multiple of ranks ({world_size}) x parallel.grad_accum_steps "
+                f"({self.parallel.grad_accum_steps}) = {per_step}",
+            )
+        return self.global_batch_size // per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form; recorded in checkpoint manifests."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,111 @@
+"""Progress of a training run: log lines, the metrics CSV, and at the end the summary and plot.
+
+Rank 0 writes; every rank takes part in the loss all-reduce, so `report` is collective.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch.distributed as dist
+
+from runtime.common.log import get_logger
+from runtime.train.collectives import all_reduce_sum
+from runtime.train.data import BUILTIN_BEST_ACCURACY, BUILTIN_SOURCE
+from runtime.train.metrics import MetricsLog, plot, write_summary
+
+log = get_logger()
+
+
+class Progress:
+    """Mean loss since the last report, throughput, and the latest validation result."""
+
+    def __init__(self, trainer: Any, *, resume_step: int):
+        """`trainer`: the `runtime.train.loop.Trainer` after `setup()` (and `resume()`)."""
+        self.t = trainer
+        run_dir = trainer.cfg.run_dir
+        self.metrics = MetricsLog(run_dir / "metrics.csv", resume_step=resume_step) if trainer.rank == 0 else None
+        self.loss_sum, self.loss_steps, self.samples_since = 0.0, 0, 0
+        self.t_start = self.t_last = time.perf_counter()
+        self.val_loss = self.val_acc = float("nan")
+
+    def announce(self) -> None:
+        """Print the derived quantities once: parameters and shards, ZeRO setup, batch arithmetic."""
+        t, cfg = self.t, self.t.cfg
+        if t.rank != 0:
+            return
+        log.info("model %s: %d parameters (held per rank: %s); ZeRO-%d, offload=%s, %s on %s x %d (%s)",
+                 cfg.preset, t.num_params, t.held, cfg.parallel.zero_stage, cfg.parallel.offload, t.precision,
+                 t.kind, t.world, dist.get_backend())  # fmt: skip
+        log.info("global batch %d = %d ranks x %d micro x %d accumulation; %d steps (%d/epoch)",
+                 cfg.global_batch_size, t.world, cfg.micro_batch_size(t.world), cfg.parallel.grad_accum_steps,
+                 t.total_steps, t.steps_per_epoch)  # fmt: skip
+
+    def add_loss(self, loss: float) -> None:
+        self.loss_sum += loss
+        self.loss_steps += 1
+        self.samples_since += self.t.cfg.global_batch_size
+
+    def report(self, *, evaluation: tuple[float, float] | None, end_of_epoch: bool) -> None:
+        """Log a progress line and append a metrics row. Collective (the loss is averaged over ranks)."""
+        t = self.t
+        mean_loss = all_reduce_sum([self.loss_sum])[0] / (t.world * self.loss_steps)
+        self.loss_sum, self.loss_steps = 0.0, 0
+        if evaluation is not None:
+            self.val_loss, self.val_acc = evaluation
+        now = time.perf_counter()
+        rate = self.samples_since / (now - self.t_last)
+        self.t_last, self.samples_since = now, 0
+        if t.rank != 0:
+            return
+        pos = t.pos
+        extra = f" val_loss {self.val_loss:.4f} val_acc {100 * self.val_acc:.2f}%" if evaluation else ""
+        log.info("step %d/%d epoch %d loss %.4f%s %.0f samples/s", pos.step, t.total_steps,
+                 pos.epoch + (0 if end_of_epoch else 1), mean_loss, extra, rate)  # fmt: skip
+        self.metrics.append(
+            step=pos.step,
+            epoch=pos.epoch,
+            loss=repr(mean_loss),
+            samples_per_s=f"{rate:.1f}",
+            val_loss=f"{self.val_loss:.6f}" if evaluation else "",
+            val_accuracy=f"{self.val_acc:.6f}" if evaluation else "",
+            elapsed_s=f"{now - self.t_start:.2f}",
+        )
+
+    def summary(self) -> dict[str, Any]:
+        t, cfg = self.t, self.t.cfg
+        out: dict[str, Any] = {
+            "preset": cfg.preset,
+            "run_name": cfg.run_name,
+            "world_size": t.world,
+            "backend": dist.get_backend(),
+            "device": t.kind,
+            "zero_stage": cfg.parallel.zero_stage,
+            "offload": cfg.parallel.offload,
+            "precision": t.precision,
+            "global_batch_size": cfg.global_batch_size,
+            "micro_batch_size": cfg.micro_batch_size(t.world),
+            "grad_accum_steps": cfg.parallel.grad_accum_steps,
+            "num_parameters": t.num_params,
+            "params_held_per_rank": t.held,
+            "steps": t.pos.step,
+            "val_loss": self.val_loss,
+            "val_accuracy": self.val_acc,
+            "elapsed_s": round(time.perf_counter() - self.t_start, 2),
+            "checkpoint": t.last_tag,
+            "data": cfg.data.source,
+        }
+        if cfg.data.source == BUILTIN_SOURCE:
+            out["best_achievable_accuracy"] = BUILTIN_BEST_ACCURACY
+        return out
+
+    def finish(self) -> None:
+        """Rank 0: write summary.json and training.png, and print the closing line."""
+        cfg = self.t.cfg
+        summary = self.summary()
+        write_summary(cfg.run_dir / "summary.json", summary)
+        plot(cfg.run_dir / "metrics.csv", cfg.run_dir / "training.png", f"{cfg.run_name} ({cfg.preset})")
+        best = summary.get("best_achievable_accuracy")
+        log.info("done: %d steps, val accuracy %.2f%% (best achievable %s), %s", self.t.pos.step,
+                 100 * self.val_acc, f"{100 * best:.1f}%" if best else "n/a", cfg.run_dir)  # fmt: skip

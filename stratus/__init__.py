@@ -1,0 +1,5 @@
+"""The `stratus` console script: the runtime's commands plus `stratus plan` (the stack, offline).
+
+A thin front door above both halves of the project: it imports `runtime.cli` and names
+`infra.tools.plan` by module path, so `runtime` and `infra` still never import each other.
+"""

@@ -1,0 +1,67 @@
+"""Config validation: each mistake fails the program (as at preview) naming the key and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.config.errors import ConfigError
+from infra.tools.offline import run_program
+from tests.infra.support import example_config
+
+BAD_CONFIGS = {
+    "unknown-trainer-type": ({"trainer-instance-type": "p9.huge"}, "trainer-instance-type", "not a supported GPU"),
+    "cpu-trainer-type": ({"trainer-instance-type": "c7i.xlarge"}, "trainer-instance-type", "g5.xlarge"),
+    "zero-trainers": ({"trainer-count": 0}, "trainer-count", "use 1-64"),
+    "trainer-count-not-int": ({"trainer-count": "two"}, "trainer-count", "is not an integer"),
+    "bad-vpc-cidr": ({"vpc-cidr": "10.42.0.0/33"}, "vpc-cidr", "not a valid CIDR"),
+    "host-bits-vpc-cidr": ({"vpc-cidr": "10.42.0.1/16"}, "vpc-cidr", "host bits"),
+    "public-vpc-cidr": ({"vpc-cidr": "8.8.0.0/16"}, "vpc-cidr", "private range"),
+    "serving-open-to-internet": ({"serving-allowed-cidrs": ["0.0.0.0/0"]}, "serving-allowed-cidrs", "internet"),
+    "serving-bad-cidr": ({"serving-allowed-cidrs": ["10.0.0.0/40"]}, "serving-allowed-cidrs", "not a valid CIDR"),
+    "serving-cidrs-not-list": ({"serving-allowed-cidrs": "10.0.0.0/8"}, "serving-allowed-cidrs", "list of strings"),
+    "spot-without-cap": ({"trainer-market": "spot"}, "trainer-spot-max-price", "is required"),
+    "spot-cap-above-on-demand": (
+        {"trainer-market": "spot", "trainer-spot-max-price": 99}, "trainer-spot-max-price", "on-demand price"),
+    "cap-without-spot": ({"trainer-spot-max-price": 2}, "trainer-spot-max-price", "trainer-market: spot"),
+    "unknown-market": ({"trainer-market": "reserved"}, "trainer-market", "on-demand"),
+    "unsupported-region": ({"aws:region": "ap-south-1"}, "aws:region", "us-east-1"),
+    "missing-region": ({"aws:region": None}, "aws:region", "pulumi config set aws:region"),
+    "type-not-in-region": (
+        {"aws:region": "eu-west-1", "trainer-instance-type": "p5.48xlarge"},
+        "trainer-instance-type", "regions that offer it: us-east-1, us-west-2"),
+    "serving-type-not-in-region": (
+        {"aws:region": "eu-west-1", "serving-instance-type": "g6.xlarge"},
+        "serving-instance-type", "regions that offer it: us-east-1, us-west-2"),
+    "misspelt-key": (
+        {"trainer-instnce-type": "g5.xlarge"}, "trainer-instnce-type", "did you mean `trainer-instance-type`"),
+    "bad-ami": ({"trainer-ami": "ami-xyz"}, "trainer-ami", "AMI id"),
+    "ssh-port": ({"serving-port": 22}, "serving-port", "1024-65535"),
+    "unsafe-model-name": ({"model-name": "x; rm -rf /"}, "model-name", "A-Za-z0-9"),
+    "model-name-with-dot-dot": ({"model-name": "mlp..binary"}, "model-name", "no '..'"),
+    "model-name-too-long": ({"model-name": "m" * 65}, "model-name", "at most 64 characters"),
+    "short-kms-window": ({"kms-deletion-window-days": 3}, "kms-deletion-window-days", "7-30"),
+    "ssm-endpoints-missing": (
+        {"interface-endpoints": ["kms", "logs"]}, "interface-endpoints", "Session Manager"),
+    "unknown-endpoint": ({"interface-endpoints": ["ssm", "ssmmessages", "ec2messages", "s3x"]},
+                         "interface-endpoints", "s3x"),
+    "too-many-zones": ({"availability-zone-count": 5}, "availability-zone-count", "2-4"),
+    "zone-of-other-region": ({"training-availability-zone": "eu-west-1a"}, "training-availability-zone", "us-east-1a"),
+    "negative-budget": ({"max-hourly-usd": -1}, "max-hourly-usd", "not positive"),
+    "gpu-serving-small-root": (
+        {"serving-instance-type": "g5.xlarge", "serving-root-volume-gb": 50}, "serving-root-volume-gb", "100-16384"),
+    "bool-typo": ({"egress-enabled": "maybe"}, "egress-enabled", "is not true or false"),
+    "small-trainer-root": ({"trainer-root-volume-gb": 30}, "trainer-root-volume-gb", "100-16384"),
+    "negative-training-hours": ({"training-hours": 0}, "training-hours", "not positive"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_config_fails_the_program_naming_key_and_fix(case):
+    overrides, key, fragment = BAD_CONFIGS[case]
+    qualified = key if ":" in key else f"stratus:{key}"
+    with pytest.raises(ConfigError) as raised:
+        run_program(example_config(**overrides))
+    message = str(raised.value)
+    assert f"config `{qualified}`" in message
+    assert "Fix:" in message
+    assert fragment in message, message

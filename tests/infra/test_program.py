@@ -1,0 +1,105 @@
+"""The whole program: outputs, zone choice, budget guard, availability."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from infra.config.catalog import CATALOG
+from infra.config.cost import estimate_cost
+from infra.config.errors import BudgetExceededError, ConfigError
+from infra.config.stack import parse_config
+from infra.tools.offline import StratusMocks, run_program
+from runtime.contract import STACK_OUTPUTS
+from tests.infra.support import example_config
+
+OUTPUTS = {
+    "region", "kms_key_arn", "datasets_bucket", "checkpoints_bucket", "models_bucket", "logs_bucket",
+    "trainer_instance_ids", "trainer_private_ips", "trainer_slots_per_node", "serving_instance_id",
+    "serving_private_ip", "serving_url", "serving_token_parameter", "estimated_hourly_usd",
+}  # fmt: skip
+
+
+def test_exports_exactly_the_architecture_outputs(example_run):
+    out = example_run.outputs
+    assert set(out) == OUTPUTS
+    assert out["region"] == "us-east-1"
+    assert out["kms_key_arn"] == example_run.of_type("aws:kms/key:Key")[0].state["arn"]
+    assert len(out["trainer_instance_ids"]) == len(out["trainer_private_ips"]) == 2
+    assert out["trainer_slots_per_node"] == CATALOG["g5.12xlarge"].gpus == 4
+    assert out["serving_url"] == f"http://{out['serving_private_ip']}:8000"
+    assert out["serving_token_parameter"] == "/stratus/dev/serving-token"
+    for purpose in ("datasets", "checkpoints", "models", "logs"):
+        assert out[f"{purpose}_bucket"].startswith(f"stratus-dev-{purpose}-")
+
+
+def test_outputs_are_the_contract_outputs_in_its_order(example_run):
+    assert set(STACK_OUTPUTS) == OUTPUTS
+    assert list(example_run.outputs) == list(STACK_OUTPUTS)
+
+
+def test_no_output_carries_the_serving_token(example_run):
+    token = example_run.named("serving-token").state["result"]
+    assert token not in repr(example_run.outputs)
+
+
+def test_estimated_cost_output_matches_the_estimator(example_run):
+    cfg = parse_config({k.split(":", 1)[1] if k.startswith("stratus:") else k: v for k, v in example_config().items()})
+    assert Decimal(str(example_run.outputs["estimated_hourly_usd"])) == estimate_cost(cfg).total_usd_per_hour
+
+
+def test_every_resource_is_tagged_with_this_project_and_stack(example_run):
+    tagged = [r for r in example_run.resources if r.inputs.get("tags")]
+    assert len(tagged) > 30
+    for r in tagged:
+        assert (r.inputs["tags"]["project"], r.inputs["tags"]["stack"]) == ("stratus", "dev"), r.urn
+
+
+def test_budget_guard_fails_with_the_breakdown_when_exceeded():
+    with pytest.raises(BudgetExceededError) as raised:
+        run_program(example_config(**{"max-hourly-usd": 5}))
+    message = str(raised.value)
+    assert "config `stratus:max-hourly-usd`" in message and "above the cap of 5 USD/h" in message
+    assert "training node g5.12xlarge (on-demand)" in message and "total" in message
+
+
+def test_budget_guard_passes_when_the_estimate_is_under_the_cap():
+    result = run_program(example_config(**{"max-hourly-usd": 12}))
+    assert result.outputs["estimated_hourly_usd"] <= 12
+
+
+def test_training_zone_follows_live_offerings():
+    mocks = StratusMocks(offerings={"g5.12xlarge": ["us-east-1c", "us-east-1d"]})
+    result = run_program(example_config(), mocks=mocks)
+    zones = sorted(s.inputs["availabilityZone"] for s in result.of_type("aws:ec2/subnet:Subnet"))
+    assert zones == ["us-east-1a", "us-east-1c"]
+    lt = result.named("training-launch-template")
+    training_subnet = next(
+        s for s in result.of_type("aws:ec2/subnet:Subnet") if s.inputs["availabilityZone"] == "us-east-1c"
+    )
+    assert lt.inputs["networkInterfaces"][0]["subnetId"] == training_subnet.id
+
+
+def test_requested_zone_without_the_type_fails_naming_the_zones_that_offer_it():
+    mocks = StratusMocks(offerings={"g5.12xlarge": ["us-east-1c"]})
+    with pytest.raises(ConfigError, match="use one of us-east-1c"):
+        run_program(example_config(**{"training-availability-zone": "us-east-1a"}), mocks=mocks)
+
+
+@pytest.mark.parametrize(
+    "key,instance_type",
+    [("serving-instance-type", "c7i.xlarge"), ("trainer-instance-type", "g5.12xlarge")],
+    ids=["serving-type", "trainer-type"],
+)
+def test_type_offered_in_no_zone_fails_naming_the_key(key, instance_type):
+    # The key is the one that chose the type: a serving type offered nowhere is not the trainer's fault.
+    mocks = StratusMocks(offerings={instance_type: []})
+    with pytest.raises(ConfigError, match=f"{key}.*zones offering {instance_type}: none"):
+        run_program(example_config(), mocks=mocks)
+
+
+def test_live_lookup_can_be_switched_off():
+    mocks = StratusMocks(offerings={"g5.12xlarge": []})
+    run_program(example_config(**{"zone-offerings-lookup": False}), mocks=mocks)
+    assert not [t for t, _ in mocks.invokes if t.endswith("getInstanceTypeOfferings")]

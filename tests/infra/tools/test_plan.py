@@ -1,0 +1,74 @@
+"""scripts/plan.sh: offline resources, policy verdicts and cost, as a reviewer runs it."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+from decimal import Decimal
+
+import yaml
+
+from infra.tools import plan
+from infra.tools.offline import ROOT, run_program
+from runtime.contract import ExitCode
+from tests.infra.support import EXAMPLE
+
+PLAN = ROOT / "scripts" / "plan.sh"
+
+
+def _plan(*args: str) -> subprocess.CompletedProcess:
+    # A clean environment: no AWS credentials, no Pulumi; DS_ACCELERATOR set only to skip the
+    # torch import that scripts/_venv.sh uses to pick DeepSpeed's accelerator.
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "DS_ACCELERATOR": "cpu"}
+    return subprocess.run([str(PLAN), *args], capture_output=True, text=True, env=env, timeout=300, cwd="/")
+
+
+def test_plan_of_the_example_prints_resources_verdicts_and_a_cost_that_adds_up():
+    result = _plan(str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    resources, rest = out.split("== policy verdicts", 1)
+    verdicts, cost = rest.split("== estimated cost (USD) ==", 1)
+    assert "s3.Bucket" in resources and "aws:kms stack key + bucket key, public access blocked, TLS-only" in resources
+    assert re.search(r"ec2\.LaunchTemplate\s+training-launch-template\s+g5\.12xlarge, IMDSv2, no public IP", resources)
+    assert "14 passed, 0 failed" in verdicts and "FAIL" not in verdicts
+    lines = cost.strip().splitlines()
+    items = [line for line in lines[1:] if re.search(r"\d+\.\d{4}$", line) and not line.startswith("total")]
+    total = next(line for line in lines if line.startswith("total"))
+    assert len(items) == 7
+    assert sum(Decimal(line.split()[-1]) for line in items) == Decimal(total.split()[-1]) == Decimal("11.7860")
+    assert "estimated run cost for 10 h: 117.86 USD" in cost
+
+
+def test_plan_stops_with_the_breakdown_when_over_budget(tmp_path):
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["config"]["stratus:max-hourly-usd"] = 2
+    stack_file = tmp_path / "Pulumi.tight.yaml"
+    stack_file.write_text(yaml.safe_dump(config))
+    result = _plan(str(stack_file))
+    assert result.returncode == 2 == ExitCode.BAD_INPUT
+    assert "config `stratus:max-hourly-usd`" in result.stderr and "total" in result.stderr
+
+
+def test_plan_reports_a_violated_rule_and_exits_1(monkeypatch, capsys):
+    real = run_program
+
+    def with_unrotated_key(config, **kwargs):
+        run = copy.deepcopy(real(config, **kwargs))
+        key = run.named("storage-key")
+        key.inputs["enableKeyRotation"] = key.state["enableKeyRotation"] = False
+        return run
+
+    monkeypatch.setattr(plan, "run_program", with_unrotated_key)
+    assert plan.main([str(EXAMPLE)]) == 1 == ExitCode.FAILED
+    out = capsys.readouterr().out
+    assert "FAIL  aws-kms-key-rotation-enabled" in out and "13 passed, 1 failed" in out
+
+
+def test_plan_names_the_key_of_a_config_error(tmp_path, capsys):
+    stack_file = tmp_path / "Pulumi.bad.yaml"
+    stack_file.write_text("config:\n  aws:region: us-east-1\n  stratus:trainer-count: 0\n")
+    assert plan.main([str(stack_file)]) == 2 == ExitCode.BAD_INPUT
+    assert "config `stratus:trainer-count`" in capsys.readouterr().err

@@ -1,0 +1,168 @@
+"""`stratus remote` against the moto server on loopback (`aws_env`): the launcher runs as a real
+subprocess; moto's SSM records each command (parameters included) and reports it `Success` at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from runtime.contract import BUNDLE_KEY
+from runtime.remote.bundle import bundle_entries, write_bundle
+
+ROOT = Path(__file__).resolve().parents[3]
+REGION = "us-east-1"
+
+# --- the stack, on the moto server -------------------------------------------------------------------
+
+
+_AMI: dict[str, str] = {}
+
+
+@pytest.fixture
+def stack(aws_env, tmp_path):
+    """A KMS key, the four buckets and two running instances; returns (outputs dict, outputs file)."""
+    kms = boto3.client("kms", region_name=REGION)
+    s3 = boto3.client("s3", region_name=REGION)
+    ec2 = boto3.client("ec2", region_name=REGION)
+    key_arn = kms.create_key(Description="stratus test")["KeyMetadata"]["Arn"]
+    suffix = uuid.uuid4().hex[:8]
+    buckets = {p: f"stratus-{p}-{suffix}" for p in ("datasets", "checkpoints", "models", "logs")}
+    for b in buckets.values():
+        s3.create_bucket(Bucket=b)
+    if "image" not in _AMI:  # listing moto's ~1,300 images takes seconds; one is enough
+        _AMI["image"] = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image = _AMI["image"]
+    instances = ec2.run_instances(ImageId=image, MinCount=2, MaxCount=2, InstanceType="g5.xlarge")["Instances"]
+    outputs = {
+        "region": REGION,
+        "kms_key_arn": key_arn,
+        **{f"{p}_bucket": b for p, b in buckets.items()},
+        "trainer_instance_ids": [i["InstanceId"] for i in instances],
+        "trainer_private_ips": [i["PrivateIpAddress"] for i in instances],
+        "trainer_slots_per_node": 2,
+    }
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(outputs))
+    return outputs, path
+
+
+def run_remote(env, *args, timeout=60):
+    cmd = [sys.executable, "-m", "runtime.remote", "--poll-interval", "0.05", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def commands_of_run(run_name: str) -> list[dict]:
+    """SSM commands this launcher sent for `run_name` (its Comment names the run and the node)."""
+    ssm = boto3.client("ssm", region_name=REGION)
+    return [c for c in ssm.list_commands()["Commands"] if c["Comment"].startswith(f"stratus {run_name} node ")]
+
+
+def test_launch_uploads_bundle_and_data_and_sends_one_command_per_node(stack, aws_env, tmp_path):
+    outputs, path = stack
+    data = tmp_path / "train.csv"
+    data.write_text("a,b,label\n" + "".join(f"{i % 7},{i % 3},{i % 2}\n" for i in range(200)))
+    config = tmp_path / "override.yaml"
+    config.write_text("epochs: 1\n")
+    result = run_remote(aws_env, "--outputs-file", str(path), "--", "--set", "max_steps=2", "--data", str(data),
+                        "--run-name", "csv1", "--config", str(config))  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every node succeeded" in result.stdout
+
+    s3 = boto3.client("s3", region_name=REGION)
+    head = s3.head_object(Bucket=outputs["models_bucket"], Key=BUNDLE_KEY)
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", outputs["kms_key_arn"])
+    bundle = tmp_path / "bundle.tar.gz"
+    s3.download_file(outputs["models_bucket"], BUNDLE_KEY, str(bundle))
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+    assert names == [e.name for e in bundle_entries(ROOT)]
+    assert {"requirements.txt", "runtime/train/command.py", "runtime/remote/sync.py"} <= set(names)
+    assert not any("__pycache__" in n or n.startswith(("infra/", "tests/")) for n in names)
+    head = s3.head_object(Bucket=outputs["datasets_bucket"], Key="csv1/train.csv")
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", outputs["kms_key_arn"])
+
+    ids, ips = outputs["trainer_instance_ids"], outputs["trainer_private_ips"]
+    # moto records every EC2 instance on a command sent without Targets, so its InstanceIds cannot
+    # tell the nodes apart; the launcher prints which command went to which instance.
+    sent = re.findall(r"node (\d+) \((i-[0-9a-f]+)\): command ([0-9a-f-]+) sent", result.stdout)
+    assert [(int(r), i) for r, i, _ in sent] == list(enumerate(ids))
+    assert len(commands_of_run("csv1")) == 2
+    ssm = boto3.client("ssm", region_name=REGION)
+    by_node = {iid: ssm.list_commands(CommandId=cid)["Commands"][0] for _, iid, cid in sent}
+    for rank, iid in enumerate(ids):
+        cmd = by_node[iid]
+        assert iid in cmd["InstanceIds"] and cmd["Comment"] == f"stratus csv1 node {rank}/2"
+        assert cmd["DocumentName"] == "AWS-RunShellScript"
+        script = "\n".join(cmd["Parameters"]["commands"])
+        launch = next(line for line in cmd["Parameters"]["commands"] if "deepspeed.launcher.launch" in line)
+        assert launch.startswith("cd /opt/stratus/app && DS_ACCELERATOR=cuda /opt/stratus/venv/bin/python -m ")
+        assert f"--node_rank={rank} " in launch and f"--master_addr={ips[0]} --master_port=29500" in launch
+        world = launch.split("--world_info=")[1].split()[0]
+        assert json.loads(base64.urlsafe_b64decode(world)) == {ip: [0, 1] for ip in ips}
+        assert "--module runtime.train" in launch and "--set max_steps=2" in launch
+        assert f"--data s3://{outputs['datasets_bucket']}/csv1/train.csv" in launch
+        assert "--set output_dir=/scratch/runs" in launch and "--nproc" not in launch
+        assert f"--bucket {outputs['checkpoints_bucket']} --prefix csv1/" in script
+        assert f"--node-rank {rank} --num-nodes 2" in script
+        # the operator's --config file is recreated on the node and passed there
+        node_cfg = launch.split("--config ")[1].split()[0]
+        assert node_cfg.startswith("/scratch/runs/csv1/config-") and node_cfg.endswith(".yaml")
+        written = next(line for line in cmd["Parameters"]["commands"] if line.endswith(f"base64 -d > {node_cfg}"))
+        assert base64.b64decode(written.split()[1]) == b"epochs: 1\n"
+        assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0  # valid POSIX sh
+        sha = write_bundle(bundle_entries(ROOT), tmp_path / f"again{rank}.tar.gz")
+        assert f"{sha}  /opt/stratus/bundle.tar.gz" in script  # the node checks it runs this bundle
+
+
+def test_dry_run_prints_everything_and_sends_nothing(stack, aws_env):
+    outputs, path = stack
+    result = run_remote(aws_env, "--outputs-file", str(path), "--dry-run", "--", "--run-name", "dry1")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "runtime/remote/sync.py" in result.stdout and f"s3://{outputs['models_bucket']}/{BUNDLE_KEY}" in result.stdout
+    )
+    assert result.stdout.count("deepspeed.launcher.launch") == 2 and "--node_rank=1" in result.stdout
+    assert commands_of_run("dry1") == []
+    s3 = boto3.client("s3", region_name=REGION)
+    assert s3.list_objects_v2(Bucket=outputs["models_bucket"])["KeyCount"] == 0
+
+
+def test_unknown_instance_and_missing_output_are_clear_errors(stack, aws_env, tmp_path):
+    outputs, _ = stack
+    stale = tmp_path / "stale.json"
+    stale.write_text(
+        json.dumps({**outputs, "trainer_instance_ids": [outputs["trainer_instance_ids"][0], "i-0deadbeef0000000"]})
+    )
+    result = run_remote(aws_env, "--outputs-file", str(stale), "--", "--run-name", "stale1")
+    assert result.returncode == 2
+    assert "i-0deadbeef0000000 (trainer_instance_ids[1]) does not exist" in result.stdout
+    assert "pulumi refresh" in result.stdout
+    assert commands_of_run("stale1") == []
+
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({k: v for k, v in outputs.items() if k != "trainer_slots_per_node"}))
+    result = run_remote(aws_env, "--outputs-file", str(missing), "--", "--set", "max_steps=2")
+    assert result.returncode == 2
+    assert "trainer_slots_per_node" in result.stdout and "pulumi up" in result.stdout
+
+
+def test_existing_run_needs_resume_and_bad_config_sends_nothing(stack, aws_env):
+    outputs, path = stack
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.put_object(Bucket=outputs["checkpoints_bucket"], Key="old/latest", Body=b"global_step2")
+    result = run_remote(aws_env, "--outputs-file", str(path), "--", "--run-name", "old")
+    assert result.returncode == 2 and "pass --resume" in result.stdout
+    # 4 ranks (2 nodes x 2 GPUs) cannot split a global batch of 6
+    result = run_remote(aws_env, "--outputs-file", str(path), "--", "--set", "global_batch_size=6", "--run-name", "b6")
+    assert result.returncode == 2 and "global_batch_size" in result.stdout
+    assert commands_of_run("old") == commands_of_run("b6") == []

@@ -1,0 +1,155 @@
+"""Fixtures for the serving end-to-end tests: real artifacts, a real server process over HTTP.
+
+The server under test is `python -m runtime serve` (uvicorn on 127.0.0.1, a free port), started
+once per session; tests talk to it with httpx and with the stock Triton client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from runtime.repository.publish import publish
+from tests.conftest import free_port
+from tests.support import build_artifact
+
+MODEL = "tiny"
+MAX_BATCH = 64
+MAX_ELEMENTS = 256  # < MAX_BATCH * NUM_FEATURES, so the element cap is reachable on its own
+MAX_BODY = 64 * 1024
+BODY_TIMEOUT = 1.5
+TOKEN = "e2e-token-0123456789abcdef0123456789"
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def reference_output(artifact: Path, x: np.ndarray) -> np.ndarray:
+    """What the artifact's model computes for x (ONNX Runtime in this process)."""
+    session = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+@dataclass
+class Server:
+    """A running `python -m runtime serve` process."""
+
+    url: str
+    token: str
+    proc: subprocess.Popen
+    log_path: Path
+    repo: str
+    serving_version: int = 1
+    token_file: Path | None = None
+    artifacts: dict[int, Path] = field(default_factory=dict)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kwargs)
+
+    def log_records(self) -> list[dict]:
+        records = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                records.append({"unparsed": line})
+        return records
+
+    def wait_for(self, predicate, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}); log:\n{self.log_path.read_text()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}; log tail:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def is_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/v2/health/ready", headers=self.auth, timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def is_live(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/v2/health/live", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+
+def start_server(repo: str, log_path: Path, extra_args: list[str], env: dict[str, str]) -> Server:
+    port = free_port()
+    args = [
+        sys.executable,
+        "-m",
+        "runtime",
+        "serve",
+        "--repo",
+        repo,
+        "--model",
+        MODEL,
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(MAX_BATCH),
+        "--max-elements",
+        str(MAX_ELEMENTS),
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--body-timeout",
+        str(BODY_TIMEOUT),
+        *extra_args,
+    ]
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(url=f"http://127.0.0.1:{port}", token=TOKEN, proc=proc, log_path=log_path, repo=repo)
+    server.wait_for(server.is_live, "liveness")
+    return server
+
+
+def stop_server(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> dict[int, Path]:
+    """Three distinct real artifacts (seeds 1, 2, 3), built once."""
+    root = tmp_path_factory.mktemp("artifacts")
+    return {seed: build_artifact(root / f"seed-{seed}", seed) for seed in (1, 2, 3)}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, artifacts) -> Server:
+    """The server on a local repository holding version 1 (artifact seed 1), ready to answer."""
+    root = tmp_path_factory.mktemp("serve-local")
+    repo = root / "repo"
+    assert publish(artifacts[1], str(repo), model_name=MODEL) == 1
+    token_file = root / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k != "STRATUS_SERVE_TOKEN"}
+    srv = start_server(str(repo), root / "server.log", ["--token-file", str(token_file), "--poll-interval", "0.2"], env)
+    srv.artifacts = {1: artifacts[1]}
+    srv.token_file = token_file
+    try:
+        srv.wait_for(srv.is_ready, "readiness")
+        yield srv
+    finally:
+        stop_server(srv)
