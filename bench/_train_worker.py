@@ -1,9 +1,12 @@
 """One rank of `bench/train_memory_throughput.py`; started by torchrun (DDP) or DeepSpeed's launcher.
 
-Not run by hand: the bench builds the command line. Each rank trains the `mlp-large` preset's model
-on the builtin dataset (1,024 rows, cycled), times `--steps` steps after `--warmup` steps, takes
-one more step with a model-state snapshot between backward and optimizer step (the moment params,
-gradients and optimizer state all exist), and writes `rank<N>.json` into `--out`.
+Not run by hand: the bench builds the command line. DeepSpeed rows drive the production training
+loop, `runtime.train.loop.Trainer` (setup, then `train_step` per step), on the `mlp-large` preset
+with 1,280 builtin rows (1,024 after the validation split, cycled by epoch as in training). DDP
+rows are the baseline: plain `torch.nn.parallel.DistributedDataParallel` + AdamW, same model init,
+same batches. Each rank times `--steps` steps after `--warmup` steps, takes one more step with a
+model-state snapshot between backward and optimizer step (the moment params, gradients and
+optimizer state all exist), and writes `rank<N>.json` into `--out`.
 """
 
 from __future__ import annotations
@@ -22,23 +25,25 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from _model_state import ddp_model_state, zero_model_state
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from runtime.train.config import TrainConfig
+from runtime.train.data import check_batch_fits, epoch_order, load_dataset, rank_batch
+from runtime.train.loading import load_config
+from runtime.train.loop import Trainer
+from runtime.train.models import build_mlp, count_parameters
 
-from _model_state import ddp_model_state, zero_model_state  # noqa: E402
-from train_memory_throughput import deep_merge  # noqa: E402
-
-from runtime.train.config import TrainConfig, deepspeed_config, load_config  # noqa: E402
-from runtime.train.data import epoch_order, make_builtin, rank_batch  # noqa: E402
-from runtime.train.models import build_mlp, count_parameters  # noqa: E402
-
-NUM_ROWS = 1024  # 8 global batches of 128: enough distinct batches, small enough not to set the RSS peak
+NUM_ROWS = 1280  # 1,024 training rows: 8 global batches of 128, small enough not to set the RSS peak
 
 
 def current_rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bench_config(args: argparse.Namespace) -> TrainConfig:
@@ -48,76 +53,102 @@ def bench_config(args: argparse.Namespace) -> TrainConfig:
             f"parallel.zero_stage={args.zero_stage}",
             f"parallel.offload={args.offload}",
             f"parallel.precision={args.precision}",
+            f"data.num_samples={NUM_ROWS}",
+            "data.val_fraction=0.2",
         ],
     )
 
 
-def build_engine(args: argparse.Namespace, cfg: TrainConfig, num_features: int) -> tuple[Any, Any, dict]:
-    """(forward callable, step object, info) for DDP or a DeepSpeed engine."""
-    world = dist.get_world_size()
-    if args.engine == "ddp":
+class DdpBaseline:
+    """The baseline rows: DDP + AdamW on the same data order as `Trainer` (not product code)."""
+
+    def __init__(self, cfg: TrainConfig, args: argparse.Namespace):
         from torch.nn.parallel import DistributedDataParallel
 
-        model = build_mlp(num_features, cfg.model)
-        ddp = DistributedDataParallel(model, gradient_as_bucket_view=args.bucket_view)
+        dist.init_process_group("gloo")
+        self.cfg, self.rank, self.world = cfg, dist.get_rank(), dist.get_world_size()
+        self.data = load_dataset(cfg.data, cfg.seed)
+        self.steps_per_epoch = check_batch_fits(cfg.global_batch_size, len(self.data.train_idx))
+        self.x_all, self.y_all = torch.from_numpy(self.data.x), torch.from_numpy(self.data.y)
+        torch.manual_seed(cfg.seed)
+        model = build_mlp(self.data.num_features, cfg.model)
+        self.engine = DistributedDataParallel(model, gradient_as_bucket_view=args.bucket_view)
         o = cfg.optim
-        opt = torch.optim.AdamW(
-            ddp.parameters(),
-            lr=o.lr,
-            betas=o.betas,
-            eps=o.eps,
-            weight_decay=o.weight_decay,
-            fused=args.fused_adamw or None,
-        )
-        return ddp, opt, {"num_params": count_parameters(model), "optimizer": type(opt).__name__}
-    import deepspeed
+        self.opt = torch.optim.AdamW(self.engine.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
+                                     weight_decay=o.weight_decay, fused=args.fused_adamw or None)  # fmt: skip
+        self.num_params = count_parameters(model)
+        self.step = 0
 
-    ds = deep_merge(deepspeed_config(cfg, world_size=world, device="cpu"), json.loads(args.ds_overrides))
-    with deepspeed.zero.Init(enabled=args.zero_stage == 3, config_dict_or_path=ds):
-        model = build_mlp(num_features, cfg.model)
-    num_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    return engine, engine, {"num_params": num_params, "optimizer": type(inner).__name__, "ds_config": ds}
-
-
-def train_step(
-    engine: str, model: Any, opt: Any, x: torch.Tensor, y: torch.Tensor, snapshot: bool = False
-) -> tuple[tuple[float, float, float], float, dict[str, Any] | None]:
-    """One step: ((forward, backward, optimizer) seconds, loss, model-state snapshot or None).
-
-    With `snapshot`, the model state is counted between backward and the optimizer step.
-    """
-    t0 = time.perf_counter()
-    loss = F.binary_cross_entropy_with_logits(model(x).squeeze(-1).float(), y)
-    t1 = time.perf_counter()
-    if engine == "ddp":
-        opt.zero_grad(set_to_none=False)
+    def train_step(self, *, phases: dict[str, float], before_step=None) -> float:
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        order = epoch_order(self.data.train_idx, self.cfg.seed, epoch)
+        idx = rank_batch(order, in_epoch, self.cfg.global_batch_size, self.rank, self.world)
+        t0 = time.perf_counter()
+        loss = F.binary_cross_entropy_with_logits(self.engine(self.x_all[idx]).squeeze(-1).float(), self.y_all[idx])
+        t1 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=False)
         loss.backward()
-    else:
-        model.backward(loss)
-    t2 = time.perf_counter()
-    state = None
-    if snapshot:
-        state = ddp_model_state(model, opt) if engine == "ddp" else zero_model_state(model)
-    opt.step()
-    loss_value = loss.item()
-    t3 = time.perf_counter()
-    return (t1 - t0, t2 - t1, t3 - t2), loss_value, state
+        t2 = time.perf_counter()
+        if before_step is not None:
+            before_step()
+        self.opt.step()
+        value = loss.item()
+        t3 = time.perf_counter()
+        for key, seconds in (("forward", t1 - t0), ("backward", t2 - t1), ("step", t3 - t2)):
+            phases[key] = phases.get(key, 0.0) + seconds
+        self.step += 1
+        return value
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def build(args: argparse.Namespace, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
+    """(the object with `train_step`, info for the result) for DDP or the production Trainer."""
+    if args.engine == "ddp":
+        runner = DdpBaseline(cfg, args)
+        return runner, {"num_params": runner.num_params, "optimizer": type(runner.opt).__name__}
+    trainer = Trainer(cfg, ds_overrides=json.loads(args.ds_overrides))
+    trainer.setup()
+    inner = getattr(trainer.engine.optimizer, "optimizer", trainer.engine.optimizer)
+    return trainer, {"num_params": trainer.num_params, "optimizer": type(inner).__name__,
+                     "ds_config": trainer.ds_config}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+def timed_steps(runner: Any, args: argparse.Namespace) -> tuple[dict[str, Any], list[float]]:
+    """Run `--steps` timed steps (barrier before and after); return measurements and losses."""
+    dist.barrier()
+    profiler = cProfile.Profile() if args.profile else None
+    faults_start, cpu_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, cpu_seconds()
+    t_start = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    phases: dict[str, float] = {}
+    step_s, losses = [], []
+    for _ in range(args.steps):
+        before = sum(phases.values())
+        losses.append(runner.train_step(phases=phases))
+        step_s.append(sum(phases.values()) - before)
+    dist.barrier()
+    elapsed = time.perf_counter() - t_start
+    if profiler:
+        profiler.disable()
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(args.out / f"profile-rank{dist.get_rank()}.txt", "w") as f:
+            pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(60)
+    return {
+        "elapsed_s": elapsed,
+        "phase_s": phases,
+        "step_s": step_s,
+        "cpu_s_per_step": (cpu_seconds() - cpu_start) / args.steps,
+        "page_faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start) / args.steps,
+    }, losses
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--engine", choices=("ddp", "deepspeed"), required=True)
     p.add_argument("--zero-stage", type=int, default=0)
     p.add_argument("--offload", default="none")
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--ds-overrides", default="{}", help="JSON deep-merged over deepspeed_config(...)")
+    p.add_argument("--ds-overrides", default="{}", help="JSON deep-merged over the generated DeepSpeed config")
     p.add_argument("--bucket-view", action="store_true", help="DDP gradient_as_bucket_view=True")
     p.add_argument("--fused-adamw", action="store_true", help="DDP torch.optim.AdamW(fused=True)")
     p.add_argument("--warmup", type=int, default=5)
@@ -125,80 +156,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--profile", action="store_true", help="cProfile the timed steps into <out>/profile-rank<N>.txt")
     p.add_argument("--local_rank", type=int, default=None, help="set by DeepSpeed's launcher")
-    args = p.parse_args(argv)
-    t_launch = time.perf_counter()
-    if args.engine == "ddp":
-        dist.init_process_group("gloo")
-    else:
-        import deepspeed
+    return p.parse_args(argv)
 
-        deepspeed.init_distributed()
-    rank, world = dist.get_rank(), dist.get_world_size()
-    t_init = time.perf_counter()
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_launch = time.perf_counter()
     rss_start = current_rss()
     cfg = bench_config(args)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-    x_np, y_np = make_builtin(NUM_ROWS, cfg.data.num_features, cfg.seed)
-    x_all, y_all = torch.from_numpy(x_np).to(dtype), torch.from_numpy(y_np)
-    del x_np, y_np
-    order = epoch_order(torch.arange(NUM_ROWS).numpy(), cfg.seed, 0)
-    batches_per_epoch = NUM_ROWS // cfg.global_batch_size
-
-    torch.manual_seed(cfg.seed)
-    t_data = time.perf_counter()
-    model, opt, info = build_engine(args, cfg, cfg.data.num_features)
-    t_built = time.perf_counter()
-    rss_built = current_rss()
-
-    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = rank_batch(order, step % batches_per_epoch, cfg.global_batch_size, rank, world)
-        return x_all[idx], y_all[idx]
-
-    losses = [train_step(args.engine, model, opt, *batch(step))[1] for step in range(args.warmup)]
+    runner, info = build(args, cfg)
+    t_built, rss_built = time.perf_counter(), current_rss()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    losses = [runner.train_step(phases={}) for _ in range(args.warmup)]
     t_warm = time.perf_counter()
-    dist.barrier()
-    profiler = cProfile.Profile() if args.profile else None
-    faults_start, cpu_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, cpu_seconds()
-    t_start = time.perf_counter()
-    if profiler:
-        profiler.enable()
-    timed = [train_step(args.engine, model, opt, *batch(step)) for step in range(args.warmup, args.warmup + args.steps)]
-    dist.barrier()
-    elapsed = time.perf_counter() - t_start
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start
-    cpu = cpu_seconds() - cpu_start
-    if profiler:
-        profiler.disable()
-        args.out.mkdir(parents=True, exist_ok=True)
-        with open(args.out / f"profile-rank{rank}.txt", "w") as f:
-            pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(60)
-    _, loss, state = train_step(args.engine, model, opt, *batch(args.warmup + args.steps), snapshot=True)
-    phases = [t[0] for t in timed]
-    losses += [t[1] for t in timed] + [loss]
+    measured, timed_losses = timed_steps(runner, args)
+    snapshot: dict[str, Any] = {}
+
+    def take_snapshot() -> None:
+        engine = runner.engine
+        snapshot["state"] = ddp_model_state(engine, runner.opt) if args.engine == "ddp" else zero_model_state(engine)
+
+    losses += [*timed_losses, runner.train_step(phases={}, before_step=take_snapshot)]
     result = {
         "rank": rank,
         "world_size": world,
         "threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "elapsed_s": elapsed,
         "steps": args.steps,
         "global_batch": cfg.global_batch_size,
-        "phase_s": dict(zip(("forward", "backward", "step"), map(sum, zip(*phases, strict=True)), strict=True)),
-        "step_s": [sum(p) for p in phases],
-        "cpu_s_per_step": cpu / args.steps,
-        "page_faults_per_step": faults / args.steps,
-        "setup_s": {
-            "init_distributed": t_init - t_launch,
-            "data": t_data - t_init,
-            "build": t_built - t_data,
-            "warmup": t_warm - t_built,
-        },
+        **measured,
+        "setup_s": {"build": t_built - t_launch, "warmup": t_warm - t_built},
         "rss_start": rss_start,
         "rss_built": rss_built,
         "rss_end": current_rss(),
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "model_state": state,
-        "final_loss": loss,
+        "model_state": snapshot["state"],
+        "final_loss": losses[-1],
         "losses": losses,
         **{k: v for k, v in info.items() if k != "ds_config"},
     }

@@ -13,7 +13,7 @@ Model: the `mlp-large` preset (4096 -> 4096 -> 2048 -> 1, 25,174,017 parameters)
 samples per rank per step (global batch 128), builtin dataset (1,024 rows, cycled), BCE loss, Adam
 lr 1e-3 without weight decay or clipping, fp32 unless the row says bf16. DDP rows run under
 `torchrun --nproc_per_node 2` (gloo, `torch.optim.AdamW`); DeepSpeed rows under DeepSpeed's
-launcher with `runtime.config.deepspeed_config(...)` plus `tuned_overrides()` and `TUNED_ENV`
+launcher with `runtime.train.deepspeed_config.deepspeed_config(...)` plus `tuned_overrides()` and `TUNED_ENV`
 (neither with `--untuned`). ZeRO-3 builds the model inside `deepspeed.zero.Init`.
 
 Each row is launched `--repeat` times, rows interleaved so that load drift on this shared machine
@@ -39,13 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _bench_table import render
+
+from runtime.train.loading import nest
+from runtime.train.loop import deep_merge
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-
-from _bench_table import render  # noqa: E402
-
-from runtime.train.loading import nest  # noqa: E402
-
 WORKER = ROOT / "bench" / "_train_worker.py"
 NUM_RANKS = 2
 
@@ -99,7 +98,7 @@ TUNED_ENV = {
 
 
 def tuned_overrides(row: Row) -> dict[str, Any]:
-    """Overrides on top of `runtime.config.deepspeed_config(...)` measured to help on this CPU.
+    """Overrides on top of `runtime.train.deepspeed_config.deepspeed_config(...)` measured to help on this CPU.
 
     docs/benchmarks.md ("Training: ZeRO memory and throughput") has the numbers behind each.
     """
@@ -119,13 +118,6 @@ def tuned_overrides(row: Row) -> dict[str, Any]:
     if row.offload == "none":
         # torch.optim.Adam(fused=True): one vectorized kernel instead of ~10 passes over the shard.
         out["optimizer"] = {"params": {"fused": True}}
-    return out
-
-
-def deep_merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in updates.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -234,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocations, CPUAdam init)")
     p.add_argument("--steps", type=int, default=30, help="timed steps per row")
     p.add_argument("--repeat", type=int, default=2, help="runs per row, interleaved (rates are averaged)")
-    p.add_argument("--untuned", action="store_true", help="runtime.config's DeepSpeed config as is, no TUNED_ENV")
+    p.add_argument("--untuned", action="store_true", help="runtime.train.deepspeed_config's output as is, no TUNED_ENV")
     p.add_argument("--env", action="append", type=parse_env, default=[], help="extra rank env KEY=VALUE (wins)")
     p.add_argument("--set", action="append", type=parse_set, default=[], help="extra DeepSpeed override key=JSON")
     p.add_argument("--profile", action="store_true", help="cProfile timed steps (slower; for investigation)")

@@ -312,6 +312,7 @@ def report(results: list[dict[str, Any]], *, run_name: str, out: Callable[[str],
 def main(argv: list[str] | None = None) -> int:
     """Entry of `stratus remote`; returns an `ExitCode` (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
     own, train_argv = _split(argv)
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RemoteError, ConfigError, DataError) as e:
         log.error("%s", e)
         return ExitCode.BAD_INPUT
-    except (ClientError, BotoCoreError) as e:
+    except (ClientError, BotoCoreError, Boto3Error) as e:
         log.error(
             "AWS refused or failed a call: %s; check the credentials are for the stack's account "
             "(aws sts get-caller-identity) and allow EC2 describe, S3 put with the stack key, and SSM SendCommand",

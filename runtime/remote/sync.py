@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("no checkpoints in %s: nothing to sync", ckpt_dir)
         return ExitCode.OK
     import boto3
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
     up = Uploader(boto3.client("s3"), args.bucket, args.prefix, args.kms_key_id)
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     except SyncError as e:
         log.error("checkpoint sync incomplete: %s", e)
         return ExitCode.FAILED
-    except (ClientError, BotoCoreError) as e:
+    except (ClientError, BotoCoreError, Boto3Error) as e:
         log.error("checkpoint sync to s3://%s/%s failed: %s (the trainer role may write only the checkpoints "
                   "bucket, with SSE-KMS under the stack key)", args.bucket, args.prefix, e)  # fmt: skip
         return ExitCode.FAILED

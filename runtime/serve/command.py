@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving %s from %s on http://%s:%d (token from %s)", cfg.model, cfg.repo, cfg.host, cfg.port, source)
     import uvloop
 
+    # uvicorn stops gracefully on SIGTERM/SIGINT and then raises the signal again for the previous
+    # handler; with the default one the process would die by the signal (exit -15) instead of
+    # returning ExitCode.OK after a clean shutdown.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
     started = time.monotonic()
     uvloop.run(_serve(cfg, token))
     log.info("stopped after %.0f s", time.monotonic() - started)

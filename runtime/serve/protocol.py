@@ -125,6 +125,45 @@ def _from_json_data(data, spec: TensorSpec, shape: tuple[int, ...], count: int) 
     return out
 
 
+def _decode_input(
+    item: object, inputs: dict[str, TensorSpec], limits: Limits, binary: memoryview, offset: int, seen: dict
+) -> tuple[str, np.ndarray, int]:
+    """One entry of `inputs`: (its name, its array, the binary bytes it claimed from `offset`)."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise _bad("each input must be an object with a string 'name'")
+    name = item["name"]
+    spec = inputs.get(name)
+    if spec is None:
+        raise _unfit(f"unknown input {name[:64]!r}; the model takes {sorted(inputs)}")
+    if name in seen:
+        raise _bad(f"input {name!r} given twice")
+    datatype = item.get("datatype")
+    if not isinstance(datatype, str):
+        raise _bad(f"input {name!r}: 'datatype' must be a string such as {spec.datatype!r}")
+    if datatype != spec.datatype:
+        raise _unfit(f"input {name!r}: datatype {datatype[:16]!r}, the model expects {spec.datatype!r}")
+    shape = _check_shape(item, spec, limits)
+    count = math.prod(shape)
+    iparams = item.get("parameters") or {}
+    if not isinstance(iparams, dict):
+        raise _bad(f"input {name!r}: 'parameters' must be an object")
+    size = iparams.get("binary_data_size")
+    if size is None:
+        return name, _from_json_data(item.get("data"), spec, shape, count), 0
+    if type(size) is not int or size < 0:
+        raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
+    if "data" in item:
+        raise _bad(f"input {name!r}: give either 'data' or binary_data_size, not both")
+    if size != count * spec.dtype.itemsize:
+        raise _bad(
+            f"input {name!r}: binary_data_size {size}, but shape {list(shape)} of {datatype} "
+            f"needs {count * spec.dtype.itemsize} bytes"
+        )
+    if offset + size > len(binary):
+        raise _bad(f"input {name!r}: binary data ends after {len(binary) - offset} of {size} bytes")
+    return name, np.frombuffer(binary[offset : offset + size], dtype=spec.dtype).reshape(shape), size
+
+
 def decode_infer_request(
     body: bytes,
     header_length: int | None,
@@ -170,41 +209,9 @@ def decode_infer_request(
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise _bad("each input must be an object with a string 'name'")
-        name = item["name"]
-        spec = inputs.get(name)
-        if spec is None:
-            raise _unfit(f"unknown input {name[:64]!r}; the model takes {sorted(inputs)}")
-        if name in arrays:
-            raise _bad(f"input {name!r} given twice")
-        datatype = item.get("datatype")
-        if not isinstance(datatype, str):
-            raise _bad(f"input {name!r}: 'datatype' must be a string such as {spec.datatype!r}")
-        if datatype != spec.datatype:
-            raise _unfit(f"input {name!r}: datatype {datatype[:16]!r}, the model expects {spec.datatype!r}")
-        shape = _check_shape(item, spec, limits)
-        count = math.prod(shape)
-        iparams = item.get("parameters") or {}
-        if not isinstance(iparams, dict):
-            raise _bad(f"input {name!r}: 'parameters' must be an object")
-        size = iparams.get("binary_data_size")
-        if size is None:
-            arrays[name] = _from_json_data(item.get("data"), spec, shape, count)
-            continue
-        if type(size) is not int or size < 0:
-            raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
-        if "data" in item:
-            raise _bad(f"input {name!r}: give either 'data' or binary_data_size, not both")
-        if size != count * spec.dtype.itemsize:
-            raise _bad(
-                f"input {name!r}: binary_data_size {size}, but shape {list(shape)} of {datatype} "
-                f"needs {count * spec.dtype.itemsize} bytes"
-            )
-        if offset + size > len(binary):
-            raise _bad(f"input {name!r}: binary data ends after {len(binary) - offset} of {size} bytes")
-        arrays[name] = np.frombuffer(binary[offset : offset + size], dtype=spec.dtype).reshape(shape)
-        offset += size
+        name, array, used = _decode_input(item, inputs, limits, binary, offset, arrays)
+        arrays[name] = array
+        offset += used
     if offset != len(binary):
         raise _bad(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
     missing = sorted(set(inputs) - set(arrays))

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from runtime.train import checkpoint
 from runtime.train.checkpoint import CheckpointError, find_latest_verified, prune, verify_checkpoint, write_manifest
-from tests.runtime.conftest import ROOT, SHORT_RUN, read_metrics, run_train
+from tests.runtime.conftest import SHORT_RUN, read_metrics, run_train
 
 
 def make_tag(root, step, files=None):
@@ -132,20 +127,10 @@ def test_sigkill_of_one_rank_during_a_save_keeps_the_previous_checkpoint(zero_ru
 
 
 @pytest.mark.deepspeed
-def test_sigterm_commits_a_checkpoint_and_a_relaunch_continues(tmp_path):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    cmd = [sys.executable, "-m", "runtime", "train", "--nproc", "2", "--run-name", "pre"]
-    for s in (f"output_dir={tmp_path}", "log_every=1", "checkpoint_every=100000", "data.num_samples=4000"):
-        cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = tmp_path / "pre" / "metrics.csv"
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 5):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 75, out[-3000:]
+def test_sigterm_commits_a_checkpoint_and_a_relaunch_continues(preempted_run, tmp_path):
+    returncode, out, run_dir = preempted_run
+    assert returncode == 75, out[-3000:]
+    shutil.copytree(run_dir, tmp_path / "pre")  # the session's copy stays as the signal left it
     ckpt = tmp_path / "pre" / "checkpoints"
     tag = (ckpt / "latest").read_text()
     stopped_at = verify_checkpoint(ckpt / tag, world_size=2)["step"]

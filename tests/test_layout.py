@@ -1,0 +1,75 @@
+"""The repository's shape (docs/architecture.md, "Folder map"): packages per stage, where `runtime`
+and `infra` meet, no import cycle, small files and functions, tests importable as packages."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from tests.layout import MODULES, ROOT, cycles, dependencies, imported, oversized
+
+RUNTIME = {name: path for name, path in MODULES.items() if name.split(".")[0] == "runtime"}
+STAGES = ("common", "train", "export", "repository", "serve", "remote")
+
+
+def _project_imports(name: str) -> set[str]:
+    return {i for i in imported(name, MODULES[name]) if i.split(".")[0] in ("runtime", "infra", "stratus")}
+
+
+def test_every_stage_is_a_package_with_a_command_module():
+    for stage in STAGES:
+        assert f"runtime.{stage}" in MODULES, f"runtime/{stage}/__init__.py is missing"
+        if stage != "common":
+            assert f"runtime.{stage}.command" in MODULES, f"runtime/{stage}/command.py is missing"
+
+
+def test_no_import_cycle_in_the_repository():
+    graph = {name: dependencies(name, path) for name, path in MODULES.items()}
+    assert "runtime.contract" in graph["infra.builders.userdata"], "the walker lost imports"
+    assert cycles(graph) == []
+
+
+def test_no_cycle_between_stages():
+    """Stages depend one way: common <- train <- export -> repository <- serve; train <- remote."""
+    graph: dict[str, set[str]] = {}
+    for name, path in RUNTIME.items():
+        stage = ".".join(name.split(".")[:2])
+        graph.setdefault(stage, set()).update(
+            ".".join(dep.split(".")[:2]) for dep in dependencies(name, path) if dep.startswith("runtime.")
+        )
+    for stage in graph:
+        graph[stage].discard(stage)
+    assert "runtime.train" in graph["runtime.export"] and "runtime.repository" in graph["runtime.serve"]
+    assert cycles(graph) == []
+
+
+@pytest.mark.parametrize("module", sorted(RUNTIME))
+def test_runtime_never_imports_infra_or_the_front_door(module):
+    outside = sorted(i for i in _project_imports(module) if i.split(".")[0] != "runtime")
+    assert outside == [], f"{module} imports {outside}; runtime and infra meet only in runtime.contract"
+
+
+def test_the_contract_imports_nothing_of_the_project():
+    assert _project_imports("runtime.contract") == set()
+
+
+def _python_files():
+    for folder in ("runtime", "infra", "stratus", "policy", "bench", "tests"):
+        yield from sorted((ROOT / folder).rglob("*.py"))
+    yield ROOT / "__main__.py"
+
+
+@pytest.mark.parametrize("path", list(_python_files()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_files_and_functions_stay_small(path):
+    assert oversized(path) == []
+
+
+def test_tests_are_packages_without_sys_path_edits():
+    for folder in [ROOT / "tests", *(p for p in (ROOT / "tests").rglob("*") if p.is_dir())]:
+        if folder.name != "__pycache__" and any(folder.glob("test_*.py")):
+            assert (folder / "__init__.py").is_file(), f"{folder.relative_to(ROOT)} has no __init__.py"
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", "") == "sys":
+                pytest.fail(f"{path.relative_to(ROOT)}:{node.lineno} edits sys.path; import through the packages")
