@@ -11,7 +11,7 @@ Servers (each its own process, uvicorn + httptools + uvloop, one worker, on 127.
 - `stratus`: `python -m runtime serve` as deployed (auth, limits, metrics, JSON access log to a
   file, ONNX Runtime);
 - `bare`: the same ASGI stack that decodes and validates the same request with the same code
-  (`runtime.serve_protocol`) and returns a fixed tensor: no auth, no model, no metrics, no log.
+  (`runtime.serve.protocol`) and returns a fixed tensor: no auth, no model, no metrics, no log.
   It is the ceiling of protocol handling on this machine.
 
 Load generator: a separate process (asyncio + uvloop, raw HTTP/1.1 keep-alive sockets, closed

@@ -53,7 +53,7 @@ python -m runtime export --run-dir "${out}/z3" --out "${out}/z3-export" --publis
 python - "${out}" <<'PY'
 import sys
 from pathlib import Path
-from runtime.artifact import verify_artifact
+from runtime.repository.artifact import verify_artifact
 repo = Path(sys.argv[1]) / "model-repo" / "mlp-binary"
 version = (repo / "LATEST").read_text().strip()
 m = verify_artifact(repo / version)

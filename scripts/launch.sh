@@ -5,7 +5,7 @@
 #   ./scripts/launch.sh --zero-stage 3 --offload all --run-name z3
 #   ./scripts/launch.sh --resume --run-name z3  # continue after a crash or preemption (exit 75)
 #   ./scripts/launch.sh --dry-run               # print the DeepSpeed config and command, start nothing
-#   ./scripts/launch.sh -- --set epochs=2       # anything after -- goes to `python -m runtime train`
+#   ./scripts/launch.sh -- --set epochs=2       # anything after -- goes to `stratus train`
 #   ./scripts/launch.sh --stack dev             # the same on the stack's training nodes (see --help)
 #
 # Env: STRATUS_PYTHON (python used to create .venv), DS_ACCELERATOR (cpu|cuda; detected),
@@ -36,9 +36,10 @@ options:
   --dry-run             validate, print the generated DeepSpeed config and the command; run nothing
   -h, --help            this help
 
-exit codes: training: 0 done; 2 bad config/data; 3 no usable checkpoint to resume; 75 preempted
-(a checkpoint was committed: rerun with --resume). Export (see `python -m runtime export --help`):
-1 bad input or failed publish; 3 the accuracy gate failed (nothing was published).
+exit codes (one table for every command, docs/architecture.md): 0 done; 1 an upload, publish or
+node failed; 2 bad config, data or arguments; 3 no usable checkpoint (--resume, export); 4 the
+export's accuracy gate failed (nothing was published); 75 preempted (a checkpoint was committed:
+rerun with --resume); 130 interrupted (--stack: the nodes keep running).
 EOF
 }
 
