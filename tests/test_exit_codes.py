@@ -153,7 +153,7 @@ def sync(code: ExitCode, tmp_path: Path, request) -> int:
 
 def plan(code: ExitCode, tmp_path: Path, request, monkeypatch) -> int:
     from infra.tools import plan as plan_tool
-    from tests.infra.support import EXAMPLE
+    from tests.infra.support import EXAMPLE, with_unrotated_key
 
     if code == ExitCode.BAD_INPUT:
         bad = tmp_path / "Pulumi.bad.yaml"
@@ -161,17 +161,7 @@ def plan(code: ExitCode, tmp_path: Path, request, monkeypatch) -> int:
         assert bad.read_text() != EXAMPLE.read_text()
         return _code(plan_tool.main, [str(bad)])
     if code == ExitCode.FAILED:  # the key of the planned stack does not rotate: a policy rule fails
-        import copy
-
-        real = plan_tool.run_program
-
-        def unrotated(config, **kwargs):
-            run = copy.deepcopy(real(config, **kwargs))
-            key = run.named("storage-key")
-            key.inputs["enableKeyRotation"] = key.state["enableKeyRotation"] = False
-            return run
-
-        monkeypatch.setattr(plan_tool, "run_program", unrotated)
+        monkeypatch.setattr(plan_tool, "run_program", with_unrotated_key(plan_tool.run_program))
     return _code(plan_tool.main, [str(EXAMPLE)])
 
 

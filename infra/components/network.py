@@ -191,6 +191,7 @@ class Network(pulumi.ComponentResource):
             self._egress(f"{role}-https-s3", sg, HTTPS, prefix_list=s3_prefix_list)
             self._egress(f"{role}-https-vpc", sg, HTTPS, cidr=args.vpc_cidr)
             if args.egress_enabled:
+                # Egress only, when egress-enabled: the documented exception (docs/security.md).
                 self._egress(f"{role}-https-internet", sg, HTTPS, cidr="0.0.0.0/0")
         self.training_sg_id, self.serving_sg_id = training_sg.id, serving_sg.id
 
@@ -206,7 +207,7 @@ class Network(pulumi.ComponentResource):
         aws.ec2.Route(
             f"{name}-public-default-route",
             route_table_id=public_rt.id,
-            destination_cidr_block="0.0.0.0/0",
+            destination_cidr_block="0.0.0.0/0",  # a route, not ingress (docs/security.md)
             gateway_id=igw.id,
             opts=child(self),
         )
@@ -238,7 +239,7 @@ class Network(pulumi.ComponentResource):
         aws.ec2.Route(
             f"{name}-private-default-route",
             route_table_id=private_rt.id,
-            destination_cidr_block="0.0.0.0/0",
+            destination_cidr_block="0.0.0.0/0",  # a route, not ingress (docs/security.md)
             nat_gateway_id=nat.id,
             opts=child(self),
         )

@@ -13,8 +13,6 @@ from pathlib import Path
 
 from runtime.contract import REMOTE_TRAINING_OUTPUTS
 
-REQUIRED_OUTPUTS = REMOTE_TRAINING_OUTPUTS
-
 
 class RemoteError(RuntimeError):
     """A stack, input or node problem; the message names what to change."""
@@ -58,16 +56,16 @@ def parse_outputs(data: object, source: str) -> StackOutputs:
     """
     if not isinstance(data, dict):
         raise RemoteError(f"{source}: expected a JSON object of stack outputs (`pulumi stack output --json`)")
-    missing = [k for k in REQUIRED_OUTPUTS if data.get(k) in (None, "", [])]
+    missing = [k for k in REMOTE_TRAINING_OUTPUTS if data.get(k) in (None, "", [])]
     if missing:
         raise RemoteError(
             f"{source} lacks the stack output(s) {', '.join(missing)}; run `pulumi up` on the stack "
             "(a stack from an older stratus version or without training nodes does not export them)"
         )
-    secret = [k for k in REQUIRED_OUTPUTS if data[k] == "[secret]"]
+    secret = [k for k in REMOTE_TRAINING_OUTPUTS if data[k] == "[secret]"]
     if secret:
         raise RemoteError(f"{source}: output(s) {', '.join(secret)} are secret; they must be plain outputs")
-    for k in REQUIRED_OUTPUTS[:5]:
+    for k in REMOTE_TRAINING_OUTPUTS[:5]:
         if not isinstance(data[k], str):
             raise RemoteError(f"{source}: output {k} is {data[k]!r}, expected a string; run `pulumi up`")
     ids, ips, slots = data["trainer_instance_ids"], data["trainer_private_ips"], data["trainer_slots_per_node"]

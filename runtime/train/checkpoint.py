@@ -28,6 +28,7 @@ import torch
 
 from runtime.common.fsutil import atomic_write, fsync_dir, sha256_file
 from runtime.common.log import get_logger
+from runtime.train.config import ConfigError
 
 FORMAT = "stratus-checkpoint/1"
 MANIFEST = "manifest.json"
@@ -145,8 +146,6 @@ def existing_run_message(run_name: str, where: str) -> str:
 
 def refuse_existing_run(ckpt_dir: Path, run_name: str) -> None:
     """Raise ConfigError when `ckpt_dir` holds checkpoints: a new run must not overwrite them."""
-    from runtime.train.config import ConfigError
-
     if candidates(ckpt_dir):
         raise ConfigError(existing_run_message(run_name, str(ckpt_dir)))
 

@@ -47,3 +47,16 @@ def without(run: ProgramRun, name: str) -> ProgramRun:
     copied = copy.deepcopy(run)
     copied.resources = [r for r in copied.resources if r.name != name]
     return copied
+
+
+def with_unrotated_key(run_program):
+    """`run_program`, but the planned stack's KMS key does not rotate: one policy rule fails."""
+    import copy
+
+    def run(config, **kwargs):
+        result = copy.deepcopy(run_program(config, **kwargs))
+        key = result.named("storage-key")
+        key.inputs["enableKeyRotation"] = key.state["enableKeyRotation"] = False
+        return result
+
+    return run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import subprocess
@@ -13,7 +12,7 @@ import yaml
 from infra.tools import plan
 from infra.tools.offline import ROOT, run_program
 from runtime.contract import ExitCode
-from tests.infra.support import EXAMPLE
+from tests.infra.support import EXAMPLE, with_unrotated_key
 
 PLAN = ROOT / "scripts" / "plan.sh"
 
@@ -53,15 +52,7 @@ def test_plan_stops_with_the_breakdown_when_over_budget(tmp_path):
 
 
 def test_plan_reports_a_violated_rule_and_exits_1(monkeypatch, capsys):
-    real = run_program
-
-    def with_unrotated_key(config, **kwargs):
-        run = copy.deepcopy(real(config, **kwargs))
-        key = run.named("storage-key")
-        key.inputs["enableKeyRotation"] = key.state["enableKeyRotation"] = False
-        return run
-
-    monkeypatch.setattr(plan, "run_program", with_unrotated_key)
+    monkeypatch.setattr(plan, "run_program", with_unrotated_key(run_program))
     assert plan.main([str(EXAMPLE)]) == 1 == ExitCode.FAILED
     out = capsys.readouterr().out
     assert "FAIL  aws-kms-key-rotation-enabled" in out and "13 passed, 1 failed" in out
