@@ -1,12 +1,14 @@
 # Sourced by scripts/*.sh: creates .venv from requirements.txt when missing or stale, then installs
 # this project into it (editable: `stratus` on PATH, `runtime`/`infra` importable from anywhere).
-# Idempotent: a stamp with the hash of requirements.txt and pyproject.toml skips pip when nothing changed.
+# Idempotent: a stamp with the hash of requirements.txt, requirements/*.txt and pyproject.toml skips
+# pip when nothing changed.
 # Env: STRATUS_PYTHON (interpreter used to create the venv, default python3).
 set -euo pipefail
 STRATUS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${STRATUS_ROOT}/.venv"
 stamp="${VENV}/.requirements.sha256"
-want="$(cat "${STRATUS_ROOT}/requirements.txt" "${STRATUS_ROOT}/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+want="$(cat "${STRATUS_ROOT}/requirements.txt" "${STRATUS_ROOT}"/requirements/*.txt "${STRATUS_ROOT}/pyproject.toml" \
+  | sha256sum | cut -d' ' -f1)"
 if [[ ! -x "${VENV}/bin/python" ]]; then
   py="${STRATUS_PYTHON:-python3}"
   if ! "${py}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
@@ -17,7 +19,7 @@ if [[ ! -x "${VENV}/bin/python" ]]; then
   "${py}" -m venv "${VENV}"
 fi
 if [[ ! -f "${stamp}" || "$(cat "${stamp}")" != "${want}" ]]; then
-  echo "[setup] installing requirements.txt into ${VENV} (first run takes a few minutes)" >&2
+  echo "[setup] installing requirements.txt (requirements/*.txt) into ${VENV} (first run takes a few minutes)" >&2
   "${VENV}/bin/python" -m pip install --quiet --upgrade pip
   "${VENV}/bin/python" -m pip install --quiet -r "${STRATUS_ROOT}/requirements.txt"
   "${VENV}/bin/python" -m pip install --quiet --no-deps --editable "${STRATUS_ROOT}"
