@@ -1,13 +1,21 @@
-"""The ASGI application of `runtime.serve`: routing, default-deny auth, body limits, metrics, logs.
+"""The ASGI application of `runtime.serve`: routing, default-deny auth, metrics, logs.
 
 A plain ASGI callable (no framework): the protocol handling is small and this keeps per-request
-overhead low (see docs/benchmarks.md, "Serving"). Run it on uvicorn with httptools + uvloop.
+overhead low (see docs/benchmarks.md, "Serving"). It runs behind the HTTP front
+(`runtime.serve.front`, uvicorn + httptools + uvloop), which bounds connections and request heads
+before anything here runs; bodies are bounded by `runtime.serve.body`.
 
-Security model: `ROUTES` is the whole route table; only routes marked `public` (liveness) skip
-the bearer check, and the check runs before routing, so unknown paths also answer 401 without a
-valid token. Tokens are compared as sha256 digests with `hmac.compare_digest` (constant time, no
-length leak). Bodies are capped while they arrive (Content-Length, chunked, and after gzip or
-deflate decompression) and a body that arrives too slowly is cut off (408).
+Security model: the route table (`ROUTES` plus routes added with `ServeApp.add_route`) is the
+whole surface; only routes marked `public` (liveness) skip the bearer check, and the check runs
+before routing, so unknown paths also answer 401 without a valid token. A request with more than
+one Authorization header is refused (400) rather than picking one. Tokens are compared as sha256
+digests with `hmac.compare_digest` (constant time, no length leak). HEAD is answered wherever GET
+is (same status and headers, no body).
+
+Extension routes: `app.add_route(Route("POST", "/v2/models/{model}/generate", "generate"), handler)`
+with `async def handler(app, call) -> (status, body, headers)`; `call.model` is the version the
+request started with (None before the first load), `await app.read_body(call)` reads the body
+within the size cap, deadline and in-flight budget, and `RequestError` becomes a JSON error.
 """
 
 from __future__ import annotations
@@ -18,17 +26,18 @@ import hashlib
 import hmac
 import logging
 import time
-import zlib
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runtime import __version__
 from runtime.repository.artifact import DATATYPES
+from runtime.serve.body import BodyBudget, BodyReader, DecodePool, Disconnected, Refused
 from runtime.serve.metrics import AccessLog, Metrics
 from runtime.serve.model import LoadedModel, ModelManager
-from runtime.serve.protocol import Limits, RequestError, decode_infer_request, encode_infer_response
+from runtime.serve.protocol import Limits, RequestError, encode_infer_response
 
 log = logging.getLogger("stratus.serve")
 
@@ -71,13 +80,16 @@ ROUTES: tuple[Route, ...] = (
 
 
 @functools.lru_cache(maxsize=512)
-def match_route(method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
+def match_route(routes: tuple[Route, ...], method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
     """Return (route, path params, path_exists). `path_exists` with no route means 405.
 
-    Cached (bounded LRU): callers must not mutate the returned params."""
+    HEAD matches the GET route of the path. Cached (bounded LRU): callers must not mutate the
+    returned params."""
+    if method == "HEAD":
+        method = "GET"
     parts = tuple(path.strip("/").split("/"))
     path_exists = False
-    for route in ROUTES:
+    for route in routes:
         segs = route.segments
         if len(segs) != len(parts):
             continue
@@ -96,11 +108,26 @@ def match_route(method: str, path: str) -> tuple[Route | None, dict[str, str], b
     return None, {}, path_exists
 
 
-class _Disconnected(Exception):
-    pass
-
-
 _JSON = [(b"content-type", b"application/json")]
+Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
+
+@dataclass
+class Call:
+    """One authenticated request as a route handler sees it."""
+
+    route: Route
+    params: dict[str, str]
+    model: LoadedModel | None
+    """The version serving when the request started (None before the first load)."""
+    headers: dict[bytes, bytes]
+    receive: Callable
+    body: BodyReader
+    client: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+Handler = Callable[["ServeApp", Call], Awaitable[Response]]
 
 
 class ServeApp:
@@ -109,9 +136,12 @@ class ServeApp:
     Args:
         manager: provides `current` (LoadedModel or None) and is started/stopped by lifespan.
         token: the bearer token (str, non-empty).
+        metrics: the Prometheus metrics (requests, rejections).
         limits: per-request tensor caps.
         max_body_bytes: cap on the (decompressed) request body.
         body_timeout: seconds allowed for a body that arrives in more than one piece.
+        budget: the body bytes all requests together may hold (None: unbounded, tests only).
+        decode_pool: decodes large JSON bodies off the event loop (None: on the loop).
         access_log: where to write one JSON line per request; None disables it.
     """
 
@@ -124,6 +154,8 @@ class ServeApp:
         limits: Limits,
         max_body_bytes: int,
         body_timeout: float = 30.0,
+        budget: BodyBudget | None = None,
+        decode_pool: DecodePool | None = None,
         access_log: AccessLog | None = None,
     ):
         self.manager = manager
@@ -132,7 +164,18 @@ class ServeApp:
         self.limits = limits
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        self.budget = budget or BodyBudget(1 << 62)
+        self.decode_pool = decode_pool or DecodePool(None)
+        self.routes: tuple[Route, ...] = ROUTES
+        self.handlers: dict[str, Handler] = dict(_BUILTIN_HANDLERS)
         self.set_token(token)
+
+    def add_route(self, route: Route, handler: Handler) -> None:
+        """Serve `route` with `handler` (behind the token unless `route.public`)."""
+        if route.name in self.handlers:
+            raise ValueError(f"route name {route.name!r} is taken")
+        self.routes = (*self.routes, route)
+        self.handlers[route.name] = handler
 
     def set_token(self, token: str) -> None:
         if not token:
@@ -145,6 +188,10 @@ class ServeApp:
         given = hashlib.sha256(header[7:].strip()).digest()
         return hmac.compare_digest(given, self._token_digest)
 
+    async def read_body(self, call: Call) -> bytes:
+        """The request body within the cap, the deadline and the in-flight budget."""
+        return await call.body.read(call.headers, call.receive)
+
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -153,13 +200,18 @@ class ServeApp:
             return
         start = time.perf_counter()
         method, path = scope["method"], scope["path"]
-        route, params, path_exists = match_route(method, path)
+        route, params, path_exists = match_route(self.routes, method, path)
         status, body, headers = 500, b"", _JSON
         route_name = route.name if route else "unmatched"
+        client = (scope.get("client") or ("", 0))[0]
         version = ""
+        reader = BodyReader(self.budget, self.max_body_bytes, self.body_timeout)
         try:
-            hdrs = dict(scope["headers"])  # lower-cased names; a repeated header keeps the last
-            if not (route and route.public) and not self.authorized(hdrs.get(b"authorization")):
+            hdrs = dict(scope["headers"])  # lower-cased names
+            auth = hdrs.get(b"authorization")
+            if auth is not None and sum(1 for name, _ in scope["headers"] if name == b"authorization") > 1:
+                raise Refused(400, "more than one Authorization header; send exactly one", "duplicate_authorization")
+            if not (route and route.public) and not self.authorized(auth):
                 status, body = 401, b'{"error":"missing or invalid bearer token"}'
                 headers = [*_JSON, (b"www-authenticate", b"Bearer")]
             elif route is None:
@@ -168,35 +220,40 @@ class ServeApp:
             else:
                 model = self.manager.current
                 version = model.version_str if model else ""
-                status, body, headers = await self._dispatch(route, params, model, hdrs, receive)
+                call = Call(route, params, model, hdrs, receive, reader, client)
+                status, body, headers = await self.handlers[route.name](self, call)
         except RequestError as e:
             status, body = e.status, orjson.dumps({"error": e.message})
-            if status == 413:
-                headers = [*_JSON, (b"connection", b"close")]
-        except _Disconnected:
+            if isinstance(e, Refused):
+                self.metrics.reject(e.reason, client)
+                headers = [*_JSON, *([(b"connection", b"close")] if e.close else [])]
+                headers += [(b"retry-after", b"1")] if e.retry_after else []
+        except Disconnected:
             status = 499
         except Exception:
             log.exception("internal error on %s %s", method, path[:200])
             status, body = 500, b'{"error":"internal server error"}'
-        if status != 499:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [*headers, (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+        try:
+            if status != 499:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            reader.release()
         elapsed = time.perf_counter() - start
         self.metrics.observe(route_name, status, elapsed)
         if self.access_log is not None:
-            client = scope.get("client") or ("", 0)
             self.access_log.write(
                 {
                     "ts": round(time.time(), 3),
                     "level": "info",
                     "logger": "stratus.access",
-                    "client": client[0],
+                    "client": client,
                     "method": method,
                     "path": path[:256],
                     "route": route_name,
@@ -212,114 +269,101 @@ class ServeApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.manager.start()
+                self.decode_pool.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.manager.stop()
+                self.decode_pool.stop()
                 if self.access_log is not None:
                     self.access_log.flush()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _dispatch(self, route: Route, params: dict, model: LoadedModel | None, hdrs: dict, receive):
-        name = route.name
-        if name == "live":
-            return 200, b"", _JSON
-        if name == "ready":
-            if model is None:
-                return 503, b'{"error":"no verified model has been loaded yet"}', _JSON
-            return 200, b"", _JSON
-        if name == "server_metadata":
-            meta = {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
-            return 200, orjson.dumps(meta), _JSON
-        if name == "metrics":
-            return 200, generate_latest(self.metrics.registry), [(b"content-type", CONTENT_TYPE_LATEST.encode())]
-        if params["model"] != self.manager.model:
-            raise RequestError(
-                404, f"unknown model {params['model'][:64]!r}; this server serves {self.manager.model!r}"
-            )
-        if model is None:
-            raise RequestError(503, f"model {self.manager.model!r} is not loaded yet")
-        if "version" in params and params["version"] != model.version_str:
-            raise RequestError(404, f"version {params['version'][:16]!r} is not served (serving {model.version})")
-        if name == "model_ready":
-            return 200, b"", _JSON
-        if name == "model_metadata":
-            return 200, orjson.dumps(_metadata(model)), _JSON
-        if name == "model_config":
-            return 200, orjson.dumps(_triton_config(model)), _JSON
-        return await self._infer(model, hdrs, receive)
 
-    async def _infer(self, model: LoadedModel, hdrs: dict, receive):
-        header_length = None
-        raw = hdrs.get(b"inference-header-content-length")
-        if raw is not None:
-            if not raw.strip().isdigit():
-                raise RequestError(400, "Inference-Header-Content-Length must be a non-negative integer")
-            header_length = int(raw)
-        body = await self._read_body(hdrs, receive)
-        req = decode_infer_request(body, header_length, model.inputs, model.outputs, self.limits)
-        if model.inline:
-            results = model.run(req.inputs)
-        else:
-            results = await asyncio.get_running_loop().run_in_executor(None, model.run, req.inputs)
-        out, json_length = encode_infer_response(model.name, model.version_str, req, results, model.outputs)
-        if json_length is None:
-            return 200, out, _JSON
-        return (
-            200,
-            out,
-            [
-                (b"content-type", b"application/octet-stream"),
-                (b"inference-header-content-length", str(json_length).encode()),
-            ],
-        )
-
-    async def _read_body(self, hdrs: dict, receive) -> bytes:
-        cap = self.max_body_bytes
-        declared = hdrs.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise RequestError(413, f"request body of {int(declared)} bytes exceeds the cap of {cap}")
-        chunks: list[bytes] = []
-        total = 0
-        try:
-            # One deadline for the whole body, first byte included (slow-body clients get 408).
-            async with asyncio.timeout(self.body_timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _Disconnected
-                    chunk = message.get("body", b"")
-                    total += len(chunk)
-                    if total > cap:
-                        raise RequestError(413, f"request body exceeds the cap of {cap} bytes")
-                    chunks.append(chunk)
-                    if not message.get("more_body"):
-                        break
-        except TimeoutError:
-            raise RequestError(408, f"request body not received within {self.body_timeout} s") from None
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if len(body) > cap:
-            raise RequestError(413, f"request body exceeds the cap of {cap} bytes")
-        encoding = hdrs.get(b"content-encoding", b"identity").strip().lower()
-        if encoding in (b"", b"identity"):
-            return body
-        return _decompress(body, encoding, cap)
+# --- the protocol's routes ----------------------------------------------------------------------
 
 
-def _decompress(body: bytes, encoding: bytes, cap: int) -> bytes:
-    wbits = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}.get(encoding)
-    if wbits is None:
-        raise RequestError(415, f"Content-Encoding {encoding[:32].decode(errors='replace')!r}: use gzip or deflate")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, cap + 1)
-    except zlib.error as e:
-        raise RequestError(400, f"request body is not valid {encoding.decode()}: {e}") from None
-    if len(out) > cap:
-        raise RequestError(413, f"decompressed request body exceeds the cap of {cap} bytes")
-    if not inflater.eof or inflater.unused_data:
-        raise RequestError(400, f"request body is a truncated or concatenated {encoding.decode()} stream")
-    return out
+async def _live(app: ServeApp, call: Call) -> Response:
+    return 200, b"", _JSON
+
+
+async def _ready(app: ServeApp, call: Call) -> Response:
+    if call.model is None:
+        return 503, b'{"error":"no verified model has been loaded yet"}', _JSON
+    return 200, b"", _JSON
+
+
+async def _server_metadata(app: ServeApp, call: Call) -> Response:
+    meta = {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+    return 200, orjson.dumps(meta), _JSON
+
+
+async def _metrics(app: ServeApp, call: Call) -> Response:
+    return 200, generate_latest(app.metrics.registry), [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+
+
+def served_model(app: ServeApp, call: Call) -> LoadedModel:
+    """The model a model route addresses, or RequestError 404/503 (for extension routes too)."""
+    params, model = call.params, call.model
+    if params["model"] != app.manager.model:
+        raise RequestError(404, f"unknown model {params['model'][:64]!r}; this server serves {app.manager.model!r}")
+    if model is None:
+        raise RequestError(503, f"model {app.manager.model!r} is not loaded yet")
+    if "version" in params and params["version"] != model.version_str:
+        raise RequestError(404, f"version {params['version'][:16]!r} is not served (serving {model.version})")
+    return model
+
+
+async def _model_ready(app: ServeApp, call: Call) -> Response:
+    served_model(app, call)
+    return 200, b"", _JSON
+
+
+async def _model_metadata(app: ServeApp, call: Call) -> Response:
+    return 200, orjson.dumps(_metadata(served_model(app, call))), _JSON
+
+
+async def _model_config(app: ServeApp, call: Call) -> Response:
+    return 200, orjson.dumps(_triton_config(served_model(app, call))), _JSON
+
+
+async def _infer(app: ServeApp, call: Call) -> Response:
+    model = served_model(app, call)
+    header_length = None
+    raw = call.headers.get(b"inference-header-content-length")
+    if raw is not None:
+        if not raw.strip().isdigit():
+            raise RequestError(400, "Inference-Header-Content-Length must be a non-negative integer")
+        header_length = int(raw)
+    body = await app.read_body(call)
+    req = await app.decode_pool.decode(body, header_length, model.inputs, model.outputs, app.limits)
+    if model.inline:
+        results = model.run(req.inputs)
+    else:
+        results = await asyncio.get_running_loop().run_in_executor(None, model.run, req.inputs)
+    out, json_length = encode_infer_response(model.name, model.version_str, req, results, model.outputs)
+    if json_length is None:
+        return 200, out, _JSON
+    return (
+        200,
+        out,
+        [
+            (b"content-type", b"application/octet-stream"),
+            (b"inference-header-content-length", str(json_length).encode()),
+        ],
+    )
+
+
+_BUILTIN_HANDLERS: dict[str, Handler] = {
+    "live": _live,
+    "ready": _ready,
+    "server_metadata": _server_metadata,
+    "metrics": _metrics,
+    "model_ready": _model_ready,
+    "model_metadata": _model_metadata,
+    "model_config": _model_config,
+    "infer": _infer,
+}
 
 
 def _metadata(model: LoadedModel) -> dict:

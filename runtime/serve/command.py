@@ -65,10 +65,11 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-async def _serve(cfg: ServeConfig, token: str) -> None:
-    import uvicorn
-
+def build_app(cfg: ServeConfig, token: str):
+    """The ASGI app, its metrics and the HTTP front for `cfg` (nothing started yet)."""
     from runtime.serve.app import ServeApp
+    from runtime.serve.body import BodyBudget, DecodePool
+    from runtime.serve.front import Front, FrontLimits
     from runtime.serve.metrics import AccessLog, Metrics
     from runtime.serve.model import ModelManager
     from runtime.serve.protocol import Limits
@@ -89,8 +90,33 @@ async def _serve(cfg: ServeConfig, token: str) -> None:
         limits=Limits(max_batch_size=cfg.max_batch_size, max_elements=cfg.max_elements),
         max_body_bytes=cfg.max_body_bytes,
         body_timeout=cfg.body_timeout,
+        budget=BodyBudget(cfg.max_inflight_body_bytes),
+        decode_pool=DecodePool(cfg.offload_json_bytes),
         access_log=None if cfg.no_access_log else AccessLog(sys.stderr),
     )
+    front = Front(
+        FrontLimits(
+            header_timeout=cfg.header_timeout,
+            keepalive_timeout=cfg.keepalive_timeout,
+            max_request_line_bytes=cfg.max_request_line_bytes,
+            max_header_bytes=cfg.max_header_bytes,
+            max_connections=cfg.max_connections,
+            max_connections_per_client=cfg.max_connections_per_client,
+        ),
+        on_reject=metrics.reject,
+    )
+    return app, front
+
+
+async def _serve(cfg: ServeConfig, token: str) -> None:
+    import uvicorn
+
+    app, front = build_app(cfg, token)
+    grpc_server = None
+    if cfg.grpc_port:
+        from runtime.serve.grpc import start_grpc
+
+        grpc_server = await start_grpc(app, cfg)
 
     async def rotate() -> None:
         try:
@@ -107,16 +133,42 @@ async def _serve(cfg: ServeConfig, token: str) -> None:
         host=cfg.host,
         port=cfg.port,
         loop="none",
-        http="httptools",
+        http=front.protocol_class(),
         ws="none",
         lifespan="on",
         access_log=False,
         log_config=None,
         server_header=False,
-        timeout_keep_alive=15,
-        limit_concurrency=cfg.max_connections,
+        timeout_keep_alive=cfg.keepalive_timeout,
+        limit_concurrency=None,  # the front's connection caps (runtime.serve.front) replace it
     )
-    await uvicorn.Server(config).serve()
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=2)
+
+
+def raise_fd_limit(cfg: ServeConfig) -> str:
+    """Raise the soft open-files limit to what the connection caps need; return a description.
+
+    Every connection is a file descriptor; with the common soft limit of 1,024 the process would
+    fail to accept (EMFILE) before `--max-connections` is reached. Raises ValueError when the hard
+    limit is too low (raise it, e.g. systemd `LimitNOFILE=`, or lower --max-connections).
+    """
+    import resource
+
+    needed = cfg.max_connections * (2 if cfg.grpc_port else 1) + 256  # model files, pipes, the loop
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise ValueError(
+                f"--max-connections {cfg.max_connections} needs {needed} open files but the hard limit is {hard}; "
+                "raise it (ulimit -Hn, systemd LimitNOFILE=) or lower --max-connections"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        soft = needed
+    return f"open-files limit {soft}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,10 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         open_repo(cfg.repo)
         token, source = load_token(cfg.token_file, cfg.token_ssm_parameter)
+        files = raise_fd_limit(cfg)
     except ValueError as e:
         print(f"serve: {e}", file=sys.stderr)
         return ExitCode.BAD_INPUT
-    log.info("serving %s from %s on http://%s:%d (token from %s)", cfg.model, cfg.repo, cfg.host, cfg.port, source)
+    grpc = f" and grpc://{cfg.host}:{cfg.grpc_port}" if cfg.grpc_port else ""
+    log.info(
+        "serving %s from %s on http://%s:%d%s (token from %s, %s)",
+        cfg.model,
+        cfg.repo,
+        cfg.host,
+        cfg.port,
+        grpc,
+        source,
+        files,
+    )
     import uvloop
 
     # uvicorn stops gracefully on SIGTERM/SIGINT and then raises the signal again for the previous

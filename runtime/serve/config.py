@@ -14,6 +14,29 @@ from runtime.contract import model_name_problem
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+_POSITIVE = (
+    "max_body_bytes",
+    "max_batch_size",
+    "max_elements",
+    "intra_op_threads",
+    "max_connections",
+    "max_connections_per_client",
+    "max_request_line_bytes",
+    "max_header_bytes",
+    "max_inflight_body_bytes",
+    "offload_json_bytes",
+    "poll_interval",
+    "body_timeout",
+    "header_timeout",
+    "keepalive_timeout",
+)
+_NOT_ABOVE = (
+    ("max_connections_per_client", "max_connections"),
+    ("max_request_line_bytes", "max_header_bytes"),
+    ("max_body_bytes", "max_inflight_body_bytes"),
+)
+
+
 @dataclass(kw_only=True)
 class ServeConfig:
     repo: str = option(metavar="REPO")
@@ -50,7 +73,31 @@ class ServeConfig:
     """Seconds allowed to receive a request body."""
 
     max_connections: int = option(1024, metavar="N")
-    """Concurrent connections before answering 503."""
+    """Open connections in all; at the cap the longest-idle one is closed for a new one (503 if none is idle)."""
+
+    max_connections_per_client: int = option(256, metavar="N")
+    """Open connections from one client address before answering 503."""
+
+    header_timeout: float = option(10.0, metavar="SECONDS")
+    """Seconds for a request's line and headers to arrive, from accept (408 or close after)."""
+
+    keepalive_timeout: float = option(15.0, metavar="SECONDS")
+    """Seconds an idle keep-alive connection stays open between requests."""
+
+    max_request_line_bytes: int = option(8 << 10, metavar="BYTES")
+    """Longest request line (method + URL); longer answers 414."""
+
+    max_header_bytes: int = option(32 << 10, metavar="BYTES")
+    """Largest request head (request line + headers); larger answers 431."""
+
+    max_inflight_body_bytes: int = option(256 << 20, metavar="BYTES")
+    """Request body bytes all requests together may hold; beyond it 503 with Retry-After."""
+
+    offload_json_bytes: int = option(256 << 10, metavar="BYTES")
+    """JSON bodies larger than this are decoded in a worker process, off the event loop."""
+
+    grpc_port: int = option(0, metavar="PORT")
+    """Also serve the protocol over gRPC on this port (0: off)."""
 
     intra_op_threads: int = option(1, metavar="N")
     """ONNX Runtime intra-op threads."""
@@ -65,12 +112,16 @@ class ServeConfig:
         problem = model_name_problem(self.model)
         if problem:
             raise ValueError(f"--model: {problem}")
-        for name in ("max_body_bytes", "max_batch_size", "max_elements", "intra_op_threads", "max_connections"):
-            if getattr(self, name) < 1:
+        for name in _POSITIVE:
+            if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.poll_interval <= 0 or self.body_timeout <= 0:
-            raise ValueError("--poll-interval and --body-timeout must be positive")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"--port {self.port}: use 1-65535")
+        for small, large in _NOT_ABOVE:
+            if getattr(self, small) > getattr(self, large):
+                raise ValueError(
+                    f"--{small.replace('_', '-')} {getattr(self, small)} exceeds --{large.replace('_', '-')} "
+                    f"{getattr(self, large)}; lower the first or raise the second"
+                )
+        if not 0 < self.port < 65536 or not 0 <= self.grpc_port < 65536 or self.grpc_port == self.port:
+            raise ValueError(f"--port {self.port} / --grpc-port {self.grpc_port}: use 1-65535, two different ports")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"--log-level {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}")

@@ -8,10 +8,14 @@ responses the app sends.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
+import time
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+log = logging.getLogger("stratus.serve")
 
 # The *_created series double the exposition size and nobody alerts on them.
 disable_created_metrics()
@@ -42,7 +46,29 @@ class Metrics:
         self.reload_failures = Counter(
             "stratus_model_reload_failures", "Versions that failed to load, by reason", ["reason"], registry=r
         )
+        self.rejections = Counter(
+            "stratus_rejections",
+            "Connections and requests refused by a limit, by reason (before or after authentication)",
+            ["reason"],
+            registry=r,
+        )
         self._children: dict[tuple[str, int], tuple] = {}
+        self._reject_log: dict[str, tuple[float, int]] = {}
+
+    def reject(self, reason: str, client: str = "") -> None:
+        """Count a refused connection or request and log it, at most one line per reason per second.
+
+        A flood of rejections would otherwise turn into a flood of log lines; the line that is
+        written says how many were left out since the previous one."""
+        self.rejections.labels(reason).inc()
+        now = time.monotonic()
+        last, suppressed = self._reject_log.get(reason, (0.0, 0))
+        if now - last < 1.0:
+            self._reject_log[reason] = (last, suppressed + 1)
+            return
+        self._reject_log[reason] = (now, 0)
+        more = f" ({suppressed} more since the last line)" if suppressed else ""
+        log.warning("refused (%s) from %s%s", reason, client or "unknown", more)
 
     def observe(self, route: str, code: int, seconds: float) -> None:
         children = self._children.get((route, code))

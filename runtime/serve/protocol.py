@@ -1,6 +1,6 @@
 """Open Inference Protocol (KServe v2) request decoding and response encoding, incl. binary data.
 
-Pure functions over bytes and numpy arrays; the ASGI app (`runtime.serve_app`) calls them. Every
+Pure functions over bytes and numpy arrays; the ASGI app (`runtime.serve.app`) calls them. Every
 way a request can be wrong raises `RequestError(status, message)`; nothing here raises anything
 else for any input bytes (the fuzz test in tests/e2e holds us to it).
 
@@ -34,6 +34,9 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+    def __reduce__(self):  # raised in the decode worker process too (runtime.serve.body)
+        return type(self), (self.status, self.message)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ class InferRequest:
     outputs: list[tuple[str, bool]] = field(default_factory=list)
     """Requested outputs as (name, binary); all model outputs when the request names none."""
 
+
+MAX_REQUESTED_OUTPUTS = 64
+"""Most entries in a request's `outputs` list; repeated names are answered once."""
 
 _ALLOWED_KINDS = {"BOOL": "b", "FP16": "fiu", "FP32": "fiu", "FP64": "fiu"}
 
@@ -120,8 +126,7 @@ def _from_json_data(data, spec: TensorSpec, shape: tuple[int, ...], count: int) 
             raise _unfit(f"input {spec.name!r}: values outside the {spec.datatype} range")
     with np.errstate(over="ignore", invalid="ignore"):
         out = arr.astype(dtype, copy=False).reshape(shape)
-    if dtype.kind == "f" and not np.isfinite(out).all():
-        raise _unfit(f"input {spec.name!r}: values must be finite and within the {spec.datatype} range")
+    _check_values(out, spec)
     return out
 
 
@@ -161,7 +166,17 @@ def _decode_input(
         )
     if offset + size > len(binary):
         raise _bad(f"input {name!r}: binary data ends after {len(binary) - offset} of {size} bytes")
-    return name, np.frombuffer(binary[offset : offset + size], dtype=spec.dtype).reshape(shape), size
+    array = np.frombuffer(binary[offset : offset + size], dtype=spec.dtype).reshape(shape)
+    _check_values(array, spec)
+    return name, array, size
+
+
+def _check_values(array: np.ndarray, spec: TensorSpec) -> None:
+    """The value rules both encodings share: finite floats, BOOL bytes 0 or 1."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise _unfit(f"input {spec.name!r}: values must be finite and within the {spec.datatype} range")
+    if spec.datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
+        raise _unfit(f"input {spec.name!r}: BOOL values must be bytes 0 or 1")
 
 
 def decode_infer_request(
@@ -229,7 +244,10 @@ def _requested_outputs(req: dict, params: dict, outputs: dict[str, TensorSpec]) 
         return [(name, binary_default) for name in outputs]
     if not isinstance(wanted, list) or not wanted:
         raise _bad("'outputs' must be a non-empty list of {name, parameters}")
+    if len(wanted) > MAX_REQUESTED_OUTPUTS:
+        raise _unfit(f"'outputs' has {len(wanted)} entries; at most {MAX_REQUESTED_OUTPUTS} (each output once)")
     result = []
+    seen: set[str] = set()
     for item in wanted:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise _bad("each requested output must be an object with a string 'name'")
@@ -239,7 +257,9 @@ def _requested_outputs(req: dict, params: dict, outputs: dict[str, TensorSpec]) 
         binary = oparams.get("binary_data", binary_default) if isinstance(oparams, dict) else None
         if type(binary) is not bool:
             raise _bad(f"output {item['name']!r}: parameters.binary_data must be true or false")
-        result.append((item["name"], binary))
+        if item["name"] not in seen:  # a repeated output is returned once (the first entry's encoding)
+            seen.add(item["name"])
+            result.append((item["name"], binary))
     return result
 
 

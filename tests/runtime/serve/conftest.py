@@ -28,6 +28,9 @@ MAX_BATCH = 64
 MAX_ELEMENTS = 256  # < MAX_BATCH * NUM_FEATURES, so the element cap is reachable on its own
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 1.5
+HEADER_TIMEOUT = 2.0
+INFLIGHT_BODY = 3 * MAX_BODY  # the global body budget: three full bodies
+OFFLOAD_JSON = 16 * 1024  # JSON bodies above this are decoded in the worker process
 TOKEN = "e2e-token-0123456789abcdef0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -82,6 +85,17 @@ class Server:
         except httpx.TransportError:
             return False
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (not its decode worker)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc status")
+
     def is_live(self) -> bool:
         try:
             return httpx.get(f"{self.url}/v2/health/live", timeout=2).status_code == 200
@@ -110,6 +124,12 @@ def start_server(repo: str, log_path: Path, extra_args: list[str], env: dict[str
         str(MAX_BODY),
         "--body-timeout",
         str(BODY_TIMEOUT),
+        "--header-timeout",
+        str(HEADER_TIMEOUT),
+        "--max-inflight-body-bytes",
+        str(INFLIGHT_BODY),
+        "--offload-json-bytes",
+        str(OFFLOAD_JSON),
         *extra_args,
     ]
     with open(log_path, "wb") as out:
