@@ -1,18 +1,29 @@
 """The serving token: read from exactly one source, checked, never logged.
 
-Sources: `--token-file PATH` (not world-readable), the environment variable STRATUS_SERVE_TOKEN,
-or `--token-ssm-parameter NAME` (SSM SecureString, read with decryption). Never a command-line
-value. `kill -HUP <pid>` makes the server call `load_token` again (rotation without a restart).
+Sources: `--token-file PATH` (mode 600 or 400: no group or other access), the environment variable
+STRATUS_SERVE_TOKEN, or `--token-ssm-parameter NAME` (SSM SecureString, read with decryption).
+Never a command-line value. `kill -HUP <pid>` makes the server call `load_token` again (rotation
+without a restart; a token that is refused keeps the current one).
+
+A token is 16 to 4,096 characters of the bearer-token alphabet of RFC 6750 (letters, digits,
+`-._~+/`, trailing `=`), so it travels unchanged in an HTTP header and in gRPC metadata; a file
+may end in one newline. A file that is not UTF-8, starts with a byte-order mark (an editor's
+"UTF-8 with BOM" or UTF-16) or holds anything else is refused. No message here ever quotes the
+token's bytes, not even one of them: they say where the problem is and how to fix it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
 TOKEN_ENV = "STRATUS_SERVE_TOKEN"  # noqa: S105 (a variable name, not a secret)
 MIN_TOKEN_CHARS = 16
+MAX_TOKEN_FILE_BYTES = 4096
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 
 
 class TokenError(ValueError):
@@ -23,8 +34,9 @@ def load_token(token_file: str | None, ssm_parameter: str | None, environ=os.env
     """Return (token, description of its source) from exactly one configured source.
 
     Raises:
-        TokenError: no source, more than one, unreadable/world-readable file, SSM failure, or a
-            token shorter than MIN_TOKEN_CHARS.
+        TokenError: no source, more than one, an unreadable file or one with group/other access,
+            not UTF-8 or with a byte-order mark, an SSM failure, or a token that is too short or
+            holds characters outside the bearer-token alphabet.
     """
     sources = [
         name
@@ -43,23 +55,16 @@ def load_token(token_file: str | None, ssm_parameter: str | None, environ=os.env
     if len(sources) > 1:
         raise TokenError(f"token given by {' and '.join(sources)}: configure exactly one source")
     if token_file:
-        path = Path(token_file)
-        try:
-            mode = path.stat().st_mode
-            token = path.read_text().strip()
-        except OSError as e:
-            raise TokenError(f"--token-file {path}: cannot read it ({e.strerror})") from None
-        if mode & stat.S_IROTH:
-            raise TokenError(f"--token-file {path} is world-readable: run `chmod 600 {path}`")
-        source = f"file {path}"
+        token, source = _file_token(Path(token_file)), f"file {token_file}"
     elif ssm_parameter:
-        token, source = _ssm_token(ssm_parameter), f"SSM parameter {ssm_parameter}"
+        token, source = _ssm_token(ssm_parameter).strip(), f"SSM parameter {ssm_parameter}"
     else:
         token, source = environ[TOKEN_ENV].strip(), f"environment variable {TOKEN_ENV}"
-    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+    if not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_FILE_BYTES or not _TOKEN_RE.fullmatch(token):
         raise TokenError(
-            f"token from {source} has {len(token)} characters or contains whitespace; use at least "
-            f"{MIN_TOKEN_CHARS} non-space characters, e.g. `openssl rand -hex 32`"
+            f"token from {source} has {len(token)} characters or characters other than letters, digits and "
+            f"-._~+/ (trailing =); use at least {MIN_TOKEN_CHARS} (at most {MAX_TOKEN_FILE_BYTES}) of those, "
+            "e.g. `openssl rand -hex 32`"
         )
     return token, source
 
@@ -71,3 +76,28 @@ def _ssm_token(name: str) -> str:
         return boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
     except Exception as e:  # botocore ClientError, NoCredentialsError, EndpointConnectionError
         raise TokenError(f"--token-ssm-parameter {name}: GetParameter failed: {e}") from None
+
+
+def _file_token(path: Path) -> str:
+    """The token in `path`, checked for access bits and encoding before anything is decoded."""
+    try:
+        info = path.stat()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as e:
+        raise TokenError(f"--token-file {path}: cannot read it ({e.strerror})") from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        what = "world-readable" if info.st_mode & stat.S_IROTH else "accessible to its group or others"
+        raise TokenError(f"--token-file {path} is {what} (mode {stat.S_IMODE(info.st_mode):o}): run `chmod 600 {path}`")
+    if len(raw) > MAX_TOKEN_FILE_BYTES:
+        raise TokenError(f"--token-file {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes; it should hold one token")
+    if raw.startswith(_BOMS):
+        raise TokenError(
+            f"--token-file {path} starts with a byte-order mark (saved as 'UTF-8 with BOM' or UTF-16); "
+            "save it as plain ASCII, e.g. `openssl rand -hex 32 > FILE`"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # its message quotes a byte of the file: not used
+        raise TokenError(f"--token-file {path} is not UTF-8 text (invalid byte at offset {e.start})") from None
+    return text.strip()

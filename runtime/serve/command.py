@@ -121,8 +121,11 @@ async def _serve(cfg: ServeConfig, token: str) -> None:
     async def rotate() -> None:
         try:
             new_token, source = await asyncio.to_thread(load_token, cfg.token_file, cfg.token_ssm_parameter)
-        except TokenError as e:
+        except TokenError as e:  # its messages never quote the token (runtime.serve.auth)
             log.error("token reload failed, keeping the current token: %s", e)
+            return
+        except Exception as e:  # anything else may carry the file's bytes: log its type only
+            log.error("token reload failed (%s), keeping the current token", type(e).__name__)
             return
         app.set_token(new_token)
         log.info("token reloaded from %s", source)
