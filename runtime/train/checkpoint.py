@@ -226,6 +226,7 @@ def commit(
     config: dict[str, Any],
     config_digest: str,
     zero_stage: int,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Save a checkpoint on all ranks and commit it (see the module docstring). Collective.
 
@@ -260,6 +261,8 @@ def commit(
     if rank == 0:
         atomic_write(tag_dir / CONFIG, json.dumps(config, indent=1, sort_keys=True).encode())
         atomic_write(tag_dir / STATE, json.dumps(state, indent=1, sort_keys=True).encode())
+        for name, content in (extra_files or {}).items():  # e.g. the feature statistics of tabular runs
+            atomic_write(tag_dir / name, content)
         write_manifest(tag_dir, step=step, world_size=world, zero_stage=zero_stage, config_digest=config_digest)
         atomic_write(ckpt_dir / LATEST, tag.encode())
     dist.barrier()

@@ -31,7 +31,7 @@ from runtime.common.log import get_logger
 from runtime.common.options import option, parse_options, to_argv
 from runtime.contract import ExitCode
 from runtime.train.config import ConfigError, TrainConfig
-from runtime.train.data import DataError, Dataset, check_batch_fits, load_dataset
+from runtime.train.data import DataError, Dataset, check_batch_fits
 from runtime.train.deepspeed_config import deepspeed_config
 from runtime.train.loading import load_config
 
@@ -44,7 +44,7 @@ class TrainOptions:
     """The options of `stratus train`; `runtime.remote` rebuilds the nodes' command line from them."""
 
     preset: str = option("mlp-binary", metavar="NAME")
-    """Named preset to start from (mlp-binary, mlp-large)."""
+    """Named preset to start from (mlp-binary, mlp-large, gpt-tiny, gpt-small, gpt-350m, gpt-1.3b)."""
 
     config: str | None = option(None, metavar="FILE")
     """YAML/JSON file overriding preset fields (unknown keys are errors)."""
@@ -56,7 +56,8 @@ class TrainOptions:
     """Run directory name under output_dir (default: the preset's)."""
 
     data: str | None = option(None, metavar="PATH")
-    """Dataset: a .npz/.csv path or s3://bucket/key (sets data.source)."""
+    """Dataset (sets data.source): a .npz/.csv path or s3://bucket/key; for gpt presets a directory
+    of text files, a .txt/.jsonl file or s3://bucket/prefix/."""
 
     resume: bool = False
     """Continue from the newest verified checkpoint of the run."""
@@ -129,7 +130,9 @@ def validate(cfg: TrainConfig, *, world_size: int, device: str) -> tuple[dict[st
         DataError: the data source cannot be read or fails validation.
     """
     ds = deepspeed_config(cfg, world_size=world_size, device=device)
-    data = load_dataset(cfg.data, cfg.seed)
+    from runtime.train.tasks import load_data
+
+    data = load_data(cfg)
     return ds, data, check_batch_fits(cfg.global_batch_size, len(data.train_idx))
 
 

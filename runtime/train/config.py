@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 BUILTIN_SOURCE = "builtin:mlp-binary"
-"""`data.source` of the embedded default dataset (see `runtime.train.data`)."""
+"""`data.source` of the embedded default tabular dataset (see `runtime.train.data`)."""
+
+BUILTIN_TEXT_SOURCE = "builtin:python-stdlib"
+"""`data.source` of the embedded default text corpus: the `.py` sources of the running Python's
+standard library, found at run time (see `runtime.train.text`)."""
+
+MODEL_KINDS = ("mlp", "gpt")
+TABULAR_SUFFIXES = (".npz", ".csv")
+TEXT_SUFFIXES = (".jsonl", ".txt")
 
 
 class ConfigError(ValueError):
@@ -29,24 +37,62 @@ def _fail(key: str, value: Any, fix: str) -> None:
 
 @dataclass(kw_only=True)
 class ModelConfig:
+    kind: str = "mlp"
+    """`mlp` (binary classifier on feature rows) or `gpt` (decoder-only language model on byte tokens)."""
+
     hidden_sizes: tuple[int, ...] = (100,)
-    """Widths of the hidden Dense+ReLU layers; the input width follows the data."""
+    """mlp: widths of the hidden Dense+ReLU layers; the input width follows the data."""
 
     num_outputs: int = 1
-    """Output units; 1 means binary classification with a sigmoid output."""
+    """mlp: output units; 1 means binary classification with a sigmoid output."""
+
+    num_layers: int = 4
+    """gpt: transformer blocks."""
+
+    num_heads: int = 4
+    """gpt: attention heads per block (embed_dim must divide by it)."""
+
+    embed_dim: int = 128
+    """gpt: width of the residual stream."""
+
+    ffn_hidden: int = 0
+    """gpt: hidden units of each feed-forward block (0: 4 x embed_dim)."""
+
+    seq_len: int = 128
+    """gpt: tokens per training sequence (the context length; packed, no padding)."""
+
+    activation_checkpointing: bool = False
+    """gpt: recompute each block's activations in the backward pass instead of keeping them
+    (less memory, about one more forward pass of compute)."""
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(self.hidden_sizes)
+        if self.kind not in MODEL_KINDS:
+            _fail("model.kind", self.kind, f"use one of {', '.join(MODEL_KINDS)}")
         if not self.hidden_sizes or any(not isinstance(h, int) or h < 1 for h in self.hidden_sizes):
             _fail("model.hidden_sizes", self.hidden_sizes, "give a list of positive integers, e.g. [100]")
         if self.num_outputs != 1:
             _fail("model.num_outputs", self.num_outputs, "only binary classification (1) is supported")
+        for key in ("num_layers", "num_heads", "embed_dim", "seq_len"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                _fail(f"model.{key}", getattr(self, key), "use a positive integer")
+        if self.embed_dim % self.num_heads:
+            _fail("model.embed_dim", self.embed_dim, f"it must be a multiple of model.num_heads ({self.num_heads})")
+        if self.ffn_hidden < 0:
+            _fail("model.ffn_hidden", self.ffn_hidden, "use 0 (4 x embed_dim) or a positive width")
+
+    @property
+    def ffn_width(self) -> int:
+        return self.ffn_hidden or 4 * self.embed_dim
 
 
 @dataclass(kw_only=True)
 class DataConfig:
     source: str = BUILTIN_SOURCE
-    """Dataset: `builtin:mlp-binary`, a local `.npz`/`.csv` path, or `s3://bucket/key.(npz|csv)`."""
+    """Dataset. mlp: `builtin:mlp-binary`, a `.npz`/`.csv` path or `s3://bucket/key.(npz|csv)`.
+    gpt: `builtin:python-stdlib`, a directory of UTF-8 text files, a `.txt` file, a `.jsonl` file
+    (one JSON object per line with a `text_field`), or the same on S3 (`s3://bucket/prefix/` for
+    every object under a prefix)."""
 
     label_column: str = "label"
     """For `.csv`: the header name of the 0/1 label column; every other column is a feature."""
@@ -60,14 +106,29 @@ class DataConfig:
     num_features: int = 1000
     """Feature width of the builtin dataset (ignored for files: their width is used)."""
 
+    standardize: bool = True
+    """mlp: scale each feature to zero mean and unit variance with the training split's statistics
+    (saved with the checkpoint and folded into the exported model, which then takes raw rows);
+    constant columns are centred only."""
+
+    text_field: str = "text"
+    """gpt, `.jsonl` sources: the key holding each record's text."""
+
+    max_bytes: int = 4_000_000
+    """gpt: read at most this many bytes of text (files in sorted order; 0: no limit)."""
+
+    val_max_sequences: int = 64
+    """gpt: validation sequences scored per evaluation (0: the whole validation split)."""
+
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
             _fail("data.source", self.source, "give builtin:mlp-binary, a .npz/.csv path or s3:// URL")
         builtin = self.source.startswith("builtin:")
-        if builtin and self.source != BUILTIN_SOURCE:
-            _fail("data.source", self.source, "the only builtin dataset is builtin:mlp-binary")
-        if not builtin and not self.source.lower().endswith((".npz", ".csv")):
-            _fail("data.source", self.source, "use a file ending in .npz (arrays x, y) or .csv")
+        if builtin and self.source not in (BUILTIN_SOURCE, BUILTIN_TEXT_SOURCE):
+            fix = f"the only builtin datasets are {BUILTIN_SOURCE} (mlp) and {BUILTIN_TEXT_SOURCE} (gpt)"
+            _fail("data.source", self.source, fix)
+        if self.max_bytes < 0 or self.val_max_sequences < 0:
+            _fail("data.max_bytes/val_max_sequences", (self.max_bytes, self.val_max_sequences), "use 0 or more")
         if not 0.0 < self.val_fraction < 1.0:
             _fail("data.val_fraction", self.val_fraction, "use a fraction strictly between 0 and 1")
         if self.num_samples < 10:
@@ -184,6 +245,18 @@ class TrainConfig:
         for key in ("max_steps", "eval_every"):
             if getattr(self, key) < 0:
                 _fail(key, getattr(self, key), "use 0 (off) or a positive integer")
+        self._check_source_fits_model()
+
+    def _check_source_fits_model(self) -> None:
+        source = self.data.source
+        lower = source.lower()
+        if self.model.kind == "mlp":
+            if source == BUILTIN_TEXT_SOURCE or (source != BUILTIN_SOURCE and not lower.endswith(TABULAR_SUFFIXES)):
+                _fail("data.source", source, "use a file ending in .npz (arrays x, y) or .csv, or "
+                      "builtin:mlp-binary (model.kind=mlp)")  # fmt: skip
+        elif source == BUILTIN_SOURCE or lower.endswith(TABULAR_SUFFIXES):
+            _fail("data.source", source, "model.kind=gpt reads text: builtin:python-stdlib, a directory of "
+                  "text files, a .txt or .jsonl file, or s3://bucket/prefix/")  # fmt: skip
 
     @property
     def run_dir(self) -> Path:

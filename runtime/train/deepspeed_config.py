@@ -5,14 +5,40 @@ ds = deepspeed_config(cfg, world_size=2, device="cpu")
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from runtime.train.config import TrainConfig
+from runtime.train.config import ConfigError, TrainConfig
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def resolve_precision(cfg: TrainConfig, device: str) -> str:
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The bf16 instruction sets this CPU advertises (from /proc/cpuinfo; empty when unknown)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
+def resolve_precision(cfg: TrainConfig, device: str, cpuinfo: str | None = None) -> str:
+    """`fp32` or `bf16` for this run. `auto` is bf16 on GPUs and fp32 on CPUs.
+
+    Raises:
+        ConfigError: bf16 asked for on a CPU without bf16 instructions, where it runs tens of
+            times slower than fp32 (emulated conversions in every matmul).
+    """
     if cfg.parallel.precision == "auto":
         return "bf16" if device == "cuda" else "fp32"
+    if cfg.parallel.precision == "bf16" and device == "cpu" and not cpu_bf16_flags(cpuinfo):
+        raise ConfigError(
+            "config `parallel.precision` = 'bf16' is invalid on this CPU: it has no bf16 instructions "
+            f"({' or '.join(BF16_CPU_FLAGS)} in /proc/cpuinfo), so bf16 would run tens of times slower "
+            "than fp32; use parallel.precision=fp32 (or auto) here and bf16 on GPUs"
+        )
     return cfg.parallel.precision
 
 

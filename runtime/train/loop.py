@@ -25,21 +25,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from runtime.common.log import get_logger
 from runtime.contract import ExitCode
 from runtime.train import checkpoint
 from runtime.train.collectives import all_reduce_sum, any_rank
 from runtime.train.config import TrainConfig
-from runtime.train.data import Dataset, check_batch_fits, epoch_order, load_dataset, rank_batch
+from runtime.train.data import Dataset, check_batch_fits, epoch_order, rank_batch
 from runtime.train.deepspeed_config import deepspeed_config, resolve_precision
-from runtime.train.models import build_mlp
+from runtime.train.flops import measure_matmul_peak
 from runtime.train.progress import Progress
 from runtime.train.signals import install_rank_handlers, stop_requested
+from runtime.train.tasks import make_task
 
 log = get_logger()
-EVAL_BATCH = 1024
 # A rank that dies (or hangs) makes every collective of the others fail after this long.
 DIST_TIMEOUT_S = int(os.environ.get("STRATUS_DIST_TIMEOUT_S", "300"))
 
@@ -98,7 +97,8 @@ class Trainer:
         )
         self.precision = resolve_precision(self.cfg, self.kind)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        self.data: Dataset = load_dataset(self.cfg.data, self.cfg.seed)
+        self.task = make_task(self.cfg)
+        self.data: Dataset = self.task.load_data()
         self.steps_per_epoch = check_batch_fits(self.cfg.global_batch_size, len(self.data.train_idx))
         full = self.steps_per_epoch * self.cfg.epochs
         self.total_steps = min(self.cfg.max_steps, full) if self.cfg.max_steps else full
@@ -107,11 +107,13 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         # Under ZeRO-3 every parameter is partitioned as it is created: no rank holds the whole model.
         with deepspeed.zero.Init(enabled=self.cfg.parallel.zero_stage == 3, config_dict_or_path=self.ds_config):
-            model = build_mlp(self.data.num_features, self.cfg.model)
+            model = self.task.build_model(self.data)
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=self.ds_config)
         self.x_all, self.y_all = torch.from_numpy(self.data.x), torch.from_numpy(self.data.y)
         self.order = epoch_order(self.data.train_idx, self.cfg.seed, 0)
         self.num_params, self.held = self.partition_stats()
+        # Every rank at once, as they will share the machine while training; summed over ranks.
+        self.peak_flops = all_reduce_sum([measure_matmul_peak(self.dtype, self.device)])[0]
 
     def _device(self) -> tuple[str, str]:
         from deepspeed.accelerator import get_accelerator
@@ -157,6 +159,7 @@ class Trainer:
             config=self.cfg.to_dict(),
             config_digest=self.cfg.digest(),
             zero_stage=self.cfg.parallel.zero_stage,
+            extra_files=self.task.checkpoint_files(),
         )
         self.last_tag = tag_dir.name
         if self.rank == 0:
@@ -183,8 +186,7 @@ class Trainer:
         for a in range(accum):
             mb = idx[a * micro : (a + 1) * micro]
             t0 = time.perf_counter()
-            logits = self.engine(self.x_all[mb].to(device=self.device, dtype=self.dtype)).squeeze(-1).float()
-            loss = F.binary_cross_entropy_with_logits(logits, self.y_all[mb].to(self.device))
+            loss = self.task.loss(self.engine, self.x_all[mb], self.y_all[mb], self.device, self.dtype)
             t1 = time.perf_counter()
             self.engine.backward(loss)
             t2 = time.perf_counter()
@@ -207,22 +209,24 @@ class Trainer:
             self.order = epoch_order(self.data.train_idx, self.cfg.seed, self.pos.epoch)
 
     def evaluate(self) -> tuple[float, float]:
-        """(mean BCE loss, accuracy) on the validation split over all ranks. Collective."""
-        shard = np.array_split(self.data.val_idx, self.world)[self.rank]
-        num_batches = math.ceil(math.ceil(len(self.data.val_idx) / self.world) / EVAL_BATCH)
-        loss_sum = correct = 0.0
+        """(mean validation loss, the task's metric: accuracy or perplexity) over all ranks. Collective."""
+        val_idx = self.task.val_indices(self.data)
+        batch = self.task.eval_batch_size(self.cfg.micro_batch_size(self.world))
+        shard = np.array_split(val_idx, self.world)[self.rank]
+        num_batches = math.ceil(math.ceil(len(val_idx) / self.world) / batch)
+        sums = [0.0, 0.0, 0.0]
         self.engine.eval()
         with torch.no_grad():
             for b in range(num_batches):  # ZeRO-3 gathers parameters collectively: same count everywhere
-                idx = shard[b * EVAL_BATCH : (b + 1) * EVAL_BATCH]
-                x = torch.from_numpy(self.data.x[idx]).to(device=self.device, dtype=self.dtype)
-                y = torch.from_numpy(self.data.y[idx]).to(self.device)
-                logits = self.engine(x).squeeze(-1).float()
-                loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item()
-                correct += ((logits > 0).float() == y).sum().item()
+                idx = shard[b * batch : (b + 1) * batch]
+                if len(idx) == 0:  # a short shard still joins the collective forward passes
+                    idx = shard[:1] if len(shard) else val_idx[:1]
+                    self.task.eval_sums(self.engine, self.x_all[idx], self.y_all[idx], self.device, self.dtype)
+                    continue
+                part = self.task.eval_sums(self.engine, self.x_all[idx], self.y_all[idx], self.device, self.dtype)
+                sums = [a + b for a, b in zip(sums, part, strict=True)]
         self.engine.train()
-        loss_sum, correct, count = all_reduce_sum([loss_sum, correct, float(len(shard))])
-        return loss_sum / count, correct / count
+        return self.task.finish_eval(*all_reduce_sum(sums))
 
     def stop_agreed(self) -> bool:
         """True on every rank once any rank got SIGTERM/SIGINT. Collective."""

@@ -7,7 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ["step", "epoch", "loss", "val_loss", "val_accuracy", "samples_per_s", "elapsed_s"]
+COLUMNS = [
+    "step",
+    "epoch",
+    "loss",
+    "val_loss",
+    "val_accuracy",
+    "val_perplexity",
+    "samples_per_s",
+    "tokens_per_s",
+    "mfu",
+    "elapsed_s",
+]
 
 
 class MetricsLog:
@@ -33,31 +44,43 @@ class MetricsLog:
             return list(csv.DictReader(f))
 
 
+def _series(rows: list[dict[str, str]], key: str, scale: float = 1.0) -> list[tuple[int, float]]:
+    return [(int(r["step"]), scale * float(r[key])) for r in rows if r.get(key)]
+
+
+def _line(ax, points: list[tuple[int, float]], *args, **kwargs) -> None:
+    if points:
+        ax.plot(*zip(*points, strict=True), *args, **kwargs)
+
+
 def plot(csv_path: Path, png_path: Path, title: str) -> None:
-    """Loss per step and validation accuracy per step, side by side."""
+    """Three panels: train/val loss; validation accuracy or perplexity; throughput and MFU."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = MetricsLog.read(csv_path)
-    loss = [(int(r["step"]), float(r["loss"])) for r in rows if r["loss"]]
-    acc = [(int(r["step"]), 100 * float(r["val_accuracy"])) for r in rows if r["val_accuracy"]]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    if loss:
-        ax1.plot(*zip(*loss, strict=True), label="train loss")
-    val_loss = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
-    if val_loss:
-        ax1.plot(*zip(*val_loss, strict=True), "o-", label="val loss")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("binary cross-entropy")
+    lm = any(r.get("val_perplexity") or r.get("tokens_per_s") for r in rows)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
+    _line(ax1, _series(rows, "loss"), label="train loss")
+    _line(ax1, _series(rows, "val_loss"), "o-", label="val loss")
+    ax1.set_ylabel("cross-entropy (nats/token)" if lm else "binary cross-entropy")
     ax1.legend()
-    ax1.grid(alpha=0.3)
-    if acc:
-        ax2.plot(*zip(*acc, strict=True), "o-", color="tab:green")
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("validation accuracy (%)")
-    ax2.grid(alpha=0.3)
+    if lm:
+        _line(ax2, _series(rows, "val_perplexity"), "o-", color="tab:green")
+        ax2.set_ylabel("validation perplexity")
+    else:
+        _line(ax2, _series(rows, "val_accuracy", 100.0), "o-", color="tab:green")
+        ax2.set_ylabel("validation accuracy (%)")
+    _line(ax3, _series(rows, "tokens_per_s" if lm else "samples_per_s"), color="tab:blue")
+    ax3.set_ylabel("tokens/s" if lm else "samples/s", color="tab:blue")
+    twin = ax3.twinx()
+    _line(twin, _series(rows, "mfu", 100.0), "--", color="tab:red")
+    twin.set_ylabel("MFU (% of measured matmul peak)", color="tab:red")
+    for ax in (ax1, ax2, ax3):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from runtime.common.log import get_logger
 from runtime.train.collectives import all_reduce_sum
 from runtime.train.data import BUILTIN_BEST_ACCURACY, BUILTIN_SOURCE
+from runtime.train.flops import mfu
 from runtime.train.metrics import MetricsLog, plot, write_summary
 
 log = get_logger()
@@ -28,7 +29,10 @@ class Progress:
         self.metrics = MetricsLog(run_dir / "metrics.csv", resume_step=resume_step) if trainer.rank == 0 else None
         self.loss_sum, self.loss_steps, self.samples_since = 0.0, 0, 0
         self.t_start = self.t_last = time.perf_counter()
-        self.val_loss = self.val_acc = float("nan")
+        self.val_loss = self.val_acc = self.val_ppl = float("nan")
+        self.lm = trainer.task.metric_name == "val_perplexity"
+        self.flops_per_sample = trainer.task.flops_per_sample(trainer.num_params)
+        self.rates: list[float] = []
 
     def announce(self) -> None:
         """Print the derived quantities once: parameters and shards, ZeRO setup, batch arithmetic."""
@@ -41,6 +45,12 @@ class Progress:
         log.info("global batch %d = %d ranks x %d micro x %d accumulation; %d steps (%d/epoch)",
                  cfg.global_batch_size, t.world, cfg.micro_batch_size(t.world), cfg.parallel.grad_accum_steps,
                  t.total_steps, t.steps_per_epoch)  # fmt: skip
+        if self.lm:
+            seq = cfg.model.seq_len
+            log.info("tokens/step %d (%d x seq_len %d); %.3g FLOPs per token", cfg.global_batch_size * seq,
+                     cfg.global_batch_size, seq, self.flops_per_sample / seq)  # fmt: skip
+        log.info("measured matmul peak %.1f GFLOP/s (%s, all %d ranks together): the MFU reference",
+                 t.peak_flops / 1e9, t.precision, t.world)  # fmt: skip
 
     def add_loss(self, loss: float) -> None:
         self.loss_sum += loss
@@ -53,25 +63,42 @@ class Progress:
         mean_loss = all_reduce_sum([self.loss_sum])[0] / (t.world * self.loss_steps)
         self.loss_sum, self.loss_steps = 0.0, 0
         if evaluation is not None:
-            self.val_loss, self.val_acc = evaluation
+            self.val_loss = evaluation[0]
+            if self.lm:
+                self.val_ppl = evaluation[1]
+            else:
+                self.val_acc = evaluation[1]
         now = time.perf_counter()
         rate = self.samples_since / (now - self.t_last)
         self.t_last, self.samples_since = now, 0
+        util = mfu(self.flops_per_sample, rate, t.peak_flops)
+        self.rates.append(rate)
         if t.rank != 0:
             return
-        pos = t.pos
-        extra = f" val_loss {self.val_loss:.4f} val_acc {100 * self.val_acc:.2f}%" if evaluation else ""
-        log.info("step %d/%d epoch %d loss %.4f%s %.0f samples/s", pos.step, t.total_steps,
-                 pos.epoch + (0 if end_of_epoch else 1), mean_loss, extra, rate)  # fmt: skip
+        self._log_line(mean_loss, evaluation is not None, end_of_epoch, rate, util)
+        tokens = rate * t.task.tokens_per_sample
         self.metrics.append(
-            step=pos.step,
-            epoch=pos.epoch,
+            step=t.pos.step,
+            epoch=t.pos.epoch,
             loss=repr(mean_loss),
             samples_per_s=f"{rate:.1f}",
+            tokens_per_s=f"{tokens:.1f}" if self.lm else "",
+            mfu=f"{util:.5f}",
             val_loss=f"{self.val_loss:.6f}" if evaluation else "",
-            val_accuracy=f"{self.val_acc:.6f}" if evaluation else "",
+            val_accuracy=f"{self.val_acc:.6f}" if evaluation and not self.lm else "",
+            val_perplexity=f"{self.val_ppl:.4f}" if evaluation and self.lm else "",
             elapsed_s=f"{now - self.t_start:.2f}",
         )
+
+    def _log_line(self, mean_loss: float, evaluated: bool, end_of_epoch: bool, rate: float, util: float) -> None:
+        t = self.t
+        extra = ""
+        if evaluated:
+            metric = f"val_ppl {self.val_ppl:.3f}" if self.lm else f"val_acc {100 * self.val_acc:.2f}%"
+            extra = f" val_loss {self.val_loss:.4f} {metric}"
+        speed = f"{rate * t.task.tokens_per_sample:.0f} tokens/s" if self.lm else f"{rate:.0f} samples/s"
+        log.info("step %d/%d epoch %d loss %.4f%s %s MFU %.2f%%", t.pos.step, t.total_steps,
+                 t.pos.epoch + (0 if end_of_epoch else 1), mean_loss, extra, speed, 100 * util)  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
         t, cfg = self.t, self.t.cfg
@@ -92,12 +119,20 @@ class Progress:
             "steps": t.pos.step,
             "val_loss": self.val_loss,
             "val_accuracy": self.val_acc,
+            "task": t.task.metric_name.removeprefix("val_"),
+            "matmul_peak_flops": t.peak_flops,
+            "flops_per_sample": self.flops_per_sample,
+            "samples_per_s": _median(self.rates),
+            "mfu": mfu(self.flops_per_sample, _median(self.rates), t.peak_flops),
             "elapsed_s": round(time.perf_counter() - self.t_start, 2),
             "checkpoint": t.last_tag,
             "data": cfg.data.source,
         }
         if cfg.data.source == BUILTIN_SOURCE:
             out["best_achievable_accuracy"] = BUILTIN_BEST_ACCURACY
+        if self.lm:
+            out.update(val_perplexity=self.val_ppl, seq_len=cfg.model.seq_len,
+                       tokens_per_s=_median(self.rates) * cfg.model.seq_len)  # fmt: skip
         return out
 
     def finish(self) -> None:
@@ -106,6 +141,16 @@ class Progress:
         summary = self.summary()
         write_summary(cfg.run_dir / "summary.json", summary)
         plot(cfg.run_dir / "metrics.csv", cfg.run_dir / "training.png", f"{cfg.run_name} ({cfg.preset})")
+        if self.lm:
+            log.info("done: %d steps, val perplexity %.3f, %.0f tokens/s, MFU %.2f%%, %s", self.t.pos.step,
+                     self.val_ppl, summary["tokens_per_s"], 100 * summary["mfu"], cfg.run_dir)  # fmt: skip
+            return
         best = summary.get("best_achievable_accuracy")
         log.info("done: %d steps, val accuracy %.2f%% (best achievable %s), %s", self.t.pos.step,
                  100 * self.val_acc, f"{100 * best:.1f}%" if best else "n/a", cfg.run_dir)  # fmt: skip
+
+
+def _median(values: list[float]) -> float:
+    """Median of the reported rates (the first includes warm-up); 0 when none."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else 0.0

@@ -72,6 +72,23 @@ def zero_runs(tmp_path_factory) -> ZeroRuns:
     return ZeroRuns(tmp_path_factory.mktemp("zero-runs"))
 
 
+# gpt-tiny under ZeRO-3 with parameters and optimizer offloaded, activation checkpointing on.
+GPT_RUN = ["max_steps=30", "log_every=5", "eval_every=15", "checkpoint_every=30", "data.max_bytes=400000",
+           "parallel.zero_stage=3", "parallel.offload=all", "model.activation_checkpointing=true"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def gpt_run(tmp_path_factory) -> Path:
+    """The run directory of gpt-tiny trained once per session (2 ranks, ZeRO-3, full offload)."""
+    root = tmp_path_factory.mktemp("gpt-runs")
+    result = run_train(root, "gpt-tiny", *GPT_RUN, args=("--preset", "gpt-tiny"))
+    if result.returncode != 0:
+        pytest.fail(
+            f"training gpt-tiny failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    return root / "gpt-tiny"
+
+
 @pytest.fixture(scope="session")
 def preempted_run(tmp_path_factory) -> tuple[int, str, Path]:
     """`stratus train` on 2 ranks sent SIGTERM after 5 logged steps: (exit code, output, run dir)."""
