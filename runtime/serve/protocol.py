@@ -4,6 +4,10 @@ Pure functions over bytes and numpy arrays; the ASGI app (`runtime.serve.app`) c
 way a request can be wrong raises `RequestError(status, message)`; nothing here raises anything
 else for any input bytes (the fuzz test in tests/e2e holds us to it).
 
+Both encodings obey the same value rules: floats must be finite (NaN and +/-Inf answer 422, as a
+JSON value outside the FP32 range does), BOOL bytes must be 0 or 1. A request names at most
+MAX_REQUESTED_OUTPUTS outputs, and one named twice is answered once.
+
 Status codes: 400 for a request that is malformed in itself (not JSON, missing fields, wrong
 types, element count not matching the shape, binary sizes that do not add up); 422 for a
 well-formed request that does not fit the model or the limits (unknown/missing input, datatype,
