@@ -31,6 +31,7 @@ from runtime.train.checkpoint import CONFIG, MANIFEST, CheckpointError, find_lat
 from runtime.train.config import ConfigError, TrainConfig
 from runtime.train.loading import config_from_dict
 from runtime.train.models import build_mlp
+from runtime.train.tabular import STATS_FILE, FeatureStats
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Consolidated:
     manifest_sha256: str
     config: TrainConfig
     state_dict: dict[str, torch.Tensor]
+    stats: FeatureStats | None = None
+    """Feature statistics the model was trained with (`feature_stats.json`), None if unstandardised."""
 
     @property
     def tag(self) -> str:
@@ -138,12 +141,14 @@ def consolidate(tag_dir: Path) -> Consolidated:
     has_shards = any(tag_dir.glob("*_optim_states.pt"))
     raw = _zero_to_fp32(tag_dir) if has_shards else _stage0_module(tag_dir)
     state = {name: t.detach().to(torch.float32).contiguous().clone() for name, t in raw.items()}
+    stats_path = tag_dir / STATS_FILE  # covered by the verified manifest
     result = Consolidated(
         tag_dir=tag_dir,
         manifest=manifest,
         manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
         config=config,
         state_dict=state,
+        stats=FeatureStats.from_json(stats_path.read_bytes()) if stats_path.is_file() else None,
     )
     if "0.weight" not in state:
         raise ExportError(f"{tag_dir}: no `0.weight` in the weights ({', '.join(state)}); not an MLP checkpoint")

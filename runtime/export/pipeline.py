@@ -13,6 +13,7 @@ Each stage takes what the previous one produced and is entered once (one progres
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from runtime.export.consolidate import Consolidated
 from runtime.export.stage import check_out_dir, stage_artifact, versions
 from runtime.train.data import DataError, Dataset, load_dataset
 from runtime.train.models import count_parameters
+from runtime.train.tabular import FeatureStats, RawFeatureModel
 
 log = get_logger()
 STAGES = 6
@@ -52,6 +54,27 @@ def _load_data(ckpt: Consolidated) -> Dataset:
             f"trained on {ckpt.num_features}; export with the data the run was trained on"
         )
     return data
+
+
+def standardized(data: Dataset, stats: FeatureStats | None) -> Dataset:
+    """The data as the model was trained on it (standardised with the checkpoint's statistics)."""
+    return dataclasses.replace(data, x=stats.apply(data.x)) if stats is not None else data
+
+
+def raw_input_model(logits_model: nn.Module, stats: FeatureStats | None) -> nn.Module:
+    """The model as it is exported and served: raw rows in, standardisation inside the graph."""
+    return RawFeatureModel(logits_model, stats).eval() if stats is not None else logits_model
+
+
+def _preprocessing(stats: FeatureStats | None) -> dict[str, Any]:
+    if stats is None:
+        return {"standardize": False}
+    return {
+        "standardize": True,
+        "where": "inside model.onnx: (input - mean) / scale before the first layer; send raw rows",
+        "stats_from": "training split",
+        "constant_columns": list(stats.constant_columns),
+    }
 
 
 def compress(
@@ -226,7 +249,10 @@ def run_export(cfg: ExportConfig) -> ExportResult:
            ckpt.manifest.get("world_size"), ckpt.manifest.get("step"), count_parameters(fp32_model),
            consolidated_path)  # fmt: skip
     data = _load_data(ckpt)
-    pruned, compression = compress(cfg, ckpt, fp32_model, data)
+    pruned, compression = compress(cfg, ckpt, fp32_model, standardized(data, ckpt.stats))
+    compression["preprocessing"] = _preprocessing(ckpt.stats)
+    # From here on every model takes raw rows: the statistics are part of the exported graph.
+    fp32_model, pruned = raw_input_model(fp32_model, ckpt.stats), raw_input_model(pruned, ckpt.stats)
     with tempfile.TemporaryDirectory(prefix="stratus-export-") as tmp:
         paths = build_onnx(cfg, fp32_model, pruned, ckpt.num_features, data.x[data.train_idx], Path(tmp))
         sizes = _sizes(paths, consolidated_path, cfg.quantization)
