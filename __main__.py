@@ -4,6 +4,7 @@
     pulumi preview --policy-pack policy    # config errors and the budget guard fail here
     pulumi up
     ./scripts/plan.sh Pulumi.dev.yaml      # offline: resources, policy verdicts, cost
+    ./scripts/plan.sh --update-ami Pulumi.dev.yaml   # pin the newest AMIs into the stack file
 
 Reads the config once, builds one component per concern, and exports the outputs that
 `scripts/launch.sh --stack` and `runtime.remote` read (names fixed in `runtime/contract.py`).
@@ -17,6 +18,7 @@ from infra.builders.userdata import trainer_user_data
 from infra.components.base import base_tags
 from infra.components.iam import Iam, IamArgs
 from infra.components.network import Network, NetworkArgs, lookup_zones
+from infra.components.quotas import check_quotas
 from infra.components.serving import Serving, ServingArgs
 from infra.components.storage import Storage, StorageArgs
 from infra.components.training import Training, TrainingArgs
@@ -30,9 +32,15 @@ estimate = estimate_cost(cfg)
 enforce_budget(estimate, cfg.max_hourly_usd)
 pulumi.log.info("estimated cost:\n" + estimate.table())
 
+if cfg.quota_check:
+    for need in check_quotas(cfg):
+        pulumi.log.info(f"quota check passed: {need.describe()}")
 account_id = aws.get_caller_identity().account_id
 partition = aws.get_partition().partition
 project, stack, tags = pulumi.get_project(), pulumi.get_stack(), base_tags()
+# Names that must be unique per account and region carry the organization too: two projects
+# (or two organizations' copies of this one) with a stack of the same name never collide.
+qualified = f"{pulumi.get_organization()}/{project}/{stack}"
 trainer_type, server_type = CATALOG[cfg.trainer_instance_type], CATALOG[cfg.serving_instance_type]
 zones = lookup_zones(
     cfg.region,
@@ -44,7 +52,7 @@ zones = lookup_zones(
 
 storage = Storage("storage", StorageArgs(
     account_id=account_id, partition=partition, region=cfg.region, tags=tags,
-    name_prefix=f"{project}-{stack}", kms_deletion_window_days=cfg.kms_deletion_window_days,
+    name_prefix=f"{project}-{stack}", alias_path=qualified, kms_deletion_window_days=cfg.kms_deletion_window_days,
     checkpoint_noncurrent_days=cfg.checkpoint_noncurrent_days,
     logs_expiration_days=cfg.logs_expiration_days, force_destroy=cfg.force_destroy_buckets,
 ))  # fmt: skip
@@ -55,7 +63,7 @@ network = Network("network", NetworkArgs(
     tags=tags, egress_enabled=cfg.egress_enabled, interface_endpoints=cfg.interface_endpoints,
     flow_log_depends_on=[storage],
 ))  # fmt: skip
-token_name = token_parameter_name(project, stack)
+token_name = token_parameter_name(qualified)
 iam = Iam("iam", IamArgs(
     bucket_arns={purpose: bucket.arn for purpose, bucket in buckets.items()},
     key_arn=storage.key_arn, region=cfg.region, partition=partition, tags=tags,
@@ -63,14 +71,21 @@ iam = Iam("iam", IamArgs(
         partition=partition, region=cfg.region, account_id=account_id, name=token_name),
 ))  # fmt: skip
 bucket_names = pulumi.Output.all(**{p: b.bucket for p, b in buckets.items()})
+scratch_mode, scratch_gb = cfg.scratch
 training = Training("training", TrainingArgs(
     instance_type=trainer_type, num_nodes=cfg.num_trainers, subnet_id=network.training_subnet_id,
     security_group_id=network.training_sg_id, region=cfg.region, tags=tags,
-    instance_profile_arn=iam.trainer.instance_profile.arn, key_arn=storage.key_arn,
+    instance_profile_arn=iam.trainer.instance_profile.arn, instance_profile_name=iam.trainer.instance_profile.name,
+    key_arn=storage.key_arn,
     user_data=bucket_names.apply(lambda names: trainer_user_data(
-        region=cfg.region, buckets=names, scratch=cfg.trainer_scratch_volume_gb > 0)),
-    spot_max_price=cfg.trainer_spot_max_price, ami_id=cfg.trainer_ami,
-    root_volume_gb=cfg.trainer_root_volume_gb, scratch_volume_gb=cfg.trainer_scratch_volume_gb,
+        region=cfg.region, buckets=names, instance_type=trainer_type, scratch=scratch_mode)),
+    market=cfg.trainer_market, spot_max_price=cfg.trainer_spot_max_price,
+    reservation_target=cfg.reservation_target,
+    reservation_preference=cfg.trainer_capacity_reservation_preference or "open",
+    placement_group=cfg.use_placement_group, ami_id=cfg.trainer_ami,
+    follow_launch_template=cfg.trainer_follow_launch_template, root_volume_gb=cfg.trainer_root_volume_gb,
+    scratch_volume_gb=scratch_gb, scratch_iops=cfg.trainer_scratch_iops,
+    scratch_throughput_mibps=cfg.trainer_scratch_throughput_mibps,
 ))  # fmt: skip
 serving = Serving("serving", ServingArgs(
     instance_type=server_type, subnet_id=network.training_subnet_id,

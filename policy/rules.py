@@ -16,11 +16,12 @@ IMDS_TYPES = (k.INSTANCE, k.LAUNCH_TEMPLATE)
 SG = "aws:ec2/securityGroup:SecurityGroup"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 LEGACY_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 TAGGABLE = frozenset({
     "aws:ec2/vpc:Vpc", "aws:ec2/subnet:Subnet", "aws:ec2/routeTable:RouteTable",
     "aws:ec2/internetGateway:InternetGateway", "aws:ec2/natGateway:NatGateway", "aws:ec2/eip:Eip",
     "aws:ec2/vpcEndpoint:VpcEndpoint", SG, INGRESS,
-    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule", "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup",
+    EGRESS, "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup",
     "aws:ec2/flowLog:FlowLog", k.INSTANCE, k.LAUNCH_TEMPLATE, "aws:ec2/placementGroup:PlacementGroup",
     "aws:ebs/volume:Volume", k.KMS_KEY, k.BUCKET, "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile",
     "aws:iam/policy:Policy", "aws:ssm/parameter:Parameter", "aws:cloudwatch/logGroup:LogGroup",
@@ -181,6 +182,39 @@ def required_tags(args, report_violation) -> None:
         report_violation(f"{_where(args)} lacks the tags {missing}. Add project, stack and component tags.")
 
 
+def _all_rules(args) -> list[dict]:
+    if args.resource_type in (INGRESS, EGRESS, LEGACY_RULE):
+        return [args.props]
+    if args.resource_type == SG:
+        return k.items(args.props, "ingress") + k.items(args.props, "egress")
+    return []
+
+
+def rule_description(args, report_violation) -> None:
+    """Every security group rule says what it is for (a description)."""
+    for rule in _all_rules(args):
+        if not k.get(rule, "description"):
+            report_violation(f"{_where(args)} has a rule without a description. Set description to what it allows.")
+
+
+def instance_settings(args, report_violation) -> None:
+    """Instances declare, on themselves, detailed monitoring, EBS optimisation and an instance
+    profile (their root volume: `stack_rules.volumes_encrypted`), not only through a launch template."""
+    if args.resource_type != k.INSTANCE:
+        return
+    missing = [
+        setting
+        for setting, ok in (
+            ("monitoring=True", k.get(args.props, "monitoring") is True),
+            ("ebs_optimized=True", k.get(args.props, "ebsOptimized") is True),
+            ("iam_instance_profile", bool(k.get(args.props, "iamInstanceProfile"))),
+        )
+        if not ok
+    ]
+    if missing:
+        report_violation(f"{_where(args)} does not set {', '.join(missing)} on the instance. Set them explicitly.")
+
+
 def _resource(name, description, validate) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(name=name, description=description, validate=validate, enforcement_level=MANDATORY)
 
@@ -198,6 +232,11 @@ RESOURCE_POLICIES = [
               default_security_group_empty),
     _resource("aws-ssm-parameter-secure-string", "SSM parameters are SecureStrings under a CMK.", ssm_parameter_secure),
     _resource("aws-tagging-resource-required-tags", "Taggable resources carry project/stack/component.", required_tags),
+    _resource("aws-ec2-securitygroup-rule-description", "Every security group rule has a description.",
+              rule_description),
+    _resource("aws-ec2-instance-explicit-settings",
+              "Instances set detailed monitoring, EBS optimisation and their profile themselves.",
+              instance_settings),
 ]  # fmt: skip
 
 STACK_POLICIES = [

@@ -121,12 +121,13 @@ def volumes_encrypted(args, report_violation) -> None:
             _check_device(lt, "blockDeviceMappings", k.get(m, "ebs", default={}), ("true", True), resources,
                           report_violation)  # fmt: skip
     for inst in k.of_type(resources, k.INSTANCE):
+        # Declared on the instance itself even when a launch template maps it too: scanners (and
+        # readers of the instance) do not follow the template.
         root = k.get(inst.props, "rootBlockDevice")
-        from_template = k.depends_on(inst, "launchTemplate", k.LAUNCH_TEMPLATE)
-        if not root and not from_template:
+        if not root:
             report_violation(
                 f"{_name(inst)} does not declare its root volume encrypted. Set root_block_device with encrypted=True "
-                "and the stack key, or launch it from a launch template that does.",
+                "and the stack key on the instance.",
                 inst.urn,
             )
         if root:

@@ -97,6 +97,9 @@ NODE_OUTPUT_DIR = f"{SCRATCH_MOUNT}/runs"
 """`output_dir` of training on the nodes (the scratch volume)."""
 PREPARE_UNIT = "stratus-prepare.service"
 """The systemd oneshot that installs the bundle on a host."""
+NODE_ENV_FILE = "/etc/stratus/node.env"
+"""NCCL/EFA settings of a training node's instance type (KEY=value lines, shell-quoted), written by
+the node's user data; the launch command exports them before starting DeepSpeed."""
 
 # --- model repository -----------------------------------------------------------------------------
 

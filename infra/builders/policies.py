@@ -205,9 +205,10 @@ def _log_delivery_statements(bucket_arn: str, *, account_id: str, partition: str
     ]
 
 
-def token_parameter_name(project: str, stack: str) -> str:
-    """SSM parameter name of the serving token, e.g. `/stratus/dev/serving-token`."""
-    return f"/{project}/{stack}/serving-token"
+def token_parameter_name(qualified_stack: str) -> str:
+    """SSM parameter name of the serving token of `<organization>/<project>/<stack>`, e.g.
+    `/acme/stratus/dev/serving-token` (unique per account and region)."""
+    return f"/{qualified_stack}/serving-token"
 
 
 def token_parameter_arn(*, partition: str, region: str, account_id: str, name: str) -> str:

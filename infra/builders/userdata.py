@@ -3,24 +3,32 @@
 Pure functions of names only: no secret ever enters user data (it is readable by anyone with
 `ec2:DescribeInstanceAttribute`). The serving token is fetched from SSM by the server at start.
 
-Both hosts run Amazon Linux 2023 (the Deep Learning AMI flavour on GPU types). They install the
-runtime from the bundle at `runtime.contract.bundle_uri(models_bucket)`
-(`s3://<models_bucket>/runtime/stratus-runtime.tar.gz`), which the operator uploads
-(`scripts/launch.sh --stack`): a tarball holding `runtime/`, `requirements.txt` and optionally
-`wheels/` for an offline install. S3 is reached through the VPC gateway endpoint, so no internet
-egress is needed when the bundle carries its wheels. A systemd oneshot (`PREPARE_UNIT`) retries
-until the bundle exists, so boot never blocks on it. Every path the runtime relies on (the app
-and venv directories, the bundle, the scratch mount) comes from `runtime.contract`.
+The user data writes configuration (`/etc/stratus/*.env`), the host scripts of `host/`
+(`prepare.sh`, `scratch.sh`; static bash, shellchecked and executed by the tests) and systemd
+units, then starts the units without blocking boot:
+
+- `stratus-scratch.service` (training nodes, every boot): /scratch on the type's local NVMe disks
+  (RAID0 across them) or on the gp3 scratch volume.
+- `PREPARE_UNIT` (`stratus-prepare.service`): fetches the runtime bundle from
+  `runtime.contract.bundle_uri(models_bucket)` through the S3 endpoint, picks or installs
+  Python 3.11 (see `host/prepare.sh` for each AMI family), installs `requirements/runtime.txt`
+  (offline from the bundle's `wheels/` when present) and, on GPU hosts, fails loudly unless torch
+  is the CUDA build of the pinned version. Retries until the bundle exists.
+- `SERVE_UNIT` (serving host): the inference server.
+
+`STRATUS_SYSROOT` prefixes every path the scripts write, so tests run them in a sandbox.
 """
 
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
+from infra.config.catalog import InstanceType
 from runtime.contract import (
     APP_DIR,
-    HOST_BUNDLE,
     HOST_PYTHON,
+    NODE_ENV_FILE,
     PREPARE_UNIT,
     SCRATCH_MOUNT,
     bundle_uri,
@@ -28,96 +36,120 @@ from runtime.contract import (
 )
 
 SCRATCH_DEVICE = "/dev/sdf"
-"""Device name of a training node's scratch volume in the launch template."""
+"""Device name of a training node's EBS scratch volume in the launch template."""
 SERVE_UNIT = "stratus-serve.service"
 """The systemd unit of the inference server on the serving host."""
-VENV_DIR = HOST_PYTHON.rsplit("/bin/", 1)[0]
+SCRATCH_UNIT = "stratus-scratch.service"
+"""The systemd unit that mounts a training node's scratch space."""
+STACK_ENV = "/etc/stratus/stack.env"
+"""Names of the stack (region, buckets, bundle) and the host's settings, for the units."""
+NODE_ENV = NODE_ENV_FILE
+"""NCCL/EFA settings of the training node's type (the launch command sources it)."""
+HOST_DIR = Path(__file__).with_name("host")
+"""The host scripts, installed as `<APP_DIR>/<name>`."""
+EX_CONFIG = 78
 
 
-def _prepare_section(models_bucket: str, region: str) -> str:
-    bundle = shlex.quote(bundle_uri(models_bucket))
-    return f"""\
-install -d -m 0755 {APP_DIR} {APP_DIR}/app
-cat > {APP_DIR}/prepare.sh <<'PREPARE'
-#!/bin/bash
-# Fetch the runtime bundle and build the venv; exits non-zero (systemd retries) until it exists.
-set -euo pipefail
-aws s3 cp --region {region} --only-show-errors {bundle} {HOST_BUNDLE}
-rm -rf {APP_DIR}/app.new && mkdir -p {APP_DIR}/app.new
-tar -xzf {HOST_BUNDLE} -C {APP_DIR}/app.new
-rm -rf {APP_DIR}/app && mv {APP_DIR}/app.new {APP_DIR}/app
-PY=$(command -v python3.11 || command -v python3)
-"$PY" -m venv --system-site-packages {VENV_DIR}
-if [ -d {APP_DIR}/app/wheels ]; then
-  {VENV_DIR}/bin/pip install --no-index --find-links {APP_DIR}/app/wheels \\
-    -r {APP_DIR}/app/requirements.txt
-else
-  {VENV_DIR}/bin/pip install -r {APP_DIR}/app/requirements.txt
-fi
-touch {APP_DIR}/.ready
-PREPARE
-chmod 0755 {APP_DIR}/prepare.sh
-cat > /etc/systemd/system/{PREPARE_UNIT} <<'UNIT'
-[Unit]
-Description=stratus: install the runtime bundle from S3
-Wants=network-online.target
-After=network-online.target
+def nccl_env(instance_type: InstanceType) -> dict[str, str]:
+    """NCCL and libfabric settings for `instance_type`, after aws-samples/awsome-distributed-training.
 
-[Service]
+    EFA types use the aws-ofi-nccl plugin and libfabric's EFA provider (shipped by the Deep
+    Learning AMI under /opt/amazon); types with RDMA over EFA (p4d, p5) enable it. Other types
+    use TCP sockets, never the loopback or container bridges.
+    """
+    env = {"NCCL_SOCKET_IFNAME": "^lo,docker", "NCCL_DEBUG": "WARN"}
+    if instance_type.efa_interfaces:
+        env.update({
+            "FI_PROVIDER": "efa",
+            "FI_EFA_FORK_SAFE": "1",
+            "NCCL_BUFFSIZE": "8388608",
+            "NCCL_P2P_NET_CHUNKSIZE": "524288",
+            "LD_LIBRARY_PATH": "/opt/amazon/ofi-nccl/lib64:/opt/amazon/ofi-nccl/lib:/opt/amazon/efa/lib64:"
+                               "/opt/amazon/efa/lib",
+        })  # fmt: skip
+        if instance_type.efa_rdma:
+            env["FI_EFA_USE_DEVICE_RDMA"] = "1"
+    return env
+
+
+def _env_text(env: dict[str, str]) -> str:
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
+
+
+def _write(path: str, text: str, mode: str = "0644") -> str:
+    """Shell that writes `text` to `$R<path>` with `mode` (a quoted heredoc: nothing expands)."""
+    assert "\nSTRATUS_EOF\n" not in f"\n{text}"
+    return f'cat > "$R{path}" <<\'STRATUS_EOF\'\n{text.rstrip()}\nSTRATUS_EOF\nchmod {mode} "$R{path}"\n'
+
+
+def unit(description: str, service: str, *, after: str = "", before: str = "", wants: str = "") -> str:
+    """A systemd unit file: [Unit] with dependencies, the [Service] body, wanted by multi-user.target."""
+    order = "".join(f"{k}={v}\n" for k, v in (("Wants", wants), ("After", after), ("Before", before)) if v)
+    install = "[Install]\nWantedBy=multi-user.target\n"
+    return f"[Unit]\nDescription={description}\n{order}\n[Service]\n{service.strip()}\n\n{install}"
+
+
+PREPARE_SERVICE = f"""\
 Type=oneshot
 RemainAfterExit=yes
+EnvironmentFile={STACK_ENV}
 ExecStart={APP_DIR}/prepare.sh
 Restart=on-failure
 RestartSec=60
-
-[Install]
-WantedBy=multi-user.target
-UNIT
+RestartPreventExitStatus={EX_CONFIG}
+"""
+SCRATCH_SERVICE = f"""\
+Type=oneshot
+RemainAfterExit=yes
+EnvironmentFile={STACK_ENV}
+ExecStart={APP_DIR}/scratch.sh
 """
 
 
-def _header(stack_env: dict[str, str]) -> str:
-    env_lines = "\n".join(f"{k}={shlex.quote(v)}" for k, v in sorted(stack_env.items()))
-    return f"""\
-#!/bin/bash
-# stratus user data: names only, no secrets.
-set -euo pipefail
-install -d -m 0755 /etc/stratus
-cat > /etc/stratus/stack.env <<'ENV'
-{env_lines}
-ENV
-"""
+def _host(env: dict[str, str], scripts: tuple[str, ...], units: dict[str, str], extra: str = "") -> str:
+    parts = [
+        "#!/bin/bash\n# stratus user data: names only, no secrets.\nset -euo pipefail\n",
+        'R="${STRATUS_SYSROOT:-}"\n',
+        f'install -d -m 0755 "$R/etc/stratus" "$R{APP_DIR}" "$R/etc/systemd/system"\n',
+        _write(STACK_ENV, _env_text(env)),
+    ]
+    parts += [_write(f"{APP_DIR}/{name}", (HOST_DIR / name).read_text(), "0755") for name in scripts]
+    parts.append(extra)
+    parts += [_write(f"/etc/systemd/system/{name}", text) for name, text in units.items()]
+    parts.append(f"systemctl daemon-reload\nsystemctl enable --now --no-block {' '.join(units)}\n")
+    return "".join(parts)
 
 
-def trainer_user_data(*, region: str, buckets: dict[str, str], scratch: bool) -> str:
-    """User data of a training node: stack env file, scratch volume, runtime bundle install.
+def trainer_user_data(*, region: str, buckets: dict[str, str], instance_type: InstanceType, scratch: str) -> str:
+    """User data of a training node: stack and NCCL env, scratch mount, runtime bundle install.
 
     Args:
         region: the stack's region.
         buckets: bucket names by purpose (`datasets`, `checkpoints`, `models`, `logs`).
-        scratch: whether the launch template attaches a scratch volume at /dev/sdf.
+        instance_type: the node's catalog entry (GPUs, EFA, NVMe disks).
+        scratch: `nvme`, `ebs` (volume at /dev/sdf) or `none` (`StackConfig.scratch`).
     """
-    env = {"AWS_REGION": region, **{f"STRATUS_{k.upper()}_BUCKET": v for k, v in buckets.items()}}
-    mount = ""
-    if scratch:
-        # On Nitro the EBS volume appears as NVMe; Amazon Linux's udev rules keep /dev/sdf.
-        mount = f"""\
-for _ in $(seq 60); do [ -e {SCRATCH_DEVICE} ] && break; sleep 2; done
-blkid {SCRATCH_DEVICE} >/dev/null || mkfs.xfs -q {SCRATCH_DEVICE}
-install -d {SCRATCH_MOUNT}
-grep -q ' {SCRATCH_MOUNT} ' /etc/fstab || \\
-  echo "{SCRATCH_DEVICE} {SCRATCH_MOUNT} xfs defaults,nofail 0 2" >> /etc/fstab
-mount -a
-"""
-    return (
-        _header(env)
-        + mount
-        + _prepare_section(buckets["models"], region)
-        + f"systemctl daemon-reload\nsystemctl enable --now --no-block {PREPARE_UNIT}\n"
-    )
+    env = {
+        "AWS_REGION": region,
+        **{f"STRATUS_{k.upper()}_BUCKET": v for k, v in buckets.items()},
+        "STRATUS_BUNDLE_URI": bundle_uri(buckets["models"]),
+        "STRATUS_GPU": "1",
+        "STRATUS_SCRATCH": scratch,
+        "STRATUS_NVME_DISKS": str(instance_type.nvme_disks),
+    }
+    units = {
+        SCRATCH_UNIT: unit(f"stratus: mount {SCRATCH_MOUNT}", SCRATCH_SERVICE, after="local-fs.target",
+                           before=PREPARE_UNIT),
+        PREPARE_UNIT: unit("stratus: install the runtime bundle from S3", PREPARE_SERVICE,
+                           after=f"network-online.target {SCRATCH_UNIT}", wants="network-online.target"),
+    }  # fmt: skip
+    node_env = _write(NODE_ENV, _env_text(nccl_env(instance_type)))
+    return _host(env, ("prepare.sh", "scratch.sh"), units, node_env)
 
 
-def serving_user_data(*, region: str, models_bucket: str, model_name: str, port: int, token_parameter: str) -> str:
+def serving_user_data(
+    *, region: str, models_bucket: str, model_name: str, port: int, token_parameter: str, gpu: bool = False
+) -> str:
     """User data of the serving host: runtime install plus `SERVE_UNIT` (`stratus-serve.service`).
 
     The unit runs `python -m runtime serve --repo s3://<models_bucket>/models --model <name>
@@ -131,20 +163,15 @@ def serving_user_data(*, region: str, models_bucket: str, model_name: str, port:
         model_name: model to serve (validated to a safe charset by the config).
         port: inference port.
         token_parameter: SSM parameter NAME of the bearer token (never its value).
+        gpu: a GPU host (torch must then be the CUDA build).
     """
     repo = model_repository_uri(models_bucket)
-    serve_args = " ".join(
-        shlex.quote(a)
-        for a in ["--repo", repo, "--model", model_name, "--port", str(port),
-                  "--token-ssm-parameter", token_parameter]
-    )  # fmt: skip
-    env = {"AWS_REGION": region, "STRATUS_MODELS_BUCKET": models_bucket}
-    return (
-        _header(env)
-        + _prepare_section(models_bucket, region)
-        + f"""\
-id stratus >/dev/null 2>&1 || useradd --system --no-create-home --shell /sbin/nologin stratus
-cat > {APP_DIR}/serve.sh <<'SERVE'
+    serve_args = shlex.join(
+        ["--repo", repo, "--model", model_name, "--port", str(port), "--token-ssm-parameter", token_parameter]
+    )
+    env = {"AWS_REGION": region, "STRATUS_MODELS_BUCKET": models_bucket,
+           "STRATUS_BUNDLE_URI": bundle_uri(models_bucket), "STRATUS_GPU": "1" if gpu else "0"}  # fmt: skip
+    serve_sh = f"""\
 #!/bin/bash
 set -euo pipefail
 IMDS_SESSION=$(curl -sf -X PUT http://169.254.169.254/latest/api/token \\
@@ -153,17 +180,10 @@ PRIVATE_IP=$(curl -sf -H "X-aws-ec2-metadata-token: $IMDS_SESSION" \\
   http://169.254.169.254/latest/meta-data/local-ipv4)
 cd {APP_DIR}/app
 exec {HOST_PYTHON} -m runtime serve --host "$PRIVATE_IP" {serve_args}
-SERVE
-chmod 0755 {APP_DIR}/serve.sh
-cat > /etc/systemd/system/{SERVE_UNIT} <<'UNIT'
-[Unit]
-Description=stratus: Open Inference Protocol server
-Wants=network-online.target {PREPARE_UNIT}
-After=network-online.target {PREPARE_UNIT}
-
-[Service]
+"""
+    serve_service = f"""\
 User=stratus
-EnvironmentFile=/etc/stratus/stack.env
+EnvironmentFile={STACK_ENV}
 # Writable state/cache for downloaded model versions; the rest of the system is read-only.
 StateDirectory=stratus-serve
 CacheDirectory=stratus-serve
@@ -176,11 +196,13 @@ NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-systemctl daemon-reload
-systemctl enable --now --no-block {PREPARE_UNIT} {SERVE_UNIT}
 """
-    )
+    units = {
+        PREPARE_UNIT: unit("stratus: install the runtime bundle from S3", PREPARE_SERVICE,
+                           after="network-online.target", wants="network-online.target"),
+        SERVE_UNIT: unit("stratus: Open Inference Protocol server", serve_service,
+                         after=f"network-online.target {PREPARE_UNIT}",
+                         wants=f"network-online.target {PREPARE_UNIT}"),
+    }  # fmt: skip
+    user = "id stratus >/dev/null 2>&1 || useradd --system --no-create-home --shell /sbin/nologin stratus\n"
+    return _host(env, ("prepare.sh",), units, user + _write(f"{APP_DIR}/serve.sh", serve_sh, "0755"))

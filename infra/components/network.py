@@ -163,7 +163,9 @@ class Network(pulumi.ComponentResource):
             opts=child(self),
         )
         endpoint_sg = self._security_group("endpoints", vpc.id, "Interface VPC endpoints")
-        self._ingress("endpoints-https", endpoint_sg, HTTPS, cidr=args.vpc_cidr)
+        self._ingress(
+            "endpoints-https", endpoint_sg, HTTPS, "HTTPS to the interface endpoints from the VPC", cidr=args.vpc_cidr
+        )
         for service in args.interface_endpoints:
             aws.ec2.VpcEndpoint(
                 f"{name}-{service.replace('.', '-')}-endpoint",
@@ -182,17 +184,32 @@ class Network(pulumi.ComponentResource):
         """Training group (cluster traffic only) and serving group (inference port only)."""
         args = self._args
         training_sg = self._security_group("training", vpc.id, "Training nodes: cluster only")
-        self._ingress("training-from-self", training_sg, None, source=training_sg)
-        self._egress("training-to-self", training_sg, None, target=training_sg)
+        cluster = "all traffic between training nodes (NCCL, EFA, rendezvous)"
+        self._ingress("training-from-self", training_sg, None, cluster, source=training_sg)
+        self._egress("training-to-self", training_sg, None, cluster, target=training_sg)
         serving_sg = self._security_group("serving", vpc.id, "Serving host: inference port")
         for i, cidr in enumerate(args.serving_allowed_cidrs):
-            self._ingress(f"serving-inference-{i}", serving_sg, args.serving_port, cidr=cidr)
+            self._ingress(
+                f"serving-inference-{i}",
+                serving_sg,
+                args.serving_port,
+                f"inference port from an allowed range ({cidr})",
+                cidr=cidr,
+            )
         for role, sg in (("training", training_sg), ("serving", serving_sg)):
-            self._egress(f"{role}-https-s3", sg, HTTPS, prefix_list=s3_prefix_list)
-            self._egress(f"{role}-https-vpc", sg, HTTPS, cidr=args.vpc_cidr)
+            self._egress(
+                f"{role}-https-s3", sg, HTTPS, "HTTPS to S3 through the gateway endpoint", prefix_list=s3_prefix_list
+            )
+            self._egress(f"{role}-https-vpc", sg, HTTPS, "HTTPS to the interface endpoints", cidr=args.vpc_cidr)
             if args.egress_enabled:
                 # Egress only, when egress-enabled: the documented exception (docs/security.md).
-                self._egress(f"{role}-https-internet", sg, HTTPS, cidr="0.0.0.0/0")
+                self._egress(
+                    f"{role}-https-internet",
+                    sg,
+                    HTTPS,
+                    "HTTPS to the internet through the NAT gateway",
+                    cidr="0.0.0.0/0",
+                )
         self.training_sg_id, self.serving_sg_id = training_sg.id, serving_sg.id
 
     def _tagged(self, label: str, **extra: str) -> dict[str, str]:
@@ -266,19 +283,21 @@ class Network(pulumi.ComponentResource):
             args["prefix_list_id"] = prefix_list
         return args
 
-    def _ingress(self, label, sg, port, *, cidr=None, source=None) -> None:
+    def _ingress(self, label, sg, port, description: str, *, cidr=None, source=None) -> None:
         aws.vpc.SecurityGroupIngressRule(
             f"{self._name}-{label}",
             security_group_id=sg.id,
+            description=description,
             tags=self._tagged(label),
             **self._rule_args(port, cidr, source, None),
             opts=child(self),
         )
 
-    def _egress(self, label, sg, port, *, cidr=None, target=None, prefix_list=None) -> None:
+    def _egress(self, label, sg, port, description: str, *, cidr=None, target=None, prefix_list=None) -> None:
         aws.vpc.SecurityGroupEgressRule(
             f"{self._name}-{label}",
             security_group_id=sg.id,
+            description=description,
             tags=self._tagged(label),
             **self._rule_args(port, cidr, target, prefix_list),
             opts=child(self),

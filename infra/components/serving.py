@@ -43,7 +43,7 @@ class ServingArgs:
     tags: dict[str, str]
     """Base tags; the component adds `component: serving`."""
     ami_id: str | None = None
-    """AMI override."""
+    """Pinned AMI (a change replaces the host); None: the newest, which the host then ignores."""
     root_volume_gb: int = 50
     """Root volume size."""
 
@@ -82,6 +82,7 @@ class Serving(pulumi.ComponentResource):
                 model_name=args.model_name,
                 port=args.port,
                 token_parameter=args.token_parameter_name,
+                gpu=args.instance_type.gpus > 0,
             )
         )
         host = aws.ec2.Instance(
@@ -101,12 +102,14 @@ class Serving(pulumi.ComponentResource):
                 "delete_on_termination": True,
             },
             ebs_optimized=True,
+            monitoring=True,
             user_data=user_data,
             user_data_replace_on_change=True,
             volume_tags=tags,
             tags={**tags, "Name": f"{name}-host"},
-            # The server reads the token at start; it must exist before the instance boots.
-            opts=child(self, depends_on=[parameter]),
+            # The server reads the token at start; it must exist before the instance boots. An
+            # AMI looked up as "newest" (not pinned) must not replace the host when AWS publishes one.
+            opts=child(self, depends_on=[parameter], ignore_changes=[] if args.ami_id else ["ami"]),
         )
         self.instance_id = host.id
         self.private_ip = host.private_ip

@@ -32,6 +32,9 @@ class StorageArgs:
     """Base tags (`project`, `stack`); the component adds `component`."""
     name_prefix: str
     """Lowercase prefix of the bucket names, e.g. `stratus-dev`."""
+    alias_path: str = ""
+    """`<organization>/<project>/<stack>`: the key alias is `alias/<alias_path>`, unique per account
+    and region; empty: `alias/<name_prefix>`."""
     kms_deletion_window_days: int = 30
     """Key deletion waiting period (7-30 days)."""
     checkpoint_noncurrent_days: int = 30
@@ -80,7 +83,7 @@ class Storage(pulumi.ComponentResource):
         aws.kms.Alias(
             f"{name}-key-alias",
             # Alias names allow [A-Za-z0-9/_-] only; stack names may also hold dots.
-            name="alias/" + re.sub(r"[^A-Za-z0-9/_-]", "-", args.name_prefix),
+            name="alias/" + re.sub(r"[^A-Za-z0-9/_-]", "-", args.alias_path or args.name_prefix),
             target_key_id=self.key.key_id,
             opts=child(self),
         )

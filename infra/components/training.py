@@ -10,7 +10,7 @@ import pulumi_aws as aws
 
 from infra.builders.userdata import SCRATCH_DEVICE
 from infra.components.base import IMDSV2_ONLY, child, component_tags
-from infra.components.images import find_image
+from infra.components.images import Image, find_image
 from infra.config.catalog import InstanceType
 
 
@@ -27,7 +27,9 @@ class TrainingArgs:
     security_group_id: pulumi.Input[str]
     """The training security group (all traffic from itself only)."""
     instance_profile_arn: pulumi.Input[str]
-    """Trainer instance profile."""
+    """Trainer instance profile (launch template)."""
+    instance_profile_name: pulumi.Input[str]
+    """Its name (repeated on each instance, where scanners look for it)."""
     key_arn: pulumi.Input[str]
     """The stack key, for root and scratch volumes."""
     user_data: pulumi.Input[str]
@@ -36,14 +38,28 @@ class TrainingArgs:
     """The stack's region."""
     tags: dict[str, str]
     """Base tags; the component adds `component: training`."""
+    market: str = "on-demand"
+    """`on-demand`, `spot` (with `spot_max_price`) or `capacity-block` (with `reservation_target`)."""
     spot_max_price: float | None = None
-    """Spot price cap in USD/h; None launches on-demand."""
+    """Spot price cap in USD/h."""
+    reservation_target: dict[str, str] | None = None
+    """`capacity_reservation_target` (a reservation id or resource group ARN); None: none."""
+    reservation_preference: str = "open"
+    """Without a target: `open` or `none`."""
+    placement_group: bool = True
+    """Create a cluster placement group for the nodes."""
     ami_id: str | None = None
-    """AMI override; None looks up the newest Deep Learning AMI."""
+    """Pinned AMI; None looks up the newest Deep Learning AMI."""
+    follow_launch_template: bool = False
+    """Replace running nodes when the launch template changes; False: they ignore the change."""
     root_volume_gb: int = 200
     """Root volume size."""
-    scratch_volume_gb: int = 500
-    """Scratch volume size at /dev/sdf; 0 for none."""
+    scratch_volume_gb: int = 0
+    """EBS scratch volume size at /dev/sdf; 0 for none (local NVMe or no scratch)."""
+    scratch_iops: int = 3000
+    """gp3 IOPS of the scratch volume."""
+    scratch_throughput_mibps: int = 125
+    """gp3 throughput of the scratch volume."""
 
 
 def network_interfaces(efa_interfaces: int, subnet_id, security_group_id) -> list[dict]:
@@ -67,19 +83,50 @@ def network_interfaces(efa_interfaces: int, subnet_id, security_group_id) -> lis
     ]  # fmt: skip
 
 
+def market_options(args: TrainingArgs) -> dict | None:
+    """`instance_market_options` of the launch template: spot, a Capacity Block, or None."""
+    if args.market == "spot":
+        return {
+            "market_type": "spot",
+            "spot_options": {
+                "max_price": str(args.spot_max_price),
+                "spot_instance_type": "one-time",
+                "instance_interruption_behavior": "terminate",
+            },
+        }
+    if args.market == "capacity-block":
+        return {"market_type": "capacity-block"}
+    return None
+
+
+def reservation_options(args: TrainingArgs) -> dict:
+    """`capacity_reservation_specification`: the target, or the preference without one."""
+    if args.reservation_target is not None:
+        return {"capacity_reservation_target": args.reservation_target}
+    return {"capacity_reservation_preference": args.reservation_preference}
+
+
 class Training(pulumi.ComponentResource):
-    """Placement group, launch template (IMDSv2, encrypted EBS, EFA, trainer profile), nodes."""
+    """Placement group, launch template (IMDSv2, encrypted EBS, EFA, trainer profile), nodes.
+
+    Nodes ignore later changes of their launch template (a newer AMI, new user data) unless
+    `follow_launch_template`: a routine `pulumi up` never replaces them.
+    """
 
     instance_ids: pulumi.Output[list[str]]
     private_ips: pulumi.Output[list[str]]
     slots_per_node: int
+    image: Image
 
     def __init__(self, name: str, args: TrainingArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("stratus:infra:Training", name, None, opts)
         tags = component_tags(args.tags, "training")
-        image = find_image(gpu=True, override=args.ami_id, region=args.region)
-        # Cluster placement keeps all nodes on one low-latency segment for NCCL all-reduce.
-        group = aws.ec2.PlacementGroup(f"{name}-placement", strategy="cluster", tags=tags, opts=child(self))
+        self.image = image = find_image(gpu=True, override=args.ami_id, region=args.region)
+        placement = None
+        if args.placement_group:
+            # Cluster placement keeps all nodes on one low-latency segment for NCCL all-reduce.
+            group = aws.ec2.PlacementGroup(f"{name}-placement", strategy="cluster", tags=tags, opts=child(self))
+            placement = {"group_name": group.name}
         volume = {"encrypted": "true", "kms_key_id": args.key_arn, "volume_type": "gp3",
                   "delete_on_termination": "true"}  # fmt: skip
         devices = [
@@ -89,18 +136,9 @@ class Training(pulumi.ComponentResource):
         if args.scratch_volume_gb:
             devices.append(
                 {"device_name": SCRATCH_DEVICE,
-                 "ebs": {**volume, "volume_size": args.scratch_volume_gb}}
+                 "ebs": {**volume, "volume_size": args.scratch_volume_gb, "iops": args.scratch_iops,
+                         "throughput": args.scratch_throughput_mibps}}
             )  # fmt: skip
-        market = None
-        if args.spot_max_price is not None:
-            market = {
-                "market_type": "spot",
-                "spot_options": {
-                    "max_price": str(args.spot_max_price),
-                    "spot_instance_type": "one-time",
-                    "instance_interruption_behavior": "terminate",
-                },
-            }
         template = aws.ec2.LaunchTemplate(
             f"{name}-launch-template",
             description=f"stratus training nodes ({args.instance_type.name})",
@@ -112,8 +150,10 @@ class Training(pulumi.ComponentResource):
             network_interfaces=network_interfaces(
                 args.instance_type.efa_interfaces, args.subnet_id, args.security_group_id
             ),
-            placement={"group_name": group.name},
-            instance_market_options=market,
+            placement=placement,
+            instance_market_options=market_options(args),
+            capacity_reservation_specification=reservation_options(args),
+            monitoring={"enabled": True},
             ebs_optimized="true",
             user_data=pulumi.Output.from_input(args.user_data).apply(
                 lambda text: base64.b64encode(text.encode()).decode()
@@ -125,19 +165,31 @@ class Training(pulumi.ComponentResource):
             tags=tags,
             opts=child(self),
         )
-        nodes = [
-            aws.ec2.Instance(
-                f"{name}-node-{i}",
-                launch_template={"id": template.id, "version": template.latest_version.apply(str)},
-                # Repeated from the template on purpose: an instance-level setting wins over
-                # the template, so IMDSv2 holds even if someone edits the template.
-                metadata_options=IMDSV2_ONLY,
-                tags={**tags, "Name": f"{name}-node-{i}"},
-                opts=child(self),
-            )
-            for i in range(args.num_nodes)
-        ]
+        nodes = [self._node(name, i, args, template, image, tags) for i in range(args.num_nodes)]
         self.instance_ids = pulumi.Output.all(*(n.id for n in nodes))
         self.private_ips = pulumi.Output.all(*(n.private_ip for n in nodes))
         self.slots_per_node = args.instance_type.gpus
         self.register_outputs({"instance_ids": self.instance_ids, "private_ips": self.private_ips})
+
+    def _node(self, name: str, i: int, args: TrainingArgs, template, image: Image, tags) -> aws.ec2.Instance:
+        # A new template version (AMI, user data) would replace the node: ignored unless asked.
+        ignore = [] if args.follow_launch_template else ["launchTemplate", "rootBlockDevice"]
+        return aws.ec2.Instance(
+            f"{name}-node-{i}",
+            launch_template={"id": template.id, "version": template.latest_version.apply(str)},
+            # Repeated from the template on purpose: an instance-level setting wins over the
+            # template (IMDSv2 holds even if someone edits it), and scanners read the instance.
+            metadata_options=IMDSV2_ONLY,
+            monitoring=True,
+            ebs_optimized=True,
+            iam_instance_profile=args.instance_profile_name,
+            root_block_device={
+                "encrypted": True,
+                "kms_key_id": args.key_arn,
+                "volume_type": "gp3",
+                "volume_size": args.root_volume_gb,
+                "delete_on_termination": True,
+            },
+            tags={**tags, "Name": f"{name}-node-{i}"},
+            opts=child(self, ignore_changes=ignore),
+        )

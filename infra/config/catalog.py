@@ -43,6 +43,18 @@ class InstanceType:
     """EFA network interfaces the type supports (one per network card); 0: no EFA."""
     usd_per_hour: dict[str, Decimal]
     """On-demand USD/h by region; a region missing here does not offer the type."""
+    nvme_disks: int = 0
+    """Local NVMe instance-store disks (the nodes stripe them into the scratch volume)."""
+    nvme_disk_gb: int = 0
+    """Size of each instance-store disk in GB."""
+    efa_rdma: bool = False
+    """EFA supports RDMA read/write (GPUDirect RDMA: `FI_EFA_USE_DEVICE_RDMA=1`)."""
+
+    @property
+    def quota(self) -> tuple[str, str, str, str]:
+        """Service Quotas codes and names of the running-instance vCPU quota of the type's family:
+        (on-demand code, on-demand name, spot code, spot name), service `ec2`."""
+        return QUOTAS[self.name[0] if self.name[0] in QUOTAS else "standard"]
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -57,10 +69,11 @@ def _prices(us_east_1: str, us_west_2: str, eu_west_1: str | None) -> dict[str, 
     return prices
 
 
-def _gpu(name, gpus, model, gpu_mem, vcpus, mem, gbps, efa, prices) -> InstanceType:
+def _gpu(name, gpus, model, gpu_mem, vcpus, mem, gbps, efa, prices, nvme=(0, 0), rdma=False) -> InstanceType:
     return InstanceType(
         name=name, gpus=gpus, gpu_model=model, gpu_memory_gib=gpu_mem, vcpus=vcpus,
         memory_gib=mem, network_gbps=gbps, efa_interfaces=efa, usd_per_hour=prices,
+        nvme_disks=nvme[0], nvme_disk_gb=nvme[1], efa_rdma=rdma,
     )  # fmt: skip
 
 
@@ -68,20 +81,36 @@ def _cpu(name, vcpus, mem, prices) -> InstanceType:
     return _gpu(name, 0, "", 0, vcpus, mem, 12.5, 0, prices)
 
 
+QUOTAS = {
+    "p": ("L-417A185B", "Running On-Demand P instances", "L-7212CCBC", "All P Spot Instance Requests"),
+    "g": ("L-DB2E81BA", "Running On-Demand G and VT instances", "L-3819A6DF",
+          "All G and VT Spot Instance Requests"),
+    "standard": ("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances",
+                 "L-34B43A08", "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests"),
+}  # fmt: skip
+"""EC2 vCPU quotas by instance family (Service Quotas, service code `ec2`)."""
+
+
 # EFA interface counts follow the EC2 user guide table "Supported instance types" for EFA:
-# g5.48xlarge and g6e.12xlarge have one EFA-capable card, p4d/g6e.48xlarge four, p5 thirty-two.
+# g5.48xlarge and g6e.12xlarge have one EFA-capable card, p4d/g6e.48xlarge four, p5 thirty-two;
+# p4d and p5 also support RDMA over EFA. NVMe counts and sizes: EC2 user guide, "Instance store
+# volume limits" (the local disks the training nodes stripe into /scratch).
 _CATALOG = [
-    _gpu("g5.xlarge", 1, "A10G", 24, 4, 16, 10, 0, _prices("1.006", "1.006", "1.123")),
-    _gpu("g5.2xlarge", 1, "A10G", 24, 8, 32, 10, 0, _prices("1.212", "1.212", "1.353")),
-    _gpu("g5.12xlarge", 4, "A10G", 96, 48, 192, 40, 0, _prices("5.672", "5.672", "6.332")),
-    _gpu("g5.48xlarge", 8, "A10G", 192, 192, 768, 100, 1, _prices("16.288", "16.288", "18.184")),
-    _gpu("g6.xlarge", 1, "L4", 24, 4, 16, 10, 0, _prices("0.8048", "0.8048", None)),
-    _gpu("g6.12xlarge", 4, "L4", 96, 48, 192, 40, 0, _prices("4.6016", "4.6016", None)),
-    _gpu("g6e.xlarge", 1, "L40S", 48, 4, 32, 20, 0, _prices("1.861", "1.861", None)),
-    _gpu("g6e.12xlarge", 4, "L40S", 192, 48, 384, 100, 1, _prices("10.493", "10.493", None)),
-    _gpu("g6e.48xlarge", 8, "L40S", 384, 192, 1536, 400, 4, _prices("30.131", "30.131", None)),
-    _gpu("p4d.24xlarge", 8, "A100", 320, 96, 1152, 400, 4, _prices("21.96", "21.96", "23.72")),
-    _gpu("p5.48xlarge", 8, "H100", 640, 192, 2048, 3200, 32, _prices("55.04", "55.04", None)),
+    _gpu("g5.xlarge", 1, "A10G", 24, 4, 16, 10, 0, _prices("1.006", "1.006", "1.123"), nvme=(1, 250)),
+    _gpu("g5.2xlarge", 1, "A10G", 24, 8, 32, 10, 0, _prices("1.212", "1.212", "1.353"), nvme=(1, 450)),
+    _gpu("g5.12xlarge", 4, "A10G", 96, 48, 192, 40, 0, _prices("5.672", "5.672", "6.332"), nvme=(1, 3800)),
+    _gpu("g5.48xlarge", 8, "A10G", 192, 192, 768, 100, 1, _prices("16.288", "16.288", "18.184"), nvme=(2, 3800)),
+    _gpu("g6.xlarge", 1, "L4", 24, 4, 16, 10, 0, _prices("0.8048", "0.8048", None), nvme=(1, 250)),
+    _gpu("g6.12xlarge", 4, "L4", 96, 48, 192, 40, 0, _prices("4.6016", "4.6016", None), nvme=(4, 940)),
+    _gpu("g6e.xlarge", 1, "L40S", 48, 4, 32, 20, 0, _prices("1.861", "1.861", None), nvme=(1, 250)),
+    _gpu("g6e.12xlarge", 4, "L40S", 192, 48, 384, 100, 1, _prices("10.493", "10.493", None), nvme=(2, 1900)),
+    _gpu("g6e.48xlarge", 8, "L40S", 384, 192, 1536, 400, 4, _prices("30.131", "30.131", None), nvme=(4, 1900)),
+    _gpu(
+        "p4d.24xlarge", 8, "A100", 320, 96, 1152, 400, 4, _prices("21.96", "21.96", "23.72"), nvme=(8, 1000), rdma=True
+    ),
+    _gpu(
+        "p5.48xlarge", 8, "H100", 640, 192, 2048, 3200, 32, _prices("55.04", "55.04", None), nvme=(8, 3840), rdma=True
+    ),
     _cpu("c7i.xlarge", 4, 8, _prices("0.1785", "0.1785", "0.1995")),
     _cpu("c7i.2xlarge", 8, 16, _prices("0.357", "0.357", "0.399")),
     _cpu("m7i.xlarge", 4, 16, _prices("0.2016", "0.2016", "0.2226")),
@@ -97,6 +126,10 @@ class RegionPrices:
 
     gp3_gb_month: Decimal
     """EBS gp3 storage per GB-month (baseline IOPS/throughput, which are free)."""
+    gp3_iops_month: Decimal
+    """gp3 provisioned IOPS above 3000, per IOPS-month."""
+    gp3_mibps_month: Decimal
+    """gp3 provisioned throughput above 125 MiB/s, per MiB/s-month."""
     s3_standard_gb_month: Decimal
     """S3 Standard storage per GB-month, first 50 TB tier."""
     nat_gateway_hour: Decimal
@@ -111,17 +144,20 @@ class RegionPrices:
 
 REGIONS: dict[str, RegionPrices] = {
     "us-east-1": RegionPrices(
-        gp3_gb_month=Decimal("0.08"), s3_standard_gb_month=Decimal("0.023"),
+        gp3_gb_month=Decimal("0.08"), gp3_iops_month=Decimal("0.005"), gp3_mibps_month=Decimal("0.04"),
+        s3_standard_gb_month=Decimal("0.023"),
         nat_gateway_hour=Decimal("0.045"), public_ipv4_hour=Decimal("0.005"),
         interface_endpoint_az_hour=Decimal("0.01"), kms_key_month=Decimal("1"),
     ),
     "us-west-2": RegionPrices(
-        gp3_gb_month=Decimal("0.08"), s3_standard_gb_month=Decimal("0.023"),
+        gp3_gb_month=Decimal("0.08"), gp3_iops_month=Decimal("0.005"), gp3_mibps_month=Decimal("0.04"),
+        s3_standard_gb_month=Decimal("0.023"),
         nat_gateway_hour=Decimal("0.045"), public_ipv4_hour=Decimal("0.005"),
         interface_endpoint_az_hour=Decimal("0.01"), kms_key_month=Decimal("1"),
     ),
     "eu-west-1": RegionPrices(
-        gp3_gb_month=Decimal("0.088"), s3_standard_gb_month=Decimal("0.023"),
+        gp3_gb_month=Decimal("0.088"), gp3_iops_month=Decimal("0.0055"), gp3_mibps_month=Decimal("0.044"),
+        s3_standard_gb_month=Decimal("0.023"),
         nat_gateway_hour=Decimal("0.048"), public_ipv4_hour=Decimal("0.005"),
         interface_endpoint_az_hour=Decimal("0.011"), kms_key_month=Decimal("1"),
     ),

@@ -58,10 +58,46 @@ def _line(item: str, quantity: Decimal | int, unit: Decimal) -> CostLine:
     return CostLine(item, quantity, unit, hourly)
 
 
+def _trainer_price(cfg: StackConfig) -> tuple[Decimal, str]:
+    """Price per node-hour and how it was chosen: spot cap, Capacity Block price, or on-demand.
+
+    A Capacity Reservation (ODCR) bills at the on-demand rate whether used or not.
+    """
+    on_demand = CATALOG[cfg.trainer_instance_type].usd_per_hour[cfg.region]
+    if cfg.trainer_market == "spot":
+        assert cfg.trainer_spot_max_price is not None  # config validation guarantees it
+        return Decimal(str(cfg.trainer_spot_max_price)), "spot cap"
+    if cfg.trainer_market == "capacity-block":
+        if cfg.trainer_capacity_block_usd_per_hour is not None:
+            return Decimal(str(cfg.trainer_capacity_block_usd_per_hour)), "capacity block"
+        return on_demand, "capacity block, on-demand price"
+    if cfg.reservation_target is not None:
+        return on_demand, "on-demand, reserved"
+    return on_demand, "on-demand"
+
+
+def _scratch_performance(cfg: StackConfig, scratch_mode: str) -> list[CostLine]:
+    """gp3 IOPS above 3000 and throughput above 125 MiB/s are billed per month."""
+    if scratch_mode != "ebs":
+        return []
+    region = REGIONS[cfg.region]
+    lines = []
+    extra_iops = cfg.trainer_scratch_iops - 3000
+    extra_mibps = cfg.trainer_scratch_throughput_mibps - 125
+    if extra_iops:
+        lines.append(_line("gp3 IOPS above 3000, scratch", cfg.num_trainers * extra_iops,
+                           region.gp3_iops_month / HOURS_PER_MONTH))  # fmt: skip
+    if extra_mibps:
+        lines.append(_line("gp3 MiB/s above 125, scratch", cfg.num_trainers * extra_mibps,
+                           region.gp3_mibps_month / HOURS_PER_MONTH))  # fmt: skip
+    return lines
+
+
 def estimate_cost(cfg: StackConfig) -> CostEstimate:
     """Estimate the stack's hourly cost from its config.
 
-    Spot nodes are priced at their configured price cap, the most they can cost.
+    Spot nodes are priced at their configured price cap, the most they can cost; Capacity Block
+    nodes at `trainer-capacity-block-usd-per-hour` when set.
 
     Args:
         cfg: a validated stack config (region and instance types are in the catalog).
@@ -74,17 +110,15 @@ def estimate_cost(cfg: StackConfig) -> CostEstimate:
     trainer = CATALOG[cfg.trainer_instance_type]
     server = CATALOG[cfg.serving_instance_type]
     gp3_hour = region.gp3_gb_month / HOURS_PER_MONTH
-    if cfg.trainer_market == "spot":
-        assert cfg.trainer_spot_max_price is not None  # config validation guarantees it
-        trainer_price, market = Decimal(str(cfg.trainer_spot_max_price)), "spot cap"
-    else:
-        trainer_price, market = trainer.usd_per_hour[cfg.region], "on-demand"
-    trainer_gb = cfg.trainer_root_volume_gb + cfg.trainer_scratch_volume_gb
+    trainer_price, market = _trainer_price(cfg)
+    scratch_mode, scratch_gb = cfg.scratch
+    trainer_gb = cfg.trainer_root_volume_gb + scratch_gb
     lines = [
         _line(f"training node {trainer.name} ({market})", cfg.num_trainers, trainer_price),
         _line(f"serving host {server.name}", 1, server.usd_per_hour[cfg.region]),
         _line("EBS gp3 GB, training nodes", cfg.num_trainers * trainer_gb, gp3_hour),
         _line("EBS gp3 GB, serving host", cfg.serving_root_volume_gb, gp3_hour),
+        *_scratch_performance(cfg, scratch_mode),
         _line("S3 Standard GB (estimated-s3-gb)", cfg.estimated_s3_gb,
               region.s3_standard_gb_month / HOURS_PER_MONTH),
         _line("interface endpoint x AZ", len(cfg.interface_endpoints) * cfg.num_availability_zones,

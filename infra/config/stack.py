@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra.config import validate
+from infra.config import capacity, validate
 from infra.config.errors import ConfigError
 
 NAMESPACE = "stratus"
@@ -53,15 +53,39 @@ class StackConfig:
     num_trainers: int = _key("trainer-count", 2)
     """Number of training nodes (1-64)."""
     trainer_market: str = _key("trainer-market", "on-demand")
-    """`on-demand` or `spot`."""
+    """`on-demand`, `spot` or `capacity-block` (an EC2 Capacity Block for ML)."""
     trainer_spot_max_price: float | None = _key("trainer-spot-max-price")
     """Spot price cap in USD/h per node; required with `trainer-market: spot`."""
+    trainer_capacity_reservation_id: str | None = _key("trainer-capacity-reservation-id")
+    """Capacity Reservation the nodes launch into (`cr-...`): an On-Demand Capacity Reservation,
+    or the reservation of the Capacity Block (required with `trainer-market: capacity-block`)."""
+    trainer_capacity_reservation_group_arn: str | None = _key("trainer-capacity-reservation-group-arn")
+    """Resource group of On-Demand Capacity Reservations the nodes launch into (instead of an id)."""
+    trainer_capacity_reservation_preference: str | None = _key("trainer-capacity-reservation-preference")
+    """Without a target: `open` (default; use any matching open reservation) or `none`."""
+    trainer_capacity_block_usd_per_hour: float | None = _key("trainer-capacity-block-usd-per-hour")
+    """The Capacity Block's price per instance-hour (its upfront fee / instance-hours), for the
+    estimate; unset: the estimate uses the on-demand price."""
+    trainer_placement_group: bool | None = _key("trainer-placement-group")
+    """Launch the nodes in a cluster placement group; default: yes, unless the nodes target a
+    reservation (the reservation decides placement; a Capacity Block is already co-located)."""
     trainer_ami: str | None = _key("trainer-ami")
-    """AMI id override for training nodes; default: the newest Deep Learning AMI (PyTorch)."""
+    """Pinned AMI id of the training nodes (`scripts/plan.sh --update-ami` writes it); unset: the
+    newest Deep Learning AMI at each preview, and the nodes ignore that it changed."""
+    trainer_follow_launch_template: bool = _key("trainer-follow-launch-template", False)
+    """Replace running nodes when their launch template changes (new AMI, user data, volumes);
+    off: only new nodes get the new template."""
     trainer_root_volume_gb: int = _key("trainer-root-volume-gb", 200)
     """Root volume of each training node in GB (gp3, encrypted with the stack key)."""
-    trainer_scratch_volume_gb: int = _key("trainer-scratch-volume-gb", 500)
-    """Scratch volume mounted at /scratch on each training node in GB; 0: none."""
+    trainer_scratch_volume_gb: int | None = _key("trainer-scratch-volume-gb")
+    """EBS scratch volume mounted at /scratch in GB; 0: none; unset: the type's local NVMe disks
+    (striped) when it has them, else 500."""
+    trainer_scratch_iops: int = _key("trainer-scratch-iops", 3000)
+    """Provisioned IOPS of the EBS scratch volume (gp3, 3000-16000)."""
+    trainer_scratch_throughput_mibps: int = _key("trainer-scratch-throughput-mibps", 125)
+    """Provisioned throughput of the EBS scratch volume in MiB/s (gp3, 125-1000, at most IOPS/4)."""
+    quota_check: bool = _key("quota-check", True)
+    """At preview, compare the vCPUs the stack runs with the account's EC2 quotas (Service Quotas)."""
     serving_instance_type: str = _key("serving-instance-type", "c7i.xlarge")
     """Instance type of the serving host, GPU or CPU (from the catalog)."""
     serving_ami: str | None = _key("serving-ami")
@@ -112,8 +136,10 @@ class StackConfig:
             spot_max_price=self.trainer_spot_max_price,
             ami=self.trainer_ami,
             root_volume_gb=self.trainer_root_volume_gb,
-            scratch_volume_gb=self.trainer_scratch_volume_gb,
+            scratch_volume_gb=self.trainer_scratch_volume_gb or 0,
         )
+        capacity.check_capacity(self)
+        capacity.check_scratch(self)
         validate.check_serving(
             region=self.region,
             instance_type_name=self.serving_instance_type,
@@ -131,6 +157,27 @@ class StackConfig:
             max_hourly_usd=self.max_hourly_usd,
             training_hours=self.training_hours,
         )
+
+    @property
+    def reservation_target(self) -> dict[str, str] | None:
+        """The `capacity_reservation_target` of the nodes, or None when they target nothing."""
+        if self.trainer_capacity_reservation_id:
+            return {"capacity_reservation_id": self.trainer_capacity_reservation_id}
+        if self.trainer_capacity_reservation_group_arn:
+            return {"capacity_reservation_resource_group_arn": self.trainer_capacity_reservation_group_arn}
+        return None
+
+    @property
+    def use_placement_group(self) -> bool:
+        """Cluster placement group: as configured, else only when no reservation is targeted."""
+        if self.trainer_placement_group is not None:
+            return self.trainer_placement_group
+        return self.reservation_target is None
+
+    @property
+    def scratch(self) -> tuple[str, int]:
+        """(`nvme`, 0), (`ebs`, GB) or (`none`, 0): where the nodes' /scratch lives."""
+        return capacity.scratch_choice(self.trainer_instance_type, self.trainer_scratch_volume_gb)
 
 
 FIELDS = {f.metadata["key"]: f for f in dataclasses.fields(StackConfig)}

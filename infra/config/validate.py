@@ -18,7 +18,7 @@ INTERFACE_SERVICES = frozenset({"ssm", "ssmmessages", "ec2messages", "kms", "log
 """Services `interface-endpoints` may name."""
 SSM_SERVICES = ("ssm", "ssmmessages", "ec2messages")
 """Endpoints Session Manager needs when instances have no internet egress."""
-MARKETS = ("on-demand", "spot")
+MARKETS = ("on-demand", "spot", "capacity-block")
 AMI_ID = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
 ZONE_NAME = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
 MIN_GPU_ROOT_GB = 100  # Deep Learning AMI root snapshot plus the runtime venv and caches.
@@ -145,7 +145,9 @@ def check_trainer(
     trainer = instance_type("trainer-instance-type", instance_type_name, region, gpu_only=True)
     _in_range("trainer-count", num_trainers, 1, 64)
     if market not in MARKETS:
-        raise ConfigError("trainer-market", f"{market!r} is not a market", "use `on-demand` or `spot`")
+        raise ConfigError(
+            "trainer-market", f"{market!r} is not a market", "use `on-demand`, `spot` or `capacity-block`"
+        )
     on_demand = float(trainer.usd_per_hour[region])
     if market == "spot" and spot_max_price is None:
         raise ConfigError(
@@ -153,10 +155,10 @@ def check_trainer(
             "is required with `trainer-market: spot` so the budget guard has an upper bound",
             f"set a cap in USD/h per node, at most the on-demand {on_demand}",
         )
-    if market == "on-demand" and spot_max_price is not None:
+    if market != "spot" and spot_max_price is not None:
         raise ConfigError(
             "trainer-spot-max-price",
-            "is set but `trainer-market` is on-demand",
+            f"is set but `trainer-market` is {market}",
             "remove it, or set `trainer-market: spot`",
         )
     if spot_max_price is not None and not 0 < spot_max_price <= on_demand:

@@ -23,12 +23,12 @@ from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.config.catalog import offering_regions
-
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "__main__.py"
 ACCOUNT_ID = "123456789012"
 S3_PREFIX_LIST = "pl-63a5400a"
+ORGANIZATION = "organization"
+"""The organization of offline runs (the name Pulumi's self-managed backends use)."""
 
 
 def _reveal(value: Any) -> Any:
@@ -49,16 +49,32 @@ def _tag(text: str, n: int = 17) -> str:
 class StratusMocks(pulumi.runtime.Mocks):
     """AWS-like answers for resources and invokes.
 
+    What only AWS knows is not invented here: zone offerings default to every zone (the offline
+    plan lists that check as one only a real preview makes), quotas to `UNLIMITED`, and the
+    newest AMI to one derived from `ami_generation`.
+
     Args:
         region: region whose zones `getAvailabilityZones` returns.
-        offerings: instance type -> zones offering it; default: every zone of a region that the
-            catalog lists for the type.
+        offerings: instance type -> zones offering it; default: every zone.
+        quotas: Service Quotas code -> value; default: `UNLIMITED`.
+        ami_generation: changes the id of the "newest" AMI a lookup by name returns (a new
+            image published by AWS).
     """
 
-    def __init__(self, region: str = "us-east-1", offerings: Mapping[str, list[str]] | None = None):
+    UNLIMITED = 1e9
+
+    def __init__(
+        self,
+        region: str = "us-east-1",
+        offerings: Mapping[str, list[str]] | None = None,
+        quotas: Mapping[str, float] | None = None,
+        ami_generation: int = 0,
+    ):
         self.region = region
         self.zones = [f"{region}{z}" for z in "abcd"]
         self.offerings = dict(offerings or {})
+        self.quotas = dict(quotas or {})
+        self.ami_generation = ami_generation
         self._next_ip = 10
         self.invokes: list[tuple[str, dict]] = []
 
@@ -119,15 +135,20 @@ class StratusMocks(pulumi.runtime.Mocks):
             return {"names": self.zones, "zoneIds": ids, "id": self.region}
         if invoke == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
             instance_type = a["filters"][0]["values"][0]
-            default = self.zones if self.region in offering_regions(instance_type) else []
-            zones = self.offerings.get(instance_type, default)
+            zones = self.offerings.get(instance_type, self.zones)
             return {"locations": zones, "instanceTypes": [instance_type] * len(zones),
                     "locationTypes": ["availability-zone"] * len(zones), "id": self.region}  # fmt: skip
         if invoke == "aws:ec2/getAmi:getAmi":
             names = [f["values"][0] for f in a.get("filters", []) if f["name"] in ("name", "image-id")]
-            ami = names[0] if names and names[0].startswith("ami-") else f"ami-{_tag(str(names))}"
+            pinned = names and names[0].startswith("ami-")
+            ami = names[0] if pinned else f"ami-{_tag(str(names) + str(self.ami_generation))}"
             return {"id": ami, "imageId": ami, "rootDeviceName": "/dev/xvda",
                     "architecture": "x86_64", "name": names[0] if names else "mock"}  # fmt: skip
+        if invoke == "aws:servicequotas/getServiceQuota:getServiceQuota":
+            value = self.quotas.get(a["quotaCode"], self.UNLIMITED)
+            return {"value": value, "quotaCode": a["quotaCode"], "serviceCode": a["serviceCode"],
+                    "quotaName": a["quotaCode"], "adjustable": True, "globalQuota": False,
+                    "id": a["quotaCode"]}  # fmt: skip
         raise NotImplementedError(f"the offline mocks do not answer the invoke {invoke}")
 
 
@@ -144,6 +165,7 @@ class Registered:
     parent: str
     custom: bool
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 class RecordingMonitor(MockMonitor):
@@ -163,6 +185,7 @@ class RecordingMonitor(MockMonitor):
             self.recorded.append(Registered(
                 response.urn, request.type, request.name, registration.id, inputs,
                 _reveal(dict(registration.state)), request.parent, bool(request.custom), deps,
+                list(request.ignoreChanges),
             ))  # fmt: skip
         return response
 
@@ -237,7 +260,9 @@ def run(
     mocks = mocks or StratusMocks(region=str(config.get("aws:region", "us-east-1")))
     monitor = RecordingMonitor(mocks)
     settings.ROOT.set(None)  # each run gets a fresh root stack resource
-    pulumi.runtime.set_mocks(mocks, project="stratus", stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(
+        mocks, project="stratus", stack=stack, preview=False, monitor=monitor, organization=ORGANIZATION
+    )
     pulumi.runtime.set_all_config(config_strings(config))
     returned: dict[str, Any] = {}
     _sync_await(run_pulumi_func(lambda: returned.update(body() or {})))

@@ -1,4 +1,4 @@
-"""The runtime bundle: a deterministic tarball of `runtime/`, `requirements.txt` and optional wheels.
+"""The runtime bundle: a deterministic tarball of `runtime/`, `requirements/runtime.txt` and optional wheels.
 
 `stratus remote` uploads it to `s3://<models_bucket>/<BUNDLE_KEY>` (runtime.contract); each host's
 `stratus-prepare.service` unpacks it into `<APP_DIR>/app` and builds the venv.
@@ -15,6 +15,9 @@ from pathlib import Path
 from runtime.common.fsutil import sha256_file
 from runtime.remote.outputs import RemoteError
 
+RUNTIME_REQUIREMENTS = "requirements/runtime.txt"
+"""The pins the hosts install, at the same path in the repository and in the bundle."""
+
 BUNDLE_MTIME = 315532800  # 1980-01-01: fixed, so the same sources give the same bytes
 _SKIP_PARTS = ("__pycache__",)
 
@@ -29,16 +32,17 @@ class BundleEntry:
 
 
 def bundle_entries(root: Path, wheels: Path | None = None) -> list[BundleEntry]:
-    """What goes into the bundle: `runtime/` (no caches or hidden files), `requirements.txt`, wheels.
+    """What goes into the bundle: `runtime/` (no caches or hidden files), `requirements/runtime.txt`
+    (what the hosts install: no infra, test or lint tools), wheels.
 
     Raises:
         RemoteError: a missing source, or a symlink (it would unpack to something else on the node).
     """
     found: list[tuple[str, Path]] = []
-    req = root / "requirements.txt"
+    req = root / RUNTIME_REQUIREMENTS
     if not (root / "runtime").is_dir() or not req.is_file():
-        raise RemoteError(f"{root}: needs runtime/ and requirements.txt to build the runtime bundle")
-    found.append(("requirements.txt", req))
+        raise RemoteError(f"{root}: needs runtime/ and {RUNTIME_REQUIREMENTS} to build the runtime bundle")
+    found.append((RUNTIME_REQUIREMENTS, req))
     for path in (root / "runtime").rglob("*"):
         rel = path.relative_to(root)
         if any(part in _SKIP_PARTS or part.startswith(".") for part in rel.parts) or path.suffix == ".pyc":
@@ -51,7 +55,8 @@ def bundle_entries(root: Path, wheels: Path | None = None) -> list[BundleEntry]:
         whls = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
         if not whls:
             raise RemoteError(
-                f"--wheels {wheels}: no .whl files there (fill it with `pip download -r requirements.txt`)"
+                f"--wheels {wheels}: no .whl files there (fill it with `pip download --python-version 3.11 --platform "
+                "manylinux_2_28_x86_64 --only-binary=:all: -r requirements/runtime.txt`)"
             )
         found += [(f"wheels/{w.name}", w) for w in whls]
     return [BundleEntry(name, path, path.stat().st_size) for name, path in sorted(found)]

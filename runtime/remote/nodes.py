@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from runtime.common.options import to_argv
-from runtime.contract import APP_DIR, HOST_BUNDLE, HOST_PYTHON, NODE_OUTPUT_DIR, PREPARE_UNIT
+from runtime.contract import APP_DIR, HOST_BUNDLE, HOST_PYTHON, NODE_ENV_FILE, NODE_OUTPUT_DIR, PREPARE_UNIT
 from runtime.remote.outputs import StackOutputs
 from runtime.train.command import TrainOptions
 
@@ -90,6 +90,8 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
     lines = [
         "set -u",
         f"export AWS_REGION={q(out.region)} AWS_DEFAULT_REGION={q(out.region)}",
+        # NCCL/EFA settings of the node's type (written by its user data).
+        f"if [ -r {NODE_ENV_FILE} ]; then set -a; . {NODE_ENV_FILE}; set +a; fi",
         f"echo '[stratus] node {node_rank}/{out.num_nodes} ({out.private_ips[node_rank]}): installing the bundle'",
         f"systemctl restart {PREPARE_UNIT} || {{ echo '[stratus] installing the runtime bundle failed; "
         f"see journalctl -u {PREPARE_UNIT}' >&2; exit 1; }}",

@@ -29,7 +29,7 @@ def test_exports_exactly_the_architecture_outputs(example_run):
     assert len(out["trainer_instance_ids"]) == len(out["trainer_private_ips"]) == 2
     assert out["trainer_slots_per_node"] == CATALOG["g5.12xlarge"].gpus == 4
     assert out["serving_url"] == f"http://{out['serving_private_ip']}:8000"
-    assert out["serving_token_parameter"] == "/stratus/dev/serving-token"
+    assert out["serving_token_parameter"] == "/organization/stratus/dev/serving-token"
     for purpose in ("datasets", "checkpoints", "models", "logs"):
         assert out[f"{purpose}_bucket"].startswith(f"stratus-dev-{purpose}-")
 

@@ -97,6 +97,7 @@ def _launch_without_template(run, resource):
     resource.property_dependencies.pop("launchTemplate")
     for props in _both(resource):
         props.pop("launchTemplate")
+        props.pop("rootBlockDevice")
 
 
 MUTATIONS = [
@@ -105,7 +106,8 @@ MUTATIONS = [
     ("aws-ec2-instance-imdsv2-required", "serving-host", _set(["metadataOptions", "httpPutResponseHopLimit"], 2)),
     ("aws-ec2-securitygroup-no-internet-ingress", "network-serving-inference-0", _set(["cidrIpv4"], "0.0.0.0/0")),
     ("aws-ec2-securitygroup-no-internet-ingress", "network-endpoints-sg",
-     _set(["ingress"], [{"protocol": "tcp", "fromPort": 443, "toPort": 443, "ipv6CidrBlocks": ["::/0"]}])),
+     _set(["ingress"], [{"protocol": "tcp", "fromPort": 443, "toPort": 443, "ipv6CidrBlocks": ["::/0"],
+                         "description": "HTTPS"}])),
     ("aws-ec2-securitygroup-no-ssh", "network-endpoints-https", _set(["fromPort"], 22)),
     ("aws-iam-policy-no-wildcard-allow", "iam-trainer-policy",
      _edit_policy("policy", lambda d: d["Statement"][0].update(Action=["s3:*"]))),
@@ -130,9 +132,16 @@ MUTATIONS = [
     ("aws-s3-bucket-policy-tls-only", "storage-checkpoints-policy",
      _edit_policy("policy", lambda d: d.update(Statement=d["Statement"][1:]))),
     ("aws-ec2-volume-encrypted-stack-key", "training-launch-template",
-     _set(["blockDeviceMappings", 1, "ebs", "encrypted"], "false")),
+     _set(["blockDeviceMappings", 0, "ebs", "encrypted"], "false")),
     ("aws-ec2-volume-encrypted-stack-key", "serving-host", _set(["rootBlockDevice", "encrypted"], False)),
     ("aws-ec2-volume-encrypted-stack-key", "training-node-0", _launch_without_template),
+    ("aws-ec2-volume-encrypted-stack-key", "training-node-1", _set(["rootBlockDevice"], None)),
+    ("aws-ec2-securitygroup-rule-description", "network-training-to-self", _set(["description"], "")),
+    ("aws-ec2-securitygroup-rule-description", "network-serving-sg",
+     _set(["egress"], [{"protocol": "tcp", "fromPort": 443, "toPort": 443, "cidrBlocks": ["10.0.0.0/8"]}])),
+    ("aws-ec2-instance-explicit-settings", "training-node-0", _set(["monitoring"], False)),
+    ("aws-ec2-instance-explicit-settings", "serving-host", _set(["ebsOptimized"], None)),
+    ("aws-ec2-instance-explicit-settings", "training-node-1", _set(["iamInstanceProfile"], None)),
     ("aws-ec2-vpc-flow-logs-enabled", "network-flow-log", _set(["trafficType"], "REJECT")),
     ("aws-ec2-vpc-flow-logs-enabled", "network-flow-log", _remove),
 ]  # fmt: skip

@@ -11,7 +11,7 @@ from tests.infra.iam_sim import SSM_CORE_PARAMETER_STATEMENT, is_allowed
 
 REGION = "us-east-1"
 KEY = "arn:aws:kms:us-east-1:123456789012:key/stack"
-TOKEN = "arn:aws:ssm:us-east-1:123456789012:parameter/stratus/dev/serving-token"
+TOKEN = "arn:aws:ssm:us-east-1:123456789012:parameter/organization/stratus/dev/serving-token"
 S3_VIA = {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}
 SSM_VIA = {"kms:ViaService": f"ssm.{REGION}.amazonaws.com", "kms:EncryptionContext:PARAMETER_ARN": TOKEN}
 
@@ -86,7 +86,7 @@ def test_pure_documents_follow_the_matrix():
 
 def test_registered_roles_follow_the_matrix(example_run):
     docs, arns, key = _registered_documents(example_run)
-    assert example_run.outputs["serving_token_parameter"] == "/stratus/dev/serving-token"
+    assert example_run.outputs["serving_token_parameter"] == "/organization/stratus/dev/serving-token"
     assert matrix_violations(docs, arns, key, TOKEN) == []
 
 

@@ -12,7 +12,8 @@ from tests.infra.components.support import KEY, TAGS
 def training_run(instance_type: str, mocks=None, **overrides):
     args = dict(
         instance_type=CATALOG[instance_type], num_nodes=3, subnet_id="subnet-1", security_group_id="sg-1",
-        instance_profile_arn="arn:aws:iam::1:instance-profile/t", key_arn=KEY, user_data="#!/bin/bash\n",
+        instance_profile_arn="arn:aws:iam::1:instance-profile/t", instance_profile_name="t", key_arn=KEY,
+        user_data="#!/bin/bash\n",
         region="us-east-1", tags=TAGS,
     )  # fmt: skip
     return run(lambda: {"t": Training("training", TrainingArgs(**{**args, **overrides}))}, mocks=mocks)
@@ -20,7 +21,7 @@ def training_run(instance_type: str, mocks=None, **overrides):
 
 def test_training_nodes_get_efa_on_every_efa_card_and_spot_when_capped():
     mocks = StratusMocks()
-    result = training_run("p4d.24xlarge", mocks=mocks, spot_max_price=12.5)
+    result = training_run("p4d.24xlarge", mocks=mocks, market="spot", spot_max_price=12.5)
     (lt,) = result.of_type(checks.LT)
     interfaces = lt.inputs["networkInterfaces"]
     assert [(i["networkCardIndex"], i["deviceIndex"], i["interfaceType"]) for i in interfaces] == [

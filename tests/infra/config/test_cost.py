@@ -18,7 +18,7 @@ def _lines(estimate) -> dict[str, Decimal]:
 
 def test_two_nodes_for_ten_hours_plus_serving_host_and_nat():
     cfg = parse_config({"aws:region": "us-east-1", "trainer-instance-type": "g5.12xlarge", "trainer-count": 2,
-                        "egress-enabled": True, "training-hours": 10})  # fmt: skip
+                        "trainer-scratch-volume-gb": 500, "egress-enabled": True, "training-hours": 10})  # fmt: skip
     estimate = estimate_cost(cfg)
     # By hand, us-east-1: 2 x 5.672 = 11.344; c7i.xlarge 0.1785; NAT 0.045 + its IPv4 0.005;
     # 5 endpoints x 2 AZ x 0.01 = 0.10; gp3 0.08/730 per GB-h: 2 x (200+500) GB -> 0.15342 ~ 0.1534,
@@ -63,7 +63,7 @@ def test_total_is_exactly_the_sum_of_the_printed_lines(region):
 
 
 def test_budget_guard_raises_above_the_cap_and_passes_at_or_below_it():
-    estimate = estimate_cost(parse_config({"aws:region": "us-east-1"}))
+    estimate = estimate_cost(parse_config({"aws:region": "us-east-1", "trainer-scratch-volume-gb": 500}))
     enforce_budget(estimate, None)
     enforce_budget(estimate, float(estimate.total_usd_per_hour))
     with pytest.raises(BudgetExceededError, match=r"(?s)max-hourly-usd.*Breakdown:.*total\s+11\.7860"):

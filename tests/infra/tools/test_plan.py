@@ -32,13 +32,13 @@ def test_plan_of_the_example_prints_resources_verdicts_and_a_cost_that_adds_up()
     verdicts, cost = rest.split("== estimated cost (USD) ==", 1)
     assert "s3.Bucket" in resources and "aws:kms stack key + bucket key, public access blocked, TLS-only" in resources
     assert re.search(r"ec2\.LaunchTemplate\s+training-launch-template\s+g5\.12xlarge, IMDSv2, no public IP", resources)
-    assert "14 passed, 0 failed" in verdicts and "FAIL" not in verdicts
+    assert "16 passed, 0 failed" in verdicts and "FAIL" not in verdicts
     lines = cost.strip().splitlines()
     items = [line for line in lines[1:] if re.search(r"\d+\.\d{4}$", line) and not line.startswith("total")]
     total = next(line for line in lines if line.startswith("total"))
     assert len(items) == 7
-    assert sum(Decimal(line.split()[-1]) for line in items) == Decimal(total.split()[-1]) == Decimal("11.7860")
-    assert "estimated run cost for 10 h: 117.86 USD" in cost
+    assert sum(Decimal(line.split()[-1]) for line in items) == Decimal(total.split()[-1]) == Decimal("11.6764")
+    assert "estimated run cost for 10 h: 116.76 USD" in cost
 
 
 def test_plan_stops_with_the_breakdown_when_over_budget(tmp_path):
@@ -55,7 +55,7 @@ def test_plan_reports_a_violated_rule_and_exits_1(monkeypatch, capsys):
     monkeypatch.setattr(plan, "run_program", with_unrotated_key(run_program))
     assert plan.main([str(EXAMPLE)]) == 1 == ExitCode.FAILED
     out = capsys.readouterr().out
-    assert "FAIL  aws-kms-key-rotation-enabled" in out and "13 passed, 1 failed" in out
+    assert "FAIL  aws-kms-key-rotation-enabled" in out and "15 passed, 1 failed" in out
 
 
 def test_plan_names_the_key_of_a_config_error(tmp_path, capsys):

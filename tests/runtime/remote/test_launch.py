@@ -51,7 +51,7 @@ def test_launch_uploads_bundle_and_data_and_sends_one_command_per_node(stack, aw
     with tarfile.open(bundle) as tar:
         names = tar.getnames()
     assert names == [e.name for e in bundle_entries(ROOT)]
-    assert {"requirements.txt", "runtime/train/command.py", "runtime/remote/sync.py"} <= set(names)
+    assert {"requirements/runtime.txt", "runtime/train/command.py", "runtime/remote/sync.py"} <= set(names)
     assert not any("__pycache__" in n or n.startswith(("infra/", "tests/")) for n in names)
     head = s3.head_object(Bucket=outputs["datasets_bucket"], Key="csv1/train.csv")
     assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", outputs["kms_key_arn"])

@@ -70,7 +70,10 @@ def test_bundle_is_deterministic_and_holds_runtime_and_requirements(tmp_path):
     (root / "runtime" / "train.py").write_text("x = 1\n")
     (root / "runtime" / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0")
     (root / "runtime" / ".hidden").write_text("no")
-    (root / "requirements.txt").write_text("torch==2.13.0\n")
+    (root / "requirements").mkdir()
+    (root / "requirements" / "runtime.txt").write_text("torch==2.13.0\n")
+    (root / "requirements" / "dev.txt").write_text("pytest==9.2.0\n")
+    (root / "requirements.txt").write_text("-r requirements/runtime.txt\n-r requirements/dev.txt\n")
     (root / "infra").mkdir()
     (root / "infra" / "iam.py").write_text("no\n")
     a, b = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
@@ -80,7 +83,7 @@ def test_bundle_is_deterministic_and_holds_runtime_and_requirements(tmp_path):
     assert a.read_bytes() == b.read_bytes()
     with tarfile.open(a) as tar:
         members = tar.getmembers()
-        assert [m.name for m in members] == ["requirements.txt", "runtime/train.py"]
+        assert [m.name for m in members] == ["requirements/runtime.txt", "runtime/train.py"]
         assert {(m.mtime, m.uid, m.mode) for m in members} == {(315532800, 0, 0o644)}
         assert tar.extractfile("runtime/train.py").read() == b"x = 1\n"
     (root / "runtime" / "link.py").symlink_to(root / "runtime" / "train.py")

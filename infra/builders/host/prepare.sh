@@ -1,0 +1,116 @@
+#!/bin/bash
+# stratus-prepare.service: fetch the runtime bundle from S3, pick or install Python 3.11, build the
+# runtime venv from the bundle's requirements/runtime.txt (offline from its wheels/ when present)
+# and, on GPU hosts, check that torch is the CUDA build of the pinned version.
+# Env (/etc/stratus/stack.env): AWS_REGION, STRATUS_BUNDLE_URI, STRATUS_GPU (1 on GPU hosts).
+# STRATUS_SYSROOT: install under this directory instead of / (tests). Exit 78 (EX_CONFIG): a fault
+# that retrying cannot fix (systemd does not restart then); other failures are retried.
+set -euo pipefail
+R="${STRATUS_SYSROOT:-}"
+APP="${R}/opt/stratus"
+VENV="${APP}/venv"
+EX_CONFIG=78
+
+log() { echo "[stratus-prepare] $*" >&2; }
+die() {
+  log "FATAL: $1"
+  exit "${2:-1}"
+}
+
+python_is_311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; }
+
+find_python() {
+  local candidate
+  for candidate in ${STRATUS_PYTHON:-} python3.11 python3; do
+    if command -v "${candidate}" >/dev/null 2>&1 && python_is_311 "${candidate}"; then
+      command -v "${candidate}"
+      return 0
+    fi
+  done
+  return 1
+}
+
+os_id() {
+  # shellcheck source=/dev/null
+  [ -r "${R}/etc/os-release" ] && (. "${R}/etc/os-release" && echo "${ID:-unknown}") || echo unknown
+}
+
+install_python() {
+  # Amazon Linux 2023 (plain and Deep Learning AMI): python3 is 3.9; python3.11 comes from the
+  # AL2023 repository, which is served from S3 (reachable through the S3 endpoint, no egress).
+  # Ubuntu 22.04 (Deep Learning AMI): python3.11 from universe; needs `egress-enabled: true`.
+  local id
+  id="$(os_id)"
+  log "no Python 3.11 on this ${id} host; installing it"
+  case "${id}" in
+    amzn) dnf install -y -q python3.11 python3.11-pip || die "dnf could not install python3.11" ;;
+    ubuntu)
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3.11 python3.11-venv ||
+        die "apt-get could not install python3.11 (Ubuntu needs egress-enabled: true, or an AMI with it)"
+      ;;
+    *) die "no Python 3.11 and no known way to install it on '${id}'; use an Amazon Linux 2023 AMI" "${EX_CONFIG}" ;;
+  esac
+}
+
+fetch_bundle() {
+  aws s3 cp --region "${AWS_REGION}" --only-show-errors "${STRATUS_BUNDLE_URI}" "${APP}/bundle.tar.gz"
+  rm -rf "${APP}/app.new" && mkdir -p "${APP}/app.new"
+  tar -xzf "${APP}/bundle.tar.gz" -C "${APP}/app.new"
+  rm -rf "${APP}/app" && mv "${APP}/app.new" "${APP}/app"
+}
+
+install_requirements() {
+  local requirements="${APP}/app/requirements/runtime.txt" wheels="${APP}/app/wheels" tag
+  [ -f "${requirements}" ] || die "the bundle has no requirements/runtime.txt; rebuild it with scripts/launch.sh" "${EX_CONFIG}"
+  if [ -d "${wheels}" ]; then
+    tag="$("${PY}" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
+    if ! find "${wheels}" -name "*-${tag}-*.whl" | grep -q .; then
+      die "the bundle's wheels/ holds no ${tag} wheel: download them for the node's Python with
+  pip download --python-version 3.11 --platform manylinux_2_28_x86_64 --only-binary=:all: -r requirements/runtime.txt" "${EX_CONFIG}"
+    fi
+  fi
+  "${PY}" -m venv "${VENV}"
+  if [ -d "${wheels}" ]; then
+    log "installing ${requirements} offline from the bundle's wheels"
+    "${VENV}/bin/python" -m pip install --quiet --no-index --find-links "${wheels}" -r "${requirements}"
+  else
+    # PyPI's Linux x86_64 torch wheel is the CUDA build.
+    log "installing ${requirements} from the package index"
+    "${VENV}/bin/python" -m pip install --quiet -r "${requirements}"
+  fi
+}
+
+check_torch() {
+  local pin
+  pin="$(sed -n 's/^torch==\([^ ;#]*\).*/\1/p' "${APP}/app/requirements/runtime.txt")"
+  [ -n "${pin}" ] || die "requirements/runtime.txt pins no torch version" "${EX_CONFIG}"
+  "${VENV}/bin/python" - "${pin}" <<'PY' || die "torch on this GPU host is not usable (above)" "${EX_CONFIG}"
+import sys
+
+import torch
+
+pin = sys.argv[1]
+if torch.__version__.split("+")[0] != pin:
+    sys.exit(f"torch {torch.__version__} is installed but the bundle pins torch=={pin}")
+if not torch.version.cuda:
+    sys.exit(f"torch {torch.__version__} is a CPU-only build; GPU hosts need the CUDA build "
+             "(PyPI's Linux wheel; for wheels/ download it on or for linux x86_64)")
+if not torch.cuda.is_available():
+    sys.exit(f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: NVIDIA driver missing or too old")
+print(f"[stratus-prepare] torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPUs")
+PY
+}
+
+mkdir -p "${APP}"
+fetch_bundle
+PY="$(find_python)" || {
+  install_python
+  PY="$(find_python)" || die "Python 3.11 is still missing after installing it" "${EX_CONFIG}"
+}
+log "Python 3.11: ${PY}"
+install_requirements
+if [ "${STRATUS_GPU:-0}" = 1 ]; then
+  check_torch
+fi
+touch "${APP}/.ready"
+log "runtime ready in ${VENV}"

@@ -1,0 +1,132 @@
+"""A sandbox that runs the hosts' user data and scripts for real, under bash.
+
+Everything the scripts write lands under a sysroot (`STRATUS_SYSROOT`); PATH holds only a
+directory of links to ordinary tools plus recording stand-ins for what would change the machine
+(the package managers, systemctl, mdadm, mkfs.xfs, mount) or needs an instance (IMDS via curl).
+`aws s3 cp` is a small boto3 client that talks to the moto server, and `python3` is a Python 3.9
+stand-in until `dnf install python3.11` links the real 3.11 interpreter in.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+TOOLS = (
+    "bash", "sh", "env", "cat", "mkdir", "rm", "mv", "tar", "gzip", "sed", "grep", "ls", "install", "chmod",
+    "touch", "dirname", "basename", "readlink", "seq", "printf", "head", "tr", "sort", "cut", "test", "true",
+    "false", "ln", "cp", "find", "xargs", "wc", "mktemp", "uname", "expr",
+)  # fmt: skip
+RECORDED = ("systemctl", "dnf", "apt-get", "mdadm", "mkfs.xfs", "mount", "useradd", "curl", "sleep")
+BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+TORCH_INIT = """\
+__version__ = {version!r}
+
+
+class version:
+    cuda = {cuda!r}
+
+
+class cuda:
+    @staticmethod
+    def is_available():
+        return {gpu!r}
+
+    @staticmethod
+    def device_count():
+        return 8
+"""
+
+
+class Sandbox:
+    """A sysroot, a bin directory and a log of the stand-ins' calls."""
+
+    def __init__(self, base: Path):
+        self.root, self.bin, self.log = base / "root", base / "bin", base / "calls.log"
+        self.root.mkdir(parents=True)
+        self.bin.mkdir()
+        self.log.touch()
+        for tool in TOOLS:
+            found = shutil.which(tool)
+            if found:
+                (self.bin / tool).symlink_to(found)
+        for tool in RECORDED:
+            self.stand_in(tool)
+        # dnf "installs" python3.11 by linking the real interpreter in.
+        self.stand_in(
+            "dnf", f'case " $* " in *" python3.11 "*) ln -sf {BASE_PYTHON} "$(dirname "$0")/python3.11";; esac'
+        )
+        self.stand_in("python3", "exit 1  # Python 3.9: fails the 3.11 check")
+        # blkid: nothing formatted yet; mountpoint: nothing mounted yet.
+        self.stand_in("blkid", "exit 2")
+        self.stand_in("mountpoint", "exit 1")
+        self.stand_in("aws", f'exec {sys.executable} -c "{AWS_S3_CP}" "$@"')
+
+    def stand_in(self, name: str, body: str = "") -> None:
+        """A script `name` that records its arguments, then runs `body`."""
+        path = self.bin / name
+        path.unlink(missing_ok=True)
+        path.write_text(f'#!/bin/bash\necho "{name} $*" >> "{self.log}"\n{body}\n')
+        path.chmod(0o755)
+
+    def calls(self, name: str) -> list[str]:
+        """The argument lines of every call of the stand-in `name`."""
+        prefix = f"{name} "
+        return [line[len(prefix) :] for line in self.log.read_text().splitlines() if line.startswith(prefix)]
+
+    def run(self, script: str, env: dict[str, str] | None = None, stack_env: bool = False):
+        """Run `script` (bash source) with the sandbox's PATH and sysroot; `stack_env` first
+        exports the /etc/stratus/stack.env that the user data wrote (as systemd would)."""
+        prelude = 'set -a; . "$STRATUS_SYSROOT/etc/stratus/stack.env"; set +a\n' if stack_env else ""
+        full_env = {**(env or {}), "PATH": str(self.bin), "STRATUS_SYSROOT": str(self.root), "HOME": str(self.root)}
+        return subprocess.run(
+            ["bash", "-c", prelude + script], env=full_env, capture_output=True, text=True, timeout=120
+        )
+
+
+AWS_S3_CP = (
+    "import sys, boto3; a = sys.argv[1:]; assert a[:2] == ['s3', 'cp'], a; "
+    "src, dest = [x for x in a[2:] if not x.startswith('--') and x != a[a.index('--region') + 1]]; "
+    "bucket, key = src[5:].split('/', 1); "
+    "boto3.client('s3', region_name=a[a.index('--region') + 1]).download_file(bucket, key, dest)"
+)
+
+
+def fake_wheel(dest: Path, version: str, cuda: str | None, gpu: bool = True, tag: str = "cp311") -> Path:
+    """A tiny `torch` wheel with the given version/CUDA build: stands in for the real one on a host
+    without a GPU, so the bootstrap's checks run against what it reports."""
+    name = f"torch-{version}"
+    path = dest / f"{name}-{tag}-{tag}-linux_x86_64.whl"
+    info = f"{name}.dist-info"
+    files = {
+        "torch/__init__.py": TORCH_INIT.format(version=version, cuda=cuda, gpu=gpu),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: stratus-tests\nRoot-Is-Purelib: false\n"
+        f"Tag: {tag}-{tag}-linux_x86_64\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as whl:
+        for n, text in files.items():
+            whl.writestr(n, text)
+    return path
+
+
+def bundle_bytes(wheel: Path | None, requirements: str = "torch==2.13.0\n") -> bytes:
+    """A runtime bundle as `scripts/launch.sh --stack` uploads it (requirements, runtime/, wheels/)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        members = {"requirements/runtime.txt": requirements.encode(), "runtime/__init__.py": b""}
+        if wheel is not None:
+            members[f"wheels/{wheel.name}"] = wheel.read_bytes()
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()

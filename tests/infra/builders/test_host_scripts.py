@@ -1,0 +1,134 @@
+"""The rendered user data and host scripts, executed under bash in a sandbox against moto's S3.
+
+What would change the machine is a recording stand-in (tests/infra/builders/sandbox.py); the
+scripts' own logic (Python selection per AMI family, the offline install, the torch check, the
+NVMe RAID0 or gp3 scratch) runs for real.
+"""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from infra.builders import userdata
+from infra.config.catalog import CATALOG
+from runtime.contract import PREPARE_UNIT, bundle_uri
+from tests.infra.builders.sandbox import Sandbox, bundle_bytes, fake_wheel
+
+BUCKETS = {"models": "stratus-models", "datasets": "stratus-datasets", "checkpoints": "c", "logs": "l"}
+PREPARE = '"$STRATUS_SYSROOT/opt/stratus/prepare.sh"'
+SCRATCH = '"$STRATUS_SYSROOT/opt/stratus/scratch.sh"'
+
+
+def _aws(env: dict) -> dict:
+    return {k: v for k, v in env.items() if k.startswith("AWS_")}
+
+
+def _upload(env: dict, data: bytes) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKETS["models"])
+    bucket, key = bundle_uri(BUCKETS["models"])[5:].split("/", 1)
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def _node(tmp_path, instance_type: str = "p5.48xlarge", scratch: str = "nvme", os_id: str = "amzn") -> Sandbox:
+    box = Sandbox(tmp_path)
+    (box.root / "etc").mkdir()
+    (box.root / "etc" / "os-release").write_text(f'NAME="test"\nID="{os_id}"\n')
+    text = userdata.trainer_user_data(
+        region="us-east-1", buckets=BUCKETS, instance_type=CATALOG[instance_type], scratch=scratch
+    )
+    result = box.run(text)
+    assert result.returncode == 0, result.stderr
+    return box
+
+
+def test_trainer_user_data_installs_python_and_the_cuda_torch_offline_and_starts_its_units(tmp_path, aws_env):
+    _upload(aws_env, bundle_bytes(fake_wheel(tmp_path, "2.13.0+cu128", "12.8")))
+    box = _node(tmp_path)
+    assert box.calls("systemctl") == [
+        "daemon-reload", f"enable --now --no-block {userdata.SCRATCH_UNIT} {PREPARE_UNIT}"]  # fmt: skip
+    node_env = (box.root / "etc/stratus/node.env").read_text()
+    assert "FI_PROVIDER=efa" in node_env and "FI_EFA_USE_DEVICE_RDMA=1" in node_env
+    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
+    assert result.returncode == 0, result.stderr
+    # AL2023: python3 is 3.9, so python3.11 comes from dnf; the wheels are installed offline.
+    assert box.calls("dnf") == ["install -y -q python3.11 python3.11-pip"]
+    assert box.calls("aws")[0].startswith("s3 cp --region us-east-1 --only-show-errors s3://stratus-models/")
+    assert "installing" in result.stderr and "offline from the bundle's wheels" in result.stderr
+    assert "torch 2.13.0+cu128, CUDA 12.8, 8 GPUs" in result.stdout
+    assert list((box.root / "opt/stratus/venv/lib").glob("python3.11/site-packages/torch/__init__.py"))
+    assert (box.root / "opt/stratus/.ready").exists()
+
+
+def test_a_cpu_torch_on_a_gpu_node_fails_loudly_and_is_not_retried(tmp_path, aws_env):
+    _upload(aws_env, bundle_bytes(fake_wheel(tmp_path, "2.13.0+cpu", None)))
+    box = _node(tmp_path)
+    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
+    assert result.returncode == userdata.EX_CONFIG, result.stderr
+    assert "torch 2.13.0+cpu is a CPU-only build; GPU hosts need the CUDA build" in result.stderr
+    assert f"RestartPreventExitStatus={userdata.EX_CONFIG}" in userdata.PREPARE_SERVICE
+    assert not (box.root / "opt/stratus/.ready").exists()
+
+
+@pytest.mark.parametrize(
+    "os_id,wheel_tag,expected",
+    [
+        ("ubuntu", "cp311", "apt-get could not install python3.11"),
+        ("rhel", "cp311", "no known way to install it on 'rhel'"),
+    ],
+)
+def test_python_selection_per_ami_family(tmp_path, aws_env, os_id, wheel_tag, expected):
+    _upload(aws_env, bundle_bytes(fake_wheel(tmp_path, "2.13.0+cu128", "12.8", tag=wheel_tag)))
+    box = _node(tmp_path, os_id=os_id)
+    box.stand_in("apt-get", "exit 100")  # no egress: the Ubuntu mirrors are unreachable
+    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
+    assert result.returncode != 0 and expected in result.stderr, result.stderr
+    assert box.calls("dnf") == []
+    if os_id == "ubuntu":
+        assert box.calls("apt-get") == ["install -y -q python3.11 python3.11-venv"]
+
+
+def test_wheels_for_another_python_are_refused_before_installing(tmp_path, aws_env):
+    _upload(aws_env, bundle_bytes(fake_wheel(tmp_path, "2.13.0+cu128", "12.8", tag="cp312")))
+    box = _node(tmp_path)
+    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
+    assert result.returncode == userdata.EX_CONFIG
+    assert "holds no cp311 wheel" in result.stderr and "pip download --python-version 3.11" in result.stderr
+    assert not (box.root / "opt/stratus/venv").exists()
+
+
+def test_nvme_scratch_stripes_every_instance_store_disk(tmp_path):
+    box = _node(tmp_path, "p5.48xlarge", "nvme")
+    by_id = box.root / "dev/disk/by-id"
+    by_id.mkdir(parents=True)
+    for i in range(1, 9):
+        (box.root / f"dev/nvme{i}n1").touch()
+        (by_id / f"nvme-Amazon_EC2_NVMe_Instance_Storage_AWS{i:04d}").symlink_to(box.root / f"dev/nvme{i}n1")
+        # the namespace alias of the same disk must not be counted twice
+        (by_id / f"nvme-Amazon_EC2_NVMe_Instance_Storage_AWS{i:04d}_1").symlink_to(box.root / f"dev/nvme{i}n1")
+    result = box.run(SCRATCH, stack_env=True)
+    assert result.returncode == 0, result.stderr
+    array = f"{box.root}/dev/md/stratus-scratch"
+    disks = " ".join(f"{box.root}/dev/nvme{i}n1" for i in range(1, 9))
+    assert box.calls("mdadm") == [f"--create {array} --level=0 --raid-devices=8 --run --force {disks}"]
+    assert box.calls("mkfs.xfs") == [f"-q -f {array}"]
+    assert box.calls("mount") == [f"-o noatime {array} {box.root}/scratch"]
+
+
+def test_ebs_scratch_formats_and_mounts_the_gp3_volume_without_raid(tmp_path):
+    box = _node(tmp_path, "g5.12xlarge", "ebs")
+    assert "FI_PROVIDER" not in (box.root / "etc/stratus/node.env").read_text()
+    (box.root / "dev").mkdir()
+    (box.root / "dev/sdf").touch()
+    result = box.run(SCRATCH, stack_env=True)
+    assert result.returncode == 0, result.stderr
+    assert box.calls("mdadm") == []
+    assert box.calls("mount") == [f"-o noatime {box.root}/dev/sdf {box.root}/scratch"]
+
+
+def test_missing_nvme_disks_fail_the_scratch_unit(tmp_path):
+    box = _node(tmp_path, "p5.48xlarge", "nvme")
+    result = box.run(SCRATCH, stack_env=True)
+    assert result.returncode == 1 and "no NVMe instance-store disk" in result.stderr
+    assert box.calls("mount") == []
