@@ -89,6 +89,15 @@ class ExportConfig:
     checkpoint model (PyTorch) to the exported int8 model (ONNX Runtime). A negative value demands
     an improvement (use it to test the gate)."""
 
+    ffn_prune_fraction: float = option(0.0, metavar="F")
+    """Language models (gpt): fraction of feed-forward hidden units removed from every block
+    (lowest |fc row| x |proj column| first), so both FFN matrices shrink. 0 disables it. The MLP
+    pruning flags above (`--structured-fraction`, `--sparsity`, fine-tune) apply to mlp models only."""
+
+    perplexity_tolerance: float = option(5.0, metavar="PERCENT")
+    """Language models (gpt): the gate allows the exported int8 model's validation perplexity to
+    exceed the fp32 checkpoint model's by at most this many percent."""
+
     latency_threads: int = option(1, metavar="N")
     """CPU threads for the latency measurement (PyTorch and ONNX Runtime alike)."""
 
@@ -123,6 +132,10 @@ class ExportConfig:
             _fail("calibration_rows", self.calibration_rows, "use a positive number of rows, e.g. 512")
         if not -100.0 <= self.tolerance <= 100.0:
             _fail("tolerance", self.tolerance, "give accuracy points in [-100, 100], e.g. 1.0")
+        if not 0.0 <= self.ffn_prune_fraction < 1.0:
+            _fail("ffn_prune_fraction", self.ffn_prune_fraction, "use a fraction in [0, 1), e.g. 0.25 (0 disables)")
+        if not -100.0 <= self.perplexity_tolerance <= 1000.0:
+            _fail("perplexity_tolerance", self.perplexity_tolerance, "give a percentage, e.g. 5")
         if self.latency_threads < 1:
             _fail("latency_threads", self.latency_threads, "use 1 or more threads")
         if self.latency_iters < 1:

@@ -54,9 +54,15 @@ class Consolidated:
     def num_features(self) -> int:
         return int(self.state_dict["0.weight"].shape[1])
 
-    def build_model(self) -> nn.Sequential:
-        """The logits model (`runtime.models.build_mlp`) holding these weights, in eval mode."""
-        model = build_mlp(self.num_features, self.config.model)
+    def build_model(self) -> nn.Module:
+        """The logits model (`build_mlp`, or `build_gpt` with the stored FFN widths) holding these
+        weights, in eval mode."""
+        if self.config.model.kind == "gpt":
+            from runtime.train.gpt import build_gpt, ffn_sizes_of
+
+            model = build_gpt(self.config.model, ffn_sizes_of(self.state_dict, self.config.model.num_layers))
+        else:
+            model = build_mlp(self.num_features, self.config.model)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
 
@@ -150,7 +156,7 @@ def consolidate(tag_dir: Path) -> Consolidated:
         state_dict=state,
         stats=FeatureStats.from_json(stats_path.read_bytes()) if stats_path.is_file() else None,
     )
-    if "0.weight" not in state:
+    if config.model.kind == "mlp" and "0.weight" not in state:
         raise ExportError(f"{tag_dir}: no `0.weight` in the weights ({', '.join(state)}); not an MLP checkpoint")
     try:
         result.build_model()

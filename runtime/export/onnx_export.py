@@ -46,7 +46,7 @@ def io_spec(num_features: int) -> tuple[list[dict], list[dict]]:
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def quiet_exporter():
     # The exporter warns about optional torchvision ops and deprecated pytree internals; neither
     # concerns an MLP, and the noise would hide our progress lines.
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -71,7 +71,7 @@ def export_onnx(logits_model: nn.Module, num_features: int, path: Path) -> Path:
     """
     model = WithSigmoid(logits_model).eval()
     sample = torch.zeros(2, num_features)  # batch 2: a batch of 1 would be specialized away
-    with _quiet_exporter(), torch.no_grad():
+    with quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             model,
             (sample,),
@@ -116,6 +116,7 @@ def quantize(
     mode: str,
     per_channel: bool,
     calibration_rows: np.ndarray | None = None,
+    op_types: list[str] | None = None,
 ) -> Path:
     """Quantize the FP32 model at `fp32_path` to int8 at `int8_path`.
 
@@ -123,6 +124,8 @@ def quantize(
         mode: "dynamic" or "static".
         per_channel: one weight scale per output unit.
         calibration_rows: float32 [n, d] rows for `static` (required there, ignored otherwise).
+        op_types: operators to quantize (default MatMul and Gemm; language models add Gather,
+            the embedding lookups).
 
     Raises:
         ValueError: unknown mode, or `static` without calibration rows.
@@ -139,7 +142,7 @@ def quantize(
                 str(int8_path),
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
-                op_types_to_quantize=QUANTIZED_OPS,
+                op_types_to_quantize=op_types or QUANTIZED_OPS,
             )
         elif mode == "static":
             if calibration_rows is None or len(calibration_rows) == 0:

@@ -26,7 +26,7 @@ from torch import nn
 from runtime.common.fsutil import sha256_file
 from runtime.common.log import get_logger
 from runtime.contract import model_name_problem
-from runtime.export import consolidate, evaluate, onnx_export, prune
+from runtime.export import consolidate, evaluate, lm, onnx_export, prune
 from runtime.export.config import ExportConfig, ExportError
 from runtime.export.consolidate import Consolidated
 from runtime.export.stage import check_out_dir, stage_artifact, versions
@@ -196,9 +196,11 @@ def _model_name(cfg: ExportConfig, ckpt: Consolidated) -> str:
     return name
 
 
-def _artifact_info(ckpt: Consolidated, model_name: str, consolidated_path: Path, **measured: Any) -> dict[str, Any]:
+def _artifact_info(
+    ckpt: Consolidated, model_name: str, consolidated_path: Path, io: tuple[list, list], **measured: Any
+) -> dict[str, Any]:
     """The manifest content of the artifact: io spec, measurements, provenance, versions."""
-    inputs, outputs = onnx_export.io_spec(ckpt.num_features)
+    inputs, outputs = io
     return {
         "model_name": model_name,
         "inputs": inputs,
@@ -229,21 +231,8 @@ def _sizes(paths: dict[str, Path], consolidated_path: Path, quantization: str) -
     return sizes
 
 
-def run_export(cfg: ExportConfig) -> ExportResult:
-    """Run all stages (see the module docstring).
-
-    Raises:
-        NoCheckpointError: no checkpoint verifies (nothing staged).
-        ExportError: bad checkpoint tag, data, model name or output directory (nothing staged).
-        GateError: the accuracy drop exceeds `cfg.tolerance` (nothing staged or published).
-        ArtifactError, PublishError: staging or publishing failed (runtime.repository).
-    """
-    out_dir = cfg.resolved_out_dir
-    check_out_dir(out_dir)  # fail before minutes of work; checked again when staging
-    ckpt = consolidate.load(cfg.checkpoints_dir, cfg.checkpoint)
-    _stage(1, "checkpoint %s verifies against its manifest", ckpt.tag_dir)
-    model_name = _model_name(cfg, ckpt)
-    consolidated_path = consolidate.save_consolidated(ckpt, cfg.resolved_consolidated_dir)
+def _export_mlp(cfg: ExportConfig, ckpt: Consolidated, consolidated_path: Path, work: Path) -> tuple:
+    """Stages 2-6 for an MLP: (int8 model path, manifest measurements, io spec)."""
     fp32_model = ckpt.build_model()
     _stage(2, "consolidated ZeRO-%s (%s ranks, step %s): %d fp32 parameters -> %s", ckpt.manifest.get("zero_stage"),
            ckpt.manifest.get("world_size"), ckpt.manifest.get("step"), count_parameters(fp32_model),
@@ -253,16 +242,38 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     compression["preprocessing"] = _preprocessing(ckpt.stats)
     # From here on every model takes raw rows: the statistics are part of the exported graph.
     fp32_model, pruned = raw_input_model(fp32_model, ckpt.stats), raw_input_model(pruned, ckpt.stats)
+    paths = build_onnx(cfg, fp32_model, pruned, ckpt.num_features, data.x[data.train_idx], work)
+    sizes = _sizes(paths, consolidated_path, cfg.quantization)
+    metrics, latency = measure(cfg, fp32_model, pruned, paths, data)
+    drop = evaluate.gate(metrics["fp32"]["accuracy"], metrics["exported"]["accuracy"], cfg.tolerance)
+    metrics["accuracy_drop_points"] = round(drop, 4)
+    _stage(6, "gate passed (drop %.2f <= %g points)", drop, cfg.tolerance)
+    measured = {"compression": compression, "metrics": metrics, "latency_ms": latency, "size_bytes": sizes}
+    return paths["int8"], measured, onnx_export.io_spec(ckpt.num_features)
+
+
+def run_export(cfg: ExportConfig) -> ExportResult:
+    """Run all stages (see the module docstring; language models: `runtime.export.lm`).
+
+    Raises:
+        NoCheckpointError: no checkpoint verifies (nothing staged).
+        ExportError: bad checkpoint tag, data, model name or output directory (nothing staged).
+        GateError: the accuracy drop exceeds `cfg.tolerance`, or the perplexity increase
+            `cfg.perplexity_tolerance` (nothing staged or published).
+        ArtifactError, PublishError: staging or publishing failed (runtime.repository).
+    """
+    out_dir = cfg.resolved_out_dir
+    check_out_dir(out_dir)  # fail before minutes of work; checked again when staging
+    ckpt = consolidate.load(cfg.checkpoints_dir, cfg.checkpoint)
+    _stage(1, "checkpoint %s verifies against its manifest", ckpt.tag_dir)
+    model_name = _model_name(cfg, ckpt)
+    consolidated_path = consolidate.save_consolidated(ckpt, cfg.resolved_consolidated_dir)
     with tempfile.TemporaryDirectory(prefix="stratus-export-") as tmp:
-        paths = build_onnx(cfg, fp32_model, pruned, ckpt.num_features, data.x[data.train_idx], Path(tmp))
-        sizes = _sizes(paths, consolidated_path, cfg.quantization)
-        metrics, latency = measure(cfg, fp32_model, pruned, paths, data)
-        drop = evaluate.gate(metrics["fp32"]["accuracy"], metrics["exported"]["accuracy"], cfg.tolerance)
-        metrics["accuracy_drop_points"] = round(drop, 4)
-        info = _artifact_info(ckpt, model_name, consolidated_path, compression=compression, metrics=metrics,
-                              latency_ms=latency, size_bytes=sizes)  # fmt: skip
-        manifest = stage_artifact(out_dir, paths["int8"], info)
-    _stage(6, "gate passed (drop %.2f <= %g points); staged %s", drop, cfg.tolerance, out_dir)
+        export = lm.export_lm if ckpt.config.model.kind == "gpt" else _export_mlp
+        model_path, measured, io = export(cfg, ckpt, consolidated_path, Path(tmp))
+        info = _artifact_info(ckpt, model_name, consolidated_path, io, **measured)
+        manifest = stage_artifact(out_dir, model_path, info)
+    log.info("      staged %s", out_dir)
     version = None
     if cfg.publish:
         from runtime.repository.publish import publish
