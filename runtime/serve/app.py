@@ -248,21 +248,7 @@ class ServeApp:
         elapsed = time.perf_counter() - start
         self.metrics.observe(route_name, status, elapsed)
         if self.access_log is not None:
-            self.access_log.write(
-                {
-                    "ts": round(time.time(), 3),
-                    "level": "info",
-                    "logger": "stratus.access",
-                    "client": client,
-                    "method": method,
-                    "path": path[:256],
-                    "route": route_name,
-                    "status": status,
-                    "ms": round(elapsed * 1e3, 3),
-                    "bytes_out": len(body),
-                    "model_version": version,
-                }
-            )
+            self.access_log.request(client, method, path, route_name, status, elapsed, len(body), version)
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -327,6 +313,13 @@ async def _model_config(app: ServeApp, call: Call) -> Response:
     return 200, orjson.dumps(_triton_config(served_model(app, call))), _JSON
 
 
+async def run_model(model: LoadedModel, inputs: dict) -> dict:
+    """Run the model on the event loop when it is fast enough (`LoadedModel.inline`), else in a thread."""
+    if model.inline:
+        return model.run(inputs)
+    return await asyncio.get_running_loop().run_in_executor(None, model.run, inputs)
+
+
 async def _infer(app: ServeApp, call: Call) -> Response:
     model = served_model(app, call)
     header_length = None
@@ -337,10 +330,7 @@ async def _infer(app: ServeApp, call: Call) -> Response:
         header_length = int(raw)
     body = await app.read_body(call)
     req = await app.decode_pool.decode(body, header_length, model.inputs, model.outputs, app.limits)
-    if model.inline:
-        results = model.run(req.inputs)
-    else:
-        results = await asyncio.get_running_loop().run_in_executor(None, model.run, req.inputs)
+    results = await run_model(model, req.inputs)
     out, json_length = encode_infer_response(model.name, model.version_str, req, results, model.outputs)
     if json_length is None:
         return 200, out, _JSON

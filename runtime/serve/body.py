@@ -61,7 +61,7 @@ class BodyReader:
     timeout: float
     held: int = field(default=0)
 
-    def _take(self, num_bytes: int) -> None:
+    def take(self, num_bytes: int) -> None:
         if not self.budget.take(num_bytes):
             raise Refused(
                 503,
@@ -85,7 +85,7 @@ class BodyReader:
                 raise Refused(
                     413, f"request body of {int(declared)} bytes exceeds the cap of {cap}", "body_too_large", close=True
                 )
-            self._take(int(declared))
+            self.take(int(declared))
             declared_bytes = int(declared)
         else:
             declared_bytes = None
@@ -103,7 +103,7 @@ class BodyReader:
                     if total > cap:
                         raise Refused(413, f"request body exceeds the cap of {cap} bytes", "body_too_large", close=True)
                     if declared_bytes is None:
-                        self._take(len(chunk))
+                        self.take(len(chunk))
                     chunks.append(chunk)
                     if not message.get("more_body"):
                         break
@@ -116,7 +116,7 @@ class BodyReader:
         if encoding in (b"", b"identity"):
             return body
         out = _decompress(body, encoding, cap)
-        self._take(len(out))
+        self.take(len(out))
         return out
 
 

@@ -114,9 +114,16 @@ async def _serve(cfg: ServeConfig, token: str) -> None:
     app, front = build_app(cfg, token)
     grpc_server = None
     if cfg.grpc_port:
-        from runtime.serve.grpc import start_grpc
+        from runtime.serve.grpc_service import start_grpc
 
-        grpc_server = await start_grpc(app, cfg)
+        limits = {
+            "max_body_bytes": cfg.max_body_bytes,
+            "max_header_bytes": cfg.max_header_bytes,
+            "header_timeout": cfg.header_timeout,
+            "keepalive_timeout": cfg.keepalive_timeout,
+            "max_concurrent_rpcs": cfg.grpc_max_concurrent_rpcs,
+        }
+        grpc_server = await start_grpc(app, cfg.host, cfg.grpc_port, limits=limits)
 
     async def rotate() -> None:
         try:

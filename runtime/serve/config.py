@@ -29,6 +29,7 @@ _POSITIVE = (
     "body_timeout",
     "header_timeout",
     "keepalive_timeout",
+    "grpc_max_concurrent_rpcs",
 )
 _NOT_ABOVE = (
     ("max_connections_per_client", "max_connections"),
@@ -98,6 +99,9 @@ class ServeConfig:
 
     grpc_port: int = option(0, metavar="PORT")
     """Also serve the protocol over gRPC on this port (0: off)."""
+
+    grpc_max_concurrent_rpcs: int = option(64, metavar="N")
+    """gRPC calls in progress before RESOURCE_EXHAUSTED (bounds gRPC memory: N x --max-body-bytes)."""
 
     intra_op_threads: int = option(1, metavar="N")
     """ONNX Runtime intra-op threads."""

@@ -114,6 +114,26 @@ class AccessLog:
             self._scheduled = True
             asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
 
+    def request(
+        self, client: str, method: str, path: str, route: str, status: int, seconds: float, bytes_out: int, version: str
+    ) -> None:
+        """One line for one request (HTTP or gRPC: method "GRPC", path the full method name)."""
+        self.write(
+            {
+                "ts": round(time.time(), 3),
+                "level": "info",
+                "logger": "stratus.access",
+                "client": client,
+                "method": method,
+                "path": path[:256],
+                "route": route,
+                "status": status,
+                "ms": round(seconds * 1e3, 3),
+                "bytes_out": bytes_out,
+                "model_version": version,
+            }
+        )
+
     def flush(self) -> None:
         self._scheduled = False
         if self._lines:

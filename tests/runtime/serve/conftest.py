@@ -85,6 +85,12 @@ class Server:
         except httpx.TransportError:
             return False
 
+    grpc_port: int = 0
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
@@ -165,7 +171,10 @@ def server(tmp_path_factory, artifacts) -> Server:
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if k != "STRATUS_SERVE_TOKEN"}
-    srv = start_server(str(repo), root / "server.log", ["--token-file", str(token_file), "--poll-interval", "0.2"], env)
+    grpc_port = free_port()
+    args = ["--token-file", str(token_file), "--poll-interval", "0.2", "--grpc-port", str(grpc_port)]
+    srv = start_server(str(repo), root / "server.log", args, env)
+    srv.grpc_port = grpc_port
     srv.artifacts = {1: artifacts[1]}
     srv.token_file = token_file
     try:

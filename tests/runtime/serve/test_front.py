@@ -168,7 +168,9 @@ def test_head_works_wherever_get_does(server):
         for path in ("/v2", "/v2/health/ready", "/v2/models/tiny", "/v2/models/tiny/ready", "/metrics"):
             get, head = c.get(path, headers=server.auth), c.head(path, headers=server.auth)
             assert head.status_code == get.status_code == 200, path
-            assert head.content == b"" and head.headers["content-length"] == get.headers["content-length"]
+            assert head.content == b""
+            if path != "/metrics":  # its counters move between the two requests
+                assert head.headers["content-length"] == get.headers["content-length"], path
 
 
 def test_duplicate_authorization_is_refused(server):

@@ -1,0 +1,219 @@
+"""The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`), beside the HTTP port.
+
+`stratus serve --grpc-port N` starts a `grpc.aio` server in the same event loop as the HTTP one,
+sharing its ServeApp: the same token (metadata `authorization: Bearer ...`, ServerLive the only
+call without it, a repeated `authorization` refused), the same model manager (readiness, hot
+reload: a call uses the version current when it started), the same tensor limits and body
+budget, and the same metrics (route `grpc:<Method>`, `stratus_rejections_total`).
+
+A ModelInfer request is checked by the same decoder as HTTP: its tensors become the binary form
+of the REST request (`raw_input_contents` as they are; typed `contents` converted to the declared
+datatype), so shapes, datatypes, finiteness, batch and element caps behave identically. Outputs
+are returned in `raw_output_contents`, as Triton does.
+
+Limits of grpc-core used here: message size (`--max-body-bytes`), metadata size
+(`--max-header-bytes`), handshake and idle timeouts (`--header-timeout`, `--keepalive-timeout`)
+and concurrent calls (`--grpc-max-concurrent-rpcs`; beyond it RESOURCE_EXHAUSTED). grpc-core has
+no per-address connection cap and reads a whole message before a handler runs, so gRPC memory is
+bounded by concurrent calls x `--max-body-bytes`; the body budget is charged when the call starts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+import orjson
+
+from runtime.repository.artifact import DATATYPES
+from runtime.serve.app import SERVER_NAME, SERVER_VERSION, ServeApp, run_model
+from runtime.serve.body import BodyReader, Refused
+from runtime.serve.grpc_proto import SERVICE, messages
+from runtime.serve.model import LoadedModel
+from runtime.serve.protocol import RequestError
+
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+class InferenceService:
+    """The service's calls on top of a ServeApp."""
+
+    def __init__(self, app: ServeApp):
+        self.app = app
+        self.m = messages()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        calls = {
+            "ServerLive": self._server_live,
+            "ServerReady": self._server_ready,
+            "ModelReady": self._model_ready,
+            "ServerMetadata": self._server_metadata,
+            "ModelMetadata": self._model_metadata,
+            "ModelInfer": self._model_infer,
+        }
+        methods = {}
+        for name, call in calls.items():
+            method = self.m.service.methods_by_name[name]
+            request_cls = getattr(self.m, method.input_type.name)
+            response_cls = getattr(self.m, method.output_type.name)
+            methods[name] = grpc.unary_unary_rpc_method_handler(
+                self._guarded(name, call, public=name == "ServerLive"),
+                request_deserializer=request_cls.FromString,
+                response_serializer=response_cls.SerializeToString,
+            )
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+    def _guarded(self, name: str, call, *, public: bool):
+        app = self.app
+
+        async def run(request, context: grpc.aio.ServicerContext):
+            start = time.perf_counter()
+            status, message = 200, ""
+            peer = context.peer() or ""
+            reader = BodyReader(app.budget, app.max_body_bytes, app.body_timeout)
+            try:
+                auth = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+                if len(auth) > 1:
+                    raise Refused(400, "more than one authorization entry; send exactly one", "duplicate_authorization")
+                if not public and not app.authorized(auth[0].encode() if auth else None):
+                    raise RequestError(401, "missing or invalid bearer token")
+                response = await call(request, reader)
+            except RequestError as e:
+                status, message = e.status, e.message
+                if isinstance(e, Refused):
+                    app.metrics.reject(e.reason, peer)
+            finally:
+                reader.release()
+                elapsed = time.perf_counter() - start
+                app.metrics.observe(f"grpc:{name}", status, elapsed)
+                if app.access_log is not None:
+                    model = app.manager.current
+                    version = model.version_str if model else ""
+                    app.access_log.request(
+                        peer, "GRPC", f"/{SERVICE}/{name}", f"grpc:{name}", status, elapsed, 0, version
+                    )
+            if status != 200:
+                await context.abort(_CODES.get(status, grpc.StatusCode.INVALID_ARGUMENT), message)
+            return response
+
+        return run
+
+    # calls
+    async def _server_live(self, request, reader):
+        return self.m.ServerLiveResponse(live=True)
+
+    async def _server_ready(self, request, reader):
+        return self.m.ServerReadyResponse(ready=self.app.manager.current is not None)
+
+    async def _model_ready(self, request, reader):
+        model = self.app.manager.current
+        ready = model is not None and request.name == self.app.manager.model
+        ready = ready and request.version in ("", model.version_str)
+        return self.m.ModelReadyResponse(ready=ready)
+
+    async def _server_metadata(self, request, reader):
+        return self.m.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
+
+    async def _model_metadata(self, request, reader):
+        model = self._served(request.name, request.version)
+        response = self.m.ModelMetadataResponse(
+            name=model.name, versions=[model.version_str], platform="onnxruntime_onnx"
+        )
+        for specs, field in ((model.inputs, response.inputs), (model.outputs, response.outputs)):
+            for spec in specs.values():
+                field.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+        return response
+
+    async def _model_infer(self, request, reader: BodyReader):
+        app = self.app
+        model = self._served(request.model_name, request.model_version)
+        reader.take(request.ByteSize())
+        head, payload = self._as_binary_request(request)
+        decoded = await app.decode_pool.decode(head + payload, len(head), model.inputs, model.outputs, app.limits)
+        results = await run_model(model, decoded.inputs)
+        response = self.m.ModelInferResponse(model_name=model.name, model_version=model.version_str, id=request.id)
+        for name, _ in decoded.outputs:
+            spec = model.outputs[name]
+            array = np.ascontiguousarray(results[name], dtype=spec.dtype)
+            response.outputs.add(name=name, datatype=spec.datatype, shape=array.shape)
+            response.raw_output_contents.append(array.tobytes())
+        return response
+
+    def _served(self, name: str, version: str) -> LoadedModel:
+        manager = self.app.manager
+        if name != manager.model:
+            raise RequestError(404, f"unknown model {name[:64]!r}; this server serves {manager.model!r}")
+        model = manager.current
+        if model is None:
+            raise RequestError(503, f"model {manager.model!r} is not loaded yet")
+        if version not in ("", model.version_str):
+            raise RequestError(404, f"version {version[:16]!r} is not served (serving {model.version})")
+        return model
+
+    def _as_binary_request(self, request) -> tuple[bytes, bytes]:
+        """The request as the REST binary form: (JSON head, concatenated raw tensors)."""
+        raw_inputs = request.raw_input_contents
+        if raw_inputs and len(raw_inputs) != len(request.inputs):
+            raise RequestError(400, f"{len(raw_inputs)} raw_input_contents for {len(request.inputs)} inputs")
+        inputs, chunks = [], []
+        for i, tensor in enumerate(request.inputs):
+            data = raw_inputs[i] if raw_inputs else _contents_bytes(tensor)
+            item = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+            item["parameters"] = {"binary_data_size": len(data)}
+            inputs.append(item)
+            chunks.append(data)
+        head = {"inputs": inputs, "parameters": {"binary_data_output": True}}
+        if request.outputs:
+            head["outputs"] = [{"name": o.name} for o in request.outputs]
+        return orjson.dumps(head), b"".join(chunks)
+
+
+def _contents_bytes(tensor) -> bytes:
+    field = _CONTENTS.get(tensor.datatype)
+    if field is None:
+        raise RequestError(422, f"input {tensor.name[:64]!r}: datatype {tensor.datatype[:16]!r} is not supported")
+    dtype = np.dtype(DATATYPES[tensor.datatype][0]).newbyteorder("<")
+    try:
+        return np.asarray(getattr(tensor.contents, field), dtype=dtype).tobytes()
+    except OverflowError:
+        raise RequestError(422, f"input {tensor.name[:64]!r}: values outside the {tensor.datatype} range") from None
+
+
+async def start_grpc(app: ServeApp, host: str, port: int, *, limits: dict) -> grpc.aio.Server:
+    """Start the gRPC server on host:port. `limits`: max_body_bytes, max_header_bytes,
+    header_timeout, keepalive_timeout, max_concurrent_rpcs. Raises RuntimeError if it cannot bind."""
+    options = [
+        ("grpc.max_receive_message_length", limits["max_body_bytes"]),
+        ("grpc.max_send_message_length", 4 * limits["max_body_bytes"]),
+        ("grpc.max_metadata_size", limits["max_header_bytes"]),
+        ("grpc.server_handshake_timeout_ms", int(limits["header_timeout"] * 1000)),
+        ("grpc.max_connection_idle_ms", int(limits["keepalive_timeout"] * 1000)),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits["max_concurrent_rpcs"])
+    server.add_generic_rpc_handlers((InferenceService(app).handler(),))
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise RuntimeError(f"gRPC: cannot bind {host}:{port}")
+    await server.start()
+    return server
