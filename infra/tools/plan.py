@@ -17,9 +17,11 @@ import json
 import sys
 from pathlib import Path
 
+from infra.config.catalog import CATALOG
 from infra.config.cost import estimate_cost
 from infra.config.errors import ConfigError
-from infra.config.stack import parse_config
+from infra.config.quota import quota_needs
+from infra.config.stack import StackConfig, parse_config
 from infra.tools.offline import ProgramRun, Registered, load_stack_config, run_program
 from infra.tools.policycheck import evaluate
 from runtime.contract import ExitCode
@@ -137,6 +139,57 @@ def resource_table(run: ProgramRun) -> str:
     return "\n".join(lines) + f"\n{len(rows)} resources"
 
 
+def _ami(run: ProgramRun, label: str, key: str, pinned: str | None, image: str | None) -> str:
+    if pinned:
+        return f"{label} AMI: {pinned} (pinned in stratus:{key})"
+    return (
+        f"{label} AMI: NOT PINNED; looked up as the newest image at each preview (offline: {image}); "
+        "pin it with ./scripts/plan.sh --update-ami <stack file>"
+    )
+
+
+def capacity_section(cfg: StackConfig, run: ProgramRun) -> str:
+    """Capacity, images, scratch, and the checks only a real `pulumi preview` can make."""
+    trainer = CATALOG[cfg.trainer_instance_type]
+    target = cfg.reservation_target
+    if cfg.trainer_market == "capacity-block":
+        reservation = f"Capacity Block, reservation {cfg.trainer_capacity_reservation_id}"
+    elif target:
+        reservation = "targeted Capacity Reservation " + next(iter(target.values()))
+    else:
+        reservation = f"no target (preference: {cfg.trainer_capacity_reservation_preference or 'open'})"
+    mode, gb = cfg.scratch
+    scratch = {
+        "nvme": f"local NVMe, {trainer.nvme_disks} x {trainer.nvme_disk_gb} GB"
+        + (" striped (RAID0)" if trainer.nvme_disks > 1 else ""),
+        "ebs": f"gp3 {gb} GB, {cfg.trainer_scratch_iops} IOPS, {cfg.trainer_scratch_throughput_mibps} MiB/s",
+        "none": "none",
+    }[mode]
+    lt = run.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+    host = run.of_type("aws:ec2/instance:Instance")
+    server_ami = next((h.inputs.get("ami") for h in host if h.name == "serving-host"), None)
+    lines = [
+        f"training nodes: {cfg.num_trainers} x {trainer.name}, market {cfg.trainer_market}, reservation: {reservation}",
+        f"placement group: {'cluster' if cfg.use_placement_group else 'none'}; scratch: {scratch}",
+        "running nodes "
+        + ("are replaced when" if cfg.trainer_follow_launch_template else "ignore")
+        + " launch-template changes (stratus:trainer-follow-launch-template)",
+        _ami(run, "training", "trainer-ami", cfg.trainer_ami, lt[0].inputs.get("imageId") if lt else None),
+        _ami(run, "serving", "serving-ami", cfg.serving_ami, server_ami),
+        "checks only a real `pulumi preview` makes (offline they are assumed to pass):",
+    ]
+    if cfg.quota_check:
+        lines += [f"  Service Quotas {need.describe()}" for need in quota_needs(cfg)]
+    else:
+        lines.append("  (quota check off: stratus:quota-check false)")
+    if cfg.zone_offerings_lookup:
+        types = sorted({cfg.trainer_instance_type, cfg.serving_instance_type})
+        lines.append(f"  EC2 zone offerings of {', '.join(types)} in {cfg.region}")
+    if target:
+        lines.append("  the reservation's type, zone and free capacity: checked by EC2 when the nodes launch")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Plan the stack file given on the command line; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -153,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plan failed for {path}:\n{e}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     raw = {k.split(":", 1)[1] if k.startswith("stratus:") else k: v for k, v in config.items()}
-    estimate = estimate_cost(parse_config(raw))
+    cfg = parse_config(raw)
+    estimate = estimate_cost(cfg)
     verdicts = evaluate(run)
     print(f"== resources: stack '{stack}' from {path} (offline, Pulumi mocks) ==")
     print(resource_table(run))
@@ -164,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"      {v.message}")
     failed = sum(1 for v in verdicts.values() if v)
     print(f"{len(verdicts) - failed} passed, {failed} failed")
+    print("\n== capacity, images, checks at preview ==")
+    print(capacity_section(cfg, run))
     print("\n== estimated cost (USD) ==")
     print(estimate.table())
     return ExitCode.FAILED if failed else ExitCode.OK

@@ -63,3 +63,13 @@ def test_plan_names_the_key_of_a_config_error(tmp_path, capsys):
     stack_file.write_text("config:\n  aws:region: us-east-1\n  stratus:trainer-count: 0\n")
     assert plan.main([str(stack_file)]) == 2 == ExitCode.BAD_INPUT
     assert "config `stratus:trainer-count`" in capsys.readouterr().err
+
+
+def test_plan_of_four_p5_on_a_capacity_block_shows_reservation_quota_ami_and_block_price(capsys):
+    assert plan.main([str(ROOT / "examples" / "Pulumi.p5-capacity-block.yaml")]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert "market capacity-block, reservation: Capacity Block, reservation cr-0a1b2c3d4e5f60718" in out
+    assert "placement group: none; scratch: local NVMe, 8 x 3840 GB striped (RAID0)" in out
+    assert "Service Quotas ec2/L-417A185B 'Running On-Demand P instances' >= 768 vCPUs (4 x p5.48xlarge)" in out
+    assert "training AMI: NOT PINNED" in out and "--update-ami" in out
+    assert re.search(r"training node p5\.48xlarge \(capacity block\)\s+4\s+31\.464000\s+125\.8560", out)
