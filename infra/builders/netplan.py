@@ -89,7 +89,8 @@ def choose_zones(
             fits = [z for z in candidates if z in set(zones)]
             if not fits:
                 blamed = (type_keys or {}).get(instance_type, "trainer-instance-type")
-                key = "training-availability-zone" if requested else blamed
+                # A requested zone is to blame only when the type is offered somewhere else.
+                key = "training-availability-zone" if requested and zones else blamed
                 raise ConfigError(
                     key,
                     f"no zone offers {instance_type} together with the other instance types; "

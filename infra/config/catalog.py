@@ -5,8 +5,11 @@ published on https://aws.amazon.com/ec2/pricing/on-demand/ (EC2), /ebs/pricing/ 
 /vpc/pricing/ (NAT gateway, public IPv4), /privatelink/pricing/ (interface endpoints),
 /kms/pricing/ and /s3/pricing/, transcribed 2025-06 (after the June 2025 P4/P5 price
 reductions). They could not be re-checked from the build environment (no AWS access): refresh
-them from the AWS Price List API (`aws pricing get-products --service-code AmazonEC2 ...`)
-before relying on a budget, and bump PRICES_AS_OF when you do.
+them before relying on a budget with `python -m infra.tools.prices [REGION...]`, which lists the
+current list price of every catalog type in every region that sells it next to the figure here
+(and the regions missing here), and bump PRICES_AS_OF when you do. The regions are the three the
+catalog has every price for; p4d/p5 are sold in more (the tool lists them), and adding one
+takes its EC2 prices and a `RegionPrices` row.
 
 Plain data and one lookup: no Pulumi, no network, and nothing else of `infra` (config
 validation and the cost estimate both read it).

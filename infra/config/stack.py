@@ -21,7 +21,9 @@ from infra.config import capacity, validate
 from infra.config.errors import ConfigError
 
 NAMESPACE = "stratus"
-DEFAULT_INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages", "kms", "logs")
+DEFAULT_INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages")
+"""Session Manager's endpoints. Nothing on the hosts calls KMS or CloudWatch Logs directly (S3 and
+SSM use the stack key server-side), so `kms` and `logs` endpoints are opt-in."""
 
 
 def _key(key: str, default: Any = None) -> Any:

@@ -39,3 +39,8 @@ def test_zone_choice_blames_the_key_that_chose_the_type():
         netplan.choose_zones(zones, 2, requested=None, offering={"p4d": zones, "c7i": []}, type_keys=keys)
     with pytest.raises(ConfigError, match="config `stratus:trainer-instance-type`.*zones offering p4d: none"):
         netplan.choose_zones(zones, 2, requested=None, offering={"p4d": [], "c7i": zones}, type_keys=keys)
+    # with a requested zone, a type offered in no zone at all is still its key's fault
+    with pytest.raises(ConfigError, match="config `stratus:serving-instance-type`.*zones offering c7i: none"):
+        netplan.choose_zones(zones, 2, requested="z-a", offering={"p4d": zones, "c7i": []}, type_keys=keys)
+    with pytest.raises(ConfigError, match="config `stratus:training-availability-zone`"):
+        netplan.choose_zones(zones, 2, requested="z-a", offering={"p4d": ["z-b"], "c7i": zones}, type_keys=keys)

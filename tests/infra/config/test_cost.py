@@ -21,21 +21,22 @@ def test_two_nodes_for_ten_hours_plus_serving_host_and_nat():
                         "trainer-scratch-volume-gb": 500, "egress-enabled": True, "training-hours": 10})  # fmt: skip
     estimate = estimate_cost(cfg)
     # By hand, us-east-1: 2 x 5.672 = 11.344; c7i.xlarge 0.1785; NAT 0.045 + its IPv4 0.005;
-    # 5 endpoints x 2 AZ x 0.01 = 0.10; gp3 0.08/730 per GB-h: 2 x (200+500) GB -> 0.15342 ~ 0.1534,
-    # 50 GB -> 0.00548 ~ 0.0055; S3 100 GB x 0.023/730 -> 0.00315 ~ 0.0032; KMS 1/730 ~ 0.0014.
+    # 3 endpoints (ssm, ssmmessages, ec2messages) x 2 AZ x 0.01 = 0.06;
+    # gp3 0.08/730 per GB-h: 2 x (200+500) GB -> 0.15342 ~ 0.1534, 50 GB -> 0.00548 ~ 0.0055;
+    # S3 100 GB x 0.023/730 -> 0.00315 ~ 0.0032; KMS 1/730 ~ 0.0014.
     assert _lines(estimate) == {
         "training node g5.12xlarge (on-demand)": Decimal("11.3440"),
         "serving host c7i.xlarge": Decimal("0.1785"),
         "EBS gp3 GB, training nodes": Decimal("0.1534"),
         "EBS gp3 GB, serving host": Decimal("0.0055"),
         "S3 Standard GB (estimated-s3-gb)": Decimal("0.0032"),
-        "interface endpoint x AZ": Decimal("0.1000"),
+        "interface endpoint x AZ": Decimal("0.0600"),
         "KMS customer-managed key": Decimal("0.0014"),
         "NAT gateway": Decimal("0.0450"),
         "public IPv4 (NAT Elastic IP)": Decimal("0.0050"),
     }
-    assert estimate.total_usd_per_hour == Decimal("11.8360")
-    assert estimate.run_usd == Decimal("118.36")
+    assert estimate.total_usd_per_hour == Decimal("11.7960")
+    assert estimate.run_usd == Decimal("117.96")
 
 
 def test_spot_nodes_are_priced_at_their_cap_in_the_chosen_region():
@@ -66,5 +67,5 @@ def test_budget_guard_raises_above_the_cap_and_passes_at_or_below_it():
     estimate = estimate_cost(parse_config({"aws:region": "us-east-1", "trainer-scratch-volume-gb": 500}))
     enforce_budget(estimate, None)
     enforce_budget(estimate, float(estimate.total_usd_per_hour))
-    with pytest.raises(BudgetExceededError, match=r"(?s)max-hourly-usd.*Breakdown:.*total\s+11\.7860"):
-        enforce_budget(estimate, 11.78)
+    with pytest.raises(BudgetExceededError, match=r"(?s)max-hourly-usd.*Breakdown:.*total\s+11\.7460"):
+        enforce_budget(estimate, 11.74)

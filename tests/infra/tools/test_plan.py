@@ -37,8 +37,8 @@ def test_plan_of_the_example_prints_resources_verdicts_and_a_cost_that_adds_up()
     items = [line for line in lines[1:] if re.search(r"\d+\.\d{4}$", line) and not line.startswith("total")]
     total = next(line for line in lines if line.startswith("total"))
     assert len(items) == 7
-    assert sum(Decimal(line.split()[-1]) for line in items) == Decimal(total.split()[-1]) == Decimal("11.6764")
-    assert "estimated run cost for 10 h: 116.76 USD" in cost
+    assert sum(Decimal(line.split()[-1]) for line in items) == Decimal(total.split()[-1]) == Decimal("11.6364")
+    assert "estimated run cost for 10 h: 116.36 USD" in cost
 
 
 def test_plan_stops_with_the_breakdown_when_over_budget(tmp_path):
