@@ -108,3 +108,18 @@ def test_gpt_tiny_trains_under_zero3_with_full_offload_and_loss_falls(gpt_run):
     assert summary["tokens_per_s"] > 0 and 0 < summary["mfu"] < 1 and summary["matmul_peak_flops"] > 1e9
     assert all(float(r["mfu"]) > 0 for r in rows) and [r["val_perplexity"] != "" for r in rows].count(True) == 2
     assert (gpt_run / "training.png").stat().st_size > 1000
+
+
+def test_text_from_an_s3_prefix_and_a_jsonl_object(aws_env):
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="corpus")
+    s3.put_object(Bucket="corpus", Key="books/b.txt", Body=b"beta " * 100)
+    s3.put_object(Bucket="corpus", Key="books/a.txt", Body=b"alpha " * 100)
+    s3.put_object(Bucket="corpus", Key="other.jsonl", Body=b'{"text": "gamma"}\n{"text": "delta"}\n')
+    docs = read_documents(DataConfig(source="s3://corpus/books/"))
+    assert [d[:5] for d in docs] == ["alpha", "beta "]
+    assert read_documents(DataConfig(source="s3://corpus/other.jsonl")) == ["gamma", "delta"]
+    with pytest.raises(DataError, match="s3://nope/x/: cannot read"):
+        read_documents(DataConfig(source="s3://nope/x/"))
