@@ -5,6 +5,7 @@
 #   ./scripts/launch.sh --zero-stage 3 --offload all --run-name z3
 #   ./scripts/launch.sh --resume --run-name z3  # continue after a crash or preemption (exit 75)
 #   ./scripts/launch.sh --dry-run               # print the DeepSpeed config and command, start nothing
+#   ./scripts/launch.sh --preset gpt-small -- --set max_steps=60   # a 32M-parameter GPT on the stdlib corpus
 #   ./scripts/launch.sh -- --set epochs=2       # anything after -- goes to `stratus train`
 #   ./scripts/launch.sh --stack dev             # the same on the stack's training nodes (see --help)
 #
@@ -20,14 +21,16 @@ Sets up .venv from requirements.txt when missing, validates config and data, tra
 DeepSpeed ZeRO data parallelism through DeepSpeed's launcher, then exports and publishes.
 
 options:
-  --preset NAME         training preset (default mlp-binary; also mlp-large)
+  --preset NAME         training preset (default mlp-binary; also mlp-large, and the GPT language
+                        models gpt-tiny, gpt-small (CPU) and gpt-350m, gpt-1.3b (GPU nodes))
   --nproc N             local ranks (default 2)
   --zero-stage {0,1,2,3}
                         ZeRO stage (default 2): 1 shards optimizer state, 2 also gradients,
                         3 also parameters (each rank owns a shard, like a parameter server)
   --offload {none,optimizer,all}
                         CPU offload (default optimizer; all = optimizer + parameters, ZeRO-3)
-  --data PATH|s3://...  training data (.npz with x,y or .csv with a `label` column)
+  --data PATH|s3://...  training data (.npz with x,y or .csv with a `label` column; for gpt-*:
+                        a directory of text files, .txt, .jsonl with a `text` field, or s3://bucket/prefix/)
   --run-name NAME       run directory <output-dir>/NAME (default: the preset name)
   --output-dir DIR      parent of run directories (default runs)
   --resume              continue from the newest verified checkpoint of the run

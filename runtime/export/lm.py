@@ -215,7 +215,10 @@ def measure_lm(cfg: ExportConfig, fp32: GPT, pruned: GPT, paths: dict[str, Path]
         "sequences": len(windows),
         "tokens": int(windows[:, 1:].size),
         "fp32": {"perplexity": perplexity_torch(fp32, windows), "runtime": "torch"},
-        "pruned_fp32": {"perplexity": perplexity_torch(pruned, windows), "runtime": "torch"},
+        "pruned_fp32": {
+            "perplexity": perplexity_torch(pruned, windows) if pruned is not fp32 else None,
+            "runtime": "torch",
+        },
         "exported": {
             "perplexity": perplexity_onnx(sessions["ort_int8"], windows),
             "runtime": "onnxruntime",
@@ -260,7 +263,9 @@ def export_lm(cfg: ExportConfig, ckpt: Consolidated, consolidated_path: Path, wo
     paths["int8"] = onnx_export.quantize(paths["pruned_fp32"], work / "model.onnx", mode="dynamic",
                                          per_channel=cfg.per_channel, op_types=LM_QUANTIZED_OPS)  # fmt: skip
     sizes = _sizes(paths, consolidated_path)
-    metrics, latency_ms = measure_lm(cfg, fp32, pruned, paths, windows)
+    metrics, latency_ms = measure_lm(cfg, fp32, pruned if cfg.ffn_prune_fraction else fp32, paths, windows)
+    if metrics["pruned_fp32"]["perplexity"] is None:  # nothing pruned: the same model
+        metrics["pruned_fp32"]["perplexity"] = metrics["fp32"]["perplexity"]
     increase = gate(metrics["fp32"]["perplexity"], metrics["exported"]["perplexity"], cfg.perplexity_tolerance)
     metrics["perplexity_increase_percent"] = round(increase, 4)
     log.info("[6/6] gate passed (perplexity %+.2f%% <= %g%%)", increase, cfg.perplexity_tolerance)
