@@ -9,7 +9,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from infra.builders.userdata import serving_user_data
-from infra.components.base import IMDSV2_ONLY, child, component_tags
+from infra.components.base import child, component_tags, instance_settings
 from infra.components.images import find_image
 from infra.config.catalog import InstanceType
 
@@ -91,18 +91,10 @@ class Serving(pulumi.ComponentResource):
             instance_type=args.instance_type.name,
             subnet_id=args.subnet_id,
             vpc_security_group_ids=[args.security_group_id],
-            iam_instance_profile=args.instance_profile_name,
             associate_public_ip_address=False,
-            metadata_options=IMDSV2_ONLY,
-            root_block_device={
-                "encrypted": True,
-                "kms_key_id": args.key_arn,
-                "volume_type": "gp3",
-                "volume_size": args.root_volume_gb,
-                "delete_on_termination": True,
-            },
-            ebs_optimized=True,
-            monitoring=True,
+            **instance_settings(
+                key_arn=args.key_arn, root_volume_gb=args.root_volume_gb, profile_name=args.instance_profile_name
+            ),
             user_data=user_data,
             user_data_replace_on_change=True,
             volume_tags=tags,

@@ -9,7 +9,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.builders.userdata import SCRATCH_DEVICE
-from infra.components.base import IMDSV2_ONLY, child, component_tags
+from infra.components.base import IMDSV2_ONLY, child, component_tags, instance_settings
 from infra.components.images import Image, find_image
 from infra.config.catalog import InstanceType
 
@@ -179,17 +179,9 @@ class Training(pulumi.ComponentResource):
             launch_template={"id": template.id, "version": template.latest_version.apply(str)},
             # Repeated from the template on purpose: an instance-level setting wins over the
             # template (IMDSv2 holds even if someone edits it), and scanners read the instance.
-            metadata_options=IMDSV2_ONLY,
-            monitoring=True,
-            ebs_optimized=True,
-            iam_instance_profile=args.instance_profile_name,
-            root_block_device={
-                "encrypted": True,
-                "kms_key_id": args.key_arn,
-                "volume_type": "gp3",
-                "volume_size": args.root_volume_gb,
-                "delete_on_termination": True,
-            },
+            **instance_settings(
+                key_arn=args.key_arn, root_volume_gb=args.root_volume_gb, profile_name=args.instance_profile_name
+            ),
             tags={**tags, "Name": f"{name}-node-{i}"},
             opts=child(self, ignore_changes=ignore),
         )

@@ -132,3 +132,18 @@ def test_missing_nvme_disks_fail_the_scratch_unit(tmp_path):
     result = box.run(SCRATCH, stack_env=True)
     assert result.returncode == 1 and "no NVMe instance-store disk" in result.stderr
     assert box.calls("mount") == []
+
+
+def test_serving_user_data_creates_its_user_and_starts_prepare_then_serve(tmp_path):
+    box = Sandbox(tmp_path)
+    box.stand_in("id", "exit 1")  # no `stratus` user yet
+    text = userdata.serving_user_data(
+        region="us-east-1", models_bucket="m", model_name="mlp-binary", port=8000, token_parameter="/o/p/s/token"
+    )
+    result = box.run(text)
+    assert result.returncode == 0, result.stderr
+    assert box.calls("useradd") == ["--system --no-create-home --shell /sbin/nologin stratus"]
+    assert box.calls("systemctl")[-1] == f"enable --now --no-block {PREPARE_UNIT} {userdata.SERVE_UNIT}"
+    env = (box.root / "etc/stratus/stack.env").read_text()
+    assert "STRATUS_GPU=0" in env and "STRATUS_SCRATCH" not in env
+    assert "--token-ssm-parameter /o/p/s/token" in (box.root / "opt/stratus/serve.sh").read_text()
