@@ -215,10 +215,6 @@ def measure_lm(cfg: ExportConfig, fp32: GPT, pruned: GPT, paths: dict[str, Path]
         "sequences": len(windows),
         "tokens": int(windows[:, 1:].size),
         "fp32": {"perplexity": perplexity_torch(fp32, windows), "runtime": "torch"},
-        "pruned_fp32": {
-            "perplexity": perplexity_torch(pruned, windows) if pruned is not fp32 else None,
-            "runtime": "torch",
-        },
         "exported": {
             "perplexity": perplexity_onnx(sessions["ort_int8"], windows),
             "runtime": "onnxruntime",
@@ -227,6 +223,9 @@ def measure_lm(cfg: ExportConfig, fp32: GPT, pruned: GPT, paths: dict[str, Path]
         "int8_vs_fp32_logits": logit_agreement(reference, onnx_logits(sessions["ort_int8"], probe)),
         "tolerance_percent": cfg.perplexity_tolerance,
     }
+    # Unpruned, the pruned model is the fp32 one: not scored twice.
+    pruned_ppl = perplexity_torch(pruned, windows) if pruned is not fp32 else metrics["fp32"]["perplexity"]
+    metrics["pruned_fp32"] = {"perplexity": pruned_ppl, "runtime": "torch"}
     seq_len = windows.shape[1] - 1
     iters = min(cfg.latency_iters, 10)  # a full-context forward of a GPT is slow on a CPU
     table = latency(fp32, sessions, seq_len, threads=cfg.latency_threads, iters=iters)
@@ -264,8 +263,6 @@ def export_lm(cfg: ExportConfig, ckpt: Consolidated, consolidated_path: Path, wo
                                          per_channel=cfg.per_channel, op_types=LM_QUANTIZED_OPS)  # fmt: skip
     sizes = _sizes(paths, consolidated_path)
     metrics, latency_ms = measure_lm(cfg, fp32, pruned if cfg.ffn_prune_fraction else fp32, paths, windows)
-    if metrics["pruned_fp32"]["perplexity"] is None:  # nothing pruned: the same model
-        metrics["pruned_fp32"]["perplexity"] = metrics["fp32"]["perplexity"]
     increase = gate(metrics["fp32"]["perplexity"], metrics["exported"]["perplexity"], cfg.perplexity_tolerance)
     metrics["perplexity_increase_percent"] = round(increase, 4)
     log.info("[6/6] gate passed (perplexity %+.2f%% <= %g%%)", increase, cfg.perplexity_tolerance)
