@@ -74,6 +74,13 @@ def check_capacity(cfg: Any) -> None:
             "is set although the nodes target a reservation (they launch into it only)",
             "remove it; it applies only to nodes without a target",
         )
+    if (rid or group) and not cfg.training_availability_zone:
+        raise ConfigError(
+            "training-availability-zone",
+            "is not set although the nodes target a Capacity Reservation, which lives in one zone",
+            "set it to the reservation's zone (`aws ec2 describe-capacity-reservations --capacity-reservation-ids "
+            "<id> --query 'CapacityReservations[0].AvailabilityZone'`)",
+        )
     if cfg.trainer_placement_group and (rid or group):
         raise ConfigError(
             "trainer-placement-group",

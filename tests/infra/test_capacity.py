@@ -56,7 +56,9 @@ def test_open_and_targeted_reservations_and_the_placement_group_rule():
     (lt,) = plain.of_type(LT)
     assert lt.inputs["capacityReservationSpecification"] == {"capacityReservationPreference": "open"}
     assert "instanceMarketOptions" not in lt.inputs and len(plain.of_type(PG)) == 1
-    targeted = run_program(example_config(**{"trainer-capacity-reservation-group-arn": GROUP}))
+    targeted = run_program(
+        example_config(**{"trainer-capacity-reservation-group-arn": GROUP, "training-availability-zone": "us-east-1b"})
+    )
     (lt,) = targeted.of_type(LT)
     assert lt.inputs["capacityReservationSpecification"] == {
         "capacityReservationTarget": {"capacityReservationResourceGroupArn": GROUP}}  # fmt: skip
@@ -68,6 +70,9 @@ def test_open_and_targeted_reservations_and_the_placement_group_rule():
 BAD = {
     "block-without-id": ({"trainer-instance-type": "p5.48xlarge", "trainer-market": "capacity-block"},
                          "trainer-capacity-reservation-id", "is required with `trainer-market: capacity-block`"),
+    "reservation-without-zone": ({"trainer-capacity-reservation-id": RID, "training-availability-zone": None},
+                                 "training-availability-zone",
+                                 "describe-capacity-reservations"),
     "block-on-g5": ({"trainer-market": "capacity-block", "trainer-capacity-reservation-id": RID},
                     "trainer-instance-type", "not sold as a Capacity Block"),
     "price-without-block": ({"trainer-capacity-block-usd-per-hour": 30}, "trainer-capacity-block-usd-per-hour",
@@ -93,7 +98,8 @@ BAD = {
 def test_bad_capacity_config_names_the_key_and_the_fix(case):
     overrides, key, fragment = BAD[case]
     with pytest.raises(ConfigError) as raised:
-        parse_config({"aws:region": "us-east-1", **overrides})
+        # a zone is set: a targeted reservation needs one (its own case unsets it)
+        parse_config({"aws:region": "us-east-1", "training-availability-zone": "us-east-1a", **overrides})
     assert f"config `stratus:{key}`" in str(raised.value) and fragment in str(raised.value), str(raised.value)
     assert "Fix:" in str(raised.value)
 
