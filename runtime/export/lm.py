@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime.common.log import get_logger
+from runtime.common.tokens import EOT, VOCAB_SIZE
 from runtime.export import onnx_export
 from runtime.export.config import ExportConfig, ExportError, GateError
 from runtime.export.consolidate import Consolidated
@@ -37,7 +38,6 @@ from runtime.train.data import DataError, Dataset
 from runtime.train.gpt import GPT, FeedForward
 from runtime.train.models import count_parameters
 from runtime.train.text import load_text_dataset
-from runtime.train.tokens import EOT, VOCAB_SIZE
 
 log = get_logger()
 INPUT_IDS = "input_ids"

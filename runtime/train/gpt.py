@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from runtime.common.tokens import VOCAB_SIZE
 from runtime.train.config import ModelConfig
-from runtime.train.tokens import VOCAB_SIZE
 
 INIT_STD = 0.02
 

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.common.tokens import VOCAB_SIZE
 from runtime.train.config import TrainConfig
 from runtime.train.data import Dataset, load_dataset
 from runtime.train.gpt import build_gpt, flops_per_token
 from runtime.train.models import build_mlp
 from runtime.train.tabular import STATS_FILE, FeatureStats
 from runtime.train.text import load_text_dataset
-from runtime.train.tokens import VOCAB_SIZE
 
 
 class BinaryTask:

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from runtime.common.s3 import parse_s3_uri
+from runtime.common.tokens import EOT
 from runtime.train.config import BUILTIN_TEXT_SOURCE, DataConfig
 from runtime.train.data import DataError, Dataset
-from runtime.train.tokens import EOT
 
 
 def stdlib_files() -> list[Path]:

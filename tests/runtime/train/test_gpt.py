@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from runtime.common.tokens import EOT, VOCAB_SIZE, StreamDecoder, decode, encode
 from runtime.train.config import ConfigError, DataConfig, ModelConfig
 from runtime.train.data import DataError
 from runtime.train.deepspeed_config import resolve_precision
@@ -16,7 +17,6 @@ from runtime.train.gpt import build_gpt, flops_per_token
 from runtime.train.loading import load_config
 from runtime.train.models import count_parameters
 from runtime.train.text import load_text_dataset, pack, read_documents, stdlib_files
-from runtime.train.tokens import EOT, VOCAB_SIZE, StreamDecoder, decode, encode
 from tests.runtime.conftest import read_metrics
 
 
