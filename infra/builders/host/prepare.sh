@@ -84,19 +84,26 @@ check_torch() {
   local pin
   pin="$(sed -n 's/^torch==\([^ ;#]*\).*/\1/p' "${APP}/app/requirements/runtime.txt")"
   [ -n "${pin}" ] || die "requirements/runtime.txt pins no torch version" "${EX_CONFIG}"
-  "${VENV}/bin/python" - "${pin}" <<'PY' || die "torch on this GPU host is not usable (above)" "${EX_CONFIG}"
+  # Exit 78 (not retried) for the wrong build; 1 (retried) when no GPU is visible yet.
+  "${VENV}/bin/python" - "${pin}" <<'PY' || die "torch on this GPU host is not usable (above)" "$?"
 import sys
 
 import torch
 
+
+def fail(message, code):
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
 pin = sys.argv[1]
 if torch.__version__.split("+")[0] != pin:
-    sys.exit(f"torch {torch.__version__} is installed but the bundle pins torch=={pin}")
+    fail(f"torch {torch.__version__} is installed but the bundle pins torch=={pin}", 78)
 if not torch.version.cuda:
-    sys.exit(f"torch {torch.__version__} is a CPU-only build; GPU hosts need the CUDA build "
-             "(PyPI's Linux wheel; for wheels/ download it on or for linux x86_64)")
+    fail(f"torch {torch.__version__} is a CPU-only build; GPU hosts need the CUDA build "
+         "(PyPI's Linux wheel; for wheels/ download it on or for linux x86_64)", 78)
 if not torch.cuda.is_available():
-    sys.exit(f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: NVIDIA driver missing or too old")
+    fail(f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: NVIDIA driver not loaded or too old", 1)
 print(f"[stratus-prepare] torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPUs")
 PY
 }

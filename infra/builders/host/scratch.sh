@@ -1,7 +1,8 @@
 #!/bin/bash
 # stratus-scratch.service (training nodes, every boot): mount the scratch space at /scratch.
 # STRATUS_SCRATCH=nvme: the instance's local NVMe disks, striped into one RAID0 array when there
-# are several (instance store is wiped on stop/start, so it is rebuilt then);
+# are several (reassembled after a reboot; instance store is wiped on stop/start, so the array is
+# created again then); an existing file system is mounted, never formatted again;
 # STRATUS_SCRATCH=ebs: the gp3 volume attached as /dev/sdf; none: nothing.
 # Env (/etc/stratus/stack.env): STRATUS_SCRATCH, STRATUS_NVME_DISKS (how many to wait for).
 # STRATUS_SYSROOT: look for devices and mount under this directory instead of / (tests).
@@ -42,7 +43,9 @@ nvme_device() {
     echo "${disks[0]}"
     return
   fi
-  if [ ! -e "${ARRAY}" ]; then
+  # After a reboot the disks keep their array (instance store survives reboots, not stop/start):
+  # assemble it again, so the checkpoints on it survive; create it only on blank disks.
+  if [ ! -e "${ARRAY}" ] && ! mdadm --assemble "${ARRAY}" "${disks[@]}" >&2 2>/dev/null; then
     log "striping ${#disks[@]} NVMe disks (RAID0): ${disks[*]}"
     mdadm --create "${ARRAY}" --level=0 --raid-devices="${#disks[@]}" --run --force "${disks[@]}" >&2
   fi

@@ -57,8 +57,12 @@ def test_trainer_user_data_installs_python_and_the_cuda_torch_offline_and_starts
     assert box.calls("aws")[0].startswith("s3 cp --region us-east-1 --only-show-errors s3://stratus-models/")
     assert "installing" in result.stderr and "offline from the bundle's wheels" in result.stderr
     assert "torch 2.13.0+cu128, CUDA 12.8, 8 GPUs" in result.stdout
-    assert list((box.root / "opt/stratus/venv/lib").glob("python3.11/site-packages/torch/__init__.py"))
+    (torch_init,) = (box.root / "opt/stratus/venv/lib").glob("python3.11/site-packages/torch/__init__.py")
     assert (box.root / "opt/stratus/.ready").exists()
+    # GPUs not visible yet (driver still loading): a failure systemd retries, not exit 78
+    torch_init.write_text(torch_init.read_text().replace("return True", "return False"))
+    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
+    assert result.returncode == 1 and "sees no GPU" in result.stderr, result.stderr
 
 
 def test_a_cpu_torch_on_a_gpu_node_fails_loudly_and_is_not_retried(tmp_path, aws_env):
@@ -107,12 +111,21 @@ def test_nvme_scratch_stripes_every_instance_store_disk(tmp_path):
         (by_id / f"nvme-Amazon_EC2_NVMe_Instance_Storage_AWS{i:04d}").symlink_to(box.root / f"dev/nvme{i}n1")
         # the namespace alias of the same disk must not be counted twice
         (by_id / f"nvme-Amazon_EC2_NVMe_Instance_Storage_AWS{i:04d}_1").symlink_to(box.root / f"dev/nvme{i}n1")
+    box.stand_in("mdadm", 'case "$1" in --assemble) exit 1;; esac')  # blank disks: no array to assemble
     result = box.run(SCRATCH, stack_env=True)
     assert result.returncode == 0, result.stderr
     array = f"{box.root}/dev/md/stratus-scratch"
     disks = " ".join(f"{box.root}/dev/nvme{i}n1" for i in range(1, 9))
-    assert box.calls("mdadm") == [f"--create {array} --level=0 --raid-devices=8 --run --force {disks}"]
+    create = f"--create {array} --level=0 --raid-devices=8 --run --force {disks}"
+    assert box.calls("mdadm") == [f"--assemble {array} {disks}", create]
     assert box.calls("mkfs.xfs") == [f"-q -f {array}"]
+    assert box.calls("mount") == [f"-o noatime {array} {box.root}/scratch"]
+    # after a reboot: the array assembles and its file system is mounted, not formatted again
+    box.log.write_text("")
+    box.stand_in("mdadm")
+    box.stand_in("blkid", "exit 0")
+    assert box.run(SCRATCH, stack_env=True).returncode == 0
+    assert box.calls("mdadm") == [f"--assemble {array} {disks}"] and box.calls("mkfs.xfs") == []
     assert box.calls("mount") == [f"-o noatime {array} {box.root}/scratch"]
 
 
