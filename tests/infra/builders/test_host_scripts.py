@@ -12,7 +12,9 @@ import pytest
 
 from infra.builders import userdata
 from infra.config.catalog import CATALOG
-from runtime.contract import PREPARE_UNIT, bundle_uri
+from runtime.contract import NODE_ENV_FILE, PREPARE_UNIT, bundle_uri
+from runtime.remote.nodes import NodeJob, node_script
+from runtime.remote.outputs import parse_outputs
 from tests.infra.builders.sandbox import Sandbox, bundle_bytes, fake_wheel
 
 BUCKETS = {"models": "stratus-models", "datasets": "stratus-datasets", "checkpoints": "c", "logs": "l"}
@@ -160,3 +162,19 @@ def test_serving_user_data_creates_its_user_and_starts_prepare_then_serve(tmp_pa
     env = (box.root / "etc/stratus/stack.env").read_text()
     assert "STRATUS_GPU=0" in env and "STRATUS_SCRATCH" not in env
     assert "--token-ssm-parameter /o/p/s/token" in (box.root / "opt/stratus/serve.sh").read_text()
+
+
+def test_the_launch_command_exports_the_nodes_nccl_settings(tmp_path):
+    box = _node(tmp_path, "p5.48xlarge", "nvme")
+    outputs = parse_outputs({
+        "region": "us-east-1", "kms_key_arn": "arn:aws:kms:us-east-1:123456789012:key/k", "datasets_bucket": "d",
+        "checkpoints_bucket": "c", "models_bucket": "m", "logs_bucket": "l", "trainer_instance_ids": ["i-1"],
+        "trainer_private_ips": ["10.0.0.1"], "trainer_slots_per_node": 8,
+    }, "test")  # fmt: skip
+    job = NodeJob(outputs=outputs, run_name="r", train_args=(), bundle_sha256="0" * 64, launch_id="l")
+    (line,) = [x for x in node_script(job, 0) if NODE_ENV_FILE in x]
+    # the node's file, at its sysroot path: the values must survive shell parsing unchanged
+    script = line.replace(NODE_ENV_FILE, f"{box.root}{NODE_ENV_FILE}") + '\necho "$FI_PROVIDER|$LD_LIBRARY_PATH"'
+    result = box.run(script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "efa|" + userdata.nccl_env(CATALOG["p5.48xlarge"])["LD_LIBRARY_PATH"]
