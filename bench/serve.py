@@ -1,197 +1,48 @@
-"""Serving benchmark: `runtime.serve` vs a bare endpoint in the same framework, over loopback.
+"""Serving benchmark: `stratus serve` vs KServe's own model server, over HTTP (JSON, binary) and gRPC.
 
-    PYTHONPATH=. .venv/bin/python bench/serve.py                 # full table (~1 min)
-    PYTHONPATH=. .venv/bin/python bench/serve.py --duration 1    # quicker, noisier
+    # the full table (~8 min); heavy, so take the shared CPU lock
+    flock /tmp/stratus-cpu.lock env PYTHONPATH=. .venv/bin/python bench/serve.py
+    PYTHONPATH=. .venv/bin/python bench/serve.py --duration 1 --rounds 1    # quicker, noisier
+
+Needs `wrk` and `h2load` (`apt-get install wrk nghttp2-client`). The KServe peer runs in its own virtualenv
+(.venv/bench-kserve, built from bench/kserve-requirements.txt on first use, a few minutes).
 
 Model: the `mlp-binary` preset (1000 -> Dense(100, ReLU) -> Dense(1, sigmoid)) exported to ONNX
 (fp32, random weights: serving cost does not depend on the values) and published to a temporary
-local repository; or `--repo DIR --model NAME` to measure an existing repository.
+local repository; `--repo DIR --model NAME` measures an existing one.
 
-Servers (each its own process, uvicorn + httptools + uvloop, one worker, on 127.0.0.1):
-- `stratus`: `python -m runtime serve` as deployed (auth, limits, metrics, JSON access log to a
-  file, ONNX Runtime);
-- `bare`: the same ASGI stack that decodes and validates the same request with the same code
-  (`runtime.serve.protocol`) and returns a fixed tensor: no auth, no model, no metrics, no log.
-  It is the ceiling of protocol handling on this machine.
+Servers, each one process with one worker on 127.0.0.1 (bench/_serve_servers.py): `stratus`
+(`python -m runtime serve` as deployed, HTTP and `--grpc-port`), `kserve` (KServe's
+`ModelServer` + a `kserve.Model` on the same ONNX file, same ONNX Runtime threading, REST and
+gRPC), `bare` (the same ASGI stack and decoder returning a fixed tensor: the protocol's ceiling)
+and `before` (`stratus serve` from `--before REF`, the code before the HTTP front's limits: what
+the limits cost).
 
-Load generator: a separate process (asyncio + uvloop, raw HTTP/1.1 keep-alive sockets, closed
-loop: each of `concurrency` connections sends its next request when the previous answer arrived).
-Each cell runs `--warmup` then `--duration` seconds. It shares the machine's cores with the server,
-as the goals in the issue require. Prints a markdown table.
+Load (bench/_serve_load.py): HTTP through wrk, gRPC through h2load (`apt-get install
+nghttp2-client`), each with one thread and `conc` connections. For
+each cell the servers run back to back (their order rotating per round), `--rounds` times; the
+table shows the median. Load generator and servers share the machine's cores. Prints markdown.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
+import _serve_load as load  # bench/ is sys.path[0] when this file runs
+import _serve_servers as servers
 
 HOST = "127.0.0.1"  # loopback only, by design
 TOKEN = "bench-token-0123456789abcdef0123456789"  # noqa: S105 (a throwaway loopback token)
 MODEL = "mlp-binary"
-
-
-# --- the bare endpoint -------------------------------------------------------------------------
-
-
-def bare_app_factory(num_features: int):
-    """ASGI app: reads the body, decodes + validates it like runtime.serve, returns a fixed tensor."""
-    from runtime.serve.protocol import Limits, RequestError, TensorSpec, decode_infer_request, encode_infer_response
-
-    inputs = {"input": TensorSpec("input", "FP32", (-1, num_features))}
-    outputs = {"output": TensorSpec("output", "FP32", (-1, 1))}
-    limits = Limits()
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        headers = dict(scope["headers"])
-        raw = headers.get(b"inference-header-content-length")
-        try:
-            req = decode_infer_request(b"".join(chunks), int(raw) if raw else None, inputs, outputs, limits)
-        except RequestError as e:
-            await send({"type": "http.response.start", "status": e.status, "headers": []})
-            await send({"type": "http.response.body", "body": e.message.encode()})
-            return
-        batch = next(iter(req.inputs.values())).shape[0]
-        body, json_length = encode_infer_response(
-            MODEL, "1", req, {"output": np.full((batch, 1), 0.5, np.float32)}, outputs
-        )
-        hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if json_length is not None:
-            hdrs.append((b"inference-header-content-length", str(json_length).encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": hdrs})
-        await send({"type": "http.response.body", "body": body})
-
-    return app
-
-
-def run_bare(port: int, num_features: int) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        bare_app_factory(num_features),
-        host=HOST,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        ws="none",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-    )
-
-
-# --- the load generator (separate process) -----------------------------------------------------
-
-
-def build_request(path: str, batch: int, num_features: int, binary: bool, auth: bool) -> bytes:
-    x = np.random.default_rng(0).standard_normal((batch, num_features)).astype(np.float32)
-    tensor = {"name": "input", "shape": [batch, num_features], "datatype": "FP32"}
-    headers = [f"POST {path} HTTP/1.1", f"Host: {HOST}"]
-    if auth:
-        headers.append(f"Authorization: Bearer {TOKEN}")
-    if binary:
-        tensor["parameters"] = {"binary_data_size": x.nbytes}
-        head = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
-        body = head + x.tobytes()
-        headers += ["Content-Type: application/octet-stream", f"Inference-Header-Content-Length: {len(head)}"]
-    else:
-        tensor["data"] = x.ravel().tolist()  # what the stock client sends: float32 values as JSON numbers
-        body = json.dumps({"inputs": [tensor]}).encode()
-        headers.append("Content-Type: application/json")
-    headers.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(headers) + "\r\n\r\n").encode() + body
-
-
-async def _connection(port: int, request: bytes, stop_at: float, record_from: float, latencies: list, errors: list):
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        while True:
-            start = time.perf_counter()
-            if start >= stop_at:
-                return
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
-            end = time.perf_counter()
-            if head[9:12] != b"200":
-                errors.append(head[:12].decode())
-            elif start >= record_from:
-                latencies.append(end - start)
-    finally:
-        writer.close()
-
-
-async def _load(port: int, request: bytes, concurrency: int, warmup: float, duration: float) -> dict:
-    now = time.perf_counter()
-    record_from, stop_at = now + warmup, now + warmup + duration
-    latencies: list[float] = []
-    errors: list[str] = []
-    await asyncio.gather(
-        *(_connection(port, request, stop_at, record_from, latencies, errors) for _ in range(concurrency))
-    )
-    latencies.sort()
-    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [0.0] * 99
-    return {"rps": len(latencies) / duration, "p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3, "errors": len(errors)}
-
-
-def run_loadgen(args: argparse.Namespace) -> None:
-    import uvloop
-
-    request = build_request(args.path, args.batch, args.num_features, args.binary, args.auth)
-    result = uvloop.run(_load(args.port, request, args.concurrency, args.warmup, args.duration))
-    print(json.dumps(result))
-
-
-# --- orchestration -----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(port: int, auth: bool, proc: subprocess.Popen, timeout: float = 60) -> None:
-    import urllib.request
-
-    path = "/v2/health/ready" if auth else "/"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            req = urllib.request.Request(f"http://{HOST}:{port}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
-            urllib.request.urlopen(req, timeout=2)  # noqa: S310 (loopback URL built here)
-            return
-        except OSError as e:
-            if not auth and "HTTP Error" in str(e):
-                return  # the bare app answers (an error for GET /), so it is up
-            time.sleep(0.2)
-    raise TimeoutError("server did not become ready")
+BEFORE = "f6ce8c2"  # the last commit before the HTTP front (runtime/serve/front.py)
+REST_SERVERS = ("stratus", "kserve", "bare", "before")
+GRPC_SERVERS = ("stratus", "kserve")
 
 
 def _build_repo(root: Path, num_features: int) -> str:
@@ -225,13 +76,83 @@ def _build_repo(root: Path, num_features: int) -> str:
     return str(repo)
 
 
-def _cell(port: int, auth: bool, path: str, batch: int, concurrency: int, binary: bool, args) -> dict:
-    cmd = [sys.executable, __file__, "--loadgen", "--port", str(port), "--path", path, "--batch", str(batch)]
-    cmd += ["--concurrency", str(concurrency), "--num-features", str(args.num_features)]
-    cmd += ["--warmup", str(args.warmup), "--duration", str(args.duration)]
-    cmd += ["--binary"] * binary + ["--auth"] * auth
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=args.duration + args.warmup + 60)
-    return json.loads(out.stdout)
+def _start_all(args, repo: str, root: Path, log) -> dict[str, servers.Running]:
+    token_file = root / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    common = ["--repo", repo, "--model", args.model, "--token-file", str(token_file), "--poll-interval", "60"]
+    py = sys.executable
+    running: dict[str, servers.Running] = {}
+    port, gport = servers.free_port(), servers.free_port()
+    cmd = [py, "-m", "runtime", "serve", *common, "--port", str(port), "--grpc-port", str(gport)]
+    running["stratus"] = servers.start("stratus", cmd, log, port, gport)
+    if args.before:
+        before = servers.checkout(args.before, root / "before")
+        port = servers.free_port()
+        cmd = [py, "-m", "runtime", "serve", *common, "--port", str(port)]
+        running["before"] = servers.start("before", cmd, log, port, cwd=before, pythonpath=before)
+    port = servers.free_port()
+    cmd = [py, str(Path(servers.__file__)), "--port", str(port), "--num-features", str(args.num_features)]
+    running["bare"] = servers.start("bare", [*cmd, "--model", args.model], log, port)
+    kpy = servers.ensure_kserve_venv()
+    port, gport = servers.free_port(), servers.free_port()
+    model_file = Path(repo) / args.model / "1" / "model.onnx"
+    cmd = [str(kpy), str(Path(__file__).with_name("_kserve_model.py")), "--model-file", str(model_file)]
+    cmd += ["--name", args.model, "--http_port", str(port), "--grpc_port", str(gport)]
+    running["kserve"] = servers.start("kserve", cmd, log, port, gport)
+    for name, server in running.items():
+        ready = "/" if name == "bare" else "/v2/health/ready"
+        servers.wait_ready(server, ready, TOKEN if name in ("stratus", "before") else None)
+    return running
+
+
+def _measure(name: str, server: servers.Running, mode: str, batch: int, conc: int, args, tmp: Path) -> dict:
+    token = TOKEN if name in ("stratus", "before") else ""
+    if mode == "gRPC":
+        return load.run_h2load(
+            server.grpc_port, token, args.model, batch, args.num_features, conc, args.warmup, args.duration, tmp
+        )
+    body, headers = load.request_body(batch, args.num_features, binary=mode == "binary")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    url = f"http://{HOST}:{server.http_port}/v2/models/{args.model}/infer"
+    return load.run_wrk(url, body, headers, conc, args.warmup, args.duration, tmp)
+
+
+def _median(samples: list[dict]) -> dict:
+    return {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+
+
+def machine() -> str:
+    """CPU model, cores and vector extensions (from /proc/cpuinfo), and the load average."""
+    model, flags = "unknown CPU", set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and model == "unknown CPU":
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
+    vector = " ".join(f for f in wanted if f in flags)
+    load1 = os.getloadavg()[0]
+    return f"{model}, {os.cpu_count()} cores, {vector}; load average {load1:.1f} at start"
+
+
+def _row(mode: str, batch: int, conc: int, cell: dict[str, dict]) -> str:
+    s, k = cell["stratus"], cell["kserve"]
+    b, before = cell.get("bare"), cell.get("before")
+    errors = sum(r["errors"] for r in cell.values())
+
+    def ratio(x: dict | None) -> str:
+        return f"{s['rps'] / x['rps']:.2f}" if x and x["rps"] else "-"
+
+    def rps(x: dict | None) -> str:
+        return f"{x['rps']:,.0f}" if x else "-"
+
+    return (
+        f"| {mode} | {batch} | {conc} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {k['rps']:,.0f} | "
+        f"{k['p50_ms']:.2f} | {k['p99_ms']:.2f} | {ratio(k)} | {rps(b)} | {ratio(b)} | {rps(before)} | "
+        f"{ratio(before)} | {errors} |"
+    )
 
 
 def main() -> None:
@@ -239,80 +160,50 @@ def main() -> None:
     p.add_argument("--repo", help="existing model repository (default: build mlp-binary into a temp dir)")
     p.add_argument("--model", default=MODEL)
     p.add_argument("--num-features", type=int, default=1000)
-    p.add_argument("--duration", type=float, default=3.0, help="measured seconds per cell")
-    p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds per cell")
+    p.add_argument("--duration", type=int, default=4, help="measured seconds per cell and server (wrk: whole seconds)")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured seconds before each measurement (0: none)")
+    p.add_argument("--rounds", type=int, default=2, help="repetitions of the whole grid (median shown)")
     p.add_argument("--batches", default="1,32")
     p.add_argument("--concurrency", default="1,16")
-    # internal modes
-    p.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--path", help=argparse.SUPPRESS)
-    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--binary", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--auth", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--modes", default="JSON,binary,gRPC")
+    p.add_argument("--before", default=BEFORE, help="git ref of the 'before' server ('' to skip it)")
+    p.add_argument("--json-out", help="also write every measurement to this JSON file")
     args = p.parse_args()
-    if args.loadgen:
-        args.concurrency = int(args.concurrency)
-        run_loadgen(args)
-        return
-    if args.bare:
-        run_bare(args.port, args.num_features)
-        return
     batches = [int(b) for b in args.batches.split(",")]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    env.pop("STRATUS_SERVE_TOKEN", None)
+    modes = args.modes.split(",")
+    print(f"machine: {machine()}", file=sys.stderr)
+    samples: dict[tuple, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         root = Path(tmp)
         repo = args.repo or _build_repo(root, args.num_features)
-        token_file = root / "token"
-        token_file.write_text(TOKEN)
-        token_file.chmod(0o600)
-        log_file = open(root / "server.log", "wb")  # noqa: SIM115 (closed below, after the servers)
-        s_port, b_port = _free_port(), _free_port()
-        stratus = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "serve", "--repo", repo, "--model", args.model, "--port", str(s_port)]
-            + ["--token-file", str(token_file), "--poll-interval", "60"],
-            env=env,
-            stdout=log_file,
-            stderr=log_file,
-        )
-        bare = subprocess.Popen(
-            [sys.executable, __file__, "--bare", "--port", str(b_port), "--num-features", str(args.num_features)],
-            env=env,
-            stdout=log_file,
-            stderr=log_file,
-        )
-        try:
-            _wait_ready(s_port, True, stratus)
-            _wait_ready(b_port, False, bare)
-            rows = []
-            for binary in (False, True):
-                for batch in batches:
-                    for conc in concurrencies:
-                        path = f"/v2/models/{args.model}/infer"
-                        s = _cell(s_port, True, path, batch, conc, binary, args)
-                        b = _cell(b_port, False, path, batch, conc, binary, args)
-                        rows.append((binary, batch, conc, s, b))
-                        print(f"  measured {'binary' if binary else 'json'} b={batch} c={conc}", file=sys.stderr)
-        finally:
-            for proc in (stratus, bare):
-                proc.terminate()
-                proc.wait(timeout=10)
-            log_file.close()
-    cpus = os.cpu_count()
-    print(f"\nmachine: {cpus} CPU cores, no GPU; load generator on the same cores; {args.duration:g} s per cell\n")
-    columns = ["mode", "batch", "conc.", "stratus req/s", "p50 ms", "p99 ms", "bare req/s", "p50 ms", "p99 ms"]
-    print("| " + " | ".join([*columns, "stratus/bare", "errors"]) + " |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for binary, batch, conc, s, b in rows:
-        ratio = s["rps"] / b["rps"] if b["rps"] else float("nan")
-        print(
-            f"| {'binary' if binary else 'JSON'} | {batch} | {conc} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | "
-            f"{s['p99_ms']:.2f} | {b['rps']:,.0f} | {b['p50_ms']:.2f} | {b['p99_ms']:.2f} | {ratio:.2f} | "
-            f"{s['errors'] + b['errors']} |"
-        )
+        with open(root / "servers.log", "wb") as log:
+            running = _start_all(args, repo, root, log)
+            try:
+                for rnd in range(args.rounds):
+                    for mode in modes:
+                        names = [n for n in (GRPC_SERVERS if mode == "gRPC" else REST_SERVERS) if n in running]
+                        names = names[rnd % len(names) :] + names[: rnd % len(names)]
+                        for batch in batches:
+                            for conc in concurrencies:
+                                for name in names:
+                                    result = _measure(name, running[name], mode, batch, conc, args, root)
+                                    samples.setdefault((mode, batch, conc, name), []).append(result)
+                                print(f"  round {rnd + 1}: {mode} b={batch} c={conc}", file=sys.stderr)
+            finally:
+                servers.stop(list(running.values()))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps([[*k, v] for k, v in samples.items()], indent=1))
+    print(f"\nmachine: {machine()}; {args.duration:g} s per cell and server, median of {args.rounds} rounds\n")
+    head = ["mode", "batch", "conc.", "stratus req/s", "p50 ms", "p99 ms", "KServe req/s", "p50 ms", "p99 ms"]
+    head += ["stratus/KServe", "bare req/s", "stratus/bare", "before req/s", "stratus/before", "errors"]
+    print("| " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * (len(head) - 1))
+    for mode in modes:
+        for batch in batches:
+            for conc in concurrencies:
+                cell = {n: _median(v) for (m, b, c, n), v in samples.items() if (m, b, c) == (mode, batch, conc)}
+                print(_row(mode, batch, conc, cell))
 
 
 if __name__ == "__main__":

@@ -79,12 +79,12 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-@functools.lru_cache(maxsize=512)
 def match_route(routes: tuple[Route, ...], method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
     """Return (route, path params, path_exists). `path_exists` with no route means 405.
 
-    HEAD matches the GET route of the path. Cached (bounded LRU): callers must not mutate the
-    returned params."""
+    HEAD matches the GET route of the path. ServeApp caches the answers per route table (a
+    bounded LRU keyed by method and path only: hashing the table on every request would cost more
+    than the lookup); callers must not mutate the returned params."""
     if method == "HEAD":
         method = "GET"
     parts = tuple(path.strip("/").split("/"))
@@ -166,16 +166,20 @@ class ServeApp:
         self.body_timeout = body_timeout
         self.budget = budget or BodyBudget(1 << 62)
         self.decode_pool = decode_pool or DecodePool(None)
-        self.routes: tuple[Route, ...] = ROUTES
         self.handlers: dict[str, Handler] = dict(_BUILTIN_HANDLERS)
+        self._set_routes(ROUTES)
         self.set_token(token)
 
     def add_route(self, route: Route, handler: Handler) -> None:
         """Serve `route` with `handler` (behind the token unless `route.public`)."""
         if route.name in self.handlers:
             raise ValueError(f"route name {route.name!r} is taken")
-        self.routes = (*self.routes, route)
         self.handlers[route.name] = handler
+        self._set_routes((*self.routes, route))
+
+    def _set_routes(self, routes: tuple[Route, ...]) -> None:
+        self.routes = routes
+        self.match = functools.lru_cache(maxsize=512)(functools.partial(match_route, routes))
 
     def set_token(self, token: str) -> None:
         if not token:
@@ -200,7 +204,7 @@ class ServeApp:
             return
         start = time.perf_counter()
         method, path = scope["method"], scope["path"]
-        route, params, path_exists = match_route(self.routes, method, path)
+        route, params, path_exists = self.match(method, path)
         status, body, headers = 500, b"", _JSON
         route_name = route.name if route else "unmatched"
         client = (scope.get("client") or ("", 0))[0]

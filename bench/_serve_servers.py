@@ -1,0 +1,167 @@
+"""The servers bench/serve.py compares, each its own process on 127.0.0.1 with one worker.
+
+- `stratus`: `python -m runtime serve` as deployed (front limits, auth, metrics, JSON access log);
+- `before`: the same command from an earlier commit (`git archive`), before the front's limits;
+- `bare`: the same ASGI stack decoding and validating the same request with the same code and
+  returning a fixed tensor (no auth, no model, no metrics, no log): the protocol's ceiling;
+- `kserve`: KServe's `ModelServer` with a `kserve.Model` on the same ONNX file (bench/_kserve_model.py)
+  in its own virtualenv, built from bench/kserve-requirements.txt on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[1]
+KSERVE_VENV = ROOT / ".venv" / "bench-kserve"  # git-ignored with .venv/
+KSERVE_REQUIREMENTS = ROOT / "bench" / "kserve-requirements.txt"
+
+
+@dataclass
+class Running:
+    name: str
+    proc: subprocess.Popen
+    http_port: int
+    grpc_port: int | None = None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(server: Running, path: str, token: str | None, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}")
+        try:
+            req = urllib.request.Request(f"http://{HOST}:{server.http_port}{path}", headers=headers)
+            urllib.request.urlopen(req, timeout=2)  # noqa: S310 (loopback URL built here)
+            return
+        except OSError as e:
+            if path == "/" and "HTTP Error" in str(e):
+                return  # the bare app answers (an error for GET /), so it is up
+            time.sleep(0.3)
+    raise TimeoutError(f"{server.name} did not become ready")
+
+
+def ensure_kserve_venv() -> Path:
+    """The KServe virtualenv's python, (re)built when bench/kserve-requirements.txt changed."""
+    stamp = KSERVE_VENV / ".requirements.sha256"
+    want = hashlib.sha256(KSERVE_REQUIREMENTS.read_bytes()).hexdigest()
+    python = KSERVE_VENV / "bin" / "python"
+    if not python.exists() or not stamp.exists() or stamp.read_text() != want:
+        print(f"  building {KSERVE_VENV} from {KSERVE_REQUIREMENTS.name} (a few minutes)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(KSERVE_VENV)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "-r", str(KSERVE_REQUIREMENTS)]
+        subprocess.run(pip, check=True, timeout=1800)
+        stamp.write_text(want)
+    return python
+
+
+def checkout(ref: str, dest: Path) -> Path:
+    """The `runtime/` package of commit `ref`, unpacked into dest (the working tree is not touched)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", ref, "runtime"], cwd=ROOT, check=True, capture_output=True).stdout
+    tar = dest / "runtime.tar"
+    tar.write_bytes(archive)
+    with tarfile.open(tar) as t:
+        t.extractall(dest, filter="data")
+    return dest
+
+
+def start(name: str, cmd: list[str], log, http_port: int, grpc_port=None, cwd=ROOT, pythonpath=ROOT) -> Running:
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    env.pop("STRATUS_SERVE_TOKEN", None)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=log)
+    return Running(name, proc, http_port, grpc_port)
+
+
+def stop(servers: list[Running]) -> None:
+    for server in servers:
+        server.proc.terminate()
+    for server in servers:
+        try:
+            server.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+
+
+# --- the bare endpoint -------------------------------------------------------------------------
+
+
+def bare_app_factory(num_features: int, model: str):
+    """ASGI app: reads the body, decodes + validates it like runtime.serve, returns a fixed tensor."""
+    from runtime.serve.protocol import Limits, RequestError, TensorSpec, decode_infer_request, encode_infer_response
+
+    inputs = {"input": TensorSpec("input", "FP32", (-1, num_features))}
+    outputs = {"output": TensorSpec("output", "FP32", (-1, 1))}
+    limits = Limits()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        raw = dict(scope["headers"]).get(b"inference-header-content-length")
+        try:
+            req = decode_infer_request(b"".join(chunks), int(raw) if raw else None, inputs, outputs, limits)
+        except RequestError as e:
+            await send({"type": "http.response.start", "status": e.status, "headers": []})
+            await send({"type": "http.response.body", "body": e.message.encode()})
+            return
+        batch = next(iter(req.inputs.values())).shape[0]
+        body, json_length = encode_infer_response(
+            model, "1", req, {"output": np.full((batch, 1), 0.5, np.float32)}, outputs
+        )
+        hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if json_length is not None:
+            hdrs.append((b"inference-header-content-length", str(json_length).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": hdrs})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    p = argparse.ArgumentParser(description="the bare endpoint of bench/serve.py")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--num-features", type=int, required=True)
+    p.add_argument("--model", required=True)
+    a = p.parse_args()
+    uvicorn.run(
+        bare_app_factory(a.num_features, a.model),
+        host=HOST,
+        port=a.port,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+    )
