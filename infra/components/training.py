@@ -99,8 +99,11 @@ def market_options(args: TrainingArgs) -> dict | None:
     return None
 
 
-def reservation_options(args: TrainingArgs) -> dict:
-    """`capacity_reservation_specification`: the target, or the preference without one."""
+def reservation_options(args: TrainingArgs) -> dict | None:
+    """`capacity_reservation_specification`: the target, or the preference without one; None for
+    spot nodes, which never use Capacity Reservations."""
+    if args.market == "spot":
+        return None
     if args.reservation_target is not None:
         return {"capacity_reservation_target": args.reservation_target}
     return {"capacity_reservation_preference": args.reservation_preference}

@@ -67,6 +67,12 @@ def test_open_and_targeted_reservations_and_the_placement_group_rule():
     assert off.of_type(PG) == []
 
 
+def test_spot_nodes_carry_no_reservation_settings(efa_spot_run):
+    (lt,) = efa_spot_run.of_type(LT)
+    assert lt.inputs["instanceMarketOptions"]["marketType"] == "spot"
+    assert "capacityReservationSpecification" not in lt.inputs
+
+
 BAD = {
     "block-without-id": ({"trainer-instance-type": "p5.48xlarge", "trainer-market": "capacity-block"},
                          "trainer-capacity-reservation-id", "is required with `trainer-market: capacity-block`"),
