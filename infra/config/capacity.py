@@ -68,6 +68,10 @@ def check_capacity(cfg: Any) -> None:
         raise ConfigError(
             "trainer-capacity-reservation-preference", f"{pref!r} is not a preference", "use open or none"
         )
+    if pref is not None and cfg.trainer_market == "spot":
+        raise ConfigError(
+            "trainer-capacity-reservation-preference", "is set but spot nodes never use reservations", "remove it"
+        )
     if pref is not None and (rid or group):
         raise ConfigError(
             "trainer-capacity-reservation-preference",
