@@ -31,6 +31,12 @@ cfg = load_config()
 estimate = estimate_cost(cfg)
 enforce_budget(estimate, cfg.max_hourly_usd)
 pulumi.log.info("estimated cost:\n" + estimate.table())
+for ami_key, pinned in (("trainer-ami", cfg.trainer_ami), ("serving-ami", cfg.serving_ami)):
+    if pinned is None:
+        pulumi.log.warn(
+            f"stratus:{ami_key} is not pinned: the newest image is looked up at every preview (running "
+            "instances ignore a newer one). Pin it: ./scripts/plan.sh --update-ami Pulumi.<stack>.yaml"
+        )
 
 if cfg.quota_check:
     for need in check_quotas(cfg):
