@@ -217,7 +217,8 @@ class ServeApp:
                 raise Refused(400, "more than one Authorization header; send exactly one", "duplicate_authorization")
             if not (route and route.public) and not self.authorized(auth):
                 status, body = 401, b'{"error":"missing or invalid bearer token"}'
-                headers = [*_JSON, (b"www-authenticate", b"Bearer")]
+                # close: an unauthenticated client gets no keep-alive and no body read on its behalf
+                headers = [*_JSON, (b"www-authenticate", b"Bearer"), (b"connection", b"close")]
             elif route is None:
                 status = 405 if path_exists else 404
                 body = orjson.dumps({"error": f"{method} {path[:200]} is not a route of this server"})

@@ -6,9 +6,21 @@
     stratus serve --repo s3://<models_bucket>/models --model mlp-binary \\
         --host <private ip> --port 8000 --token-ssm-parameter <serving_token_parameter>
 
+    # also the protocol over gRPC (inference.GRPCInferenceService, the token in metadata)
+    stratus serve --repo runs/model-repo --model mlp-binary --token-file ~/.stratus-token --grpc-port 8001
+
 Routes: GET /v2/health/live (the only one without the token), /v2/health/ready, /v2,
 /v2/models/{name}[/versions/{v}], .../ready, .../config, POST .../infer (JSON or the binary tensor
-extension), GET /metrics (Prometheus). Every route but liveness needs `Authorization: Bearer`.
+extension), GET /metrics (Prometheus); HEAD wherever GET. Every route but liveness needs exactly
+one `Authorization: Bearer` header.
+
+Limits before authentication (runtime.serve.front): --header-timeout for a request's head,
+--keepalive-timeout between requests, 414/431 over --max-request-line-bytes/--max-header-bytes,
+--max-connections-per-client and --max-connections (at the cap the longest-idle connection is
+closed for the new one). After it: --max-body-bytes (413), --body-timeout (408), and
+--max-inflight-body-bytes for all bodies together (503 + Retry-After). Refusals are counted in
+`stratus_rejections_total{reason}` and logged. The soft open-files limit is raised to fit
+--max-connections (exit 2 if the hard limit is lower).
 
 The token comes from exactly one of `--token-file PATH`, the environment variable
 STRATUS_SERVE_TOKEN, or `--token-ssm-parameter NAME` (SSM SecureString, read with decryption);
@@ -19,7 +31,8 @@ The server is live at once and ready only after a verified version answered a wa
 `<repo>/<model>/LATEST` every --poll-interval seconds and swaps in new versions atomically.
 Logs are JSON lines on stderr; access-log lines have "logger": "stratus.access" and are written
 in batches every 0.2 s.
-Exit codes (docs/architecture.md): 0 stopped by SIGTERM/SIGINT; 2 bad options or no usable token.
+Exit codes (docs/architecture.md): 0 stopped by SIGTERM/SIGINT (after logging "stopped after N s");
+2 bad options, no usable token or too low an open-files hard limit.
 (`python -m runtime serve ...` is the same command without the console script.)
 """
 

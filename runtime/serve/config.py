@@ -53,7 +53,7 @@ class ServeConfig:
     """TCP port."""
 
     token_file: str | None = option(None, metavar="PATH")
-    """File holding the bearer token (must not be world-readable)."""
+    """File holding the bearer token (mode 600 or 400: no group or other access)."""
 
     token_ssm_parameter: str | None = option(None, metavar="NAME")
     """SSM SecureString parameter holding the bearer token."""
