@@ -97,7 +97,9 @@ def summarize(r: Registered, run: ProgramRun, keys: set[str]) -> str:
         root = i.get("rootBlockDevice")
         volumes = _volumes([root], keys) if root else "volumes from launch template"
         public = "PUBLIC IP" if i.get("associatePublicIpAddress") else "no public IP"
-        return ", ".join(filter(None, [i.get("instanceType"), _imds(i), public, volumes]))
+        monitoring = "detailed monitoring" if i.get("monitoring") else "BASIC MONITORING"
+        ignored = "ignores template changes" if "launchTemplate" in r.ignore_changes else ""
+        return ", ".join(filter(None, [i.get("instanceType"), _imds(i), public, volumes, monitoring, ignored]))
     if short in ("SecurityGroupIngressRule", "SecurityGroupEgressRule"):
         return _rule({**i, "_kind": short})
     if short == "Subnet":
