@@ -1,7 +1,9 @@
 #!/bin/bash
 # stratus-prepare.service: fetch the runtime bundle from S3, pick or install Python 3.11, build the
 # runtime venv from the bundle's requirements/runtime.txt (offline from its wheels/ when present)
-# and, on GPU hosts, check that torch is the CUDA build of the pinned version.
+# and, on GPU hosts, check that torch is the CUDA build of the pinned version. On a GPU host whose
+# Deep Learning AMI already has that build (its framework Python on 3.11, torch == the pin, CUDA),
+# the venv takes torch from there instead of installing it (AMI_PYTHONS, ami_torch_paths).
 # Env (/etc/stratus/stack.env): AWS_REGION, STRATUS_BUNDLE_URI, STRATUS_GPU (1 on GPU hosts).
 # STRATUS_SYSROOT: install under this directory instead of / (tests). Exit 78 (EX_CONFIG): a fault
 # that retrying cannot fix (systemd does not restart then); other failures are retried.
@@ -10,6 +12,11 @@ R="${STRATUS_SYSROOT:-}"
 APP="${R}/opt/stratus"
 VENV="${APP}/venv"
 EX_CONFIG=78
+# The framework interpreter of each Deep Learning AMI family (python_location in the DLAMI release
+# notes): /opt/pytorch, a venv, on the PyTorch DLAMIs for Amazon Linux 2023 and Ubuntu 22.04/24.04;
+# the conda env /opt/conda/envs/pytorch on the older conda-based ones. Plain AMIs have neither.
+AMI_PYTHONS=("${R}/opt/pytorch/bin/python" "${R}/opt/conda/envs/pytorch/bin/python")
+AMI_SITE=""
 
 log() { echo "[stratus-prepare] $*" >&2; }
 die() {
@@ -59,8 +66,50 @@ fetch_bundle() {
   rm -rf "${APP}/app" && mv "${APP}/app.new" "${APP}/app"
 }
 
+torch_pin() {
+  sed -n 's/^torch==\([^ ;#]*\).*/\1/p' "${APP}/app/requirements/runtime.txt"
+}
+
+ami_torch_paths() {
+  # Print the site-packages of the first AMI framework Python whose torch is the CUDA build of
+  # the pin on Python 3.11 (the runtime's ABI); log why each other one is not used.
+  local candidate
+  for candidate in "${AMI_PYTHONS[@]}"; do
+    [ -x "${candidate}" ] || continue
+    if "${candidate}" - "$1" <<'PY'; then
+import sys
+import sysconfig
+
+
+def skip(reason):
+    print(f"[stratus-prepare] not using the AMI's {sys.executable}: {reason}", file=sys.stderr)
+    sys.exit(1)
+
+
+pin = sys.argv[1]
+if sys.version_info[:2] != (3, 11):
+    skip(f"it is Python {sys.version_info[0]}.{sys.version_info[1]}, the runtime needs 3.11")
+try:
+    import torch
+except ImportError as e:
+    skip(f"it has no usable torch ({e})")
+if torch.__version__.split("+")[0] != pin:
+    skip(f"its torch {torch.__version__} is not the pinned torch=={pin}")
+if not torch.version.cuda:
+    skip(f"its torch {torch.__version__} is a CPU-only build")
+print(f"[stratus-prepare] using the AMI's torch {torch.__version__} (CUDA {torch.version.cuda}) "
+      f"from {sys.executable}: no torch download", file=sys.stderr)
+paths = sysconfig.get_paths()
+print("\n".join(dict.fromkeys((paths["purelib"], paths["platlib"]))))
+PY
+      return 0
+    fi
+  done
+  return 1
+}
+
 install_requirements() {
-  local requirements="${APP}/app/requirements/runtime.txt" wheels="${APP}/app/wheels" tag
+  local requirements="${APP}/app/requirements/runtime.txt" wheels="${APP}/app/wheels" tag site
   [ -f "${requirements}" ] || die "the bundle has no requirements/runtime.txt; rebuild it with scripts/launch.sh" "${EX_CONFIG}"
   if [ -d "${wheels}" ]; then
     tag="$("${PY}" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
@@ -70,6 +119,14 @@ install_requirements() {
     fi
   fi
   "${PY}" -m venv "${VENV}"
+  site="$("${VENV}/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  if [ -n "${AMI_SITE}" ]; then
+    # Appended to sys.path after the venv's own site-packages: the venv's pins win, and pip sees
+    # torch==pin (and deepspeed's torch) as installed, so it downloads no torch wheel.
+    printf '%s\n' "${AMI_SITE}" >"${site}/stratus-ami-torch.pth"
+  else
+    rm -f "${site}/stratus-ami-torch.pth"
+  fi
   if [ -d "${wheels}" ]; then
     log "installing ${requirements} offline from the bundle's wheels"
     "${VENV}/bin/python" -m pip install --quiet --no-index --find-links "${wheels}" -r "${requirements}"
@@ -82,8 +139,7 @@ install_requirements() {
 
 check_torch() {
   local pin
-  pin="$(sed -n 's/^torch==\([^ ;#]*\).*/\1/p' "${APP}/app/requirements/runtime.txt")"
-  [ -n "${pin}" ] || die "requirements/runtime.txt pins no torch version" "${EX_CONFIG}"
+  pin="$(torch_pin)"
   # Exit 78 (not retried) for the wrong build; 1 (retried) when no GPU is visible yet.
   "${VENV}/bin/python" - "${pin}" <<'PY' || die "torch on this GPU host is not usable (above)" "$?"
 import sys
@@ -115,6 +171,10 @@ PY="$(find_python)" || {
   PY="$(find_python)" || die "Python 3.11 is still missing after installing it" "${EX_CONFIG}"
 }
 log "Python 3.11: ${PY}"
+if [ "${STRATUS_GPU:-0}" = 1 ]; then
+  [ -n "$(torch_pin)" ] || die "requirements/runtime.txt pins no torch version" "${EX_CONFIG}"
+  AMI_SITE="$(ami_torch_paths "$(torch_pin)")" || log "installing the CUDA build of torch==$(torch_pin)"
+fi
 install_requirements
 if [ "${STRATUS_GPU:-0}" = 1 ]; then
   check_torch

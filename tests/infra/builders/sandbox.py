@@ -76,6 +76,16 @@ class Sandbox:
         path.write_text(f'#!/bin/bash\necho "{name} $*" >> "{self.log}"\n{body}\n')
         path.chmod(0o755)
 
+    def ami_framework_python(self, wheel: Path) -> Path:
+        """A Deep Learning AMI's framework env at /opt/pytorch (a real Python 3.11 venv) holding
+        the torch of `wheel`, as the PyTorch DLAMIs ship it."""
+        env = self.root / "opt/pytorch"
+        subprocess.run([BASE_PYTHON, "-m", "venv", "--without-pip", str(env)], check=True)
+        (site,) = env.glob("lib/python3.*/site-packages")
+        with zipfile.ZipFile(wheel) as whl:
+            whl.extractall(site)  # noqa: S202 (a wheel this test just wrote)
+        return site
+
     def calls(self, name: str) -> list[str]:
         """The argument lines of every call of the stand-in `name`."""
         prefix = f"{name} "

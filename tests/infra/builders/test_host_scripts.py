@@ -77,6 +77,54 @@ def test_a_cpu_torch_on_a_gpu_node_fails_loudly_and_is_not_retried(tmp_path, aws
     assert not (box.root / "opt/stratus/.ready").exists()
 
 
+def _venv_site(box: Sandbox):
+    (site,) = (box.root / "opt/stratus/venv/lib").glob("python3.11/site-packages")
+    return site
+
+
+def test_the_amis_cuda_torch_of_the_pinned_version_is_used_instead_of_installing_one(tmp_path, aws_env):
+    (tmp_path / "ami").mkdir()
+    # the bundle's torch cannot satisfy torch==2.13.0: only the AMI's can, with no download
+    _upload(aws_env, bundle_bytes(fake_wheel(tmp_path, "2.12.0+cu128", "12.8")))
+    box = _node(tmp_path)
+    ami_site = box.ami_framework_python(fake_wheel(tmp_path / "ami", "2.13.0+cu128", "12.8"))
+    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
+    assert result.returncode == 0, result.stderr
+    assert f"using the AMI's torch 2.13.0+cu128 (CUDA 12.8) from {box.root}/opt/pytorch/bin/python" in result.stderr
+    assert "torch 2.13.0+cu128, CUDA 12.8, 8 GPUs" in result.stdout
+    site = _venv_site(box)
+    assert not (site / "torch").exists() and (site / "stratus-ami-torch.pth").read_text() == f"{ami_site}\n"
+    python = box.root / "opt/stratus/venv/bin/python"
+    imported = box.run(f'"{python}" -c "import torch; print(torch.__file__)"')
+    assert imported.stdout.strip() == str(ami_site / "torch/__init__.py"), imported.stderr
+
+
+def test_an_ami_torch_of_another_version_is_left_alone_and_the_pinned_cuda_build_installed(tmp_path, aws_env):
+    (tmp_path / "ami").mkdir()
+    _upload(aws_env, bundle_bytes(fake_wheel(tmp_path, "2.13.0+cu128", "12.8")))
+    box = _node(tmp_path)
+    box.ami_framework_python(fake_wheel(tmp_path / "ami", "2.12.0+cu128", "12.8"))
+    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
+    assert result.returncode == 0, result.stderr
+    assert "its torch 2.12.0+cu128 is not the pinned torch==2.13.0" in result.stderr
+    assert "installing the CUDA build of torch==2.13.0" in result.stderr
+    site = _venv_site(box)
+    assert (site / "torch/__init__.py").exists() and not (site / "stratus-ami-torch.pth").exists()
+    assert "torch 2.13.0+cu128, CUDA 12.8, 8 GPUs" in result.stdout
+
+
+def test_no_cuda_torch_of_the_pinned_version_anywhere_fails_loudly(tmp_path, aws_env):
+    (tmp_path / "ami").mkdir()
+    _upload(aws_env, bundle_bytes(fake_wheel(tmp_path, "2.13.0+cpu", None)))
+    box = _node(tmp_path)
+    box.ami_framework_python(fake_wheel(tmp_path / "ami", "2.12.0+cu128", "12.8"))
+    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
+    assert result.returncode == userdata.EX_CONFIG, result.stderr
+    assert "its torch 2.12.0+cu128 is not the pinned torch==2.13.0" in result.stderr
+    assert "torch 2.13.0+cpu is a CPU-only build; GPU hosts need the CUDA build" in result.stderr
+    assert not (box.root / "opt/stratus/.ready").exists()
+
+
 @pytest.mark.parametrize(
     "os_id,wheel_tag,expected",
     [
