@@ -90,6 +90,19 @@ def gpt_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gpt_export(gpt_run, tmp_path_factory):
+    """gpt-tiny exported once (int8, gated) and published to a local repository as `gpt`:
+    (the export result, the repository path)."""
+    from runtime.export.config import ExportConfig
+    from runtime.export.pipeline import run_export
+
+    root = tmp_path_factory.mktemp("gpt-export")
+    cfg = ExportConfig(run_dir=gpt_run, out_dir=root / "export", latency_iters=2, publish=str(root / "repo"),
+                       model_name="gpt")  # fmt: skip
+    return run_export(cfg), root / "repo"
+
+
+@pytest.fixture(scope="session")
 def preempted_run(tmp_path_factory) -> tuple[int, str, Path]:
     """`stratus train` on 2 ranks sent SIGTERM after 5 logged steps: (exit code, output, run dir)."""
     root = tmp_path_factory.mktemp("preempted")

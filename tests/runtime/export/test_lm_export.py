@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from runtime.export import onnx_export
-from runtime.export.config import ExportConfig, GateError
+from runtime.export.config import GateError
 from runtime.export.consolidate import load
 from runtime.export.lm import gate, logit_agreement, onnx_logits, prune_ffn
 from runtime.train.config import ModelConfig
@@ -22,18 +22,6 @@ from runtime.train.text import load_text_dataset
 
 MEAN_ABS_DIFF_REL = 0.02
 TOP1_AGREEMENT = 0.95
-
-
-@pytest.fixture(scope="session")
-def gpt_export(gpt_run, tmp_path_factory):
-    """gpt-tiny exported once (int8, gated) and published to a local repository as `gpt`."""
-    from runtime.export.pipeline import run_export
-
-    root = tmp_path_factory.mktemp("gpt-export")
-    cfg = ExportConfig(run_dir=gpt_run, out_dir=root / "export", latency_iters=2, publish=str(root / "repo"),
-                       model_name="gpt")  # fmt: skip
-    result = run_export(cfg)
-    return result, root / "repo"
 
 
 def test_ffn_pruning_removes_hidden_units_of_every_block():

@@ -99,7 +99,8 @@ def test_consolidated_model_scores_like_the_training_process(zero_runs, stage):
     result = consolidate(resolve_checkpoint(run_dir / "checkpoints", None))
     assert result.manifest["step"] == summary["steps"]
     data = load_dataset(result.config.data, result.config.seed)
-    metrics = evaluate_torch(result.build_model(), data.x[data.val_idx], data.y[data.val_idx])
+    assert result.stats is not None  # trained on standardised rows: score it on the same rows
+    metrics = evaluate_torch(result.build_model(), result.stats.apply(data.x)[data.val_idx], data.y[data.val_idx])
     assert metrics["accuracy"] == pytest.approx(100 * summary["val_accuracy"], abs=1e-9)
     assert metrics["loss"] == pytest.approx(summary["val_loss"], abs=1e-5)
 
