@@ -19,6 +19,8 @@ _POSITIVE = (
     "max_batch_size",
     "max_elements",
     "intra_op_threads",
+    "generate_max_tokens",
+    "generate_timeout",
     "max_connections",
     "max_connections_per_client",
     "max_request_line_bytes",
@@ -94,14 +96,21 @@ class ServeConfig:
     max_inflight_body_bytes: int = option(256 << 20, metavar="BYTES")
     """Request body bytes all requests together may hold; beyond it 503 with Retry-After."""
 
-    offload_json_bytes: int = option(256 << 10, metavar="BYTES")
-    """JSON bodies larger than this are decoded in a worker process, off the event loop."""
+    offload_json_bytes: int = option(1 << 20, metavar="BYTES")
+    """JSON bodies larger than this are decoded in a worker process, off the event loop (~30 ms of loop per MiB)."""
 
     grpc_port: int = option(0, metavar="PORT")
     """Also serve the protocol over gRPC on this port (0: off)."""
 
     grpc_max_concurrent_rpcs: int = option(64, metavar="N")
     """gRPC calls in progress before RESOURCE_EXHAUSTED (bounds gRPC memory: N x --max-body-bytes)."""
+
+    generate_max_tokens: int = option(256, metavar="N")
+    """Language models: most new tokens one `generate` request may ask for (more answers 422)."""
+
+    generate_timeout: float = option(30.0, metavar="SECONDS")
+    """Language models: seconds one `generate` request may run; it then ends with finish_reason
+    `time_limit` and what it generated so far."""
 
     intra_op_threads: int = option(1, metavar="N")
     """ONNX Runtime intra-op threads."""

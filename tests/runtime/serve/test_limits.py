@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.runtime.serve.conftest import MAX_BODY, MODEL, TOKEN, start_server, stop_server
+from tests.runtime.serve.conftest import MAX_BODY, MODEL, start_server, stop_server
 from tests.runtime.serve.test_front import _connect, _read_response, _rejections, _timed_live
 from tests.support import NUM_FEATURES
 
@@ -52,10 +52,11 @@ def test_requested_outputs_are_deduplicated_and_capped(server):
         assert r.status_code == 422 and "at most 64" in r.json()["error"]
 
 
-def _hold_body(port: int, declared: int, sent: int) -> socket.socket:
+def _hold_body(server, declared: int, sent: int) -> socket.socket:
     """A connection whose request declared `declared` body bytes and sent only `sent` of them."""
-    sock = _connect(port)
-    head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {declared}\r\n\r\n"
+    sock = _connect(server.port)
+    auth = f"Authorization: Bearer {server.token}"
+    head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Length: {declared}\r\n\r\n"
     sock.sendall(head.encode() + b" " * sent)
     return sock
 
@@ -64,9 +65,9 @@ def test_body_budget_refuses_with_retry_after(server):
     """Three requests hold the whole budget (3 x MAX_BODY); a fourth gets 503 + Retry-After at once."""
     holders = []
     try:
-        holders = [_hold_body(server.port, MAX_BODY, 1) for _ in range(3)]
+        holders = [_hold_body(server, MAX_BODY, 1) for _ in range(3)]
         time.sleep(0.2)
-        extra = _hold_body(server.port, MAX_BODY, 1)
+        extra = _hold_body(server, MAX_BODY, 1)
         holders.append(extra)
         response = _read_response(extra)
         assert response.startswith(b"HTTP/1.1 503"), response[:100]
@@ -121,7 +122,7 @@ def test_bodies_held_back_cannot_grow_memory_past_the_budget(big_server):
     statuses: list[bytes] = []
 
     def client() -> None:
-        sock = _hold_body(big_server.port, size, 0)
+        sock = _hold_body(big_server, size, 0)
         socks.append(sock)
         with contextlib.suppress(OSError):  # refused with 503 and closed while sending
             sock.sendall(b" " * (size - 1))
