@@ -31,6 +31,8 @@ cfg = load_config()
 estimate = estimate_cost(cfg)
 enforce_budget(estimate, cfg.max_hourly_usd)
 pulumi.log.info("estimated cost:\n" + estimate.table())
+if not estimate.complete:
+    pulumi.log.warn("the cost estimate is incomplete (no price for: " + "; ".join(estimate.missing) + ")")
 for ami_key, pinned in (("trainer-ami", cfg.trainer_ami), ("serving-ami", cfg.serving_ami)):
     if pinned is None:
         pulumi.log.warn(
@@ -113,4 +115,5 @@ pulumi.export(contract.OUTPUT_SERVING_INSTANCE_ID, serving.instance_id)
 pulumi.export(contract.OUTPUT_SERVING_PRIVATE_IP, serving.private_ip)
 pulumi.export(contract.OUTPUT_SERVING_URL, serving.url)
 pulumi.export(contract.OUTPUT_SERVING_TOKEN_PARAMETER, serving.token_parameter_name)
-pulumi.export(contract.OUTPUT_ESTIMATED_HOURLY_USD, float(estimate.total_usd_per_hour))
+# null where the catalog lacks a price and no price key supplies it: a partial sum is no estimate.
+pulumi.export(contract.OUTPUT_ESTIMATED_HOURLY_USD, float(estimate.total_usd_per_hour) if estimate.complete else None)

@@ -1,4 +1,4 @@
-"""Instance catalog and regional prices: the types and regions the stack may use.
+"""Instance catalog, where each type is sold, and regional prices.
 
 Prices are AWS public on-demand list prices for Linux, shared tenancy, in USD per hour, as
 published on https://aws.amazon.com/ec2/pricing/on-demand/ (EC2), /ebs/pricing/ (gp3),
@@ -7,9 +7,12 @@ published on https://aws.amazon.com/ec2/pricing/on-demand/ (EC2), /ebs/pricing/ 
 reductions). They could not be re-checked from the build environment (no AWS access): refresh
 them before relying on a budget with `python -m infra.tools.prices [REGION...]`, which lists the
 current list price of every catalog type in every region that sells it next to the figure here
-(and the regions missing here), and bump PRICES_AS_OF when you do. The regions are the three the
-catalog has every price for; p4d/p5 are sold in more (the tool lists them), and adding one
-takes its EC2 prices and a `RegionPrices` row.
+(and the regions missing here), and bump PRICES_AS_OF when you do.
+
+Where a type is sold is recorded separately from its price (`InstanceType.sold_in`), so the stack
+accepts every recorded region even where the catalog holds no price: there the cost estimate
+marks the lines it cannot price and names the config key that supplies the price
+(`trainer-on-demand-usd-per-hour`, `serving-on-demand-usd-per-hour`; infra/config/cost.py).
 
 Plain data and one lookup: no Pulumi, no network, and nothing else of `infra` (config
 validation and the cost estimate both read it).
@@ -45,7 +48,9 @@ class InstanceType:
     efa_interfaces: int
     """EFA network interfaces the type supports (one per network card); 0: no EFA."""
     usd_per_hour: dict[str, Decimal]
-    """On-demand USD/h by region; a region missing here does not offer the type."""
+    """On-demand USD/h by region, where the catalog has the price (each of them sells the type)."""
+    sold_in: tuple[str, ...] = ()
+    """Further regions recorded as selling the type (`SOLD_IN_SOURCE`), priced or not."""
     nvme_disks: int = 0
     """Local NVMe instance-store disks (the nodes stripe them into the scratch volume)."""
     nvme_disk_gb: int = 0
@@ -61,8 +66,8 @@ class InstanceType:
 
     @property
     def regions(self) -> tuple[str, ...]:
-        """Regions that offer this type, sorted."""
-        return tuple(sorted(self.usd_per_hour))
+        """Regions recorded as offering this type (priced or not), sorted."""
+        return tuple(sorted(set(self.usd_per_hour) | set(self.sold_in)))
 
 
 def _prices(us_east_1: str, us_west_2: str, eu_west_1: str | None) -> dict[str, Decimal]:
@@ -72,16 +77,36 @@ def _prices(us_east_1: str, us_west_2: str, eu_west_1: str | None) -> dict[str, 
     return prices
 
 
-def _gpu(name, gpus, model, gpu_mem, vcpus, mem, gbps, efa, prices, nvme=(0, 0), rdma=False) -> InstanceType:
+def _gpu(name, gpus, model, gpu_mem, vcpus, mem, gbps, efa, prices, nvme=(0, 0), rdma=False, sold=()) -> InstanceType:
     return InstanceType(
         name=name, gpus=gpus, gpu_model=model, gpu_memory_gib=gpu_mem, vcpus=vcpus,
         memory_gib=mem, network_gbps=gbps, efa_interfaces=efa, usd_per_hour=prices,
-        nvme_disks=nvme[0], nvme_disk_gb=nvme[1], efa_rdma=rdma,
+        nvme_disks=nvme[0], nvme_disk_gb=nvme[1], efa_rdma=rdma, sold_in=sold,
     )  # fmt: skip
 
 
-def _cpu(name, vcpus, mem, prices) -> InstanceType:
-    return _gpu(name, 0, "", 0, vcpus, mem, 12.5, 0, prices)
+def _cpu(name, vcpus, mem, prices, sold=()) -> InstanceType:
+    return _gpu(name, 0, "", 0, vcpus, mem, 12.5, 0, prices, sold=sold)
+
+
+SOLD_IN_SOURCE = (
+    "skypilot-org/skypilot-catalog, catalogs/v7/aws/vms.csv at commit 001367d22a00 (generated from "
+    "EC2 DescribeInstanceTypeOfferings over the regions that catalog crawls)"
+)
+"""Where the `sold_in` lists come from. The lists are a lower bound: AWS adds regions, and that
+crawl skips some opt-in regions. A type sold in a region missing here: add the region to its list
+after checking `aws ec2 describe-instance-type-offerings --region R --filters
+Name=instance-type,Values=TYPE` (the live zone lookup at preview makes the same check)."""
+_P5_SOLD = ("ap-northeast-1", "ap-south-1", "ap-southeast-2", "ca-central-1", "eu-north-1", "eu-west-2",
+            "us-east-1", "us-east-2", "us-west-1", "us-west-2")  # fmt: skip
+_P4D_SOLD = ("ap-northeast-1", "ap-northeast-2", "ap-south-1", "ap-southeast-2", "eu-central-1", "eu-west-1",
+             "us-east-1", "us-east-2", "us-west-2")  # fmt: skip
+# The same source lists c7i.xlarge and m7i.xlarge in every p4d/p5 region above, c7i.2xlarge in
+# all but ap-northeast-1/2 (not confirmed there). The g5/g6/g6e types and m7i.2xlarge are
+# recorded only where the catalog prices them.
+_C7I_XLARGE_SOLD = tuple(sorted(set(_P5_SOLD) | set(_P4D_SOLD)))
+_M7I_XLARGE_SOLD = _C7I_XLARGE_SOLD
+_C7I_2XLARGE_SOLD = tuple(r for r in _C7I_XLARGE_SOLD if not r.startswith("ap-northeast-"))
 
 
 QUOTAS = {
@@ -109,14 +134,36 @@ _CATALOG = [
     _gpu("g6e.12xlarge", 4, "L40S", 192, 48, 384, 100, 1, _prices("10.493", "10.493", None), nvme=(2, 1900)),
     _gpu("g6e.48xlarge", 8, "L40S", 384, 192, 1536, 400, 4, _prices("30.131", "30.131", None), nvme=(4, 1900)),
     _gpu(
-        "p4d.24xlarge", 8, "A100", 320, 96, 1152, 400, 4, _prices("21.96", "21.96", "23.72"), nvme=(8, 1000), rdma=True
+        "p4d.24xlarge",
+        8,
+        "A100",
+        320,
+        96,
+        1152,
+        400,
+        4,
+        _prices("21.96", "21.96", "23.72"),
+        nvme=(8, 1000),
+        rdma=True,
+        sold=_P4D_SOLD,
     ),
     _gpu(
-        "p5.48xlarge", 8, "H100", 640, 192, 2048, 3200, 32, _prices("55.04", "55.04", None), nvme=(8, 3840), rdma=True
+        "p5.48xlarge",
+        8,
+        "H100",
+        640,
+        192,
+        2048,
+        3200,
+        32,
+        _prices("55.04", "55.04", None),
+        nvme=(8, 3840),
+        rdma=True,
+        sold=_P5_SOLD,
     ),
-    _cpu("c7i.xlarge", 4, 8, _prices("0.1785", "0.1785", "0.1995")),
-    _cpu("c7i.2xlarge", 8, 16, _prices("0.357", "0.357", "0.399")),
-    _cpu("m7i.xlarge", 4, 16, _prices("0.2016", "0.2016", "0.2226")),
+    _cpu("c7i.xlarge", 4, 8, _prices("0.1785", "0.1785", "0.1995"), sold=_C7I_XLARGE_SOLD),
+    _cpu("c7i.2xlarge", 8, 16, _prices("0.357", "0.357", "0.399"), sold=_C7I_2XLARGE_SOLD),
+    _cpu("m7i.xlarge", 4, 16, _prices("0.2016", "0.2016", "0.2226"), sold=_M7I_XLARGE_SOLD),
     _cpu("m7i.2xlarge", 8, 32, _prices("0.4032", "0.4032", "0.4452")),
 ]
 CATALOG: dict[str, InstanceType] = {t.name: t for t in _CATALOG}
@@ -145,7 +192,7 @@ class RegionPrices:
     """Customer-managed KMS key per month (requests are usage-dependent and left out)."""
 
 
-REGIONS: dict[str, RegionPrices] = {
+REGION_PRICES: dict[str, RegionPrices] = {
     "us-east-1": RegionPrices(
         gp3_gb_month=Decimal("0.08"), gp3_iops_month=Decimal("0.005"), gp3_mibps_month=Decimal("0.04"),
         s3_standard_gb_month=Decimal("0.023"),
@@ -165,10 +212,19 @@ REGIONS: dict[str, RegionPrices] = {
         interface_endpoint_az_hour=Decimal("0.011"), kms_key_month=Decimal("1"),
     ),
 }  # fmt: skip
-"""Regions the stack supports (the catalog has prices for them)."""
+"""Non-instance prices of the regions the catalog has them for; elsewhere the estimate marks
+those lines unpriced."""
+
+REGIONS: tuple[str, ...] = tuple(sorted({r for t in CATALOG.values() if t.gpus for r in t.regions}))
+"""Regions the stack accepts: every region recorded as selling one of the catalog's GPU types."""
 
 
 def offering_regions(instance_type: str) -> tuple[str, ...]:
-    """Return the supported regions that offer `instance_type` (empty when it is unknown)."""
+    """Return the regions recorded as offering `instance_type` (empty when it is unknown)."""
     entry = CATALOG.get(instance_type)
     return entry.regions if entry else ()
+
+
+def on_demand_usd_per_hour(instance_type: str, region: str) -> Decimal | None:
+    """The catalog's on-demand price of `instance_type` in `region`, or None where it has none."""
+    return CATALOG[instance_type].usd_per_hour.get(region)

@@ -35,7 +35,8 @@ class StackConfig:
     """Every setting of one stack; see `Pulumi.example.yaml` for a commented example."""
 
     region: str = _key("aws:region")
-    """AWS region (`aws:region`, required); one of the regions in `infra/config/catalog.py`."""
+    """AWS region (`aws:region`, required); one of `catalog.REGIONS` (where a catalog GPU type is
+    sold)."""
     vpc_cidr: str = _key("vpc-cidr", "10.42.0.0/16")
     """Private IPv4 range of the VPC, prefix /16 to /24."""
     num_availability_zones: int = _key("availability-zone-count", 2)
@@ -58,6 +59,10 @@ class StackConfig:
     """`on-demand`, `spot` or `capacity-block` (an EC2 Capacity Block for ML)."""
     trainer_spot_max_price: float | None = _key("trainer-spot-max-price")
     """Spot price cap in USD/h per node; required with `trainer-market: spot`."""
+    trainer_on_demand_usd_per_hour: float | None = _key("trainer-on-demand-usd-per-hour")
+    """On-demand price of the training type per instance-hour in this region, for the estimate,
+    the budget guard and the spot cap's upper bound; unset: the catalog's price. Required for an
+    estimate where the catalog has no price (`python -m infra.tools.prices REGION` lists it)."""
     trainer_capacity_reservation_id: str | None = _key("trainer-capacity-reservation-id")
     """Capacity Reservation the nodes launch into (`cr-...`): an On-Demand Capacity Reservation,
     or the reservation of the Capacity Block (required with `trainer-market: capacity-block`)."""
@@ -90,6 +95,9 @@ class StackConfig:
     """At preview, compare the vCPUs the stack runs with the account's EC2 quotas (Service Quotas)."""
     serving_instance_type: str = _key("serving-instance-type", "c7i.xlarge")
     """Instance type of the serving host, GPU or CPU (from the catalog)."""
+    serving_on_demand_usd_per_hour: float | None = _key("serving-on-demand-usd-per-hour")
+    """On-demand price of the serving type per hour in this region, for the estimate; unset: the
+    catalog's price (the estimate marks the line unpriced where the catalog has none)."""
     serving_ami: str | None = _key("serving-ami")
     """AMI id override for the serving host; default: Deep Learning AMI for GPU types,
     Amazon Linux 2023 for CPU types."""
@@ -136,6 +144,7 @@ class StackConfig:
             num_trainers=self.num_trainers,
             market=self.trainer_market,
             spot_max_price=self.trainer_spot_max_price,
+            on_demand_usd_per_hour=self.trainer_on_demand_usd_per_hour,
             ami=self.trainer_ami,
             root_volume_gb=self.trainer_root_volume_gb,
             scratch_volume_gb=self.trainer_scratch_volume_gb or 0,
@@ -158,6 +167,7 @@ class StackConfig:
             estimated_s3_gb=self.estimated_s3_gb,
             max_hourly_usd=self.max_hourly_usd,
             training_hours=self.training_hours,
+            serving_on_demand_usd_per_hour=self.serving_on_demand_usd_per_hour,
         )
 
     @property

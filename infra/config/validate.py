@@ -80,12 +80,12 @@ def instance_type(key: str, name: str, region: str, *, gpu_only: bool) -> Instan
 
 
 def check_region(region: str) -> None:
-    """`aws:region` is one the catalog has prices for."""
+    """`aws:region` is one where the catalog records a GPU type as sold."""
     if region not in REGIONS:
         raise ConfigError(
             "aws:region",
-            f"{region!r} is not a supported region",
-            "use one of " + ", ".join(sorted(REGIONS)),
+            f"{region!r} is not a supported region (none of the catalog's GPU types is recorded as sold there)",
+            "use one of " + ", ".join(REGIONS) + " (infra/config/catalog.py, SOLD_IN_SOURCE)",
         )
 
 
@@ -137,6 +137,7 @@ def check_trainer(
     num_trainers: int,
     market: str,
     spot_max_price: float | None,
+    on_demand_usd_per_hour: float | None,
     ami: str | None,
     root_volume_gb: int,
     scratch_volume_gb: int,
@@ -148,12 +149,16 @@ def check_trainer(
         raise ConfigError(
             "trainer-market", f"{market!r} is not a market", "use `on-demand`, `spot` or `capacity-block`"
         )
-    on_demand = float(trainer.usd_per_hour[region])
+    _positive_or_unset(
+        "trainer-on-demand-usd-per-hour", on_demand_usd_per_hour, "set the on-demand USD per instance-hour"
+    )
+    catalog_price = trainer.usd_per_hour.get(region)
+    on_demand = on_demand_usd_per_hour or (float(catalog_price) if catalog_price is not None else None)
     if market == "spot" and spot_max_price is None:
         raise ConfigError(
             "trainer-spot-max-price",
             "is required with `trainer-market: spot` so the budget guard has an upper bound",
-            f"set a cap in USD/h per node, at most the on-demand {on_demand}",
+            "set a cap in USD/h per node" + (f", at most the on-demand {on_demand}" if on_demand else ""),
         )
     if market != "spot" and spot_max_price is not None:
         raise ConfigError(
@@ -161,7 +166,9 @@ def check_trainer(
             f"is set but `trainer-market` is {market}",
             "remove it, or set `trainer-market: spot`",
         )
-    if spot_max_price is not None and not 0 < spot_max_price <= on_demand:
+    if spot_max_price is not None and on_demand is None and spot_max_price <= 0:
+        raise ConfigError("trainer-spot-max-price", f"{spot_max_price} is not positive", "set a positive cap")
+    if spot_max_price is not None and on_demand is not None and not 0 < spot_max_price <= on_demand:
         raise ConfigError(
             "trainer-spot-max-price",
             f"{spot_max_price} is not within (0, on-demand price {on_demand}] USD/h",
@@ -209,8 +216,13 @@ def check_operations(
     estimated_s3_gb: int,
     max_hourly_usd: float | None,
     training_hours: float | None,
+    serving_on_demand_usd_per_hour: float | None = None,
 ) -> None:
-    """Retention windows, the storage estimate, the budget cap and the expected run length."""
+    """Retention windows, the storage estimate, the budget cap, the expected run length and the
+    serving price override."""
+    _positive_or_unset(
+        "serving-on-demand-usd-per-hour", serving_on_demand_usd_per_hour, "set the on-demand USD per hour"
+    )
     _in_range("kms-deletion-window-days", kms_deletion_window_days, 7, 30)
     _in_range("checkpoint-noncurrent-days", checkpoint_noncurrent_days, 1, 3650)
     _in_range("logs-expiration-days", logs_expiration_days, 1, 3650)

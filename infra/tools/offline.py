@@ -46,6 +46,16 @@ def _tag(text: str, n: int = 17) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
+_DIRECTIONS = {"east": "e", "west": "w", "north": "n", "south": "s", "central": "c",
+               "northeast": "ne", "northwest": "nw", "southeast": "se", "southwest": "sw"}  # fmt: skip
+
+
+def _az_id_prefix(region: str) -> str:
+    """The AZ ID prefix AWS uses for `region` (us-east-2 -> use2, ap-northeast-1 -> apne1)."""
+    area, *middle, number = region.split("-")
+    return area + "".join(_DIRECTIONS.get(word, word[0]) for word in middle) + number
+
+
 class StratusMocks(pulumi.runtime.Mocks):
     """AWS-like answers for resources and invokes.
 
@@ -131,7 +141,7 @@ class StratusMocks(pulumi.runtime.Mocks):
         if invoke == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
         if invoke == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            ids = [f"use1-az{i}" for i in range(1, len(self.zones) + 1)]
+            ids = [f"{_az_id_prefix(self.region)}-az{i}" for i in range(1, len(self.zones) + 1)]
             return {"names": self.zones, "zoneIds": ids, "id": self.region}
         if invoke == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
             instance_type = a["filters"][0]["values"][0]

@@ -6,9 +6,12 @@
 Needs AWS credentials allowed `pricing:GetProducts` (the API answers from us-east-1 for every
 region). Prints one row per catalog type and region: the current on-demand price (Linux, shared
 tenancy, no pre-installed software) next to the catalog's, marking rows that differ or regions the
-catalog lacks. Copy the new figures into `_CATALOG` in `infra/config/catalog.py` and set
-`PRICES_AS_OF` to today; a new region also needs its `RegionPrices` row (gp3, S3, NAT, endpoint
-and KMS prices from the pages named in that module). Exit status: 0 listed, 1 the API failed.
+catalog lacks (a region the catalog records as selling the type without a price: "not priced";
+one it does not record: "region not in catalog"). Copy the new figures into `_CATALOG` in
+`infra/config/catalog.py` and set `PRICES_AS_OF` to today; a new region also needs its
+`REGION_PRICES` row (gp3, S3, NAT, endpoint and KMS prices from the pages named in that module).
+Until then, a stack there can take the instance prices from `trainer-on-demand-usd-per-hour` and
+`serving-on-demand-usd-per-hour`. Exit status: 0 listed, 1 the API failed.
 """
 
 from __future__ import annotations
@@ -66,7 +69,12 @@ def report(prices: dict[tuple[str, str], Decimal], regions: Iterable[str] | None
         if wanted is not None and region not in wanted:
             continue
         held = CATALOG[name].usd_per_hour.get(region)
-        note = "region not in catalog" if held is None else ("" if held == usd else "CHANGED")
+        if held is not None:
+            note = "" if held == usd else "CHANGED"
+        elif region in CATALOG[name].regions:
+            note = "not priced in catalog (stack config: *-on-demand-usd-per-hour)"
+        else:
+            note = "region not in catalog"
         rows.append(f"{name:<14} {region:<16} {usd:>11} {'' if held is None else held:>9}  {note}".rstrip())
     return rows
 

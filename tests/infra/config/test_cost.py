@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from infra.config.catalog import REGIONS
+from infra.config.catalog import REGION_PRICES
 from infra.config.cost import enforce_budget, estimate_cost
-from infra.config.errors import BudgetExceededError
+from infra.config.errors import BudgetExceededError, ConfigError
 from infra.config.stack import parse_config
 
 
@@ -55,7 +55,7 @@ def test_spot_nodes_are_priced_at_their_cap_in_the_chosen_region():
     assert estimate.run_usd is None
 
 
-@pytest.mark.parametrize("region", sorted(REGIONS))
+@pytest.mark.parametrize("region", sorted(REGION_PRICES))
 def test_total_is_exactly_the_sum_of_the_printed_lines(region):
     cfg = parse_config({"aws:region": region, "egress-enabled": True, "trainer-count": 7})
     estimate = estimate_cost(cfg)
@@ -69,3 +69,50 @@ def test_budget_guard_raises_above_the_cap_and_passes_at_or_below_it():
     enforce_budget(estimate, float(estimate.total_usd_per_hour))
     with pytest.raises(BudgetExceededError, match=r"(?s)max-hourly-usd.*Breakdown:.*total\s+11\.7460"):
         enforce_budget(estimate, 11.74)
+
+
+P5_US_EAST_2 = {"aws:region": "us-east-2", "trainer-instance-type": "p5.48xlarge", "trainer-count": 4,
+                "training-hours": 10}  # fmt: skip
+
+
+def test_a_region_the_catalog_does_not_price_marks_each_unpriced_line_and_names_its_key():
+    estimate = estimate_cost(parse_config(P5_US_EAST_2))
+    assert not estimate.complete
+    # us-east-2 sells p5 and c7i.xlarge but the catalog prices neither there, nor its storage/network
+    assert set(_lines(estimate).values()) == {None} and estimate.total_usd_per_hour == 0
+    table = estimate.table()
+    assert "p5.48xlarge in us-east-2: set `trainer-on-demand-usd-per-hour`" in table
+    assert "c7i.xlarge in us-east-2: set `serving-on-demand-usd-per-hour`" in table
+    assert "add its `REGION_PRICES` row" in table and "python -m infra.tools.prices us-east-2" in table
+    assert "unknown" in table and "INCOMPLETE" in table and "at least 0.00 USD" in table
+    block = estimate_cost(parse_config({**P5_US_EAST_2, "trainer-market": "capacity-block",
+                                        "trainer-capacity-reservation-id": "cr-0123456789abcdef0",
+                                        "training-availability-zone": "us-east-2a"}))  # fmt: skip
+    assert "set `trainer-capacity-block-usd-per-hour` (or `trainer-on-demand-usd-per-hour`)" in block.table()
+
+
+def test_price_keys_price_the_instances_where_the_catalog_cannot_and_override_it_where_it_can():
+    keyed = {**P5_US_EAST_2, "trainer-on-demand-usd-per-hour": 55.04, "serving-on-demand-usd-per-hour": 0.1785}
+    estimate = estimate_cost(parse_config(keyed))
+    lines = _lines(estimate)
+    assert lines["training node p5.48xlarge (on-demand)"] == Decimal("220.1600")
+    assert lines["serving host c7i.xlarge"] == Decimal("0.1785")
+    assert estimate.total_usd_per_hour == Decimal("220.3385") and estimate.run_usd == Decimal("2203.39")
+    assert len(estimate.missing) == 1 and "REGION_PRICES" in estimate.missing[0]  # storage/network still unknown
+    # where the catalog has a price, the key wins (a negotiated rate)
+    discounted = estimate_cost(parse_config({"aws:region": "us-east-1", "trainer-on-demand-usd-per-hour": 4}))
+    assert _lines(discounted)["training node g5.12xlarge (on-demand)"] == Decimal("8.0000") and discounted.complete
+
+
+def test_budget_guard_refuses_an_incomplete_estimate_under_the_cap_and_fails_one_already_above_it():
+    keyed = {**P5_US_EAST_2, "trainer-on-demand-usd-per-hour": 55.04, "serving-on-demand-usd-per-hour": 0.1785}
+    estimate = estimate_cost(parse_config(keyed))
+    enforce_budget(estimate, None)
+    with pytest.raises(BudgetExceededError, match=r"its priced lines alone\) 220\.3385 USD/h is above the cap"):
+        enforce_budget(estimate, 200)
+    with pytest.raises(ConfigError) as raised:
+        enforce_budget(estimate, 300)
+    assert raised.type is ConfigError
+    message = str(raised.value)
+    assert "config `stratus:max-hourly-usd`: cannot be checked" in message and "REGION_PRICES" in message
+    assert "unset `max-hourly-usd`" in message

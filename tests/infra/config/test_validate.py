@@ -24,11 +24,11 @@ BAD_CONFIGS = {
         {"trainer-market": "spot", "trainer-spot-max-price": 99}, "trainer-spot-max-price", "on-demand price"),
     "cap-without-spot": ({"trainer-spot-max-price": 2}, "trainer-spot-max-price", "trainer-market: spot"),
     "unknown-market": ({"trainer-market": "reserved"}, "trainer-market", "on-demand"),
-    "unsupported-region": ({"aws:region": "ap-south-1"}, "aws:region", "us-east-1"),
+    "unsupported-region": ({"aws:region": "sa-east-1"}, "aws:region", "ap-northeast-1, ap-northeast-2, ap-south-1"),
     "missing-region": ({"aws:region": None}, "aws:region", "pulumi config set aws:region"),
     "type-not-in-region": (
         {"aws:region": "eu-west-1", "trainer-instance-type": "p5.48xlarge"},
-        "trainer-instance-type", "regions that offer it: us-east-1, us-west-2"),
+        "trainer-instance-type", "regions that offer it: ap-northeast-1, ap-south-1, ap-southeast-2, ca-central-1"),
     "serving-type-not-in-region": (
         {"aws:region": "eu-west-1", "serving-instance-type": "g6.xlarge"},
         "serving-instance-type", "regions that offer it: us-east-1, us-west-2"),
@@ -47,6 +47,12 @@ BAD_CONFIGS = {
     "too-many-zones": ({"availability-zone-count": 5}, "availability-zone-count", "2-4"),
     "zone-of-other-region": ({"training-availability-zone": "eu-west-1a"}, "training-availability-zone", "us-east-1a"),
     "negative-budget": ({"max-hourly-usd": -1}, "max-hourly-usd", "not positive"),
+    "negative-trainer-price": ({"trainer-on-demand-usd-per-hour": -1}, "trainer-on-demand-usd-per-hour", "positive"),
+    "zero-serving-price": ({"serving-on-demand-usd-per-hour": 0}, "serving-on-demand-usd-per-hour", "positive"),
+    "spot-cap-above-configured-on-demand": (
+        {"aws:region": "us-east-2", "trainer-instance-type": "p5.48xlarge", "trainer-market": "spot",
+         "trainer-spot-max-price": 60, "trainer-on-demand-usd-per-hour": 50},
+        "trainer-spot-max-price", "on-demand price 50"),
     "gpu-serving-small-root": (
         {"serving-instance-type": "g5.xlarge", "serving-root-volume-gb": 50}, "serving-root-volume-gb", "100-16384"),
     "bool-typo": ({"egress-enabled": "maybe"}, "egress-enabled", "is not true or false"),

@@ -31,5 +31,7 @@ def test_only_the_plain_linux_on_demand_price_is_taken_and_compared_with_the_cat
                       ("p5.48xlarge", "us-west-2"): Decimal("60")}  # fmt: skip
     rows = report(prices)
     assert rows[1].split() == ["p5.48xlarge", "us-east-1", "55.04", "55.04"]
-    assert rows[2].endswith("region not in catalog") and rows[3].endswith("CHANGED")
+    assert rows[2].endswith("not priced in catalog (stack config: *-on-demand-usd-per-hour)")  # sold there
+    assert rows[3].endswith("CHANGED")
+    assert report({("p5.48xlarge", "sa-east-1"): Decimal("70")})[1].endswith("region not in catalog")
     assert len(report(prices, ["us-east-2"])) == 2
