@@ -89,16 +89,17 @@ def _trainer_price(cfg: StackConfig) -> tuple[Decimal | None, str]:
     A Capacity Reservation (ODCR) bills at the on-demand rate whether used or not.
     """
     on_demand = _on_demand(cfg.trainer_instance_type, cfg.region, cfg.trainer_on_demand_usd_per_hour)
+    keyed = ", configured price" if cfg.trainer_on_demand_usd_per_hour is not None else ""
     if cfg.trainer_market == "spot":
         assert cfg.trainer_spot_max_price is not None  # config validation guarantees it
         return Decimal(str(cfg.trainer_spot_max_price)), "spot cap"
     if cfg.trainer_market == "capacity-block":
         if cfg.trainer_capacity_block_usd_per_hour is not None:
             return Decimal(str(cfg.trainer_capacity_block_usd_per_hour)), "capacity block"
-        return on_demand, "capacity block, on-demand price"
+        return on_demand, "capacity block, on-demand price" + keyed
     if cfg.reservation_target is not None:
-        return on_demand, "on-demand, reserved"
-    return on_demand, "on-demand"
+        return on_demand, "on-demand, reserved" + keyed
+    return on_demand, "on-demand" + keyed
 
 
 def _missing(cfg: StackConfig, trainer_price: Decimal | None, server_price: Decimal | None) -> tuple[str, ...]:
@@ -168,7 +169,8 @@ def estimate_cost(cfg: StackConfig) -> CostEstimate:
     trainer_gb = cfg.trainer_root_volume_gb + scratch_gb
     lines = [
         _line(f"training node {trainer.name} ({market})", cfg.num_trainers, trainer_price),
-        _line(f"serving host {server.name}", 1, server_price),
+        _line(f"serving host {server.name}" + (" (configured price)" if cfg.serving_on_demand_usd_per_hour else ""),
+              1, server_price),
         _line("EBS gp3 GB, training nodes", cfg.num_trainers * trainer_gb, gp3_hour),
         _line("EBS gp3 GB, serving host", cfg.serving_root_volume_gb, gp3_hour),
         *_scratch_performance(cfg, scratch_mode),

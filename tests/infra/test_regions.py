@@ -54,7 +54,9 @@ def test_offline_plan_prints_the_unpriced_lines_and_the_keys_to_set(tmp_path, ca
     )
     assert plan.main([str(stack)]) == 0
     out = capsys.readouterr().out
-    assert "training node p5.48xlarge (on-demand)" in out and "110.0800" in out  # 2 x 55.04, from the key
+    assert (
+        "training node p5.48xlarge (on-demand, configured price)" in out and "110.0800" in out
+    )  # 2 x 55.04, from the key
     assert "total of the priced lines (INCOMPLETE)" in out
     assert "no price: c7i.xlarge in us-east-2: set `serving-on-demand-usd-per-hour`" in out
     assert "EC2 zone offerings of c7i.xlarge, p5.48xlarge in us-east-2" in out

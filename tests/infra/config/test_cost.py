@@ -95,13 +95,14 @@ def test_price_keys_price_the_instances_where_the_catalog_cannot_and_override_it
     keyed = {**P5_US_EAST_2, "trainer-on-demand-usd-per-hour": 55.04, "serving-on-demand-usd-per-hour": 0.1785}
     estimate = estimate_cost(parse_config(keyed))
     lines = _lines(estimate)
-    assert lines["training node p5.48xlarge (on-demand)"] == Decimal("220.1600")
-    assert lines["serving host c7i.xlarge"] == Decimal("0.1785")
+    assert lines["training node p5.48xlarge (on-demand, configured price)"] == Decimal("220.1600")
+    assert lines["serving host c7i.xlarge (configured price)"] == Decimal("0.1785")
     assert estimate.total_usd_per_hour == Decimal("220.3385") and estimate.run_usd == Decimal("2203.39")
     assert len(estimate.missing) == 1 and "REGION_PRICES" in estimate.missing[0]  # storage/network still unknown
     # where the catalog has a price, the key wins (a negotiated rate)
     discounted = estimate_cost(parse_config({"aws:region": "us-east-1", "trainer-on-demand-usd-per-hour": 4}))
-    assert _lines(discounted)["training node g5.12xlarge (on-demand)"] == Decimal("8.0000") and discounted.complete
+    assert _lines(discounted)["training node g5.12xlarge (on-demand, configured price)"] == Decimal("8.0000")
+    assert discounted.complete
 
 
 def test_budget_guard_refuses_an_incomplete_estimate_under_the_cap_and_fails_one_already_above_it():
