@@ -73,8 +73,10 @@ def instance_type(key: str, name: str, region: str, *, gpu_only: bool) -> Instan
     if region not in entry.regions:
         raise ConfigError(
             key,
-            f"{name} is not offered in {region}; regions that offer it: " + ", ".join(entry.regions),
-            f"set `aws:region` to one of those regions or choose a type offered in {region}",
+            f"{name} is not recorded as sold in {region}; regions that offer it: " + ", ".join(entry.regions),
+            f"set `aws:region` to one of those regions or choose a type offered in {region} (if AWS sells "
+            f"{name} there now, `aws ec2 describe-instance-type-offerings --region {region}` shows it: add the "
+            "region to the type's `sold` list in infra/config/catalog.py)",
         )
     return entry
 
