@@ -140,7 +140,7 @@ def machine() -> str:
 def _row(mode: str, batch: int, conc: int, cell: dict[str, dict]) -> str:
     s, k = cell["stratus"], cell["kserve"]
     b, before = cell.get("bare"), cell.get("before")
-    errors = sum(r["errors"] for r in cell.values())
+    errors = int(sum(r["errors"] for r in cell.values()))
 
     def ratio(x: dict | None) -> str:
         return f"{s['rps'] / x['rps']:.2f}" if x and x["rps"] else "-"
