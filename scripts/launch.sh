@@ -36,6 +36,7 @@ options:
   --resume              continue from the newest verified checkpoint of the run
   --no-export           train only; skip export and publish
   --stack NAME          run on the training nodes of Pulumi stack NAME through SSM (no SSH)
+  --sim-dir DIR         run on the simulated nodes of scripts/sim-stack.sh up DIR (root; no AWS)
   --dry-run             validate, print the generated DeepSpeed config and the command; run nothing
   -h, --help            this help
 
@@ -47,7 +48,7 @@ EOF
 }
 
 preset=mlp-binary nproc=2 zero_stage="" offload="" data="" run_name="" output_dir=runs resume=0 export=1 stack=""
-dry_run=0
+dry_run=0 sim_dir=""
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -61,6 +62,7 @@ while [[ $# -gt 0 ]]; do
     --resume) resume=1; shift ;;
     --no-export) export=0; shift ;;
     --stack) stack="$2"; shift 2 ;;
+    --sim-dir) sim_dir="$2"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; extra=("$@"); break ;;
@@ -81,8 +83,8 @@ train_args+=("${extra[@]}")
 run_dir="${output_dir}/${run_name:-${preset}}"
 repo="${STRATUS_MODEL_REPO:-${output_dir}/model-repo}"
 
-if [[ -n "${stack}" ]]; then
-  remote_args=(--stack "${stack}")
+if [[ -n "${stack}" || -n "${sim_dir}" ]]; then
+  if [[ -n "${stack}" ]]; then remote_args=(--stack "${stack}"); else remote_args=(--sim-dir "${sim_dir}"); fi
   [[ ${dry_run} == 1 ]] && remote_args+=(--dry-run)
   exec python -m runtime.remote "${remote_args[@]}" -- "${train_args[@]}"
 fi

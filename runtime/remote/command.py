@@ -41,6 +41,7 @@ from runtime.contract import BUNDLE_KEY, NODE_OUTPUT_DIR, ExitCode
 from runtime.remote.bundle import bundle_entries, write_bundle
 from runtime.remote.nodes import NodeJob, node_script, node_train_args
 from runtime.remote.outputs import RemoteError, StackOutputs, read_outputs
+from runtime.remote.transport import LocalTransport, NodeTransport, SsmTransport
 from runtime.train.checkpoint import existing_run_message
 from runtime.train.command import TrainOptions, parse_train_options, validate
 from runtime.train.config import ConfigError
@@ -62,6 +63,10 @@ class RemoteOptions:
     outputs_file: str | None = option(None, metavar="FILE")
     """JSON of `pulumi stack output --json` (no Pulumi CLI needed)."""
 
+    sim_dir: str | None = option(None, metavar="DIR")
+    """A simulated stack made by `scripts/sim-stack.sh up DIR`: outputs from DIR/outputs.json, each
+    node's script run in its network namespace on this machine instead of through SSM."""
+
     dry_run: bool = False
     """Validate and print the bundle, the S3 keys and every node's commands; send nothing."""
 
@@ -78,8 +83,8 @@ class RemoteOptions:
     """Seconds SSM lets a node's command run (at most 48 h)."""
 
     def __post_init__(self) -> None:
-        if bool(self.stack) == bool(self.outputs_file):
-            raise RemoteError("name the stack: exactly one of --stack NAME or --outputs-file FILE")
+        if sum(map(bool, (self.stack, self.outputs_file, self.sim_dir))) != 1:
+            raise RemoteError("name the stack: exactly one of --stack NAME, --outputs-file FILE or --sim-dir DIR")
         if not 1 <= self.execution_timeout <= MAX_EXECUTION_TIMEOUT_S:
             raise RemoteError(
                 f"--execution-timeout {self.execution_timeout} must be 1..{MAX_EXECUTION_TIMEOUT_S} seconds "
@@ -101,7 +106,8 @@ class Launch:
 
     def __init__(self, opts: RemoteOptions, train_opts: TrainOptions):
         self.opts = opts
-        self.outputs: StackOutputs = read_outputs(stack=opts.stack, outputs_file=opts.outputs_file)
+        outputs_file = Path(opts.sim_dir) / "outputs.json" if opts.sim_dir else opts.outputs_file
+        self.outputs: StackOutputs = read_outputs(stack=opts.stack, outputs_file=outputs_file)
         self.dry_run = opts.dry_run or train_opts.dry_run
         self.cfg = train_opts.train_config()
         world = self.outputs.world_size
@@ -126,6 +132,7 @@ class Launch:
             self.config_file = (node_path, Path(train_opts.config).read_bytes())
         self.entries = bundle_entries(ROOT, opts.wheels)
         self.resume = train_opts.resume
+        self.sent_job: NodeJob | None = None
         self.train_args = node_train_args(train_opts, data=data_arg,
                                           config_path=self.config_file and self.config_file[0])  # fmt: skip
 
@@ -152,27 +159,6 @@ class Launch:
 
     # --- AWS ------------------------------------------------------------------------------------
 
-    def check_instances(self, ec2: Any) -> None:
-        """Every output instance exists, runs, and has the private IP the outputs say."""
-        out = self.outputs
-        resp = ec2.describe_instances(Filters=[{"Name": "instance-id", "Values": list(out.instance_ids)}])
-        found = {i["InstanceId"]: i for r in resp["Reservations"] for i in r["Instances"]}
-        for rank, (iid, ip) in enumerate(zip(out.instance_ids, out.private_ips, strict=True)):
-            inst = found.get(iid)
-            if inst is None:
-                raise RemoteError(
-                    f"node {rank}: instance {iid} (trainer_instance_ids[{rank}]) does not exist in {out.region}; "
-                    "the stack outputs are stale: run `pulumi refresh` and `pulumi up`"
-                )
-            state = inst.get("State", {}).get("Name")
-            if state != "running":
-                raise RemoteError(f"node {rank}: instance {iid} is {state}; start it or run `pulumi up`")
-            if inst.get("PrivateIpAddress") != ip:
-                raise RemoteError(
-                    f"node {rank}: instance {iid} has private IP {inst.get('PrivateIpAddress')}, outputs say {ip}; "
-                    "run `pulumi refresh`"
-                )
-
     def check_run_is_new(self, s3: Any) -> None:
         key = f"{self.run_name}/latest"
         if not self.resume and head_or_none(s3, self.outputs.checkpoints_bucket, key) is not None:
@@ -184,16 +170,21 @@ class Launch:
         s3.upload_file(str(path), bucket, key, ExtraArgs=sse_kms_args(self.outputs.kms_key_arn))
         log.info("uploaded %s to s3://%s/%s", path.name, bucket, key)
 
-    def send(self, ssm: Any, job: NodeJob) -> list[str]:
+    def transport(self) -> NodeTransport:
+        """SSM Run Command, or the simulated nodes of `--sim-dir`."""
+        if self.opts.sim_dir:
+            return LocalTransport(Path(self.opts.sim_dir))
+        import boto3
+
+        region = self.outputs.region
+        return SsmTransport(boto3.client("ssm", region_name=region), boto3.client("ec2", region_name=region), region)
+
+    def send(self, transport: NodeTransport, job: NodeJob) -> list[str]:
         ids = []
         for rank, iid in enumerate(self.outputs.instance_ids):
-            resp = ssm.send_command(
-                InstanceIds=[iid],
-                DocumentName="AWS-RunShellScript",
-                Comment=f"stratus {self.run_name} node {rank}/{self.outputs.num_nodes}"[:100],
-                Parameters={"commands": node_script(job, rank), "executionTimeout": [str(self.opts.execution_timeout)]},
-            )
-            ids.append(resp["Command"]["CommandId"])
+            comment = f"stratus {self.run_name} node {rank}/{self.outputs.num_nodes}"
+            ids.append(transport.send(iid, node_script(job, rank), comment=comment,
+                                      timeout_s=self.opts.execution_timeout))  # fmt: skip
             log.info("node %d (%s): command %s sent", rank, iid, ids[-1])
         return ids
 
@@ -210,36 +201,22 @@ class Launch:
                 self.print_plan(job)
                 return ExitCode.OK
             s3 = boto3.client("s3", region_name=out.region)
-            self.check_instances(boto3.client("ec2", region_name=out.region))
+            transport = self.transport()
+            transport.check_nodes(out)
             self.check_run_is_new(s3)
             if self.data_file:
                 self.upload(s3, self.data_file, out.datasets_bucket, self.data_key)
             self.upload(s3, bundle, out.models_bucket, BUNDLE_KEY)
-        ssm = boto3.client("ssm", region_name=out.region)
-        command_ids = self.send(ssm, job)
+        self.sent_job = job
+        command_ids = self.send(transport, job)
         try:
-            results = wait_for_nodes(ssm, list(out.instance_ids), command_ids, interval=self.opts.poll_interval)
+            results = wait_for_nodes(transport, list(out.instance_ids), command_ids, interval=self.opts.poll_interval)
         except (KeyboardInterrupt, ClientError, BotoCoreError) as e:
             why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"polling failed ({e})"
-            ids = " ".join(command_ids)
             print(f"{why}: the commands keep running on the nodes; follow or cancel them with\n"
-                  f"  for c in {ids}; do aws ssm list-command-invocations --region {out.region} --details "
-                  f"--command-id $c; done\n"
-                  f"  for c in {ids}; do aws ssm cancel-command --region {out.region} --command-id $c; done",
-                  file=sys.stderr)  # fmt: skip
+                  f"{transport.describe(command_ids)}", file=sys.stderr)  # fmt: skip
             return ExitCode.INTERRUPTED if isinstance(e, KeyboardInterrupt) else ExitCode.FAILED
         return report(results, run_name=self.run_name)
-
-
-def _invocation(ssm: Any, command_id: str, instance_id: str) -> dict[str, Any]:
-    from botocore.exceptions import ClientError
-
-    try:
-        return ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") == "InvocationDoesNotExist":
-            return {"Status": "Pending", "StatusDetails": "Pending"}  # not registered yet, right after sending
-        raise
 
 
 def wait_for_nodes(
@@ -261,7 +238,7 @@ def wait_for_nodes(
     while True:
         for rank, (iid, cid) in enumerate(zip(instance_ids, command_ids, strict=True)):
             if results[rank] is None or results[rank]["Status"] not in TERMINAL:
-                results[rank] = _invocation(ssm, cid, iid)
+                results[rank] = ssm.get_command_invocation(CommandId=cid, InstanceId=iid)
         elapsed = int(time.monotonic() - start)
         states = "  ".join(
             f"node{r} {iid} {res['Status']}" for r, (iid, res) in enumerate(zip(instance_ids, results, strict=True))

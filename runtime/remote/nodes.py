@@ -66,7 +66,8 @@ def node_launch_command(job: NodeJob, node_rank: int) -> str:
         f"--node_rank={node_rank}", f"--master_addr={out.private_ips[0]}", f"--master_port={job.master_port}",
         "--module", "runtime.train", *job.train_args,
     ]  # fmt: skip
-    return f"cd {APP_DIR}/app && DS_ACCELERATOR=cuda {shlex.join(launch)}"
+    # The node's env file may name another accelerator (a simulated node: cpu).
+    return f'cd {APP_DIR}/app && DS_ACCELERATOR="${{DS_ACCELERATOR:-cuda}}" {shlex.join(launch)}'
 
 
 def node_script(job: NodeJob, node_rank: int) -> list[str]:

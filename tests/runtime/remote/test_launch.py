@@ -70,7 +70,8 @@ def test_launch_uploads_bundle_and_data_and_sends_one_command_per_node(stack, aw
         assert cmd["DocumentName"] == "AWS-RunShellScript"
         script = "\n".join(cmd["Parameters"]["commands"])
         launch = next(line for line in cmd["Parameters"]["commands"] if "deepspeed.launcher.launch" in line)
-        assert launch.startswith("cd /opt/stratus/app && DS_ACCELERATOR=cuda /opt/stratus/venv/bin/python -m ")
+        accel = 'DS_ACCELERATOR="${DS_ACCELERATOR:-cuda}"'  # node.env may name another (simulated nodes: cpu)
+        assert launch.startswith(f"cd /opt/stratus/app && {accel} /opt/stratus/venv/bin/python -m ")
         assert f"--node_rank={rank} " in launch and f"--master_addr={ips[0]} --master_port=29500" in launch
         world = launch.split("--world_info=")[1].split()[0]
         assert json.loads(base64.urlsafe_b64decode(world)) == {ip: [0, 1] for ip in ips}

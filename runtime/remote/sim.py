@@ -1,0 +1,286 @@
+"""A simulated stack on this machine: training nodes and a serving host as Linux network namespaces.
+
+Runbook (as root; `scripts/sim-stack.sh` wraps it):
+    python -m runtime.remote.sim up /tmp/sim --nodes 2       # namespaces, bridge, S3/KMS emulator
+    stratus remote --sim-dir /tmp/sim -- --preset mlp-binary --set max_steps=20
+    python -m runtime.remote.sim down /tmp/sim               # processes, namespaces, bridge: gone
+
+What `up` makes: a bridge with an address of a free 10.231.X.0/24, one namespace per node (its own
+address on the bridge, loopback up, `eth0` inside), an AWS emulator (moto server, from the
+development requirements) bound to the bridge address only, the stack's KMS key and four buckets
+on it, `<dir>/outputs.json` in the shape of `pulumi stack output --json`, and `<dir>/sim.json`
+for `runtime.remote.transport.LocalTransport`. Each node's root directory holds what is
+bind-mounted at the contract's host paths while its commands run: `scratch/` (`/scratch`),
+`opt-stratus/` (`/opt/stratus`: `venv` links to this machine's virtualenv) and `etc-stratus/`
+(`/etc/stratus`, its `node.env` selects the CPU accelerator and gloo's interface). `systemctl`
+on a simulated node is a stand-in that only knows `restart stratus-prepare.service`, which
+fetches and unpacks the runtime bundle from the emulator as the real unit does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from runtime.contract import APP_DIR, HOST_BUNDLE, bundle_uri
+from runtime.remote.transport import SIM_FILE
+
+PREFIX = "stsim"
+NETNS_ETC = Path("/etc/netns")
+EXTENSIONS_DIR = Path.home() / ".cache" / "stratus-sim" / "torch_extensions"
+REGION = "us-east-1"
+_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim", "AWS_SESSION_TOKEN": "sim"}
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    used = _ip("-4", "-o", "addr").stdout
+    for _ in range(50):
+        net = ipaddress.IPv4Network(f"10.231.{secrets.randbelow(250) + 1}.0/24")
+        if f" {str(net.network_address)[:-1]}" not in used:
+            return net
+    raise RuntimeError("no free 10.231.X.0/24 subnet for the simulated stack")
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)  # noqa: S310 - the emulator we just started
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the AWS emulator did not start at {url}") from None
+            time.sleep(0.2)
+
+
+def _add_namespace(sim: dict[str, Any], name: str, ip: str, index: int) -> None:
+    bridge, sfx = sim["bridge"], sim["suffix"]
+    host_if = f"{PREFIX}{sfx}v{index}"
+    _ip("netns", "add", name)
+    sim["namespaces"].append(name)
+    _ip("link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", name)
+    _ip("link", "set", host_if, "master", bridge, "up")
+    _ip("-n", name, "addr", "add", f"{ip}/{sim['prefixlen']}", "dev", "eth0")
+    _ip("-n", name, "link", "set", "eth0", "up")
+    _ip("-n", name, "link", "set", "lo", "up")
+    # `ip netns exec` mounts /etc/netns/<name>/* over /etc: no DNS server is reachable from the
+    # bridge, so name lookups (gloo and c10d resolve peers) must fail fast, and names come from hosts.
+    etc = NETNS_ETC / name
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text("# simulated node: no DNS\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    (etc / "hosts").write_text(f"127.0.0.1 localhost\n{ip} {socket.gethostname()}\n")
+
+
+def _node_root(root: Path) -> None:
+    for sub in ("scratch", "opt-stratus", "etc-stratus"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    venv = root / "opt-stratus" / "venv"
+    if not venv.exists():
+        venv.symlink_to(sys.prefix)
+    # The real node.env carries the instance type's NCCL/EFA settings; a simulated node is a CPU host.
+    # Its DeepSpeed sources sit under /opt/stratus/venv, so torch's JIT builds of DeepSpeed's ops
+    # differ from this machine's: a cache of their own keeps both from rebuilding each other's.
+    env = {"DS_ACCELERATOR": "cpu", "GLOO_SOCKET_IFNAME": "eth0", "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_DIR)}
+    (root / "etc-stratus" / "node.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+
+
+def _systemctl_stand_in(bin_dir: Path) -> None:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parents[2]
+    shim = bin_dir / "systemctl"
+    shim.write_text(
+        "#!/bin/sh\n# A simulated node has no systemd: this stands in for the one unit the node script restarts.\n"
+        'if [ "$*" = "restart stratus-prepare.service" ]; then\n'
+        f"  cd {repo} && exec {sys.executable} -m runtime.remote.sim prepare\nfi\n"
+        'echo "simulated node: systemctl $* is not simulated" >&2\nexit 1\n'
+    )
+    shim.chmod(0o755)
+
+
+def _aws_resources(endpoint: str) -> dict[str, Any]:
+    import boto3
+
+    kw = {"region_name": REGION, "endpoint_url": endpoint, "aws_access_key_id": "sim",
+          "aws_secret_access_key": "sim", "aws_session_token": "sim"}  # fmt: skip
+    key_arn = boto3.client("kms", **kw).create_key(Description="stratus simulated stack")["KeyMetadata"]["Arn"]
+    s3 = boto3.client("s3", **kw)
+    sfx = secrets.token_hex(4)
+    buckets = {p: f"stratus-sim-{p}-{sfx}" for p in ("datasets", "checkpoints", "models", "logs")}
+    for b in buckets.values():
+        s3.create_bucket(Bucket=b)
+    return {"kms_key_arn": key_arn, **{f"{p}_bucket": b for p, b in buckets.items()}}
+
+
+def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
+    """Create the simulated stack in `sim_dir` (see the module docstring); return its outputs.
+
+    Whatever was created is removed again when a step fails.
+    """
+    sim_dir = Path(sim_dir).resolve()
+    sim_dir.mkdir(parents=True, exist_ok=True)
+    sfx = tag + secrets.token_hex(2)
+    net = _free_subnet()
+    hosts = list(net.hosts())
+    sim: dict[str, Any] = {"suffix": sfx, "bridge": f"{PREFIX}{sfx}br", "prefixlen": net.prefixlen,
+                           "gateway": str(hosts[0]), "namespaces": [], "nodes": {}, "pids": [],
+                           "bin": str(sim_dir / "bin")}  # fmt: skip
+    (sim_dir / SIM_FILE).write_text(json.dumps(sim))
+    try:
+        _ip("link", "add", sim["bridge"], "type", "bridge")
+        _ip("addr", "add", f"{sim['gateway']}/{net.prefixlen}", "dev", sim["bridge"])
+        _ip("link", "set", sim["bridge"], "up")
+        port = 4566
+        log = open(sim_dir / "emulator.log", "wb")  # noqa: SIM115 - lives as long as the server
+        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", sim["gateway"], "-p", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        sim["pids"].append(moto.pid)
+        endpoint = f"http://{sim['gateway']}:{port}"
+        _wait_http(f"{endpoint}/moto-api/", moto)
+        resources = _aws_resources(endpoint)
+        ips = [str(hosts[10 + i]) for i in range(num_nodes)]
+        for i, ip in enumerate(ips):
+            iid = f"sim-node{i}"
+            sim["nodes"][iid] = {"netns": f"{PREFIX}{sfx}n{i}", "ip": ip, "root": str(sim_dir / iid)}
+            _add_namespace(sim, sim["nodes"][iid]["netns"], ip, i)
+            _node_root(sim_dir / iid)
+        serving_ip = str(hosts[19])
+        sim["serving"] = {"netns": f"{PREFIX}{sfx}s", "ip": serving_ip, "root": str(sim_dir / "sim-serving")}
+        _add_namespace(sim, sim["serving"]["netns"], serving_ip, 99)
+        _node_root(sim_dir / "sim-serving")
+        _systemctl_stand_in(sim_dir / "bin")
+        sim["env"] = {"AWS_ENDPOINT_URL": endpoint, **_CREDENTIALS, "AWS_DEFAULT_REGION": REGION,
+                      "STRATUS_BUNDLE_URI": bundle_uri(resources["models_bucket"])}  # fmt: skip
+        outputs = {"region": REGION, **resources, "trainer_instance_ids": list(sim["nodes"]),
+                   "trainer_private_ips": ips, "trainer_slots_per_node": 1, "serving_instance_id": "sim-serving",
+                   "serving_private_ip": serving_ip, "serving_url": f"http://{serving_ip}:8080",
+                   "serving_token_parameter": "/stratus/sim/serving-token", "estimated_hourly_usd": 0.0}  # fmt: skip
+        (sim_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
+        (sim_dir / SIM_FILE).write_text(json.dumps(sim, indent=1))
+        return outputs
+    except BaseException:
+        (sim_dir / SIM_FILE).write_text(json.dumps(sim, indent=1))
+        down(sim_dir)
+        raise
+
+
+def _kill(pids: list[int]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+                alive.append(pid)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + 5
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in alive if Path(f"/proc/{p}").exists() and _not_zombie(p)]
+            time.sleep(0.1)
+        if not alive:
+            return
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def remove_namespace(name: str) -> None:
+    """Kill every process in the namespace, then delete it (its veth goes with it)."""
+    pids = [int(p) for p in _ip("netns", "pids", name, check=False).stdout.split()]
+    _kill(pids)
+    _ip("netns", "delete", name, check=False)
+    shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+
+
+def down(sim_dir: Path) -> None:
+    """Remove everything `up` made in `sim_dir`: processes, namespaces, veths, the bridge. Idempotent."""
+    path = Path(sim_dir) / SIM_FILE
+    if not path.is_file():
+        return
+    sim = json.loads(path.read_text())
+    for name in sim.get("namespaces", []):
+        remove_namespace(name)
+    _kill(sim.get("pids", []))
+    _ip("link", "delete", sim["bridge"], check=False)
+    path.rename(path.with_suffix(".down"))
+
+
+def remove_leftovers(prefix: str) -> list[str]:
+    """Delete every namespace and link whose name starts with `prefix` (left by a killed run)."""
+    gone = []
+    for name in _ip("netns", "list", check=False).stdout.split():
+        if name.startswith(prefix):
+            remove_namespace(name)
+            gone.append(name)
+    for line in _ip("-o", "link", "show", check=False).stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith(prefix):
+            _ip("link", "delete", name, check=False)
+            gone.append(name)
+    return gone
+
+
+def prepare() -> int:
+    """The simulated `stratus-prepare.service`: fetch the bundle and unpack it into `<APP_DIR>/app`."""
+    import boto3
+
+    from runtime.common.s3 import parse_s3_uri
+
+    bucket, key = parse_s3_uri(os.environ["STRATUS_BUNDLE_URI"])
+    boto3.client("s3").download_file(bucket, key, HOST_BUNDLE)
+    app, new = Path(APP_DIR) / "app", Path(APP_DIR) / "app.new"
+    subprocess.run(["rm", "-rf", str(new), str(app)], check=True)
+    with tarfile.open(HOST_BUNDLE) as tar:
+        tar.extractall(new, filter="data")
+    new.rename(app)
+    print(f"[stratus-prepare] simulated: {bucket}/{key} unpacked into {app}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.remote.sim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("action", choices=("up", "down", "prepare"))
+    parser.add_argument("dir", nargs="?", type=Path, help="directory of the simulated stack")
+    parser.add_argument("--nodes", type=int, default=2, help="training nodes (default 2)")
+    args = parser.parse_args(argv)
+    if args.action == "prepare":
+        return prepare()
+    if args.dir is None:
+        parser.error(f"{args.action} needs the directory of the simulated stack")
+    if os.geteuid() != 0:
+        print("simulated nodes need root (network namespaces, bind mounts)", file=sys.stderr)
+        return 2
+    if args.action == "down":
+        down(args.dir)
+        print(f"simulated stack in {args.dir} removed")
+        return 0
+    outputs = up(args.dir, num_nodes=args.nodes)
+    print(json.dumps(outputs, indent=1))
+    print(f"up: train with `stratus remote --sim-dir {args.dir} -- ...`; "
+          f"remove with `scripts/sim-stack.sh down {args.dir}`")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

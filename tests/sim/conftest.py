@@ -1,0 +1,75 @@
+"""One simulated stack per session (`runtime.remote.sim`), torn down whatever happens.
+
+Names carry the `stsimt` prefix (tests only); leftovers of a killed session are removed first.
+Every DeepSpeed launch here runs under the shared CPU lock file's holder (see RULES of the suite:
+run this package with `flock /tmp/stratus-cpu.lock`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import boto3
+import pytest
+
+from runtime.remote import sim
+
+TEST_PREFIX = f"{sim.PREFIX}t"
+
+
+def _have_namespaces() -> bool:
+    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"):
+        return False
+    probe = f"{TEST_PREFIX}probe"
+    ok = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
+    subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
+    return ok
+
+
+def leftovers(sim_json: dict) -> list[str]:
+    """Namespaces, links and live processes of a simulated stack that still exist."""
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    found = [n for n in sim_json["namespaces"] if n in names.split()]
+    found += [f"link {sim_json['bridge']}"] if f" {sim_json['bridge']}:" in links else []
+    found += [f"pid {p}" for p in sim_json["pids"] if Path(f"/proc/{p}").exists() and sim._not_zombie(p)]
+    return found
+
+
+class SimStack:
+    """A simulated stack's directory, outputs, description and boto3 clients for its emulator."""
+
+    def __init__(self, root: Path, outputs: dict):
+        self.root, self.outputs = root, outputs
+        self.sim = json.loads((root / "sim.json").read_text())
+        self.env = self.sim["env"]
+
+    def client(self, service: str):
+        e = self.env
+        return boto3.client(service, region_name=self.outputs["region"], endpoint_url=e["AWS_ENDPOINT_URL"],
+                            aws_access_key_id=e["AWS_ACCESS_KEY_ID"], aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"],
+                            aws_session_token=e["AWS_SESSION_TOKEN"])  # fmt: skip
+
+    def scratch(self, node: int) -> Path:
+        return self.root / f"sim-node{node}" / "scratch"
+
+
+@pytest.fixture(scope="session")
+def sim_stack(tmp_path_factory):
+    if not _have_namespaces():
+        pytest.skip("simulated nodes need root, iproute2 and util-linux (ip netns, unshare)")
+    sim.remove_leftovers(TEST_PREFIX)
+    root = tmp_path_factory.mktemp("sim")
+    try:
+        outputs = sim.up(root, num_nodes=2, tag="t")
+        stack = SimStack(root, outputs)
+        yield stack
+    finally:
+        described = json.loads((root / "sim.json").read_text()) if (root / "sim.json").is_file() else None
+        sim.down(root)
+        if described:
+            assert not leftovers(described), f"left behind: {leftovers(described)}"

@@ -1,0 +1,38 @@
+"""The simulated stack itself: what `up` makes is reachable and `down` removes all of it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from runtime.remote import sim
+from runtime.remote.outputs import read_outputs
+from tests.sim.conftest import TEST_PREFIX, leftovers
+
+PROBE = """
+import socket, sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1] + "/moto-api/", timeout=5).status)
+s = socket.socket(); s.settimeout(3)
+print(s.connect_ex((sys.argv[2], 1)))
+"""
+
+
+def test_up_makes_nodes_on_a_bridge_and_down_removes_everything(tmp_path, sim_stack):
+    outputs = sim.up(tmp_path, num_nodes=2, tag="t")
+    described = json.loads((tmp_path / "sim.json").read_text())
+    try:
+        stack = read_outputs(outputs_file=tmp_path / "outputs.json")
+        assert stack.num_nodes == 2 and stack.slots_per_node == 1
+        assert outputs["serving_private_ip"] not in stack.private_ips
+        assert len(described["namespaces"]) == 3 and all(n.startswith(TEST_PREFIX) for n in described["namespaces"])
+        node1 = described["nodes"]["sim-node1"]["netns"]
+        endpoint = described["env"]["AWS_ENDPOINT_URL"]
+        out = subprocess.run(["ip", "netns", "exec", node1, "python3", "-c", PROBE, endpoint, stack.private_ips[0]],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        # node 1 reaches the emulator, and node 0's address answers (port 1: refused, errno 111)
+        assert out.stdout.split() == ["200", "111"], out.stderr
+        listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
+        assert f"{described['gateway']}:4566" in listening and "0.0.0.0:4566" not in listening
+    finally:
+        sim.down(tmp_path)
+    assert not leftovers(described)
