@@ -13,9 +13,11 @@ digests with `hmac.compare_digest` (constant time, no length leak). HEAD is answ
 is (same status and headers, no body).
 
 Extension routes: `app.add_route(Route("POST", "/v2/models/{model}/generate", "generate"), handler)`
-with `async def handler(app, call) -> (status, body, headers)`; `call.model` is the version the
-request started with (None before the first load), `await app.read_body(call)` reads the body
-within the size cap, deadline and in-flight budget, and `RequestError` becomes a JSON error.
+with `async def handler(app, call) -> (status, body, headers)` (`body` bytes, or an async
+iterator of byte chunks that is streamed, e.g. server-sent events: `runtime.serve.generate`);
+`call.model` is the version the request started with (None before the first load),
+`await app.read_body(call)` reads the body within the size cap, deadline and in-flight budget,
+and `RequestError` becomes a JSON error.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from runtime.serve.body import BodyBudget, BodyReader, DecodePool, Disconnected,
 from runtime.serve.metrics import AccessLog, Metrics
 from runtime.serve.model import LoadedModel, ModelManager
 from runtime.serve.protocol import Limits, RequestError, encode_infer_response
+from runtime.serve.stream import send_stream
 
 log = logging.getLogger("stratus.serve")
 
@@ -208,6 +211,7 @@ class ServeApp:
         status, body, headers = 500, b"", _JSON
         route_name = route.name if route else "unmatched"
         client = (scope.get("client") or ("", 0))[0]
+        body_size = 0
         version = ""
         reader = BodyReader(self.budget, self.max_body_bytes, self.body_timeout)
         try:
@@ -239,7 +243,9 @@ class ServeApp:
             log.exception("internal error on %s %s", method, path[:200])
             status, body = 500, b'{"error":"internal server error"}'
         try:
-            if status != 499:
+            if status != 499 and not isinstance(body, bytes):  # a stream (server-sent events)
+                body_size = await send_stream(send, status, headers, body)
+            elif status != 499:
                 await send(
                     {
                         "type": "http.response.start",
@@ -253,7 +259,8 @@ class ServeApp:
         elapsed = time.perf_counter() - start
         self.metrics.observe(route_name, status, elapsed)
         if self.access_log is not None:
-            self.access_log.request(client, method, path, route_name, status, elapsed, len(body), version)
+            size = len(body) if isinstance(body, bytes) else body_size
+            self.access_log.request(client, method, path, route_name, status, elapsed, size, version)
 
     async def _lifespan(self, receive, send) -> None:
         while True:

@@ -11,7 +11,9 @@
 
 Routes: GET /v2/health/live (the only one without the token), /v2/health/ready, /v2,
 /v2/models/{name}[/versions/{v}], .../ready, .../config, POST .../infer (JSON or the binary tensor
-extension), GET /metrics (Prometheus); HEAD wherever GET. Every route but liveness needs exactly
+extension), GET /metrics (Prometheus); HEAD wherever GET. Language models add POST
+/v2/models/{name}/generate and .../generate_stream (server-sent events), capped by
+--generate-max-tokens and --generate-timeout. Every route but liveness needs exactly
 one `Authorization: Bearer` header.
 
 Limits before authentication (runtime.serve.front): --header-timeout for a request's head,
@@ -107,6 +109,9 @@ def build_app(cfg: ServeConfig, token: str):
         decode_pool=DecodePool(cfg.offload_json_bytes),
         access_log=None if cfg.no_access_log else AccessLog(sys.stderr),
     )
+    from runtime.serve.generate import GenerateLimits, register
+
+    register(app, GenerateLimits(max_tokens=cfg.generate_max_tokens, timeout=cfg.generate_timeout))
     front = Front(
         FrontLimits(
             header_timeout=cfg.header_timeout,
