@@ -155,8 +155,11 @@ def preflight(opts: TrainOptions) -> ExitCode | int:
         log.info("resuming from %s (newest complete checkpoint)", tag_dir)
     port = opts.master_port or _free_port()
     cmd = launcher_command(to_argv(opts, skip=("nproc", "master_port", "dry_run")), opts.nproc, port)
-    log.info("data %s: %d train / %d val rows, %d features; %d steps/epoch x %d epochs", cfg.data.source,
-             len(data.train_idx), len(data.val_idx), data.num_features, spe, cfg.epochs)  # fmt: skip
+    unit = f"rows x {data.num_features} features"
+    if cfg.model.kind == "gpt":
+        unit = f"sequences of {cfg.model.seq_len + 1} tokens"
+    log.info("data %s: %d train / %d val %s; %d steps/epoch x %d epochs", cfg.data.source, len(data.train_idx),
+             len(data.val_idx), unit, spe, cfg.epochs)  # fmt: skip
     if opts.dry_run:
         print("DeepSpeed config:")
         print(json.dumps(ds, indent=2))
