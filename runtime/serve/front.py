@@ -11,7 +11,8 @@ here happens before authentication, so it is what an anonymous client can reach:
 - a request head (request line + headers) must arrive within `header_timeout` seconds, counted
   from accept for the first request and from its first byte for the next ones on a keep-alive
   connection; a keep-alive connection may wait `keepalive_timeout` seconds between requests.
-  Neither timer is extended by data that trickles in;
+  Neither deadline is extended by data that trickles in; one sweep every SWEEP_SECONDS checks
+  them all (cheaper than a timer created and cancelled on every request);
 - head size caps, checked on the raw bytes before they reach the parser (httptools accumulates a
   header value by repeated concatenation, quadratic in its length): 414 when the request line
   exceeds `max_request_line_bytes`, 431 when the head exceeds `max_header_bytes`.
