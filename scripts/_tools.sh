@@ -3,12 +3,14 @@
 #   package shellcheck: lints every script the stack renders onto its hosts
 #   package systemd: systemd-analyze verifies every systemd unit the stack renders
 #   package iproute2: ip, network namespaces for simulated nodes
+#   package curl: independent HTTP clients in the serving tests
 # Needs root (or sudo) and the Debian package mirror on first use; a test never skips for a missing tool.
 set -euo pipefail
 _stratus_need_pkgs=()
 command -v shellcheck >/dev/null 2>&1 || _stratus_need_pkgs+=(shellcheck)
 command -v systemd-analyze >/dev/null 2>&1 || _stratus_need_pkgs+=(systemd)
 command -v ip >/dev/null 2>&1 || _stratus_need_pkgs+=(iproute2)
+command -v curl >/dev/null 2>&1 || _stratus_need_pkgs+=(curl)
 if ((${#_stratus_need_pkgs[@]})); then
   _stratus_sudo=()
   if [[ "$(id -u)" -ne 0 ]]; then
