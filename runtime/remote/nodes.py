@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from runtime.common.options import to_argv
 from runtime.contract import APP_DIR, HOST_BUNDLE, HOST_PYTHON, NODE_ENV_FILE, NODE_OUTPUT_DIR, PREPARE_UNIT
 from runtime.remote.outputs import StackOutputs
+from runtime.train import upload
 from runtime.train.command import TrainOptions
 
 
@@ -91,6 +92,10 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
     lines = [
         "set -u",
         f"export AWS_REGION={q(out.region)} AWS_DEFAULT_REGION={q(out.region)}",
+        # Checkpoints streamed to S3 after each commit (runtime.train.upload).
+        f"export {upload.ENV_URI}={q(f's3://{out.checkpoints_bucket}/{job.run_name}/')} "
+        f"{upload.ENV_KMS}={q(out.kms_key_arn)} {upload.ENV_NODE_RANK}={node_rank} "
+        f"{upload.ENV_NUM_NODES}={out.num_nodes} {upload.ENV_LAUNCH_ID}={q(job.launch_id)}",
         # NCCL/EFA settings of the node's type (written by its user data).
         f"if [ -r {NODE_ENV_FILE} ]; then set -a; . {NODE_ENV_FILE}; set +a; fi",
         f"echo '[stratus] node {node_rank}/{out.num_nodes} ({out.private_ips[node_rank]}): installing the bundle'",

@@ -26,185 +26,19 @@ what); 2 bad arguments.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from runtime.common.log import get_logger
 from runtime.common.options import option, parse_options
-from runtime.common.s3 import get_json_or_none, head_or_none, sse_kms_args
 from runtime.contract import ExitCode
-from runtime.train.checkpoint import LATEST, MANIFEST, CheckpointError, candidates, hash_files, verify_checkpoint
+from runtime.train.checkpoint import candidates
+from runtime.train.ckpt_s3 import SyncError, Uploader, sync_committed, sync_node_part
 
-PART_FORMAT = "stratus-checkpoint-part/1"
-PARTS_DIR = ".parts"
+__all__ = ["SyncError", "SyncOptions", "Uploader", "main", "sync_committed", "sync_node_part"]
+
 log = get_logger()
-
-
-class SyncError(RuntimeError):
-    """A checkpoint could not be synced; the message names the tag, the node or the object."""
-
-
-class Uploader:
-    """Puts files and small objects under `s3://bucket/prefix`, SSE-KMS, sha256 in the metadata.
-
-    Args:
-        s3: a boto3 S3 client (or anything with its `upload_file`, `put_object`, `head_object`,
-            `get_object`).
-        bucket, prefix: destination; `prefix` is empty or ends with "/".
-        kms_key_arn: the stack key.
-    """
-
-    def __init__(self, s3: Any, bucket: str, prefix: str, kms_key_arn: str):
-        self.s3, self.bucket, self.prefix, self.kms = s3, bucket, prefix, kms_key_arn
-        self.uploaded: list[str] = []
-
-    def file(self, key: str, path: Path, sha256: str, size: int) -> None:
-        """Upload `path` to `<prefix><key>` unless an object of that size and sha256 is there."""
-        full = self.prefix + key
-        head = head_or_none(self.s3, self.bucket, full)
-        if head and head.get("ContentLength") == size and head.get("Metadata", {}).get("sha256") == sha256:
-            return
-        extra = {**sse_kms_args(self.kms), "Metadata": {"sha256": sha256}}
-        self.s3.upload_file(str(path), self.bucket, full, ExtraArgs=extra)
-        self.uploaded.append(full)
-
-    def blob(self, key: str, data: bytes) -> None:
-        """Put `data` at `<prefix><key>` (always: manifests, parts and `latest` are small)."""
-        import hashlib
-
-        full = self.prefix + key
-        meta = {"sha256": hashlib.sha256(data).hexdigest()}
-        self.s3.put_object(Bucket=self.bucket, Key=full, Body=data, Metadata=meta, **sse_kms_args(self.kms))
-        self.uploaded.append(full)
-
-
-def sync_node_part(up: Uploader, ckpt_dir: Path, *, node_rank: int, launch_id: str) -> list[str]:
-    """Node k > 0: upload the files of every tag, then its part record. Returns the tags sent."""
-    sent = []
-    for tag_dir in reversed(candidates(ckpt_dir)):  # oldest first
-        files = hash_files(tag_dir)
-        for rel, meta in files.items():
-            up.file(f"{tag_dir.name}/{rel}", tag_dir / rel, meta["sha256"], meta["size"])
-        part = {"format": PART_FORMAT, "tag": tag_dir.name, "node_rank": node_rank, "launch_id": launch_id}
-        up.blob(f"{PARTS_DIR}/{tag_dir.name}/node{node_rank}.json", json.dumps({**part, "files": files}).encode())
-        sent.append(tag_dir.name)
-    return sent
-
-
-def _wait_parts(
-    up: Uploader, tag: str, num_nodes: int, launch_id: str, wait_s: float, sleep: Callable[[float], None]
-) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + wait_s
-    while True:
-        parts, missing = [], []
-        for k in range(1, num_nodes):
-            part = get_json_or_none(up.s3, up.bucket, f"{up.prefix}{PARTS_DIR}/{tag}/node{k}.json")
-            if part and part.get("format") == PART_FORMAT and part.get("launch_id") == launch_id:
-                parts.append(part)
-            else:
-                missing.append(k)
-        if not missing:
-            return parts
-        if time.monotonic() >= deadline:
-            raise SyncError(
-                f"checkpoint {tag}: node(s) {', '.join(map(str, missing))} did not upload their shards within "
-                f"{wait_s:.0f} s (see their command output); the tag stays uncommitted in S3"
-            )
-        sleep(5.0)
-
-
-def merged_manifest(manifest: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Node 0's manifest plus the files of the other nodes' parts; checks every rank is present.
-
-    Raises:
-        SyncError: two nodes hold the same file, or some rank's RNG state is in no part.
-    """
-    files = dict(manifest["files"])
-    for part in parts:
-        for rel, meta in part["files"].items():
-            if rel in files and files[rel] != meta:
-                raise SyncError(
-                    f"checkpoint {manifest['tag']}: {rel} differs between node 0 and node {part['node_rank']}"
-                )
-            files[rel] = meta
-    world = manifest.get("world_size")
-    if isinstance(world, int):
-        absent = [r for r in range(world) if f"rng/rank{r}.json" not in files]
-        if absent:
-            raise SyncError(
-                f"checkpoint {manifest['tag']}: no files of rank(s) {absent[:8]} on any node; "
-                "was the node count of this launch different from the one that trained?"
-            )
-    return {**manifest, "files": files}
-
-
-def _already_synced(up: Uploader, tag: str, manifest: dict[str, Any]) -> bool:
-    remote = get_json_or_none(up.s3, up.bucket, f"{up.prefix}{tag}/{MANIFEST}")
-    if (
-        not remote
-        or remote.get("step") != manifest.get("step")
-        or remote.get("world_size") != manifest.get("world_size")
-    ):
-        return False
-    return all(remote.get("files", {}).get(rel) == meta for rel, meta in manifest["files"].items())
-
-
-def sync_committed(
-    up: Uploader,
-    ckpt_dir: Path,
-    *,
-    num_nodes: int = 1,
-    launch_id: str = "",
-    wait_s: float = 1800.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> list[str]:
-    """Node 0: upload each committed tag (files, then manifest), then `latest`. Returns synced tags.
-
-    Raises:
-        SyncError: listing every tag that was not synced; `latest` is then uploaded only if the
-            tag it names was synced, so S3 never points at an incomplete checkpoint.
-    """
-    synced, errors = [], []
-    for tag_dir in reversed(candidates(ckpt_dir)):  # oldest first: commit order
-        tag = tag_dir.name
-        if not (tag_dir / MANIFEST).is_file():
-            log.warning("skipping %s: no %s (never committed)", tag, MANIFEST)
-            continue
-        try:
-            manifest = verify_checkpoint(tag_dir)
-        except CheckpointError as e:
-            log.warning("skipping %s: %s", tag, e)
-            errors.append(f"{tag}: {e}")
-            continue
-        if num_nodes > 1 and _already_synced(up, tag, manifest):
-            synced.append(tag)
-            continue
-        try:
-            for rel, meta in sorted(manifest["files"].items()):
-                up.file(f"{tag}/{rel}", tag_dir / rel, meta["sha256"], meta["size"])
-            if num_nodes > 1:
-                manifest = merged_manifest(manifest, _wait_parts(up, tag, num_nodes, launch_id, wait_s, sleep))
-            up.blob(f"{tag}/{MANIFEST}", json.dumps(manifest, indent=1, sort_keys=True).encode())
-        except SyncError as e:
-            errors.append(str(e))
-            continue
-        synced.append(tag)
-        log.info("synced %s to s3://%s/%s%s/", tag, up.bucket, up.prefix, tag)
-    latest_path = ckpt_dir / LATEST
-    latest = latest_path.read_text().strip() if latest_path.is_file() else ""
-    if latest and latest in synced:
-        up.blob(LATEST, latest.encode())
-        log.info("s3://%s/%s%s -> %s", up.bucket, up.prefix, LATEST, latest)
-    elif latest:
-        errors.append(f"{LATEST} names {latest}, which was not synced; s3://{up.bucket}/{up.prefix}{LATEST} unchanged")
-    if errors:
-        raise SyncError("; ".join(errors))
-    return synced
 
 
 @dataclass(kw_only=True)

@@ -37,6 +37,7 @@ from runtime.train.flops import measure_matmul_peak
 from runtime.train.progress import Progress
 from runtime.train.signals import install_rank_handlers, stop_requested
 from runtime.train.tasks import make_task
+from runtime.train.upload import CheckpointStreamer, fetch_for_resume, streamer_for
 
 log = get_logger()
 # A rank that dies (or hangs) makes every collective of the others fail after this long.
@@ -77,6 +78,7 @@ class Trainer:
         self.pos = Position()
         self.ckpt_dir = cfg.run_dir / "checkpoints"
         self.last_tag: str | None = None
+        self.streamer: CheckpointStreamer | None = None
 
     # --- setup -----------------------------------------------------------------------------------
 
@@ -114,6 +116,7 @@ class Trainer:
         self.num_params, self.held = self.partition_stats()
         # Every rank at once, as they will share the machine while training; summed over ranks.
         self.peak_flops = all_reduce_sum([measure_matmul_peak(self.dtype, self.device)])[0]
+        self.streamer = streamer_for(self.cfg.keep_checkpoints)  # on a stack's node: S3 beside training
 
     def _device(self) -> tuple[str, str]:
         from deepspeed.accelerator import get_accelerator
@@ -164,6 +167,9 @@ class Trainer:
         self.last_tag = tag_dir.name
         if self.rank == 0:
             log.info("checkpoint %s committed", tag_dir)
+        if self.streamer is not None:
+            self.streamer.submit(tag_dir)
+        if self.rank == 0:
             checkpoint.prune(self.ckpt_dir, self.cfg.keep_checkpoints, tag_dir)
         return tag_dir
 
@@ -275,9 +281,14 @@ def run(cfg: TrainConfig, *, resume: bool) -> ExitCode:
     trainer = Trainer(cfg)
     trainer.setup()
     if resume:
+        fetch_for_resume(trainer.ckpt_dir)  # a node with empty scratch: the newest S3 checkpoint
+        dist.barrier()
         try:
             trainer.resume()
         except checkpoint.CheckpointError as e:
             log.error("cannot resume: %s", e)
             return ExitCode.NO_CHECKPOINT
-    return trainer.fit()
+    code = trainer.fit()
+    if trainer.streamer is not None:
+        trainer.streamer.close()  # every committed checkpoint is in S3 before the exit code says so
+    return code
