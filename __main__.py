@@ -67,6 +67,7 @@ storage = Storage("storage", StorageArgs(
 buckets = storage.buckets
 network = Network("network", NetworkArgs(
     vpc_cidr=cfg.vpc_cidr, zones=zones, region=cfg.region, serving_port=cfg.serving_port,
+    serving_grpc_port=cfg.serving_grpc_port,
     serving_allowed_cidrs=cfg.serving_allowed_cidrs, flow_log_bucket_arn=buckets["logs"].arn,
     tags=tags, egress_enabled=cfg.egress_enabled, interface_endpoints=cfg.interface_endpoints,
     flow_log_depends_on=[storage],
@@ -100,6 +101,7 @@ serving = Serving("serving", ServingArgs(
     security_group_id=network.serving_sg_id, key_arn=storage.key_arn,
     instance_profile_name=iam.server.instance_profile.name, token_parameter_name=token_name,
     models_bucket=buckets["models"].bucket, model_name=cfg.model_name, port=cfg.serving_port,
+    grpc_port=cfg.serving_grpc_port,
     region=cfg.region, tags=tags, ami_id=cfg.serving_ami, root_volume_gb=cfg.serving_root_volume_gb,
 ))  # fmt: skip
 
@@ -114,6 +116,7 @@ pulumi.export(contract.OUTPUT_TRAINER_SLOTS_PER_NODE, training.slots_per_node)
 pulumi.export(contract.OUTPUT_SERVING_INSTANCE_ID, serving.instance_id)
 pulumi.export(contract.OUTPUT_SERVING_PRIVATE_IP, serving.private_ip)
 pulumi.export(contract.OUTPUT_SERVING_URL, serving.url)
+pulumi.export(contract.OUTPUT_SERVING_GRPC_TARGET, serving.grpc_target)
 pulumi.export(contract.OUTPUT_SERVING_TOKEN_PARAMETER, serving.token_parameter_name)
 # null where the catalog lacks a price and no price key supplies it: a partial sum is no estimate.
 pulumi.export(contract.OUTPUT_ESTIMATED_HOURLY_USD, float(estimate.total_usd_per_hour) if estimate.complete else None)

@@ -28,6 +28,8 @@ OUTPUT_TRAINER_SLOTS_PER_NODE = "trainer_slots_per_node"
 OUTPUT_SERVING_INSTANCE_ID = "serving_instance_id"
 OUTPUT_SERVING_PRIVATE_IP = "serving_private_ip"
 OUTPUT_SERVING_URL = "serving_url"
+OUTPUT_SERVING_GRPC_TARGET = "serving_grpc_target"
+"""`<private ip>:<port>` of the server's gRPC endpoint; null when `serving-grpc-port` is 0."""
 OUTPUT_SERVING_TOKEN_PARAMETER = "serving_token_parameter"  # noqa: S105 (an output name, not a secret)
 OUTPUT_ESTIMATED_HOURLY_USD = "estimated_hourly_usd"
 
@@ -44,6 +46,7 @@ STACK_OUTPUTS = (
     OUTPUT_SERVING_INSTANCE_ID,
     OUTPUT_SERVING_PRIVATE_IP,
     OUTPUT_SERVING_URL,
+    OUTPUT_SERVING_GRPC_TARGET,
     OUTPUT_SERVING_TOKEN_PARAMETER,
     OUTPUT_ESTIMATED_HOURLY_USD,
 )

@@ -148,12 +148,20 @@ def trainer_user_data(*, region: str, buckets: dict[str, str], instance_type: In
 
 
 def serving_user_data(
-    *, region: str, models_bucket: str, model_name: str, port: int, token_parameter: str, gpu: bool = False
+    *,
+    region: str,
+    models_bucket: str,
+    model_name: str,
+    port: int,
+    token_parameter: str,
+    gpu: bool = False,
+    grpc_port: int = 0,
 ) -> str:
     """User data of the serving host: runtime install plus `SERVE_UNIT` (`stratus-serve.service`).
 
     The unit runs `python -m runtime serve --repo s3://<models_bucket>/models --model <name>
-    --host <private ip> --port <port> --token-ssm-parameter <name>` as an unprivileged user,
+    --host <private ip> --port <port> [--grpc-port <grpc port>] --token-ssm-parameter <name>` as an
+    unprivileged user,
     restarting on failure. The private IP comes from IMDSv2 at start, so the unit survives an
     instance replacement.
 
@@ -161,13 +169,15 @@ def serving_user_data(
         region: the stack's region.
         models_bucket: name of the models bucket.
         model_name: model to serve (validated to a safe charset by the config).
-        port: inference port.
+        port: inference port (HTTP).
         token_parameter: SSM parameter NAME of the bearer token (never its value).
         gpu: a GPU host (torch must then be the CUDA build).
+        grpc_port: Open Inference Protocol gRPC port (`--grpc-port`, same address); 0: HTTP only.
     """
     repo = model_repository_uri(models_bucket)
+    grpc = ["--grpc-port", str(grpc_port)] if grpc_port else []
     serve_args = shlex.join(
-        ["--repo", repo, "--model", model_name, "--port", str(port), "--token-ssm-parameter", token_parameter]
+        ["--repo", repo, "--model", model_name, "--port", str(port), *grpc, "--token-ssm-parameter", token_parameter]
     )
     env = {"AWS_REGION": region, "STRATUS_MODELS_BUCKET": models_bucket,
            "STRATUS_BUNDLE_URI": bundle_uri(models_bucket), "STRATUS_GPU": "1" if gpu else "0"}  # fmt: skip

@@ -65,11 +65,13 @@ class NetworkArgs:
     serving_port: int
     """Inference port opened on the serving security group."""
     serving_allowed_cidrs: tuple[str, ...]
-    """IPv4 ranges allowed to reach the inference port."""
+    """IPv4 ranges allowed to reach the inference ports (HTTP and gRPC)."""
     flow_log_bucket_arn: pulumi.Input[str]
     """ARN of the logs bucket that receives the VPC flow logs."""
     tags: dict[str, str]
     """Base tags; the component adds `component: network`."""
+    serving_grpc_port: int = 0
+    """Open Inference Protocol gRPC port opened to the same ranges as `serving_port`; 0: none."""
     egress_enabled: bool = False
     """Create a public subnet, internet gateway and NAT gateway for outbound internet."""
     interface_endpoints: tuple[str, ...] = ()
@@ -82,8 +84,8 @@ class Network(pulumi.ComponentResource):
     """VPC with private subnets only (plus public/NAT when egress is on), endpoints, SGs.
 
     The default security group is stripped of all rules. The training group admits all traffic
-    only from itself (NCCL, EFA, rendezvous); the serving group admits only the inference port
-    from the configured ranges. No rule opens SSH; operators use Session Manager.
+    only from itself (NCCL, EFA, rendezvous); the serving group admits only the inference ports
+    (HTTP, and gRPC when configured) from the configured ranges. No rule opens SSH; operators use Session Manager.
     """
 
     vpc_id: pulumi.Output[str]
@@ -196,6 +198,14 @@ class Network(pulumi.ComponentResource):
                 f"inference port from an allowed range ({cidr})",
                 cidr=cidr,
             )
+            if args.serving_grpc_port:
+                self._ingress(
+                    f"serving-grpc-{i}",
+                    serving_sg,
+                    args.serving_grpc_port,
+                    f"inference gRPC port (Open Inference Protocol) from an allowed range ({cidr})",
+                    cidr=cidr,
+                )
         for role, sg in (("training", training_sg), ("serving", serving_sg)):
             self._egress(
                 f"{role}-https-s3", sg, HTTPS, "HTTPS to S3 through the gateway endpoint", prefix_list=s3_prefix_list

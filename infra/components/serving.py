@@ -37,11 +37,13 @@ class ServingArgs:
     model_name: str
     """Model to serve."""
     port: int
-    """Inference port."""
+    """Inference port (HTTP)."""
     region: str
     """The stack's region."""
     tags: dict[str, str]
     """Base tags; the component adds `component: serving`."""
+    grpc_port: int = 0
+    """Open Inference Protocol gRPC port (`stratus serve --grpc-port`); 0: HTTP only."""
     ami_id: str | None = None
     """Pinned AMI (a change replaces the host); None: the newest, which the host then ignores."""
     root_volume_gb: int = 50
@@ -58,6 +60,8 @@ class Serving(pulumi.ComponentResource):
     instance_id: pulumi.Output[str]
     private_ip: pulumi.Output[str]
     url: pulumi.Output[str]
+    grpc_target: pulumi.Output[str] | None
+    """`<private ip>:<grpc port>` (a gRPC client's target), None when gRPC is off."""
     token_parameter_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: ServingArgs, opts: pulumi.ResourceOptions | None = None):
@@ -81,6 +85,7 @@ class Serving(pulumi.ComponentResource):
                 models_bucket=bucket,
                 model_name=args.model_name,
                 port=args.port,
+                grpc_port=args.grpc_port,
                 token_parameter=args.token_parameter_name,
                 gpu=args.instance_type.gpus > 0,
             )
@@ -106,5 +111,6 @@ class Serving(pulumi.ComponentResource):
         self.instance_id = host.id
         self.private_ip = host.private_ip
         self.url = pulumi.Output.concat("http://", host.private_ip, ":", str(args.port))
+        self.grpc_target = pulumi.Output.concat(host.private_ip, ":", str(args.grpc_port)) if args.grpc_port else None
         self.token_parameter_name = parameter.name
         self.register_outputs({"instance_id": self.instance_id, "url": self.url})

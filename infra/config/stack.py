@@ -105,8 +105,12 @@ class StackConfig:
     """Root volume of the serving host in GB (gp3, encrypted with the stack key)."""
     serving_port: int = _key("serving-port", 8000)
     """TCP port of the inference server (1024-65535)."""
+    serving_grpc_port: int = _key("serving-grpc-port", 8001)
+    """TCP port of the server's Open Inference Protocol gRPC endpoint (1024-65535, not
+    `serving-port`); 0: off. Reachable from `serving-allowed-cidrs` only, like the HTTP port."""
     serving_allowed_cidrs: tuple[str, ...] = _key("serving-allowed-cidrs", ())
-    """IPv4 ranges allowed to reach the inference port; default: the VPC's own range."""
+    """IPv4 ranges allowed to reach the inference ports (HTTP and gRPC); default: the VPC's own
+    range."""
     model_name: str = _key("model-name", "mlp-binary")
     """Model the serving host serves from `s3://<models_bucket>/models/<model-name>/`; the
     name rule is `runtime.contract.MODEL_NAME_RE` (at most 64 characters, no `..`)."""
@@ -157,6 +161,7 @@ class StackConfig:
             ami=self.serving_ami,
             root_volume_gb=self.serving_root_volume_gb,
             port=self.serving_port,
+            grpc_port=self.serving_grpc_port,
             allowed_cidrs=self.serving_allowed_cidrs,
             model_name=self.model_name,
         )

@@ -190,13 +190,23 @@ def check_serving(
     port: int,
     allowed_cidrs: tuple[str, ...],
     model_name: str,
+    grpc_port: int = 0,
 ) -> None:
-    """The serving host: type offered in the region, AMI, root volume, port, allowed ranges, model name."""
+    """The serving host: type offered in the region, AMI, root volume, ports, allowed ranges, model name."""
     server = instance_type("serving-instance-type", instance_type_name, region, gpu_only=False)
     _ami("serving-ami", ami)
     min_root = MIN_GPU_ROOT_GB if server.gpus else MIN_CPU_ROOT_GB
     _in_range("serving-root-volume-gb", root_volume_gb, min_root, MAX_VOLUME_GB, " GB")
     _in_range("serving-port", port, 1024, 65535)
+    if grpc_port != 0 and not 1024 <= grpc_port <= 65535:
+        raise ConfigError("serving-grpc-port", f"{grpc_port} is out of range", "use 1024-65535, or 0 to turn gRPC off")
+    if grpc_port == port:
+        # The server's health and metrics routes share the HTTP port: it is the only one to avoid.
+        raise ConfigError(
+            "serving-grpc-port",
+            f"{grpc_port} is also `serving-port` (HTTP, with health and metrics)",
+            "pick another port (e.g. 8001), or 0 to turn gRPC off",
+        )
     for text in allowed_cidrs:
         if _cidr("serving-allowed-cidrs", text).prefixlen < 8:
             raise ConfigError(

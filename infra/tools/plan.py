@@ -150,6 +150,17 @@ def _ami(run: ProgramRun, label: str, key: str, pinned: str | None, image: str |
     )
 
 
+def serving_ports_line(cfg: StackConfig) -> str:
+    """Which ports the serving host listens on and who may reach them."""
+    grpc = (
+        f"gRPC (Open Inference Protocol) {cfg.serving_grpc_port}"
+        if cfg.serving_grpc_port
+        else "gRPC off (stratus:serving-grpc-port 0)"
+    )
+    sources = ", ".join(cfg.serving_allowed_cidrs)
+    return f"serving host ports: HTTP {cfg.serving_port}, {grpc}; reachable from {sources} only"
+
+
 def capacity_section(cfg: StackConfig, run: ProgramRun) -> str:
     """Capacity, images, scratch, and the checks only a real `pulumi preview` can make."""
     trainer = CATALOG[cfg.trainer_instance_type]
@@ -178,6 +189,7 @@ def capacity_section(cfg: StackConfig, run: ProgramRun) -> str:
         + " launch-template changes (stratus:trainer-follow-launch-template)",
         _ami(run, "training", "trainer-ami", cfg.trainer_ami, lt[0].inputs.get("imageId") if lt else None),
         _ami(run, "serving", "serving-ami", cfg.serving_ami, server_ami),
+        serving_ports_line(cfg),
         "checks only a real `pulumi preview` makes (offline they are assumed to pass):",
     ]
     if cfg.quota_check:

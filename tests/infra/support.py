@@ -29,10 +29,12 @@ EFA_SPOT_EGRESS = {
     "egress-enabled": True,
     "serving-instance-type": "g5.xlarge",
     "serving-root-volume-gb": 100,
+    "serving-grpc-port": 0,
     "trainer-scratch-volume-gb": 0,
     "max-hourly-usd": None,
 }
-"""A second shape of the stack: EFA type on spot, egress on, GPU serving, no scratch volume."""
+"""A second shape of the stack: EFA type on spot, egress on, GPU serving over HTTP only, no scratch
+volume."""
 
 
 def broken(run: ProgramRun, name: str, mutate: Callable[[Registered], None]) -> ProgramRun:

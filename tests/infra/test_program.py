@@ -17,7 +17,7 @@ from tests.infra.support import example_config
 OUTPUTS = {
     "region", "kms_key_arn", "datasets_bucket", "checkpoints_bucket", "models_bucket", "logs_bucket",
     "trainer_instance_ids", "trainer_private_ips", "trainer_slots_per_node", "serving_instance_id",
-    "serving_private_ip", "serving_url", "serving_token_parameter", "estimated_hourly_usd",
+    "serving_private_ip", "serving_url", "serving_grpc_target", "serving_token_parameter", "estimated_hourly_usd",
 }  # fmt: skip
 
 
@@ -29,9 +29,22 @@ def test_exports_exactly_the_architecture_outputs(example_run):
     assert len(out["trainer_instance_ids"]) == len(out["trainer_private_ips"]) == 2
     assert out["trainer_slots_per_node"] == CATALOG["g5.12xlarge"].gpus == 4
     assert out["serving_url"] == f"http://{out['serving_private_ip']}:8000"
+    assert out["serving_grpc_target"] == f"{out['serving_private_ip']}:8001"
     assert out["serving_token_parameter"] == "/organization/stratus/dev/serving-token"
     for purpose in ("datasets", "checkpoints", "models", "logs"):
         assert out[f"{purpose}_bucket"].startswith(f"stratus-dev-{purpose}-")
+
+
+def test_grpc_off_opens_no_grpc_port_and_exports_a_null_target(example_run, efa_spot_run):
+    def serving_ports(run):
+        sg = run.named("network-serving-sg").id
+        ingress = run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        return sorted({r.inputs["fromPort"] for r in ingress if r.inputs["securityGroupId"] == sg})
+
+    assert serving_ports(example_run) == [8000, 8001]
+    assert serving_ports(efa_spot_run) == [8000]
+    assert efa_spot_run.outputs["serving_grpc_target"] is None
+    assert "--grpc-port" not in efa_spot_run.named("serving-host").inputs["userData"]
 
 
 def test_outputs_are_the_contract_outputs_in_its_order(example_run):

@@ -12,9 +12,11 @@ import pytest
 
 from infra.builders import userdata
 from infra.config.catalog import CATALOG
-from runtime.contract import NODE_ENV_FILE, PREPARE_UNIT, bundle_uri
+from runtime.common.options import parse_options
+from runtime.contract import APP_DIR, HOST_PYTHON, NODE_ENV_FILE, PREPARE_UNIT, bundle_uri
 from runtime.remote.nodes import NodeJob, node_script
 from runtime.remote.outputs import parse_outputs
+from runtime.serve.config import ServeConfig
 from tests.infra.builders.sandbox import Sandbox, bundle_bytes, fake_wheel
 
 BUCKETS = {"models": "stratus-models", "datasets": "stratus-datasets", "checkpoints": "c", "logs": "l"}
@@ -201,6 +203,31 @@ def test_serving_user_data_creates_its_user_and_starts_prepare_then_serve(tmp_pa
     env = (box.root / "etc/stratus/stack.env").read_text()
     assert "STRATUS_GPU=0" in env and "STRATUS_SCRATCH" not in env
     assert "--token-ssm-parameter /o/p/s/token" in (box.root / "opt/stratus/serve.sh").read_text()
+
+
+@pytest.mark.parametrize("grpc_port", [8001, 0], ids=["grpc", "http-only"])
+def test_the_serve_script_starts_stratus_serve_with_flags_it_accepts(tmp_path, grpc_port):
+    box = Sandbox(tmp_path)
+    box.stand_in("curl", 'case " $* " in *" -X PUT "*) echo session;; *) echo 10.42.1.7;; esac')
+    text = userdata.serving_user_data(region="us-east-1", models_bucket="m", model_name="mlp-binary", port=8000,
+                                      token_parameter="/o/p/s/token", grpc_port=grpc_port)  # fmt: skip
+    assert box.run(text).returncode == 0
+    # serve.sh as written, its absolute paths moved into the sysroot; the venv's python records argv.
+    script = (box.root / "opt/stratus/serve.sh").read_text().replace(APP_DIR, f"{box.root}{APP_DIR}")
+    (box.root / "opt/stratus/app").mkdir(parents=True)
+    python = box.root / HOST_PYTHON.lstrip("/")
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > "{tmp_path}/argv"\n')
+    python.chmod(0o755)
+    result = box.run(script)
+    assert result.returncode == 0, result.stderr
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert argv[:3] == ["-m", "runtime", "serve"]
+    # The server's own parser: an unknown or renamed flag would exit 2 here.
+    cfg = parse_options(ServeConfig, argv[3:], prog="stratus serve")
+    assert (cfg.host, cfg.port, cfg.grpc_port) == ("10.42.1.7", 8000, grpc_port)
+    assert (cfg.repo, cfg.model, cfg.token_ssm_parameter) == ("s3://m/models", "mlp-binary", "/o/p/s/token")
+    assert ("--grpc-port" in argv) == bool(grpc_port)
 
 
 def test_the_launch_command_exports_the_nodes_nccl_settings(tmp_path):

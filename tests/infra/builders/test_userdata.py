@@ -25,8 +25,9 @@ def _trainer(instance_type: str = "p5.48xlarge", scratch: str = "nvme") -> str:
 
 def _server() -> str:
     return userdata.serving_user_data(
-        region="us-east-1", models_bucket="m", model_name="mlp-binary", port=8000, token_parameter="/o/s/dev/token"
-    )
+        region="us-east-1", models_bucket="m", model_name="mlp-binary", port=8000, token_parameter="/o/s/dev/token",
+        grpc_port=8001,
+    )  # fmt: skip
 
 
 def test_user_data_follows_the_runtime_contract_and_fits_ec2():
@@ -37,6 +38,7 @@ def test_user_data_follows_the_runtime_contract_and_fits_ec2():
         assert len(text.encode()) < USER_DATA_LIMIT
     assert f'{NODE_ENV_FILE}"' in trainer and "STRATUS_DATASETS_BUCKET=d" in trainer
     assert f"exec {HOST_PYTHON} -m runtime serve" in server and f"--repo {model_repository_uri('m')} " in server
+    assert "--port 8000 --grpc-port 8001 " in server
 
 
 def test_nccl_settings_follow_the_instance_type():

@@ -53,3 +53,15 @@ def test_training_subnet_is_in_the_training_zone():
     (subnet,) = [s for s in result.of_type(checks.SUBNET) if s.inputs["availabilityZone"] == "us-east-1b"]
     assert result.outputs["network"].training_subnet_id is not None
     assert subnet.inputs["cidrBlock"] == "10.42.0.0/19"
+
+
+def test_grpc_port_is_open_to_exactly_the_http_ports_sources_with_a_description():
+    result = network_run(serving_grpc_port=8001)
+    serving_sg = result.named("network-serving-sg").id
+    rules = [r.inputs for r in result.of_type(checks.INGRESS) if r.inputs["securityGroupId"] == serving_sg]
+    by_port = {port: sorted(r["cidrIpv4"] for r in rules if r["fromPort"] == port) for port in (8000, 8001)}
+    assert by_port[8001] == by_port[8000] == ["10.42.0.0/16", "172.16.0.0/12"]
+    assert len(rules) == 4 and all(r["ipProtocol"] == "tcp" and r["toPort"] == r["fromPort"] for r in rules)
+    grpc = [r for r in rules if r["fromPort"] == 8001]
+    assert all("gRPC" in r["description"] and r["cidrIpv4"] in r["description"] for r in grpc)
+    assert checks.no_internet_ingress(result) == []

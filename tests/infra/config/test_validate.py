@@ -36,6 +36,12 @@ BAD_CONFIGS = {
         {"trainer-instnce-type": "g5.xlarge"}, "trainer-instnce-type", "did you mean `trainer-instance-type`"),
     "bad-ami": ({"trainer-ami": "ami-xyz"}, "trainer-ami", "AMI id"),
     "ssh-port": ({"serving-port": 22}, "serving-port", "1024-65535"),
+    "grpc-port-privileged": ({"serving-grpc-port": 443}, "serving-grpc-port", "1024-65535, or 0 to turn gRPC off"),
+    "grpc-port-too-high": ({"serving-grpc-port": 70000}, "serving-grpc-port", "1024-65535"),
+    "grpc-port-negative": ({"serving-grpc-port": -1}, "serving-grpc-port", "out of range"),
+    "grpc-port-is-http-port": ({"serving-grpc-port": 8000}, "serving-grpc-port", "also `serving-port`"),
+    "grpc-port-clash-moved-http": (
+        {"serving-port": 9000, "serving-grpc-port": 9000}, "serving-grpc-port", "0 to turn gRPC off"),
     "unsafe-model-name": ({"model-name": "x; rm -rf /"}, "model-name", "A-Za-z0-9"),
     "model-name-with-dot-dot": ({"model-name": "mlp..binary"}, "model-name", "no '..'"),
     "model-name-too-long": ({"model-name": "m" * 65}, "model-name", "at most 64 characters"),

@@ -33,6 +33,7 @@ def test_plan_of_the_example_prints_resources_verdicts_and_a_cost_that_adds_up()
     assert "s3.Bucket" in resources and "aws:kms stack key + bucket key, public access blocked, TLS-only" in resources
     assert re.search(r"ec2\.LaunchTemplate\s+training-launch-template\s+g5\.12xlarge, IMDSv2, no public IP", resources)
     assert "16 passed, 0 failed" in verdicts and "FAIL" not in verdicts
+    assert "serving host ports: HTTP 8000, gRPC (Open Inference Protocol) 8001; reachable from 10.42.0.0/16 only" in out
     lines = cost.strip().splitlines()
     items = [line for line in lines[1:] if re.search(r"\d+\.\d{4}$", line) and not line.startswith("total")]
     total = next(line for line in lines if line.startswith("total"))
