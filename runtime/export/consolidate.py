@@ -28,7 +28,7 @@ from torch import nn
 
 from runtime.export.config import ExportError, NoCheckpointError
 from runtime.train.checkpoint import CONFIG, MANIFEST, CheckpointError, find_latest_verified, verify_checkpoint
-from runtime.train.config import ConfigError, TrainConfig
+from runtime.train.config import ConfigError, TrainConfig, config_digest
 from runtime.train.loading import config_from_dict
 from runtime.train.models import build_mlp
 from runtime.train.tabular import STATS_FILE, FeatureStats
@@ -96,17 +96,18 @@ def resolve_checkpoint(checkpoints_dir: Path, tag: str | None) -> Path:
 
 def _rebuild_config(tag_dir: Path, manifest: dict[str, Any]) -> TrainConfig:
     try:
-        config = config_from_dict(json.loads((tag_dir / CONFIG).read_text()))
+        stored = json.loads((tag_dir / CONFIG).read_text())
+        digest = config_digest(stored)
+        if digest != manifest.get("config_digest"):
+            raise ExportError(
+                f"{tag_dir}/{CONFIG}: config digest {digest[:12]} does not match the manifest's "
+                f"{str(manifest.get('config_digest'))[:12]}; the checkpoint is inconsistent, export another tag"
+            )
+        return config_from_dict(stored)  # fields added since the run get their defaults
     except FileNotFoundError:
         raise ExportError(f"{tag_dir}: no {CONFIG}; this checkpoint was not written by runtime.train") from None
     except (json.JSONDecodeError, ConfigError) as e:
         raise ExportError(f"{tag_dir}/{CONFIG}: cannot rebuild the training config ({e})") from None
-    if config.digest() != manifest.get("config_digest"):
-        raise ExportError(
-            f"{tag_dir}/{CONFIG}: config digest {config.digest()[:12]} does not match the manifest's "
-            f"{str(manifest.get('config_digest'))[:12]}; the checkpoint is inconsistent, export another tag"
-        )
-    return config
 
 
 def _zero_to_fp32(tag_dir: Path) -> dict[str, torch.Tensor]:

@@ -210,7 +210,7 @@ def _artifact_info(
             "checkpoint_tag": ckpt.tag,
             "checkpoint_step": ckpt.manifest.get("step"),
             "checkpoint_manifest_sha256": ckpt.manifest_sha256,
-            "config_digest": ckpt.config.digest(),
+            "config_digest": ckpt.manifest.get("config_digest"),  # the config as trained
             "preset": ckpt.config.preset,
             "zero_stage": ckpt.manifest.get("zero_stage"),
             "world_size": ckpt.manifest.get("world_size"),

@@ -279,5 +279,14 @@ class TrainConfig:
 
     def digest(self) -> str:
         """sha256 of the canonical JSON form; recorded in checkpoint manifests."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return config_digest(self.to_dict())
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """sha256 of a config dict's canonical JSON (`TrainConfig.digest` of the config it holds).
+
+    Checkpoints are verified against the dict as it was written, not as this version rebuilds it:
+    a field added since (filled with its default on load) must not make older checkpoints fail.
+    """
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

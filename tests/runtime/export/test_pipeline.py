@@ -18,6 +18,7 @@ from runtime.export.pipeline import run_export
 from runtime.export.stage import check_out_dir
 from runtime.repository.artifact import ArtifactError, verify_artifact
 from runtime.train import checkpoint
+from runtime.train.config import config_digest
 from runtime.train.data import load_dataset
 from runtime.train.loading import load_config
 from runtime.train.models import build_mlp
@@ -82,6 +83,20 @@ def test_config_that_does_not_match_the_manifest_digest_is_refused(tmp_path):
     checkpoint.write_manifest(tag_dir, step=2, world_size=2, zero_stage=0, config_digest=manifest["config_digest"])
     with pytest.raises(ExportError, match="config digest"):
         consolidate(tag_dir)
+
+
+def test_checkpoint_of_an_older_version_without_a_newer_config_field_still_consolidates(tmp_path):
+    """A field added to the config since the run was written gets its default; the digest is
+    checked over the config as stored, so older checkpoints stay exportable."""
+    run_dir, state = make_stage0_run(tmp_path / "run", steps=2)
+    tag_dir = run_dir / "checkpoints" / "global_step2"
+    stored = json.loads((tag_dir / "train_config.json").read_text())
+    assert stored["data"].pop("standardize") is True  # as if written before the field existed
+    (tag_dir / "train_config.json").write_text(json.dumps(stored))
+    checkpoint.write_manifest(tag_dir, step=2, world_size=2, zero_stage=0, config_digest=config_digest(stored))
+    result = consolidate(tag_dir)
+    assert result.config.data.standardize is True and result.stats is None
+    assert all(torch.equal(result.state_dict[k], state[k]) for k in state)
 
 
 def test_export_stages_only_the_model_and_manifest_and_replaces_a_previous_export(stage0_run, tmp_path):
