@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,10 @@ class RemoteOptions:
 
     poll_interval: float = option(10.0, metavar="SECONDS")
     """Seconds between progress lines."""
+
+    max_restarts: int = option(0, metavar="N")
+    """After a failed or preempted node, relaunch on the stack's nodes with --resume up to N times
+    (training resumes from the newest checkpoint in S3)."""
 
     execution_timeout: int = option(MAX_EXECUTION_TIMEOUT_S, metavar="SECONDS")
     """Seconds SSM lets a node's command run (at most 48 h)."""
@@ -191,7 +195,6 @@ class Launch:
     def run(self) -> int:
         """Upload data and bundle, send a command per node, wait; returns the exit code (see module doc)."""
         import boto3
-        from botocore.exceptions import BotoCoreError, ClientError
 
         out = self.outputs
         with tempfile.TemporaryDirectory(prefix="stratus-bundle-") as tmp:
@@ -207,10 +210,34 @@ class Launch:
             if self.data_file:
                 self.upload(s3, self.data_file, out.datasets_bucket, self.data_key)
             self.upload(s3, bundle, out.models_bucket, BUNDLE_KEY)
+        code = self.attempt(transport, job)
+        for restart in range(1, self.opts.max_restarts + 1):
+            if code not in (ExitCode.FAILED, ExitCode.PREEMPTED):
+                break
+            args = job.train_args if "--resume" in job.train_args else (*job.train_args, "--resume")
+            job = replace(job, train_args=args, launch_id=f"{self.launch_id}-r{restart}")
+            log.warning("restart %d of %d: relaunching on the stack's nodes with --resume (from S3)", restart,
+                        self.opts.max_restarts)  # fmt: skip
+            code = self.attempt(transport, job)
+        return code
+
+    def attempt(self, transport: NodeTransport, job: NodeJob) -> ExitCode:
+        """Send `job` to every node, wait, report. A node that fails (not preempted) stops the others."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        out = self.outputs
         self.sent_job = job
         command_ids = self.send(transport, job)
+
+        def stop_others(failed: int, running: list[int]) -> None:
+            log.error("node %d (%s) failed: stopping node(s) %s", failed, out.instance_ids[failed],
+                      ", ".join(map(str, running)))  # fmt: skip
+            for rank in running:
+                transport.cancel(command_ids[rank], out.instance_ids[rank])
+
         try:
-            results = wait_for_nodes(transport, list(out.instance_ids), command_ids, interval=self.opts.poll_interval)
+            results = wait_for_nodes(transport, list(out.instance_ids), command_ids, interval=self.opts.poll_interval,
+                                     on_failure=stop_others)  # fmt: skip
         except (KeyboardInterrupt, ClientError, BotoCoreError) as e:
             why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"polling failed ({e})"
             print(f"{why}: the commands keep running on the nodes; follow or cancel them with\n"
@@ -227,11 +254,14 @@ def wait_for_nodes(
     interval: float = 10.0,
     sleep: Callable[[float], None] = time.sleep,
     out: Callable[[str], None] = print,
+    on_failure: Callable[[int, list[int]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Poll each node's invocation until all are terminal, printing `node status` lines.
 
-    A failing node does not cancel the others: they fail at the collective timeout by themselves
-    and still sync what was committed. Returns the final invocations in node order.
+    `ssm` is a `NodeTransport` (or a boto3 SSM client). When a node fails other than by
+    preemption (exit 75: the others stop by themselves, after committing), `on_failure(node,
+    running nodes)` is called once, to stop the others rather than let them wait for the
+    collective timeout. Returns the final invocations in node order.
     """
     results: list[dict[str, Any] | None] = [None] * len(instance_ids)
     start = time.monotonic()
@@ -246,6 +276,11 @@ def wait_for_nodes(
         out(f"[remote] {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}  {states}")
         if all(r["Status"] in TERMINAL for r in results):
             return results  # type: ignore[return-value]
+        failed = [r for r, res in enumerate(results) if res["Status"] in TERMINAL and res["Status"] != "Success"
+                  and res.get("ResponseCode") != ExitCode.PREEMPTED]  # fmt: skip
+        if failed and on_failure is not None:
+            on_failure(failed[0], [r for r, res in enumerate(results) if res["Status"] not in TERMINAL])
+            on_failure = None
         sleep(interval)
 
 

@@ -110,8 +110,13 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
         lines.append(f"echo {base64.b64encode(content).decode()} | base64 -d > {q(path)}")
     lines += [
         f"echo '[stratus] training; full log: {node_log}'",
+        # The spot interruption watcher (IMDSv2): SIGTERM to the ranks on a notice (runtime.remote.watch).
+        f"(cd {APP_DIR}/app && exec {HOST_PYTHON} -m runtime.remote.watch --pid $$ --interval 2 "
+        f'--endpoint "${{STRATUS_IMDS_ENDPOINT:-http://169.254.169.254}}") >> {q(node_log)} 2>&1 &',
+        "watch_pid=$!",
         f"{node_launch_command(job, node_rank)} >> {q(node_log)} 2>&1",
         "rc=$?",
+        'kill "$watch_pid" 2>/dev/null',
         f"tail -n 100 {q(node_log)}",
         f"{shlex.join(sync)}",
         "sync_rc=$?",

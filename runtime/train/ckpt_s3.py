@@ -135,7 +135,7 @@ def _wait_parts(
                 f"checkpoint {tag}: node(s) {', '.join(map(str, missing))} did not upload their shards within "
                 f"{wait_s:.0f} s (see their command output); the tag stays uncommitted in S3"
             )
-        sleep(5.0)
+        sleep(1.0)
 
 
 def merged_manifest(manifest: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -141,6 +141,9 @@ def fetch_for_resume(ckpt_dir: Path) -> Path | None:
     target = StreamTarget.from_env()
     if target is None or int(os.environ.get("LOCAL_RANK", "0")) != 0:
         return None
+    up: Any = target.uploader()
+    if target.num_nodes > 1:
+        _set_aside_unsynced(up, ckpt_dir)
     local = -1
     for tag_dir in candidates(ckpt_dir):
         try:
@@ -149,8 +152,27 @@ def fetch_for_resume(ckpt_dir: Path) -> Path | None:
             break
         except CheckpointError:
             continue
-    up: Any = target.uploader()
     path = download_newest(up.s3, target.bucket, target.prefix, ckpt_dir, newer_than=local)
     if path is None and local < 0:
         log.warning("no checkpoint in s3://%s/%s verifies, and none here", target.bucket, target.prefix)
     return path
+
+
+def _set_aside_unsynced(up: Uploader, ckpt_dir: Path) -> None:
+    """Several nodes: S3's `latest` is the newest checkpoint every node has (its manifest merges all
+    nodes' parts). A newer local tag may lack another node's shards (a node lost mid-upload), so it
+    is renamed `<tag>.unsynced` (kept, ignored on resume) and every node resumes from the same one."""
+    from botocore.exceptions import ClientError
+
+    try:
+        latest = up.s3.get_object(Bucket=up.bucket, Key=f"{up.prefix}{LATEST}")["Body"].read().decode().strip()
+    except ClientError:
+        return
+    latest_step = step_of(latest)
+    if latest_step is None:
+        return
+    for tag_dir in candidates(ckpt_dir):
+        if step_of(tag_dir.name) > latest_step:
+            log.warning("%s is newer than s3://%s/%s%s (%s): set aside as %s.unsynced", tag_dir.name, up.bucket,
+                        up.prefix, LATEST, latest, tag_dir.name)  # fmt: skip
+            tag_dir.rename(tag_dir.with_name(f"{tag_dir.name}.unsynced"))
