@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from runtime.common.log import get_logger
 from runtime.contract import ExitCode
-from runtime.train import checkpoint
+from runtime.train import checkpoint, preflight
 from runtime.train.collectives import all_reduce_sum, any_rank
 from runtime.train.config import TrainConfig
 from runtime.train.data import Dataset, check_batch_fits, epoch_order, rank_batch
@@ -114,6 +114,9 @@ class Trainer:
         self.x_all, self.y_all = torch.from_numpy(self.data.x), torch.from_numpy(self.data.y)
         self.order = epoch_order(self.data.train_idx, self.cfg.seed, 0)
         self.num_params, self.held = self.partition_stats()
+        gbps = preflight.check(self.device)  # before the first step; PreflightError below the floor
+        if gbps is not None and self.rank == 0:
+            log.info("preflight: all-reduce bus bandwidth %.2f GB/s across %d ranks", gbps, self.world)
         # Every rank at once, as they will share the machine while training; summed over ranks.
         self.peak_flops = all_reduce_sum([measure_matmul_peak(self.dtype, self.device)])[0]
         self.streamer = streamer_for(self.cfg.keep_checkpoints)  # on a stack's node: S3 beside training

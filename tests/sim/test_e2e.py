@@ -34,6 +34,8 @@ def test_two_simulated_nodes_train_like_one_node_with_two_ranks(sim_stack, e2e_r
     log1 = (sim_stack.scratch(1) / "runs" / "e2e" / "node1.log").read_text()
     ips = sim_stack.outputs["trainer_private_ips"]
     assert "node_rank=0" in log0 and "node_rank=1" in log1
+    assert "preflight: all-reduce bus bandwidth " in log0 and " GB/s across 2 ranks" in log0
+    print(next(line for line in log0.splitlines() if "preflight:" in line))
     assert f"--master_addr={ips[0]}" in node_scripts(sim_stack, e2e_run.launch.sent_job.launch_id)[1]
     sim_losses = losses(sim_stack.scratch(0) / "runs" / "e2e")
     base = run_train(tmp_path, "base", *E2E_SETS)
