@@ -29,7 +29,7 @@ import torch.distributed as dist
 from runtime.common.log import get_logger
 from runtime.contract import ExitCode
 from runtime.train import checkpoint, preflight
-from runtime.train.collectives import all_reduce_sum, any_rank
+from runtime.train.collectives import all_reduce_sum, any_rank, release_shm_buffer
 from runtime.train.config import TrainConfig
 from runtime.train.data import Dataset, check_batch_fits, epoch_order, rank_batch
 from runtime.train.deepspeed_config import deepspeed_config, resolve_precision
@@ -283,6 +283,13 @@ def run(cfg: TrainConfig, *, resume: bool) -> ExitCode:
         checkpoint.refuse_existing_run(cfg.run_dir / "checkpoints", cfg.run_name)
     trainer = Trainer(cfg)
     trainer.setup()
+    try:
+        return _train(trainer, resume=resume)
+    finally:
+        release_shm_buffer()
+
+
+def _train(trainer: Trainer, *, resume: bool) -> ExitCode:
     if resume:
         fetch_for_resume(trainer.ckpt_dir)  # a node with empty scratch: the newest S3 checkpoint
         dist.barrier()
