@@ -11,7 +11,7 @@ development requirements) bound to the bridge address only, the stack's KMS key 
 on it, `<dir>/outputs.json` in the shape of `pulumi stack output --json`, and `<dir>/sim.json`
 for `runtime.remote.transport.LocalTransport`. Each node's root directory holds what is
 bind-mounted at the contract's host paths while its commands run: `scratch/` (`/scratch`),
-`opt-stratus/` (`/opt/stratus`: `venv` links to this machine's virtualenv) and `etc-stratus/`
+`opt-stratus/` (`/opt/stratus`: `venv/bin/python` runs this machine's interpreter) and `etc-stratus/`
 (`/etc/stratus`, its `node.env` selects the CPU accelerator and gloo's interface). `systemctl`
 on a simulated node is a stand-in that only knows `restart stratus-prepare.service`, which
 fetches and unpacks the runtime bundle from the emulator as the real unit does.
@@ -24,6 +24,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -40,7 +41,6 @@ from runtime.remote.transport import SIM_FILE
 
 PREFIX = "stsim"
 NETNS_ETC = Path("/etc/netns")
-EXTENSIONS_DIR = Path.home() / ".cache" / "stratus-sim" / "torch_extensions"
 REGION = "us-east-1"
 _CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim", "AWS_SESSION_TOKEN": "sim"}
 
@@ -91,13 +91,22 @@ def _add_namespace(sim: dict[str, Any], name: str, ip: str, index: int) -> None:
 def _node_root(root: Path) -> None:
     for sub in ("scratch", "opt-stratus", "etc-stratus"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    # `/opt/stratus/venv/bin/python` execs this machine's interpreter by its own path, so the nodes
+    # import DeepSpeed from the same files as this machine: torch's JIT builds of DeepSpeed's ops get
+    # the same compiler command lines and share one build cache (TORCH_EXTENSIONS_DIR, else
+    # ~/.cache/torch_extensions) instead of rebuilding each other's (a build dir has a file lock).
     venv = root / "opt-stratus" / "venv"
-    if not venv.exists():
-        venv.symlink_to(sys.prefix)
+    if venv.is_symlink():  # a directory made by an older version linked the virtualenv itself
+        venv.unlink()
+    venv_bin = venv / "bin"
+    venv_bin.mkdir(parents=True, exist_ok=True)
+    for name in ("python", "python3"):
+        (venv_bin / name).write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        (venv_bin / name).chmod(0o755)
     # The real node.env carries the instance type's NCCL/EFA settings; a simulated node is a CPU host.
-    # Its DeepSpeed sources sit under /opt/stratus/venv, so torch's JIT builds of DeepSpeed's ops
-    # differ from this machine's: a cache of their own keeps both from rebuilding each other's.
-    env = {"DS_ACCELERATOR": "cpu", "GLOO_SOCKET_IFNAME": "eth0", "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_DIR)}
+    env = {"DS_ACCELERATOR": "cpu", "GLOO_SOCKET_IFNAME": "eth0"}
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):  # else torch's default under HOME (/root on the nodes)
+        env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
     (root / "etc-stratus" / "node.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -19,6 +20,13 @@ import pytest
 from runtime.remote import sim
 
 TEST_PREFIX = f"{sim.PREFIX}t"
+# The nodes run this interpreter (runtime.remote.sim), so they share its build cache of DeepSpeed's
+# ops: on a fresh machine the one compile happens here, beside `up`, not on both nodes mid-launch.
+BUILD_OPS = (
+    "from deepspeed.accelerator import get_accelerator\n"
+    "for name in ('CPUAdamBuilder', 'ShareMemCommBuilder'):\n"
+    "    get_accelerator().create_op_builder(name).load()\n"
+)
 
 
 def _have_namespaces() -> bool:
@@ -64,11 +72,18 @@ def sim_stack(tmp_path_factory):
         pytest.skip("simulated nodes need root, iproute2 and util-linux (ip netns, unshare)")
     sim.remove_leftovers(TEST_PREFIX)
     root = tmp_path_factory.mktemp("sim")
+    build = subprocess.Popen([sys.executable, "-c", BUILD_OPS], env={**os.environ, "DS_ACCELERATOR": "cpu"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         outputs = sim.up(root, num_nodes=2, tag="t")
+        built = build.communicate(timeout=900)[0]
+        assert build.returncode == 0, f"building DeepSpeed's CPU ops failed:\n{built[-3000:]}"
         stack = SimStack(root, outputs)
         yield stack
     finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
         described = json.loads((root / "sim.json").read_text()) if (root / "sim.json").is_file() else None
         sim.down(root)
         if described:
