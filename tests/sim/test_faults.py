@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import shutil
 import signal
 import subprocess
@@ -31,6 +33,19 @@ def imds(sim_stack):
         for f, text in zip(env_files, before, strict=True):
             f.write_text(text)
         server.close()
+
+
+@pytest.fixture
+def stratus_log():
+    """What the `stratus` logger writes during the test (its own handler writes to whichever
+    stdout was current when it was made, which need not be the one capfd reads)."""
+    stream, logger = io.StringIO(), logging.getLogger("stratus")
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
 
 
 def _in_background(fn):
@@ -74,9 +89,9 @@ def test_interruption_notice_commits_uploads_and_exits_75_then_resumes(sim_stack
     assert f"at step {stopped} " in log0  # nothing lost: the stop committed its own step
 
 
-def test_killed_node_is_named_and_a_restart_resumes_from_s3_on_empty_scratch(sim_stack, capfd):
+def test_killed_node_is_named_and_a_restart_resumes_from_s3_on_empty_scratch(sim_stack, capfd, stratus_log):
     s3, bucket = sim_stack.client("s3"), sim_stack.outputs["checkpoints_bucket"]
-    thread, box = _in_background(lambda: launch_on(sim_stack, "kill", *LONG_SETS, "max_steps=400", "epochs=40",
+    thread, box = _in_background(lambda: launch_on(sim_stack, "kill", *LONG_SETS, "max_steps=200", "epochs=40",
                                                    "checkpoint_every=40", remote=("--max-restarts", "1")))  # fmt: skip
     _wait_latest(s3, bucket, "kill/latest")
     netns = sim_stack.sim["nodes"]["sim-node1"]["netns"]
@@ -87,11 +102,11 @@ def test_killed_node_is_named_and_a_restart_resumes_from_s3_on_empty_scratch(sim
     thread.join(240)
     assert not thread.is_alive()
     err = capfd.readouterr()
-    text = err.out + err.err
+    text = err.out + err.err + stratus_log.getvalue()
     assert "node 1 (sim-node1) failed: stopping node(s) 0" in text
     assert "restart 1 of 1" in text
     assert box["result"].code == 0
-    assert s3.get_object(Bucket=bucket, Key="kill/latest")["Body"].read() == b"global_step400"
+    assert s3.get_object(Bucket=bucket, Key="kill/latest")["Body"].read() == b"global_step200"
     log0 = (sim_stack.scratch(0) / "runs" / "kill" / "node0.log").read_text()
     assert "resumed /scratch/runs/kill/checkpoints at step" in log0
     assert (sim_stack.scratch(1) / "runs" / "kill" / "checkpoints").is_dir()  # downloaded, then trained on
