@@ -26,6 +26,9 @@ if [[ ! -f "${stamp}" || "$(cat "${stamp}")" != "${want}" ]]; then
   echo "${want}" > "${stamp}"
 fi
 export PATH="${VENV}/bin:${PATH}"
+# DeepSpeed's CPU ops (Adam, shared-memory all-reduce) are compiled on first use; the build is keyed to
+# this venv's paths, so keep it beside the venv (two checkouts on one machine would rebuild each other's).
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-${VENV}/torch_extensions}"
 # DeepSpeed picks its accelerator from this; CPU unless a CUDA device is visible.
 if [[ -z "${DS_ACCELERATOR:-}" ]]; then
   if "${VENV}/bin/python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
