@@ -45,6 +45,22 @@ def error_code(e: Exception) -> str:
     return str(e)
 
 
+def child_names(s3: Any, bucket: str, prefix: str) -> list[str]:
+    """Names of the "folders" directly under `prefix` (`<prefix><name>/...`), in listing order."""
+    names = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        names += [common["Prefix"][len(prefix) :].rstrip("/") for common in page.get("CommonPrefixes", [])]
+    return names
+
+
+def delete_prefix(s3: Any, bucket: str, prefix: str) -> None:
+    """Delete every object under `prefix`, a page (up to 1,000 keys) per request."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
 def head_or_none(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
     """`head_object` of the key, or None when it does not exist (other errors propagate)."""
     from botocore.exceptions import ClientError

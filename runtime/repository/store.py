@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from runtime.common.fsutil import atomic_write, sha256_file
-from runtime.common.s3 import parse_s3_uri, sse_kms_args
+from runtime.common.s3 import child_names, delete_prefix, parse_s3_uri, sse_kms_args
 from runtime.repository.artifact import MANIFEST, check_relpath
 
 log = logging.getLogger("stratus.repo")
@@ -136,18 +136,11 @@ class S3Repo:
         return PublishError(f"{action} s3://{self.bucket}/{self.key(rel)} failed: {e}")
 
     def versions(self, model: str) -> list[int]:
-        found: set[int] = set()
-        paginator = self.client.get_paginator("list_objects_v2")
-        base = self.key(f"{model}/")
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
-                for common in page.get("CommonPrefixes", []):
-                    name = common["Prefix"][len(base) :].strip("/")
-                    if name.isdigit():
-                        found.add(int(name))
+            names = child_names(self.client, self.bucket, self.key(f"{model}/"))
         except Exception as e:  # botocore ClientError/EndpointConnectionError and friends
             raise self._error("listing", f"{model}/", e) from e
-        return sorted(found)
+        return sorted({int(name) for name in names if name.isdigit()})
 
     def read_latest(self, model: str) -> int | None:
         rel = f"{model}/{LATEST}"
@@ -222,10 +215,7 @@ class S3Repo:
         """Best-effort removal of a failed version's objects (LATEST never points at them)."""
         base = self.key(f"{model}/{version}/")
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base)
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    self.client.delete_object(Bucket=self.bucket, Key=obj["Key"])
+            delete_prefix(self.client, self.bucket, base)
         except Exception as e:
             log.warning("could not remove s3://%s/%s: %s", self.bucket, base, e)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.common.log import get_logger
-from runtime.common.s3 import get_json_or_none, head_or_none, sse_kms_args
+from runtime.common.s3 import child_names, delete_prefix, get_json_or_none, head_or_none, sse_kms_args
 from runtime.train.checkpoint import (
     LATEST,
     MANIFEST,
@@ -247,22 +247,8 @@ def sync_committed(
 
 def s3_tags(s3: Any, bucket: str, prefix: str) -> list[str]:
     """Checkpoint tags under `s3://bucket/prefix`, newest step first."""
-    paginator = s3.get_paginator("list_objects_v2")
-    tags = set()
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-        for cp in page.get("CommonPrefixes", []):
-            tag = cp["Prefix"][len(prefix) :].rstrip("/")
-            if step_of(tag) is not None:
-                tags.add(tag)
+    tags = {name for name in child_names(s3, bucket, prefix) if step_of(name) is not None}
     return sorted(tags, key=step_of, reverse=True)
-
-
-def _delete_prefix(s3: Any, bucket: str, prefix: str) -> None:
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
 def apply_retention(up: Uploader, keep: int, newest: str) -> list[str]:
@@ -280,8 +266,8 @@ def apply_retention(up: Uploader, keep: int, newest: str) -> list[str]:
             continue
         if step_of(tag) > newest_step:
             continue
-        _delete_prefix(up.s3, up.bucket, f"{up.prefix}{tag}/")
-        _delete_prefix(up.s3, up.bucket, f"{up.prefix}{PARTS_DIR}/{tag}/")
+        delete_prefix(up.s3, up.bucket, f"{up.prefix}{tag}/")
+        delete_prefix(up.s3, up.bucket, f"{up.prefix}{PARTS_DIR}/{tag}/")
         deleted.append(tag)
     if deleted:
         log.info("retention: deleted %s from s3://%s/%s", ", ".join(deleted), up.bucket, up.prefix)
