@@ -212,13 +212,12 @@ class Network(pulumi.ComponentResource):
             )
             self._egress(f"{role}-https-vpc", sg, HTTPS, "HTTPS to the interface endpoints", cidr=args.vpc_cidr)
             if args.egress_enabled:
-                # Egress only, when egress-enabled: the documented exception (docs/security.md).
                 self._egress(
                     f"{role}-https-internet",
                     sg,
                     HTTPS,
                     "HTTPS to the internet through the NAT gateway",
-                    cidr="0.0.0.0/0",
+                    cidr="0.0.0.0/0",  # egress, not ingress; only with egress-enabled (docs/security.md)
                 )
         self.training_sg_id, self.serving_sg_id = training_sg.id, serving_sg.id
 
