@@ -284,9 +284,14 @@ def run(cfg: TrainConfig, *, resume: bool) -> ExitCode:
     trainer = Trainer(cfg)
     trainer.setup()
     try:
-        return _train(trainer, resume=resume)
+        code = _train(trainer, resume=resume)
     finally:
         release_shm_buffer()
+    # Every rank reached here together: tear the process group down before the interpreter does.
+    # Left to interpreter exit, a rank leaving while its peer is still in gloo can abort ("terminate
+    # called without an active exception", signal 6), and the launch reports that, not `code`.
+    dist.destroy_process_group()
+    return code
 
 
 def _train(trainer: Trainer, *, resume: bool) -> ExitCode:
@@ -297,6 +302,7 @@ def _train(trainer: Trainer, *, resume: bool) -> ExitCode:
             trainer.resume()
         except checkpoint.CheckpointError as e:
             log.error("cannot resume: %s", e)
+            dist.barrier()  # every rank raised (restore agrees collectively); leave together
             return ExitCode.NO_CHECKPOINT
     code = trainer.fit()
     if trainer.streamer is not None:
