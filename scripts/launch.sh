@@ -35,7 +35,9 @@ options:
   --output-dir DIR      parent of run directories (default runs)
   --resume              continue from the newest verified checkpoint of the run
   --no-export           train only; skip export and publish
-  --stack NAME          run on the training nodes of Pulumi stack NAME through SSM (no SSH)
+  --stack NAME          run on the training nodes of Pulumi stack NAME through SSM (no SSH); node 0
+                        then exports and publishes to s3://<models_bucket>/models (the serving
+                        host picks the new version up)
   --sim-dir DIR         run on the simulated nodes of scripts/sim-stack.sh up DIR (root; no AWS)
   --dry-run             validate, print the generated DeepSpeed config and the command; run nothing
   -h, --help            this help
@@ -86,6 +88,8 @@ repo="${STRATUS_MODEL_REPO:-${output_dir}/model-repo}"
 if [[ -n "${stack}" || -n "${sim_dir}" ]]; then
   if [[ -n "${stack}" ]]; then remote_args=(--stack "${stack}"); else remote_args=(--sim-dir "${sim_dir}"); fi
   [[ ${dry_run} == 1 ]] && remote_args+=(--dry-run)
+  # node 0 exports from the run's checkpoints in S3 and publishes to the stack's models bucket
+  [[ ${export} == 1 ]] && remote_args+=(--export)
   exec python -m runtime.remote "${remote_args[@]}" -- "${train_args[@]}"
 fi
 

@@ -3,14 +3,19 @@
 # Linux network namespaces on a bridge, with an S3/KMS emulator that only the bridge reaches.
 #
 #   sudo ./scripts/sim-stack.sh up /tmp/sim           # prints the stack outputs (also /tmp/sim/outputs.json)
-#   sudo .venv/bin/python -m runtime.remote --sim-dir /tmp/sim -- --preset mlp-binary --set max_steps=20
+#   sudo ./scripts/sim-stack.sh serve /tmp/sim        # boot the serving host from its user data
+#   sudo ./scripts/launch.sh --sim-dir /tmp/sim -- --set max_steps=20   # train, export, publish
 #   sudo ./scripts/sim-stack.sh down /tmp/sim         # every process, namespace, link and the bridge: gone
 #
 # Env: SIM_NODES (training nodes, default 2). The emulator's endpoint and test credentials are in
 # /tmp/sim/sim.json ("env"); export them to look into its buckets with the AWS CLI or boto3.
-# Exit status: 0 done, 2 bad arguments or not root.
+# Exit status: 0 done, 1 the serving host's boot failed, 2 bad arguments or not root.
 set -euo pipefail
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
-[[ $# -eq 2 && ( "$1" == up || "$1" == down ) ]] || { usage >&2; exit 2; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+[[ $# -eq 2 && ( "$1" == up || "$1" == down || "$1" == serve ) ]] || { usage >&2; exit 2; }
 cd "$(dirname "$0")/.."
+if [[ "$1" == serve ]]; then
+  [[ ${EUID} -eq 0 ]] || { echo "sim-stack.sh: the simulated hosts need root" >&2; exit 2; }
+  exec .venv/bin/python -m infra.tools.simserve "$2"
+fi
 exec .venv/bin/python -m runtime.remote.sim "$1" "$2" --nodes "${SIM_NODES:-2}"

@@ -16,11 +16,17 @@ s3://<models_bucket>/runtime/stratus-runtime.tar.gz (SSE-KMS with the stack key,
 upload); send node i of N one `AWS-RunShellScript` command running DeepSpeed's per-node launcher
 (`deepspeed.launcher.launch --node_rank=i`) and then `runtime.remote.sync`, which copies the
 committed checkpoints to s3://<checkpoints_bucket>/<run>/ (manifest after files, `latest` last);
-poll until every node is done, print each node's output tail.
+poll until every node is done, print each node's output tail. With --export (scripts/launch.sh
+--stack passes it unless --no-export), node 0 then exports the newest checkpoint in S3 and
+publishes the model to s3://<models_bucket>/models/ (`runtime.remote.publish`), where the serving
+host's next poll picks the new version up.
 
-Exit codes (docs/architecture.md): 0 every node succeeded; 1 a node failed (named); 2 bad outputs, config, data or
-arguments; 75 a node was preempted after committing a checkpoint (rerun with --resume);
-130 interrupted here (the commands keep running on the nodes; the message says how to cancel).
+Exit codes (docs/architecture.md): 0 every node succeeded (and, with --export, the model is
+published); 1 a node failed, or the export on node 0 did (named, with export's own exit code:
+3 no checkpoint in S3 verifies, 4 the gate failed and nothing was published); 2 bad outputs,
+config, data or arguments; 75 a node was preempted after committing a checkpoint (rerun with
+--resume); 130 interrupted here (the commands keep running on the nodes; the message says how
+to cancel).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from runtime.common.options import option, parse_options
 from runtime.common.s3 import head_or_none, sse_kms_args
 from runtime.contract import BUNDLE_KEY, NODE_OUTPUT_DIR, ExitCode
 from runtime.remote.bundle import bundle_entries, write_bundle
-from runtime.remote.nodes import NodeJob, node_script, node_train_args
+from runtime.remote.nodes import NodeJob, export_script, node_script, node_train_args
 from runtime.remote.outputs import RemoteError, StackOutputs, read_outputs
 from runtime.remote.transport import LocalTransport, NodeTransport, SsmTransport
 from runtime.train.checkpoint import existing_run_message
@@ -85,6 +91,14 @@ class RemoteOptions:
 
     execution_timeout: int = option(MAX_EXECUTION_TIMEOUT_S, metavar="SECONDS")
     """Seconds SSM lets a node's command run (at most 48 h)."""
+
+    export: bool = False
+    """Once every node succeeded, export the run on node 0 from its newest checkpoint in S3 and
+    publish the model to s3://<models_bucket>/models/ (the serving host picks it up)."""
+
+    model_name: str | None = option(None, metavar="NAME")
+    """With --export: the published model's name (default: the preset); the serving host serves
+    the stack's `model-name`."""
 
     def __post_init__(self) -> None:
         if sum(map(bool, (self.stack, self.outputs_file, self.sim_dir))) != 1:
@@ -160,6 +174,10 @@ class Launch:
             print(f"node {i} ({instance}, {out.private_ips[i]}): AWS-RunShellScript commands:")
             for line in node_script(job, i):
                 print(f"  {line}")
+        if self.opts.export:
+            print(f"then node 0 ({out.instance_ids[0]}), once every node succeeded: export and publish:")
+            for line in export_script(job, self.opts.model_name):
+                print(f"  {line}")
 
     # --- AWS ------------------------------------------------------------------------------------
 
@@ -219,7 +237,35 @@ class Launch:
             log.warning("restart %d of %d: relaunching on the stack's nodes with --resume (from S3)", restart,
                         self.opts.max_restarts)  # fmt: skip
             code = self.attempt(transport, job)
+        if code == ExitCode.OK and self.opts.export:
+            code = self.export(transport, job)
         return code
+
+    def export(self, transport: NodeTransport, job: NodeJob) -> ExitCode:
+        """Export and publish on node 0 (`runtime.remote.publish`); returns export's exit code."""
+        iid = self.outputs.instance_ids[0]
+        lines = export_script(job, self.opts.model_name)
+        command_id = transport.send(iid, lines, comment=f"stratus {self.run_name} export",
+                                    timeout_s=self.opts.execution_timeout)  # fmt: skip
+        log.info("node 0 (%s): export command %s sent", iid, command_id)
+        try:
+            res = wait_for_nodes(transport, [iid], [command_id], interval=self.opts.poll_interval)[0]
+        except KeyboardInterrupt:
+            print(f"interrupted: the export keeps running on node 0\n{transport.describe([command_id])}",
+                  file=sys.stderr)  # fmt: skip
+            return ExitCode.INTERRUPTED
+        print(_tail(res.get("StandardOutputContent", "")))
+        if res["Status"] == "Success":
+            log.info("%s exported and published to s3://%s/models/", self.run_name, self.outputs.models_bucket)
+            return ExitCode.OK
+        print(_tail(res.get("StandardErrorContent", ""), 20), file=sys.stderr)
+        why = {ExitCode.NO_CHECKPOINT: "no checkpoint in S3 verifies", ExitCode.GATE_FAILED: "the accuracy gate "
+               "failed, nothing was published", ExitCode.BAD_INPUT: "bad export arguments or data"}  # fmt: skip
+        code = res.get("ResponseCode")
+        log.error("training succeeded, but the export on node 0 (%s) %s with exit %s (%s); the checkpoints are in "
+                  "s3://%s/%s/", iid, res["Status"], code, why.get(code, "see its output above"),
+                  self.outputs.checkpoints_bucket, self.run_name)  # fmt: skip
+        return ExitCode.FAILED
 
     def attempt(self, transport: NodeTransport, job: NodeJob) -> ExitCode:
         """Send `job` to every node, wait, report. A node that fails (not preempted) stops the others."""

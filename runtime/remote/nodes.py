@@ -125,3 +125,25 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
         'exit "$sync_rc"',
     ]
     return lines
+
+
+def export_script(job: NodeJob, model_name: str | None = None) -> list[str]:
+    """The `AWS-RunShellScript` lines that export and publish the run on node 0 after training.
+
+    Runs `runtime.remote.publish` from the bundle the training launch installed: the newest
+    verified checkpoint in S3 (every node's shards), `stratus export`, publish to the models
+    bucket with SSE-KMS. Exits with export's status.
+    """
+    out = job.outputs
+    publish = [
+        HOST_PYTHON, "-m", "runtime.remote.publish", "--run", job.run_name,
+        "--checkpoints-bucket", out.checkpoints_bucket, "--models-bucket", out.models_bucket,
+        "--kms-key-id", out.kms_key_arn, *(["--model-name", model_name] if model_name else []),
+    ]  # fmt: skip
+    return [
+        "set -u",
+        f"export AWS_REGION={shlex.quote(out.region)} AWS_DEFAULT_REGION={shlex.quote(out.region)}",
+        f"if [ -r {NODE_ENV_FILE} ]; then set -a; . {NODE_ENV_FILE}; set +a; fi",
+        f"echo '[stratus] node 0: exporting {job.run_name} from s3://{out.checkpoints_bucket}/{job.run_name}/'",
+        f"cd {APP_DIR}/app && exec {shlex.join(publish)}",
+    ]

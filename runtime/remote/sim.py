@@ -11,10 +11,13 @@ development requirements) bound to the bridge address only, the stack's KMS key 
 on it, `<dir>/outputs.json` in the shape of `pulumi stack output --json`, and `<dir>/sim.json`
 for `runtime.remote.transport.LocalTransport`. Each node's root directory holds what is
 bind-mounted at the contract's host paths while its commands run: `scratch/` (`/scratch`),
-`opt-stratus/` (`/opt/stratus`: `venv/bin/python` runs this machine's interpreter) and `etc-stratus/`
-(`/etc/stratus`, its `node.env` selects the CPU accelerator and gloo's interface). `systemctl`
-on a simulated node is a stand-in that only knows `restart stratus-prepare.service`, which
-fetches and unpacks the runtime bundle from the emulator as the real unit does.
+`opt-stratus/` (`/opt/stratus`: `venv/bin/python` runs this machine's interpreter), `etc-stratus/`
+(`/etc/stratus`, its `node.env` selects the CPU accelerator and gloo's interface) and `systemd/`
+(`/etc/systemd/system`). `systemctl` on a simulated host is `runtime.remote.simhost`'s stand-in:
+`restart stratus-prepare.service` fetches and unpacks the runtime bundle from the emulator as the
+real unit does; the serving host is booted from its user data by `runtime.remote.simhost.boot`
+(`scripts/sim-stack.sh serve DIR`), with a metadata service in its namespace. The serving token
+is an SSM SecureString under the stack key, as on the stack.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from runtime.remote.transport import SIM_FILE
 PREFIX = "stsim"
 NETNS_ETC = Path("/etc/netns")
 REGION = "us-east-1"
+TOKEN_PARAMETER = "/stratus/sim/serving-token"  # noqa: S105 - the parameter's name, not a token
+SERVING_ID = "sim-serving"
 _CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim", "AWS_SESSION_TOKEN": "sim"}
 
 
@@ -89,7 +94,7 @@ def _add_namespace(sim: dict[str, Any], name: str, ip: str, index: int) -> None:
 
 
 def _node_root(root: Path) -> None:
-    for sub in ("scratch", "opt-stratus", "etc-stratus"):
+    for sub in ("scratch", "opt-stratus", "etc-stratus", "systemd"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     # `/opt/stratus/venv/bin/python` execs this machine's interpreter by its own path, so the nodes
     # import DeepSpeed from the same files as this machine: torch's JIT builds of DeepSpeed's ops get
@@ -110,17 +115,18 @@ def _node_root(root: Path) -> None:
     (root / "etc-stratus" / "node.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
 
-def _systemctl_stand_in(bin_dir: Path) -> None:
+def _stand_ins(bin_dir: Path) -> None:
+    """`systemctl` (runtime.remote.simhost) and `useradd` (no user is created on this machine)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     repo = Path(__file__).resolve().parents[2]
-    shim = bin_dir / "systemctl"
-    shim.write_text(
-        "#!/bin/sh\n# A simulated node has no systemd: this stands in for the one unit the node script restarts.\n"
-        'if [ "$*" = "restart stratus-prepare.service" ]; then\n'
-        f"  cd {repo} && exec {sys.executable} -m runtime.remote.sim prepare\nfi\n"
-        'echo "simulated node: systemctl $* is not simulated" >&2\nexit 1\n'
-    )
-    shim.chmod(0o755)
+    scripts = {
+        "systemctl": f"#!/bin/sh\n# A simulated host has no systemd (runtime.remote.simhost).\n"
+        f'cd {shlex.quote(str(repo))} && exec {shlex.quote(sys.executable)} -m runtime.remote.simhost systemctl "$@"\n',
+        "useradd": '#!/bin/sh\necho "simulated host: useradd $* skipped (units run as root)" >&2\n',
+    }
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
 
 
 def _aws_resources(endpoint: str) -> dict[str, Any]:
@@ -134,6 +140,9 @@ def _aws_resources(endpoint: str) -> dict[str, Any]:
     buckets = {p: f"stratus-sim-{p}-{sfx}" for p in ("datasets", "checkpoints", "models", "logs")}
     for b in buckets.values():
         s3.create_bucket(Bucket=b)
+    # The serving token, as the stack's SSM SecureString under its key (the server reads it at start).
+    boto3.client("ssm", **kw).put_parameter(Name=TOKEN_PARAMETER, Value=secrets.token_urlsafe(32),
+                                            Type="SecureString", KeyId=key_arn)  # fmt: skip
     return {"kms_key_arn": key_arn, **{f"{p}_bucket": b for p, b in buckets.items()}}
 
 
@@ -170,16 +179,17 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
             _add_namespace(sim, sim["nodes"][iid]["netns"], ip, i)
             _node_root(sim_dir / iid)
         serving_ip = str(hosts[19])
-        sim["serving"] = {"netns": f"{PREFIX}{sfx}s", "ip": serving_ip, "root": str(sim_dir / "sim-serving")}
+        sim["serving"] = {"id": SERVING_ID, "netns": f"{PREFIX}{sfx}s", "ip": serving_ip,
+                          "root": str(sim_dir / SERVING_ID)}  # fmt: skip
         _add_namespace(sim, sim["serving"]["netns"], serving_ip, 99)
-        _node_root(sim_dir / "sim-serving")
-        _systemctl_stand_in(sim_dir / "bin")
+        _node_root(sim_dir / SERVING_ID)
+        _stand_ins(sim_dir / "bin")
         sim["env"] = {"AWS_ENDPOINT_URL": endpoint, **_CREDENTIALS, "AWS_DEFAULT_REGION": REGION,
                       "STRATUS_BUNDLE_URI": bundle_uri(resources["models_bucket"])}  # fmt: skip
         outputs = {"region": REGION, **resources, "trainer_instance_ids": list(sim["nodes"]),
-                   "trainer_private_ips": ips, "trainer_slots_per_node": 1, "serving_instance_id": "sim-serving",
+                   "trainer_private_ips": ips, "trainer_slots_per_node": 1, "serving_instance_id": SERVING_ID,
                    "serving_private_ip": serving_ip, "serving_url": f"http://{serving_ip}:8080",
-                   "serving_token_parameter": "/stratus/sim/serving-token", "estimated_hourly_usd": 0.0}  # fmt: skip
+                   "serving_token_parameter": TOKEN_PARAMETER, "estimated_hourly_usd": 0.0}  # fmt: skip
         (sim_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
         (sim_dir / SIM_FILE).write_text(json.dumps(sim, indent=1))
         return outputs
@@ -262,6 +272,7 @@ def prepare() -> int:
     with tarfile.open(HOST_BUNDLE) as tar:
         tar.extractall(new, filter="data")
     new.rename(app)
+    Path(APP_DIR, ".ready").touch()  # what the real unit writes last (serve's ExecStartPre checks it)
     print(f"[stratus-prepare] simulated: {bucket}/{key} unpacked into {app}", file=sys.stderr)
     return 0
 

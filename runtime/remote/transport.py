@@ -137,13 +137,15 @@ class LocalTransport(NodeTransport):
     """Simulated nodes: the script runs in the node's network namespace and mount namespace.
 
     Each node of `<sim_dir>/sim.json` names its network namespace, its address on the stack's
-    bridge and its root directory, whose `scratch/`, `opt-stratus/` and `etc-stratus/` are
-    bind-mounted at `/scratch`, `/opt/stratus` and `/etc/stratus` for the script only
-    (`unshare --mount`), so the node script runs unchanged. The environment is the stack's
+    bridge and its root directory, whose `scratch/`, `opt-stratus/`, `etc-stratus/` and `systemd/`
+    are bind-mounted at `/scratch`, `/opt/stratus`, `/etc/stratus` and `/etc/systemd/system` for
+    the script only (`unshare --mount`), so the node script runs unchanged. The serving host
+    (`serving` in sim.json) is reachable the same way by its instance id. The environment is the stack's
     (`env` in sim.json: the emulator endpoint and credentials, as an instance profile would give).
     """
 
-    MOUNTS = (("scratch", "/scratch"), ("opt-stratus", "/opt/stratus"), ("etc-stratus", "/etc/stratus"))
+    MOUNTS = (("scratch", "/scratch"), ("opt-stratus", "/opt/stratus"), ("etc-stratus", "/etc/stratus"),
+              ("systemd", "/etc/systemd/system"))  # fmt: skip
 
     def __init__(self, sim_dir: Path):
         self.sim_dir = Path(sim_dir)
@@ -152,6 +154,8 @@ class LocalTransport(NodeTransport):
 
     def node(self, instance_id: str) -> dict[str, Any]:
         node = self.sim["nodes"].get(instance_id)
+        if node is None and instance_id == self.sim.get("serving", {}).get("id"):
+            node = self.sim.get("serving")
         if node is None:
             raise RemoteError(f"instance {instance_id} is not a node of the simulated stack in {self.sim_dir}")
         return node
@@ -168,12 +172,12 @@ class LocalTransport(NodeTransport):
             if node["ip"] != ip:
                 raise RemoteError(f"node {rank}: {iid} has address {node['ip']}, outputs say {ip}")
 
-    def command_line(self, instance_id: str, script: Path) -> list[str]:
-        """`ip netns exec NS unshare --mount sh -c 'mount --bind ...; exec sh SCRIPT'`."""
+    def command_line(self, instance_id: str, script: Path, *, shell: str = "sh") -> list[str]:
+        """`ip netns exec NS unshare --mount sh -c 'mount --bind ...; exec SHELL SCRIPT'`."""
         node = self.node(instance_id)
         root = Path(node["root"])
         binds = " && ".join(f"mkdir -p {target} && mount --bind {root / sub} {target}" for sub, target in self.MOUNTS)
-        inner = f"{binds} && exec sh {script}"
+        inner = f"{binds} && exec {shell} {script}"
         return ["ip", "netns", "exec", node["netns"], "unshare", "--mount", "--propagation", "private",
                 "sh", "-c", inner]  # fmt: skip
 

@@ -280,7 +280,10 @@ def download_tag(s3: Any, bucket: str, prefix: str, tag: str, ckpt_dir: Path) ->
     Raises:
         CheckpointError: no manifest, or a file that does not verify (naming it); nothing is left.
     """
-    manifest = get_json_or_none(s3, bucket, f"{prefix}{tag}/{MANIFEST}")
+    try:
+        manifest = get_json_or_none(s3, bucket, f"{prefix}{tag}/{MANIFEST}")
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: a damaged manifest
+        raise CheckpointError(f"s3://{bucket}/{prefix}{tag}/{MANIFEST} is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"s3://{bucket}/{prefix}{tag}/: no {MANIFEST} (upload never completed)")
     partial = ckpt_dir / f".download-{tag}"

@@ -12,12 +12,15 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import boto3
 import pytest
 
 from runtime.remote import sim
+from tests.runtime.conftest import run_train
+from tests.sim.runs import E2E_SETS, launch_on
 
 TEST_PREFIX = f"{sim.PREFIX}t"
 # The nodes run this interpreter (runtime.remote.sim), so they share its build cache of DeepSpeed's
@@ -88,3 +91,22 @@ def sim_stack(tmp_path_factory):
         sim.down(root)
         if described:
             assert not leftovers(described), f"left behind: {leftovers(described)}"
+
+
+@pytest.fixture(scope="session")
+def e2e_pair(sim_stack, tmp_path_factory):
+    """(the 2-node launch, the one-node 2-rank baseline's result, its output dir), trained side by side:
+    both spend most of their wall time starting up and waiting on each other's ranks, not computing."""
+    base_dir, box = tmp_path_factory.mktemp("e2e-base"), {}
+    baseline = threading.Thread(target=lambda: box.setdefault("base", run_train(base_dir, "base", *E2E_SETS)))
+    baseline.start()
+    try:
+        run = launch_on(sim_stack, "e2e", *E2E_SETS, remote=("--export",))  # node 0 publishes the model
+    finally:
+        baseline.join()  # run_train's own timeout bounds this
+    return run, box["base"], base_dir
+
+
+@pytest.fixture(scope="session")
+def e2e_run(e2e_pair):
+    return e2e_pair[0]

@@ -5,13 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import threading
 
 import pytest
 
 from runtime.remote.nodes import node_script
 from runtime.remote.transport import SsmTransport
-from tests.runtime.conftest import run_train
 from tests.sim.runs import E2E_SETS, launch_on, node_scripts
 
 # Same seed, data, global batch and per-rank slices: gloo sums two ranks' gradients whether the
@@ -22,25 +20,6 @@ LOSS_TOLERANCE = 1e-5
 def losses(run_dir) -> list[float]:
     with open(run_dir / "metrics.csv", newline="") as f:
         return [float(r["loss"]) for r in csv.DictReader(f)]
-
-
-@pytest.fixture(scope="session")
-def e2e_pair(sim_stack, tmp_path_factory):
-    """(the 2-node launch, the one-node 2-rank baseline's result, its output dir), trained side by side:
-    both spend most of their wall time starting up and waiting on each other's ranks, not computing."""
-    base_dir, box = tmp_path_factory.mktemp("e2e-base"), {}
-    baseline = threading.Thread(target=lambda: box.setdefault("base", run_train(base_dir, "base", *E2E_SETS)))
-    baseline.start()
-    try:
-        run = launch_on(sim_stack, "e2e", *E2E_SETS)
-    finally:
-        baseline.join()  # run_train's own timeout bounds this
-    return run, box["base"], base_dir
-
-
-@pytest.fixture(scope="session")
-def e2e_run(e2e_pair):
-    return e2e_pair[0]
 
 
 def test_two_simulated_nodes_train_like_one_node_with_two_ranks(sim_stack, e2e_pair):

@@ -132,3 +132,14 @@ def test_existing_run_needs_resume_and_bad_config_sends_nothing(stack, aws_env):
     result = run_remote(aws_env, "--outputs-file", str(path), "--", "--set", "global_batch_size=6", "--run-name", "b6")
     assert result.returncode == 2 and "global_batch_size" in result.stdout
     assert commands_of_run("old") == commands_of_run("b6") == []
+
+
+def test_dry_run_with_export_prints_the_publish_command_of_node_0(stack, aws_env):
+    outputs, path = stack
+    result = run_remote(aws_env, "--outputs-file", str(path), "--dry-run", "--export", "--model-name", "m1", "--",
+                        "--run-name", "dry2")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plan = result.stdout.split(f"then node 0 ({outputs['trainer_instance_ids'][0]})", 1)[1]
+    assert "-m runtime.remote.publish --run dry2" in plan and f"--models-bucket {outputs['models_bucket']}" in plan
+    assert f"--kms-key-id {outputs['kms_key_arn']}" in plan and "--model-name m1" in plan
+    assert commands_of_run("dry2") == []

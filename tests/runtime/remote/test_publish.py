@@ -1,0 +1,48 @@
+"""`python -m runtime.remote.publish` (node 0's export from S3) against the moto server: what it
+refuses before exporting anything. The full path (a real multi-node checkpoint exported and served)
+runs on the simulated stack, tests/sim/test_serving.py."""
+
+from __future__ import annotations
+
+import boto3
+
+from runtime.common.options import parse_options
+from runtime.contract import ExitCode
+from runtime.remote.publish import PublishOptions, export_args, main
+from tests.runtime.remote.conftest import REGION
+
+
+def _args(outputs, *extra):
+    return ["--run", "r1", "--checkpoints-bucket", outputs["checkpoints_bucket"], "--models-bucket",
+            outputs["models_bucket"], "--kms-key-id", outputs["kms_key_arn"], *extra]  # fmt: skip
+
+
+def test_no_verified_checkpoint_in_s3_exits_3_and_publishes_nothing(stack, aws_env, tmp_path, caplog):
+    outputs, _ = stack
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.put_object(Bucket=outputs["checkpoints_bucket"], Key="r1/global_step4/manifest.json", Body=b"{not json",
+                  ServerSideEncryption="aws:kms", SSEKMSKeyId=outputs["kms_key_arn"])  # fmt: skip
+    s3.put_object(Bucket=outputs["checkpoints_bucket"], Key="r1/latest", Body=b"global_step4",
+                  ServerSideEncryption="aws:kms", SSEKMSKeyId=outputs["kms_key_arn"])  # fmt: skip
+    assert main(_args(outputs, "--work-dir", str(tmp_path))) == ExitCode.NO_CHECKPOINT
+    assert "skipping S3 checkpoint global_step4" in caplog.text
+    assert f"no checkpoint in s3://{outputs['checkpoints_bucket']}/r1/ verifies" in caplog.text
+    assert s3.list_objects_v2(Bucket=outputs["models_bucket"])["KeyCount"] == 0
+
+
+def test_bad_names_are_refused_before_any_download(stack, aws_env, tmp_path):
+    outputs, _ = stack
+    work = tmp_path / "work"
+    assert main(_args(outputs, "--model-name", "../x", "--work-dir", str(work))) == ExitCode.BAD_INPUT
+    bad_run = _args(outputs, "--work-dir", str(work))
+    bad_run[1] = "a/b"
+    assert main(bad_run) == ExitCode.BAD_INPUT
+    assert not work.exists()
+
+
+def test_export_publishes_to_the_models_prefix_with_the_stack_key(tmp_path):
+    opts = parse_options(PublishOptions, ["--run", "r1", "--checkpoints-bucket", "c", "--models-bucket", "m",
+                                          "--kms-key-id", "arn:k", "--work-dir", str(tmp_path)], prog="t")  # fmt: skip
+    argv = export_args(opts, "global_step8")
+    assert argv == ["--run-dir", str(tmp_path / "r1"), "--checkpoint", "global_step8", "--publish", "s3://m/models",
+                    "--kms-key-id", "arn:k"]  # fmt: skip
