@@ -16,6 +16,6 @@ usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 cd "$(dirname "$0")/.."
 if [[ "$1" == serve ]]; then
   [[ ${EUID} -eq 0 ]] || { echo "sim-stack.sh: the simulated hosts need root" >&2; exit 2; }
-  exec .venv/bin/python -m infra.tools.simserve "$2"
+  exec .venv/bin/python -m stratus.simserve "$2"
 fi
 exec .venv/bin/python -m runtime.remote.sim "$1" "$2" --nodes "${SIM_NODES:-2}"

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from infra.tools.simserve import upload_bundle, user_data
 from runtime.remote import sim, simhost
 from runtime.remote.nodes import export_script
 from runtime.remote.transport import LocalTransport
+from stratus.simserve import upload_bundle, user_data
 
 MODEL = "mlp-binary"  # the preset the e2e launch trains, published under its name
 PORT = 8080

@@ -1,6 +1,6 @@
 """Boot the serving host of a simulated stack with the user data the stack gives a real one.
 
-    python -m infra.tools.simserve /tmp/sim [--model-name mlp-binary] [--port 8080] [--grpc-port 8001]
+    python -m stratus.simserve /tmp/sim [--model-name mlp-binary] [--port 8080] [--grpc-port 8001]
 
 (`scripts/sim-stack.sh serve DIR` runs it.) Uploads the runtime bundle to the simulated models
 bucket (as a launch does, SSE-KMS under the stack key), renders
@@ -29,7 +29,7 @@ from runtime.contract import BUNDLE_KEY, model_name_problem
 from runtime.remote import sim, simhost
 from runtime.remote.bundle import bundle_entries, write_bundle
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def upload_bundle(sim_dir: Path, outputs: dict) -> None:
@@ -55,7 +55,7 @@ def user_data(outputs: dict, *, model_name: str, port: int, grpc_port: int) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.tools.simserve", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m stratus.simserve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("dir", type=Path, help="directory of a simulated stack (scripts/sim-stack.sh up DIR)")
     parser.add_argument("--model-name", default="mlp-binary", help="model to serve (the stack's model-name)")
