@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runtime import __version__
 from runtime.repository.artifact import DATATYPES
-from runtime.serve.body import BodyBudget, BodyReader, DecodePool, Disconnected, Refused
+from runtime.serve.body import BodyBudget, BodyReader, DecodePool, Disconnected, Refused, Sweep
 from runtime.serve.metrics import AccessLog, Metrics
 from runtime.serve.model import LoadedModel, ModelManager
 from runtime.serve.protocol import Limits, RequestError, encode_infer_response
@@ -146,6 +146,7 @@ class ServeApp:
         budget: the body bytes all requests together may hold (None: unbounded, tests only).
         decode_pool: decodes large JSON bodies off the event loop (None: on the loop).
         access_log: where to write one JSON line per request; None disables it.
+        sweep: checks body deadlines (share the HTTP front's: one timer for both; None: its own).
     """
 
     def __init__(
@@ -160,6 +161,7 @@ class ServeApp:
         budget: BodyBudget | None = None,
         decode_pool: DecodePool | None = None,
         access_log: AccessLog | None = None,
+        sweep: Sweep | None = None,
     ):
         self.manager = manager
         self.access_log = access_log
@@ -169,6 +171,7 @@ class ServeApp:
         self.body_timeout = body_timeout
         self.budget = budget or BodyBudget(1 << 62)
         self.decode_pool = decode_pool or DecodePool(None)
+        self.sweep = sweep or Sweep()
         self.handlers: dict[str, Handler] = dict(_BUILTIN_HANDLERS)
         self._set_routes(ROUTES)
         self.set_token(token)
@@ -213,11 +216,13 @@ class ServeApp:
         client = (scope.get("client") or ("", 0))[0]
         body_size = 0
         version = ""
-        reader = BodyReader(self.budget, self.max_body_bytes, self.body_timeout)
+        reader = BodyReader(self.budget, self.max_body_bytes, self.body_timeout, self.sweep)
         try:
-            hdrs = dict(scope["headers"])  # lower-cased names
+            raw_headers = scope["headers"]
+            hdrs = dict(raw_headers)  # lower-cased names
             auth = hdrs.get(b"authorization")
-            if auth is not None and sum(1 for name, _ in scope["headers"] if name == b"authorization") > 1:
+            # a repeated header of any name makes the dict shorter: only then look for a second token
+            if len(hdrs) != len(raw_headers) and sum(1 for name, _ in raw_headers if name == b"authorization") > 1:
                 raise Refused(400, "more than one Authorization header; send exactly one", "duplicate_authorization")
             if not (route and route.public) and not self.authorized(auth):
                 status, body = 401, b'{"error":"missing or invalid bearer token"}'

@@ -83,13 +83,14 @@ def configure_logging(level: str) -> None:
 def build_app(cfg: ServeConfig, token: str):
     """The ASGI app, its metrics and the HTTP front for `cfg` (nothing started yet)."""
     from runtime.serve.app import ServeApp
-    from runtime.serve.body import BodyBudget, DecodePool
+    from runtime.serve.body import BodyBudget, DecodePool, Sweep
     from runtime.serve.front import Front, FrontLimits
     from runtime.serve.metrics import AccessLog, Metrics
     from runtime.serve.model import ModelManager
     from runtime.serve.protocol import Limits
 
     metrics = Metrics()
+    sweep = Sweep()  # one timer for the front's deadlines and the app's body deadlines
     manager = ModelManager(
         open_repo(cfg.repo),
         cfg.model,
@@ -108,6 +109,7 @@ def build_app(cfg: ServeConfig, token: str):
         budget=BodyBudget(cfg.max_inflight_body_bytes),
         decode_pool=DecodePool(cfg.offload_json_bytes),
         access_log=None if cfg.no_access_log else AccessLog(sys.stderr),
+        sweep=sweep,
     )
     from runtime.serve.generate import GenerateLimits, register
 
@@ -122,6 +124,7 @@ def build_app(cfg: ServeConfig, token: str):
             max_connections_per_client=cfg.max_connections_per_client,
         ),
         on_reject=metrics.reject,
+        sweep=sweep,
     )
     return app, front
 

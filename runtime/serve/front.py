@@ -36,8 +36,9 @@ from dataclasses import dataclass
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-SWEEP_SECONDS = 0.25
-"""How often deadlines are checked: timeouts fire up to this much late."""
+from runtime.serve.body import SWEEP_SECONDS, Sweep
+
+__all__ = ["SWEEP_SECONDS", "Front", "FrontLimits", "FrontProtocol"]
 
 _PHRASES = {
     400: "Bad Request",
@@ -80,34 +81,23 @@ class Front:
     Args:
         limits: the limits above.
         on_reject: callback(reason, client address), called once per rejection.
+        sweep: checks the connections' deadlines (shared with the app's body deadlines; None: a
+            sweep of the front's own).
     """
 
-    def __init__(self, limits: FrontLimits, on_reject: Callable[[str, str], None]):
+    def __init__(self, limits: FrontLimits, on_reject: Callable[[str, str], None], sweep: Sweep | None = None):
         self.limits = limits
         self.on_reject = on_reject
         self.open_connections = 0
         self.per_client: dict[str, int] = {}
         self.idle: dict[FrontProtocol, None] = {}  # insertion order: longest idle first
-        self.timed: set[FrontProtocol] = set()  # connections with a deadline (see sweep)
-        self._sweeping = False
+        self.sweep = sweep or Sweep()
 
     def watch(self, conn: FrontProtocol) -> None:
         """Check `conn`'s deadline from now on. One sweep every SWEEP_SECONDS checks them all: a
         per-request timer (created, cancelled, re-created on every request) costs more than the
         request's own routing, while a sweep of 1,024 deadlines four times a second costs ~1 ms/s."""
-        self.timed.add(conn)
-        if not self._sweeping:
-            self._sweeping = True
-            conn.loop.call_later(SWEEP_SECONDS, self._sweep, conn.loop)
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        for conn in [c for c in self.timed if c.deadline is not None and c.deadline <= now]:
-            conn.expired()
-        if self.timed:
-            loop.call_later(SWEEP_SECONDS, self._sweep, loop)
-        else:
-            self._sweeping = False
+        self.sweep.watch(conn, conn.loop)
 
     def protocol_class(self) -> type[FrontProtocol]:
         """The protocol class to give uvicorn (`uvicorn.Config(http=...)`), bound to this front."""
@@ -159,7 +149,7 @@ class FrontProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
-        self.front.timed.discard(self)
+        self.front.sweep.discard(self)
         if self._counted:
             self._counted = False
             self.front.release(self)
@@ -240,7 +230,7 @@ class FrontProtocol(HttpToolsProtocol):
             self.front.idle[self] = None
 
     def _arm(self, seconds: float) -> None:
-        if self not in self.front.timed:
+        if self not in self.front.sweep.timed:
             self.front.watch(self)
         self.deadline = self.loop.time() + seconds
 

@@ -91,7 +91,7 @@ class InferenceService:
             start = time.perf_counter()
             status, message = 200, ""
             peer = context.peer() or ""
-            reader = BodyReader(app.budget, app.max_body_bytes, app.body_timeout)
+            reader = BodyReader(app.budget, app.max_body_bytes, app.body_timeout, app.sweep)
             try:
                 auth = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
                 if len(auth) > 1:
