@@ -4,6 +4,8 @@
 - `before`: the same command from an earlier commit (`git archive`), before the front's limits;
 - `bare`: the same ASGI stack decoding and validating the same request with the same code and
   returning a fixed tensor (no auth, no model, no metrics, no log): the protocol's ceiling;
+- `bare+model`: `bare` that also runs the model (ONNX Runtime, stratus's session options, on the
+  event loop as stratus runs a model this fast): the ceiling of a server that runs the model;
 - `kserve`: KServe's `ModelServer` with a `kserve.Model` on the same ONNX file (bench/_kserve_model.py)
   in its own virtualenv, built from bench/kserve-requirements.txt on first use.
 """
@@ -108,13 +110,23 @@ def stop(servers: list[Running]) -> None:
 # --- the bare endpoint -------------------------------------------------------------------------
 
 
-def bare_app_factory(num_features: int, model: str):
-    """ASGI app: reads the body, decodes + validates it like runtime.serve, returns a fixed tensor."""
+def bare_app_factory(num_features: int, model: str, model_file: str | None = None):
+    """ASGI app: reads the body, decodes + validates it like runtime.serve, returns a fixed tensor
+    (or, with `model_file`, what ONNX Runtime computes, with the session options of runtime.serve)."""
     from runtime.serve.protocol import Limits, RequestError, TensorSpec, decode_infer_request, encode_infer_response
 
     inputs = {"input": TensorSpec("input", "FP32", (-1, num_features))}
     outputs = {"output": TensorSpec("output", "FP32", (-1, 1))}
     limits = Limits()
+    session = None
+    if model_file:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
@@ -132,10 +144,11 @@ def bare_app_factory(num_features: int, model: str):
             await send({"type": "http.response.start", "status": e.status, "headers": []})
             await send({"type": "http.response.body", "body": e.message.encode()})
             return
-        batch = next(iter(req.inputs.values())).shape[0]
-        body, json_length = encode_infer_response(
-            model, "1", req, {"output": np.full((batch, 1), 0.5, np.float32)}, outputs
-        )
+        if session is not None:
+            results = dict(zip(outputs, session.run(list(outputs), req.inputs), strict=True))
+        else:
+            results = {"output": np.full((next(iter(req.inputs.values())).shape[0], 1), 0.5, np.float32)}
+        body, json_length = encode_infer_response(model, "1", req, results, outputs)
         hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if json_length is not None:
             hdrs.append((b"inference-header-content-length", str(json_length).encode()))
@@ -152,9 +165,10 @@ if __name__ == "__main__":
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--num-features", type=int, required=True)
     p.add_argument("--model", required=True)
+    p.add_argument("--model-file", help="also run this ONNX file per request (the bare+model server)")
     a = p.parse_args()
     uvicorn.run(
-        bare_app_factory(a.num_features, a.model),
+        bare_app_factory(a.num_features, a.model, a.model_file),
         host=HOST,
         port=a.port,
         loop="uvloop",

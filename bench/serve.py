@@ -14,9 +14,10 @@ local repository; `--repo DIR --model NAME` measures an existing one.
 Servers, each one process with one worker on 127.0.0.1 (bench/_serve_servers.py): `stratus`
 (`python -m runtime serve` as deployed, HTTP and `--grpc-port`), `kserve` (KServe's
 `ModelServer` + a `kserve.Model` on the same ONNX file, same ONNX Runtime threading, REST and
-gRPC), `bare` (the same ASGI stack and decoder returning a fixed tensor: the protocol's ceiling)
-and `before` (`stratus serve` from `--before REF`, the code before the HTTP front's limits: what
-the limits cost).
+gRPC), `bare` (the same ASGI stack and decoder returning a fixed tensor: the protocol's ceiling),
+`bare+model` (`bare` that also runs the model with stratus's ONNX Runtime options: the ceiling of
+a server that runs the model) and `before` (`stratus serve` from `--before REF`, the code before
+the HTTP front's limits: what the limits cost).
 
 Load (bench/_serve_load.py): HTTP through wrk, gRPC through h2load (`apt-get install
 nghttp2-client`), each with one thread and `conc` connections. For
@@ -41,7 +42,7 @@ HOST = "127.0.0.1"  # loopback only, by design
 TOKEN = "bench-token-0123456789abcdef0123456789"  # noqa: S105 (a throwaway loopback token)
 MODEL = "mlp-binary"
 BEFORE = "f6ce8c2"  # the last commit before the HTTP front (runtime/serve/front.py)
-REST_SERVERS = ("stratus", "kserve", "bare", "before")
+REST_SERVERS = ("stratus", "kserve", "bare", "bare+model", "before")
 GRPC_SERVERS = ("stratus", "kserve")
 
 
@@ -94,14 +95,18 @@ def _start_all(args, repo: str, root: Path, log) -> dict[str, servers.Running]:
     port = servers.free_port()
     cmd = [py, str(Path(servers.__file__)), "--port", str(port), "--num-features", str(args.num_features)]
     running["bare"] = servers.start("bare", [*cmd, "--model", args.model], log, port)
+    model_file = Path(repo) / args.model / "1" / "model.onnx"
+    port = servers.free_port()
+    cmd = [py, str(Path(servers.__file__)), "--port", str(port), "--num-features", str(args.num_features)]
+    cmd += ["--model", args.model, "--model-file", str(model_file)]
+    running["bare+model"] = servers.start("bare+model", cmd, log, port)
     kpy = servers.ensure_kserve_venv()
     port, gport = servers.free_port(), servers.free_port()
-    model_file = Path(repo) / args.model / "1" / "model.onnx"
     cmd = [str(kpy), str(Path(__file__).with_name("_kserve_model.py")), "--model-file", str(model_file)]
     cmd += ["--name", args.model, "--http_port", str(port), "--grpc_port", str(gport)]
     running["kserve"] = servers.start("kserve", cmd, log, port, gport)
     for name, server in running.items():
-        ready = "/" if name == "bare" else "/v2/health/ready"
+        ready = "/" if name.startswith("bare") else "/v2/health/ready"
         servers.wait_ready(server, ready, TOKEN if name in ("stratus", "before") else None)
     return running
 
@@ -139,7 +144,7 @@ def machine() -> str:
 
 def _row(mode: str, batch: int, conc: int, cell: dict[str, dict]) -> str:
     s, k = cell["stratus"], cell["kserve"]
-    b, before = cell.get("bare"), cell.get("before")
+    b, bm, before = cell.get("bare"), cell.get("bare+model"), cell.get("before")
     errors = int(sum(r["errors"] for r in cell.values()))
 
     def ratio(x: dict | None) -> str:
@@ -150,8 +155,8 @@ def _row(mode: str, batch: int, conc: int, cell: dict[str, dict]) -> str:
 
     return (
         f"| {mode} | {batch} | {conc} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {k['rps']:,.0f} | "
-        f"{k['p50_ms']:.2f} | {k['p99_ms']:.2f} | {ratio(k)} | {rps(b)} | {ratio(b)} | {rps(before)} | "
-        f"{ratio(before)} | {errors} |"
+        f"{k['p50_ms']:.2f} | {k['p99_ms']:.2f} | {ratio(k)} | {rps(b)} | {ratio(b)} | {rps(bm)} | {ratio(bm)} | "
+        f"{rps(before)} | {ratio(before)} | {errors} |"
     )
 
 
@@ -196,7 +201,8 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps([[*k, v] for k, v in samples.items()], indent=1))
     print(f"\nmachine: {machine()}; {args.duration:g} s per cell and server, median of {args.rounds} rounds\n")
     head = ["mode", "batch", "conc.", "stratus req/s", "p50 ms", "p99 ms", "KServe req/s", "p50 ms", "p99 ms"]
-    head += ["stratus/KServe", "bare req/s", "stratus/bare", "before req/s", "stratus/before", "errors"]
+    head += ["stratus/KServe", "bare req/s", "stratus/bare", "bare+model req/s", "stratus/bare+model"]
+    head += ["before req/s", "stratus/before", "errors"]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 1))
     for mode in modes:
