@@ -9,6 +9,7 @@ information the Pulumi engine hands to a policy pack.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import runpy
@@ -255,6 +256,18 @@ def config_strings(config: Mapping[str, Any], namespace: str = "stratus") -> dic
     return out
 
 
+def _ensure_event_loop() -> None:
+    """Pulumi's runtime works on the thread's current event loop. After an `asyncio.run()` in the
+    same process (which leaves none) or with a closed one, set a new one instead of failing with
+    "There is no current event loop"."""
+    try:
+        if not asyncio.get_event_loop().is_closed():
+            return
+    except RuntimeError:
+        pass
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run(
     body: Callable[[], Any],
     config: Mapping[str, Any] | None = None,
@@ -267,6 +280,7 @@ def run(
     Exceptions raised by the program (config errors, the budget guard) propagate unchanged.
     """
     config = dict(config or {})
+    _ensure_event_loop()
     mocks = mocks or StratusMocks(region=str(config.get("aws:region", "us-east-1")))
     monitor = RecordingMonitor(mocks)
     settings.ROOT.set(None)  # each run gets a fresh root stack resource

@@ -116,3 +116,18 @@ def test_live_lookup_can_be_switched_off():
     mocks = StratusMocks(offerings={"g5.12xlarge": []})
     run_program(example_config(**{"zone-offerings-lookup": False}), mocks=mocks)
     assert not [t for t, _ in mocks.invokes if t.endswith("getInstanceTypeOfferings")]
+
+
+def test_the_program_runs_after_an_asyncio_run_left_no_current_loop():
+    """`stratus plan` in a process that already ran an event loop to completion (asyncio.run leaves
+    none current): the offline run sets its own instead of failing inside Pulumi's runtime."""
+    import asyncio
+
+    async def nothing() -> None:
+        return None
+
+    asyncio.run(nothing())
+    with pytest.raises(RuntimeError, match="no current event loop"):
+        asyncio.get_event_loop()  # the state the plan must cope with
+    run = run_program(example_config())
+    assert "serving_url" in run.outputs
