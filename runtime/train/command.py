@@ -167,9 +167,14 @@ def preflight(opts: TrainOptions) -> ExitCode | int:
         print(f"DS_ACCELERATOR={os.environ.get('DS_ACCELERATOR', device_kind())} {shlex.join(cmd)}")
         return ExitCode.OK
     sys.stdout.flush()
+    from runtime.train.shm import release_launch_buffers
     from runtime.train.signals import run_launcher
 
-    return run_launcher(cmd)
+    try:
+        return run_launcher(cmd)
+    finally:
+        if left := release_launch_buffers(port, opts.nproc):  # ranks that died before unlinking theirs
+            log.info("removed %d shared-memory buffer(s) left in /dev/shm by ranks that did not finish", len(left))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,12 +29,13 @@ import torch.distributed as dist
 from runtime.common.log import get_logger
 from runtime.contract import ExitCode
 from runtime.train import checkpoint, preflight
-from runtime.train.collectives import all_reduce_sum, any_rank, release_shm_buffer
+from runtime.train.collectives import all_reduce_sum, any_rank
 from runtime.train.config import TrainConfig
 from runtime.train.data import Dataset, check_batch_fits, epoch_order, rank_batch
 from runtime.train.deepspeed_config import deepspeed_config, resolve_precision
 from runtime.train.flops import measure_matmul_peak
 from runtime.train.progress import Progress
+from runtime.train.shm import release_shm_buffer
 from runtime.train.signals import install_rank_handlers, stop_requested
 from runtime.train.tasks import make_task
 from runtime.train.upload import CheckpointStreamer, fetch_for_resume, streamer_for

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
 
 from runtime.train import checkpoint
 from runtime.train.checkpoint import CheckpointError, find_latest_verified, prune, verify_checkpoint, write_manifest
+from runtime.train.shm import buffer_path
 from tests.runtime.conftest import SHORT_RUN, read_metrics, run_train
 
 
@@ -114,6 +116,9 @@ def test_sigkill_of_one_rank_during_a_save_keeps_the_previous_checkpoint(zero_ru
     monkeypatch.setenv("STRATUS_DIST_TIMEOUT_S", "30")
     result = run_train(tmp_path, "crash", *SHORT_RUN, timeout=300)
     assert result.returncode != 0
+    # both ranks died before unlinking their shared-memory buffers; the launch removed them
+    port = re.search(r"--master_port=(\d+)", result.stdout + result.stderr).group(1)
+    assert not [p for p in (buffer_path("127.0.0.1", port, r) for r in (0, 1)) if p.exists()]
     ckpt = tmp_path / "crash" / "checkpoints"
     assert (ckpt / "latest").read_text() == "global_step6"
     assert (ckpt / "global_step12").is_dir() and not (ckpt / "global_step12" / "manifest.json").exists()

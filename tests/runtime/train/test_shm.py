@@ -1,10 +1,11 @@
-"""DeepSpeed's CPU shared-memory all-reduce buffers are removed when a rank finishes."""
+"""DeepSpeed's CPU shared-memory all-reduce buffers are removed when a rank finishes, and by the
+local launch for ranks that did not."""
 
 from __future__ import annotations
 
 import os
 
-from runtime.train.collectives import release_shm_buffer
+from runtime.train.shm import release_launch_buffers, release_shm_buffer
 
 
 def test_release_shm_buffer_unlinks_only_this_ranks_segment(tmp_path, monkeypatch):
@@ -19,3 +20,14 @@ def test_release_shm_buffer_unlinks_only_this_ranks_segment(tmp_path, monkeypatc
     assert release_shm_buffer(tmp_path) == mine
     assert not mine.exists() and other_rank.exists() and other_run.exists()
     assert release_shm_buffer(tmp_path) is None  # already gone (or never created: ranks on several hosts)
+
+
+def test_the_launch_removes_the_buffers_its_ranks_left(tmp_path):
+    prefix = f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1"
+    left = [tmp_path / f"{prefix}_29700_0", tmp_path / f"{prefix}_29700_1"]
+    other = tmp_path / f"{prefix}_29701_0"
+    for path in (*left, other):
+        path.write_bytes(b"x")
+    assert release_launch_buffers(29700, 4, shm_dir=tmp_path) == left  # ranks 2 and 3 left none
+    assert not any(p.exists() for p in left) and other.exists()
+    assert release_launch_buffers(29700, 4, shm_dir=tmp_path) == []
