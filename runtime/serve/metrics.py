@@ -165,16 +165,6 @@ class AccessLog:
         self._size = 0
         self._scheduled = False
 
-    def write(self, entry: dict) -> None:
-        line = orjson.dumps(entry).decode()
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size > 65536:
-            self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_later(self.flush_interval, self.flush)
-
     def request(
         self, client: str, method: str, path: str, route: str, status: int, seconds: float, bytes_out: int, version: str
     ) -> None:
