@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from infra.builders.userdata import serving_user_data
+from runtime.common.s3 import sse_kms_args
 from runtime.contract import BUNDLE_KEY, model_name_problem
 from runtime.remote import sim, simhost
 from runtime.remote.bundle import bundle_entries, write_bundle
@@ -34,17 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def upload_bundle(sim_dir: Path, outputs: dict) -> None:
     """The runtime bundle at s3://<models_bucket>/runtime/..., as `stratus remote` uploads it."""
-    import boto3
-
-    env = json.loads((sim_dir / "sim.json").read_text())["env"]
-    s3 = boto3.client("s3", region_name=outputs["region"], endpoint_url=env["AWS_ENDPOINT_URL"],
-                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                      aws_session_token=env["AWS_SESSION_TOKEN"])  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="stratus-bundle-") as tmp:
         bundle = Path(tmp) / "bundle.tar.gz"
         write_bundle(bundle_entries(ROOT), bundle)
-        sse = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": outputs["kms_key_arn"]}
-        s3.upload_file(str(bundle), outputs["models_bucket"], BUNDLE_KEY, ExtraArgs=sse)
+        sim.client(sim_dir, "s3").upload_file(str(bundle), outputs["models_bucket"], BUNDLE_KEY,
+                                              ExtraArgs=sse_kms_args(outputs["kms_key_arn"]))  # fmt: skip
 
 
 def user_data(outputs: dict, *, model_name: str, port: int, grpc_port: int) -> str:

@@ -71,6 +71,16 @@ def node_launch_command(job: NodeJob, node_rank: int) -> str:
     return f'cd {APP_DIR}/app && DS_ACCELERATOR="${{DS_ACCELERATOR:-cuda}}" {shlex.join(launch)}'
 
 
+def _preamble(out: StackOutputs) -> list[str]:
+    """First lines of every node command: strict variables, the region, the node's env file."""
+    return [
+        "set -u",
+        f"export AWS_REGION={shlex.quote(out.region)} AWS_DEFAULT_REGION={shlex.quote(out.region)}",
+        # NCCL/EFA settings of the node's type (written by its user data).
+        f"if [ -r {NODE_ENV_FILE} ]; then set -a; . {NODE_ENV_FILE}; set +a; fi",
+    ]
+
+
 def node_script(job: NodeJob, node_rank: int) -> list[str]:
     """The `AWS-RunShellScript` lines for node `node_rank` (POSIX sh, run as root by SSM).
 
@@ -90,14 +100,11 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
         "--num-nodes", str(out.num_nodes), "--launch-id", job.launch_id,
     ]  # fmt: skip
     lines = [
-        "set -u",
-        f"export AWS_REGION={q(out.region)} AWS_DEFAULT_REGION={q(out.region)}",
+        *_preamble(out),
         # Checkpoints streamed to S3 after each commit (runtime.train.upload).
         f"export {upload.ENV_URI}={q(f's3://{out.checkpoints_bucket}/{job.run_name}/')} "
         f"{upload.ENV_KMS}={q(out.kms_key_arn)} {upload.ENV_NODE_RANK}={node_rank} "
         f"{upload.ENV_NUM_NODES}={out.num_nodes} {upload.ENV_LAUNCH_ID}={q(job.launch_id)}",
-        # NCCL/EFA settings of the node's type (written by its user data).
-        f"if [ -r {NODE_ENV_FILE} ]; then set -a; . {NODE_ENV_FILE}; set +a; fi",
         f"echo '[stratus] node {node_rank}/{out.num_nodes} ({out.private_ips[node_rank]}): installing the bundle'",
         f"systemctl restart {PREPARE_UNIT} || {{ echo '[stratus] installing the runtime bundle failed; "
         f"see journalctl -u {PREPARE_UNIT}' >&2; exit 1; }}",
@@ -141,9 +148,7 @@ def export_script(job: NodeJob, model_name: str | None = None) -> list[str]:
         "--kms-key-id", out.kms_key_arn, *(["--model-name", model_name] if model_name else []),
     ]  # fmt: skip
     return [
-        "set -u",
-        f"export AWS_REGION={shlex.quote(out.region)} AWS_DEFAULT_REGION={shlex.quote(out.region)}",
-        f"if [ -r {NODE_ENV_FILE} ]; then set -a; . {NODE_ENV_FILE}; set +a; fi",
+        *_preamble(out),
         f"echo '[stratus] node 0: exporting {job.run_name} from s3://{out.checkpoints_bucket}/{job.run_name}/'",
         f"cd {APP_DIR}/app && exec {shlex.join(publish)}",
     ]

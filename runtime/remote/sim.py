@@ -129,6 +129,16 @@ def _stand_ins(bin_dir: Path) -> None:
         (bin_dir / name).chmod(0o755)
 
 
+def client(sim_dir: Path, service: str) -> Any:
+    """A boto3 client for the emulator of the simulated stack in `sim_dir` (its endpoint and credentials)."""
+    import boto3
+
+    env = json.loads((Path(sim_dir) / SIM_FILE).read_text())["env"]
+    return boto3.client(service, region_name=env["AWS_DEFAULT_REGION"], endpoint_url=env["AWS_ENDPOINT_URL"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                        aws_session_token=env["AWS_SESSION_TOKEN"])  # fmt: skip
+
+
 def _aws_resources(endpoint: str) -> dict[str, Any]:
     import boto3
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from runtime.contract import PREPARE_UNIT
+from runtime.remote import sim
 from runtime.remote.transport import LocalTransport
 
 IMDS_ADDRESS = "169.254.169.254"
@@ -85,8 +86,6 @@ def _directories(service: dict[str, list[str]], root: Path, env: dict[str, str])
 
 def start_unit(name: str, root: Path) -> int:
     """Start unit `name` as described in the module docstring; 0 when its main process started."""
-    from runtime.remote import sim
-
     if name == PREPARE_UNIT:
         return sim.prepare()
     service = parse_service((UNIT_DIR / name).read_text())

@@ -15,7 +15,6 @@ import sys
 import threading
 from pathlib import Path
 
-import boto3
 import pytest
 
 from runtime.remote import sim
@@ -60,10 +59,7 @@ class SimStack:
         self.env = self.sim["env"]
 
     def client(self, service: str):
-        e = self.env
-        return boto3.client(service, region_name=self.outputs["region"], endpoint_url=e["AWS_ENDPOINT_URL"],
-                            aws_access_key_id=e["AWS_ACCESS_KEY_ID"], aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"],
-                            aws_session_token=e["AWS_SESSION_TOKEN"])  # fmt: skip
+        return sim.client(self.root, service)
 
     def scratch(self, node: int) -> Path:
         return self.root / f"sim-node{node}" / "scratch"
