@@ -143,6 +143,7 @@ async def _serve(cfg: ServeConfig, token: str) -> None:
             "header_timeout": cfg.header_timeout,
             "keepalive_timeout": cfg.keepalive_timeout,
             "max_concurrent_rpcs": cfg.grpc_max_concurrent_rpcs,
+            "max_connections": cfg.max_connections,
         }
         grpc_server = await start_grpc(app, cfg.host, cfg.grpc_port, limits=limits)
 

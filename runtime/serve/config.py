@@ -76,7 +76,8 @@ class ServeConfig:
     """Seconds allowed to receive a request body."""
 
     max_connections: int = option(1024, metavar="N")
-    """Open connections in all; at the cap the longest-idle one is closed for a new one (503 if none is idle)."""
+    """Open connections in all; at the cap the longest-idle one is closed for a new one (503 if none is idle).
+    The gRPC port has the same cap of its own; there a connection beyond it is closed at accept."""
 
     max_connections_per_client: int = option(256, metavar="N")
     """Open connections from one client address before answering 503."""

@@ -12,8 +12,10 @@ datatype), so shapes, datatypes, finiteness, batch and element caps behave ident
 are returned in `raw_output_contents`, as Triton does.
 
 Limits of grpc-core used here: message size (`--max-body-bytes`), metadata size
-(`--max-header-bytes`), handshake and idle timeouts (`--header-timeout`, `--keepalive-timeout`)
-and concurrent calls (`--grpc-max-concurrent-rpcs`; beyond it RESOURCE_EXHAUSTED). grpc-core has
+(`--max-header-bytes`), handshake and idle timeouts (`--header-timeout`, `--keepalive-timeout`),
+concurrent calls (`--grpc-max-concurrent-rpcs`; beyond it RESOURCE_EXHAUSTED) and open
+connections (`--max-connections`, the HTTP port's cap: grpc-core closes a connection beyond it at
+accept, so the gRPC port can never take the file descriptors the HTTP port needs). grpc-core has
 no per-address connection cap and reads a whole message before a handler runs, so gRPC memory is
 bounded by concurrent calls x `--max-body-bytes`; the body budget is charged when the call starts.
 """
@@ -202,13 +204,15 @@ def _contents_bytes(tensor) -> bytes:
 
 async def start_grpc(app: ServeApp, host: str, port: int, *, limits: dict) -> grpc.aio.Server:
     """Start the gRPC server on host:port. `limits`: max_body_bytes, max_header_bytes,
-    header_timeout, keepalive_timeout, max_concurrent_rpcs. Raises RuntimeError if it cannot bind."""
+    header_timeout, keepalive_timeout, max_concurrent_rpcs, max_connections. Raises RuntimeError
+    if it cannot bind."""
     options = [
         ("grpc.max_receive_message_length", limits["max_body_bytes"]),
         ("grpc.max_send_message_length", 4 * limits["max_body_bytes"]),
         ("grpc.max_metadata_size", limits["max_header_bytes"]),
         ("grpc.server_handshake_timeout_ms", int(limits["header_timeout"] * 1000)),
         ("grpc.max_connection_idle_ms", int(limits["keepalive_timeout"] * 1000)),
+        ("grpc.max_allowed_incoming_connections", limits["max_connections"]),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits["max_concurrent_rpcs"])

@@ -109,7 +109,7 @@ class Server:
             return False
 
 
-def start_server(repo: str, log_path: Path, extra_args: list[str], env: dict[str, str]) -> Server:
+def start_server(repo: str, log_path: Path, extra_args: list[str], env: dict[str, str], preexec_fn=None) -> Server:
     port = free_port()
     args = [
         sys.executable,
@@ -139,7 +139,9 @@ def start_server(repo: str, log_path: Path, extra_args: list[str], env: dict[str
         *extra_args,
     ]
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            args, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
+        )
     server = Server(url=f"http://127.0.0.1:{port}", token=TOKEN, proc=proc, log_path=log_path, repo=repo)
     server.wait_for(server.is_live, "liveness")
     return server

@@ -9,15 +9,28 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from runtime.repository.publish import publish
-from tests.runtime.serve.conftest import MAX_BATCH, MODEL, REPO_ROOT, reference_output
+from tests.conftest import free_port
+from tests.runtime.serve.conftest import (
+    MAX_BATCH,
+    MODEL,
+    REPO_ROOT,
+    TOKEN,
+    reference_output,
+    start_server,
+    stop_server,
+)
 from tests.support import NUM_FEATURES
 
 CHECKS = Path(__file__).with_name("grpc_client_checks.py")
@@ -94,3 +107,53 @@ def test_hot_reload_under_grpc_traffic(server, client_env, artifacts, tmp_path):
     assert set(done["versions"]) == {str(before), str(new)}
     for version, artifact in ((before, server.artifacts[before]), (new, artifacts[3])):
         np.testing.assert_allclose(np.array(done["outputs"][str(version)]), reference_output(artifact, x), rtol=1e-5)
+
+
+FLOOD_CONNECTIONS = 700  # more than the server's open-files limit below
+SERVER_NOFILE = 600  # >= what the server needs: --max-connections 64 x 2 (HTTP and gRPC) + 256
+
+
+def _low_open_files_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SERVER_NOFILE, SERVER_NOFILE))
+
+
+def test_grpc_connections_are_capped_and_cannot_starve_http(artifacts, tmp_path):
+    """Anonymous TCP connections to the gRPC port beyond --max-connections are closed by the
+    server, so they can never use up the file descriptors the HTTP port needs: with 700 held open
+    against a 600-descriptor limit, HTTP liveness still answers fast and at most 64 stay open."""
+    repo = tmp_path / "repo"
+    publish(artifacts[1], str(repo), model_name=MODEL)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    grpc_port = free_port()
+    args = ["--token-file", str(token_file), "--grpc-port", str(grpc_port), "--max-connections", "64"]
+    args += ["--max-connections-per-client", "64"]
+    env = {k: v for k, v in os.environ.items() if k != "STRATUS_SERVE_TOKEN"}
+    srv = start_server(str(repo), tmp_path / "server.log", args, env, preexec_fn=_low_open_files_limit)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(FLOOD_CONNECTIONS):
+            sock = socket.create_connection(("127.0.0.1", grpc_port), timeout=5)
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # preface + SETTINGS
+            socks.append(sock)
+        time.sleep(1.0)  # let the server accept (and refuse) the backlog
+        start = time.perf_counter()
+        assert httpx.get(f"{srv.url}/v2/health/live", timeout=5).status_code == 200
+        assert time.perf_counter() - start < 0.5
+        open_ones = 0
+        for sock in socks:
+            sock.setblocking(False)
+            try:
+                while sock.recv(65536):  # the server's SETTINGS, or b"" once it closed the socket
+                    pass
+            except BlockingIOError:
+                open_ones += 1  # nothing more to read and not closed
+            except OSError:
+                pass  # reset by the server
+        assert 0 < open_ones <= 64, open_ones
+    finally:
+        for sock in socks:
+            sock.close()
+        stop_server(srv)
+    assert srv.proc.returncode == 0
