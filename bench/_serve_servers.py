@@ -6,6 +6,9 @@
   returning a fixed tensor (no auth, no model, no metrics, no log): the protocol's ceiling;
 - `bare+model`: `bare` that also runs the model (ONNX Runtime, stratus's session options, on the
   event loop as stratus runs a model this fast): the ceiling of a server that runs the model;
+- both bare servers also answer gRPC ModelInfer (`--grpc-port`) on the same `grpc.aio` server,
+  message classes, request conversion and decoder as `stratus serve`, in the same event loop
+  (uvloop), with the same fixed tensor or model call: the ceiling of the gRPC stack itself;
 - `kserve`: KServe's `ModelServer` with a `kserve.Model` on the same ONNX file (bench/_kserve_model.py)
   in its own virtualenv, built from bench/kserve-requirements.txt on first use.
 """
@@ -110,23 +113,40 @@ def stop(servers: list[Running]) -> None:
 # --- the bare endpoint -------------------------------------------------------------------------
 
 
-def bare_app_factory(num_features: int, model: str, model_file: str | None = None):
-    """ASGI app: reads the body, decodes + validates it like runtime.serve, returns a fixed tensor
-    (or, with `model_file`, what ONNX Runtime computes, with the session options of runtime.serve)."""
-    from runtime.serve.protocol import Limits, RequestError, TensorSpec, decode_infer_request, encode_infer_response
+def _specs(num_features: int) -> tuple[dict, dict]:
+    from runtime.serve.protocol import TensorSpec
 
     inputs = {"input": TensorSpec("input", "FP32", (-1, num_features))}
     outputs = {"output": TensorSpec("output", "FP32", (-1, 1))}
-    limits = Limits()
-    session = None
-    if model_file:
-        import onnxruntime as ort
+    return inputs, outputs
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+
+def _session(model_file: str | None):
+    """ONNX Runtime session with the options of runtime.serve, or None (answer a fixed tensor)."""
+    if not model_file:
+        return None
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+
+
+def _results(session, outputs: dict, req) -> dict[str, np.ndarray]:
+    if session is not None:
+        return dict(zip(outputs, session.run(list(outputs), req.inputs), strict=True))
+    return {"output": np.full((next(iter(req.inputs.values())).shape[0], 1), 0.5, np.float32)}
+
+
+def bare_app_factory(num_features: int, model: str, session=None):
+    """ASGI app: reads the body, decodes + validates it like runtime.serve, returns a fixed tensor
+    (or, with `session`, what ONNX Runtime computes)."""
+    from runtime.serve.protocol import Limits, RequestError, decode_infer_request, encode_infer_response
+
+    inputs, outputs = _specs(num_features)
+    limits = Limits()
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
@@ -144,10 +164,7 @@ def bare_app_factory(num_features: int, model: str, model_file: str | None = Non
             await send({"type": "http.response.start", "status": e.status, "headers": []})
             await send({"type": "http.response.body", "body": e.message.encode()})
             return
-        if session is not None:
-            results = dict(zip(outputs, session.run(list(outputs), req.inputs), strict=True))
-        else:
-            results = {"output": np.full((next(iter(req.inputs.values())).shape[0], 1), 0.5, np.float32)}
+        results = _results(session, outputs, req)
         body, json_length = encode_infer_response(model, "1", req, results, outputs)
         hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if json_length is not None:
@@ -158,20 +175,56 @@ def bare_app_factory(num_features: int, model: str, model_file: str | None = Non
     return app
 
 
-if __name__ == "__main__":
+async def start_bare_grpc(port: int, num_features: int, model: str, session=None):
+    """gRPC ModelInfer on grpc.aio: the request converted and decoded as runtime.serve does it (no
+    auth, no metrics, no log, no limits beyond the decoder's), a fixed tensor or the model's output."""
+    import grpc
+
+    from runtime.serve.grpc_proto import SERVICE, messages
+    from runtime.serve.grpc_service import as_binary_request
+    from runtime.serve.protocol import Limits, RequestError, decode_infer_request
+
+    m = messages()
+    inputs, outputs = _specs(num_features)
+    limits = Limits()
+
+    async def infer(request, context):
+        try:
+            head, payload = as_binary_request(request)
+            req = decode_infer_request(head + payload, len(head), inputs, outputs, limits)
+        except RequestError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
+        results = _results(session, outputs, req)
+        response = m.ModelInferResponse(model_name=model, model_version="1", id=request.id)
+        for name, _ in req.outputs:
+            array = np.ascontiguousarray(results[name], dtype=np.float32)
+            response.outputs.add(name=name, datatype="FP32", shape=array.shape)
+            response.raw_output_contents.append(array.tobytes())
+        return response
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        infer,
+        request_deserializer=m.ModelInferRequest.FromString,
+        response_serializer=m.ModelInferResponse.SerializeToString,
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": handler}),))
+    server.add_insecure_port(f"{HOST}:{port}")
+    await server.start()
+    return server
+
+
+async def _serve_bare(a) -> None:
     import uvicorn
 
-    p = argparse.ArgumentParser(description="the bare endpoint of bench/serve.py")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--num-features", type=int, required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--model-file", help="also run this ONNX file per request (the bare+model server)")
-    a = p.parse_args()
-    uvicorn.run(
-        bare_app_factory(a.num_features, a.model, a.model_file),
+    session = _session(a.model_file)
+    if a.grpc_port:  # started before HTTP, in the same loop, as `stratus serve` does
+        grpc_server = await start_bare_grpc(a.grpc_port, a.num_features, a.model, session)
+    config = uvicorn.Config(
+        bare_app_factory(a.num_features, a.model, session),
         host=HOST,
         port=a.port,
-        loop="uvloop",
+        loop="none",
         http="httptools",
         ws="none",
         lifespan="off",
@@ -179,3 +232,20 @@ if __name__ == "__main__":
         log_level="warning",
         server_header=False,
     )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        if a.grpc_port:
+            await grpc_server.stop(grace=1)
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    p = argparse.ArgumentParser(description="the bare endpoint of bench/serve.py")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--grpc-port", type=int, help="also answer gRPC ModelInfer on this port")
+    p.add_argument("--num-features", type=int, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--model-file", help="also run this ONNX file per request (the bare+model server)")
+    uvloop.run(_serve_bare(p.parse_args()))

@@ -1,6 +1,6 @@
 """Serving benchmark: `stratus serve` vs KServe's own model server, over HTTP (JSON, binary) and gRPC.
 
-    # the full table (~8 min); heavy, so take the shared CPU lock
+    # the full table (~12 min); heavy, so take the shared CPU lock
     flock /tmp/stratus-cpu.lock env PYTHONPATH=. .venv/bin/python bench/serve.py
     PYTHONPATH=. .venv/bin/python bench/serve.py --duration 1 --rounds 1    # quicker, noisier
 
@@ -16,8 +16,10 @@ Servers, each one process with one worker on 127.0.0.1 (bench/_serve_servers.py)
 `ModelServer` + a `kserve.Model` on the same ONNX file, same ONNX Runtime threading, REST and
 gRPC), `bare` (the same ASGI stack and decoder returning a fixed tensor: the protocol's ceiling),
 `bare+model` (`bare` that also runs the model with stratus's ONNX Runtime options: the ceiling of
-a server that runs the model) and `before` (`stratus serve` from `--before REF`, the code before
-the HTTP front's limits: what the limits cost).
+a server that runs the model; both bare servers answer gRPC too, on the same `grpc.aio` stack and
+decoder as stratus; `bare+model/KServe` is the most any server on that stack could gain) and
+`before` (`stratus serve` from `--before REF`, the code before the HTTP front's limits: what the
+limits cost).
 
 Load (bench/_serve_load.py): HTTP through wrk, gRPC through h2load (`apt-get install
 nghttp2-client`), each with one thread and `conc` connections. For
@@ -43,7 +45,7 @@ TOKEN = "bench-token-0123456789abcdef0123456789"  # noqa: S105 (a throwaway loop
 MODEL = "mlp-binary"
 BEFORE = "f6ce8c2"  # the last commit before the HTTP front (runtime/serve/front.py)
 REST_SERVERS = ("stratus", "kserve", "bare", "bare+model", "before")
-GRPC_SERVERS = ("stratus", "kserve")
+GRPC_SERVERS = ("stratus", "kserve", "bare", "bare+model")
 
 
 def _build_repo(root: Path, num_features: int) -> str:
@@ -92,14 +94,12 @@ def _start_all(args, repo: str, root: Path, log) -> dict[str, servers.Running]:
         port = servers.free_port()
         cmd = [py, "-m", "runtime", "serve", *common, "--port", str(port)]
         running["before"] = servers.start("before", cmd, log, port, cwd=before, pythonpath=before)
-    port = servers.free_port()
-    cmd = [py, str(Path(servers.__file__)), "--port", str(port), "--num-features", str(args.num_features)]
-    running["bare"] = servers.start("bare", [*cmd, "--model", args.model], log, port)
     model_file = Path(repo) / args.model / "1" / "model.onnx"
-    port = servers.free_port()
-    cmd = [py, str(Path(servers.__file__)), "--port", str(port), "--num-features", str(args.num_features)]
-    cmd += ["--model", args.model, "--model-file", str(model_file)]
-    running["bare+model"] = servers.start("bare+model", cmd, log, port)
+    for name, extra in (("bare", []), ("bare+model", ["--model-file", str(model_file)])):
+        port, gport = servers.free_port(), servers.free_port()
+        cmd = [py, str(Path(servers.__file__)), "--port", str(port), "--grpc-port", str(gport)]
+        cmd += ["--num-features", str(args.num_features), "--model", args.model, *extra]
+        running[name] = servers.start(name, cmd, log, port, gport)
     kpy = servers.ensure_kserve_venv()
     port, gport = servers.free_port(), servers.free_port()
     cmd = [str(kpy), str(Path(__file__).with_name("_kserve_model.py")), "--model-file", str(model_file)]
@@ -153,10 +153,12 @@ def _row(mode: str, batch: int, conc: int, cell: dict[str, dict]) -> str:
     def rps(x: dict | None) -> str:
         return f"{x['rps']:,.0f}" if x else "-"
 
+    ceiling = f"{bm['rps'] / k['rps']:.2f}" if bm and k["rps"] else "-"
+
     return (
         f"| {mode} | {batch} | {conc} | {s['rps']:,.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {k['rps']:,.0f} | "
         f"{k['p50_ms']:.2f} | {k['p99_ms']:.2f} | {ratio(k)} | {rps(b)} | {ratio(b)} | {rps(bm)} | {ratio(bm)} | "
-        f"{rps(before)} | {ratio(before)} | {errors} |"
+        f"{ceiling} | {rps(before)} | {ratio(before)} | {errors} |"
     )
 
 
@@ -202,6 +204,7 @@ def main() -> None:
     print(f"\nmachine: {machine()}; {args.duration:g} s per cell and server, median of {args.rounds} rounds\n")
     head = ["mode", "batch", "conc.", "stratus req/s", "p50 ms", "p99 ms", "KServe req/s", "p50 ms", "p99 ms"]
     head += ["stratus/KServe", "bare req/s", "stratus/bare", "bare+model req/s", "stratus/bare+model"]
+    head += ["bare+model/KServe"]
     head += ["before req/s", "stratus/before", "errors"]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 1))

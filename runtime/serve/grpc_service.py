@@ -151,7 +151,7 @@ class InferenceService:
         app = self.app
         model = self._served(request.model_name, request.model_version)
         reader.take(request.ByteSize())
-        head, payload = self._as_binary_request(request)
+        head, payload = as_binary_request(request)
         decoded = await app.decode_pool.decode(head + payload, len(head), model.inputs, model.outputs, app.limits)
         results = await run_model(model, decoded.inputs)
         response = self.m.ModelInferResponse(model_name=model.name, model_version=model.version_str, id=request.id)
@@ -173,22 +173,23 @@ class InferenceService:
             raise RequestError(404, f"version {version[:16]!r} is not served (serving {model.version})")
         return model
 
-    def _as_binary_request(self, request) -> tuple[bytes, bytes]:
-        """The request as the REST binary form: (JSON head, concatenated raw tensors)."""
-        raw_inputs = request.raw_input_contents
-        if raw_inputs and len(raw_inputs) != len(request.inputs):
-            raise RequestError(400, f"{len(raw_inputs)} raw_input_contents for {len(request.inputs)} inputs")
-        inputs, chunks = [], []
-        for i, tensor in enumerate(request.inputs):
-            data = raw_inputs[i] if raw_inputs else _contents_bytes(tensor)
-            item = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-            item["parameters"] = {"binary_data_size": len(data)}
-            inputs.append(item)
-            chunks.append(data)
-        head = {"inputs": inputs, "parameters": {"binary_data_output": True}}
-        if request.outputs:
-            head["outputs"] = [{"name": o.name} for o in request.outputs]
-        return orjson.dumps(head), b"".join(chunks)
+
+def as_binary_request(request) -> tuple[bytes, bytes]:
+    """The request as the REST binary form: (JSON head, concatenated raw tensors)."""
+    raw_inputs = request.raw_input_contents
+    if raw_inputs and len(raw_inputs) != len(request.inputs):
+        raise RequestError(400, f"{len(raw_inputs)} raw_input_contents for {len(request.inputs)} inputs")
+    inputs, chunks = [], []
+    for i, tensor in enumerate(request.inputs):
+        data = raw_inputs[i] if raw_inputs else _contents_bytes(tensor)
+        item = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        item["parameters"] = {"binary_data_size": len(data)}
+        inputs.append(item)
+        chunks.append(data)
+    head = {"inputs": inputs, "parameters": {"binary_data_output": True}}
+    if request.outputs:
+        head["outputs"] = [{"name": o.name} for o in request.outputs]
+    return orjson.dumps(head), b"".join(chunks)
 
 
 def _contents_bytes(tensor) -> bytes:
