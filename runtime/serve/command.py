@@ -171,6 +171,7 @@ async def _serve(cfg: ServeConfig, token: str) -> None:
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # no proxy is trusted: X-Forwarded-For must not rewrite the client's address
         timeout_keep_alive=cfg.keepalive_timeout,
         limit_concurrency=None,  # the front's connection caps (runtime.serve.front) replace it
     )

@@ -192,3 +192,17 @@ def test_malformed_request_is_counted(server):
     finally:
         sock.close()
     assert _rejections(server).get("bad_request", 0) >= 1
+
+
+def test_forwarded_headers_do_not_change_the_logged_client(server):
+    """No proxy is trusted: X-Forwarded-For from a client (here on 127.0.0.1, the address uvicorn
+    trusts by default) must not replace the socket's address in the access log."""
+    path = f"/xff-probe-{time.monotonic_ns()}"
+    forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    assert httpx.get(f"{server.url}{path}", headers=forged, timeout=5).status_code == 401
+
+    def logged() -> list[dict]:
+        return [r for r in server.log_records() if r.get("path") == path]
+
+    server.wait_for(lambda: logged(), "the probe's access-log line")
+    assert [r["client"] for r in logged()] == ["127.0.0.1"]
