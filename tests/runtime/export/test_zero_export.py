@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from runtime.contract import ExitCode
+from runtime.train.shm import release_launch_buffers
 
 pytestmark = pytest.mark.deepspeed
 
@@ -51,6 +52,7 @@ def gathered(zero_runs, tmp_path_factory) -> dict[int, dict[str, torch.Tensor]]:
         ckpt_dir = zero_runs.get(run_id) / "checkpoints"
         tag = (ckpt_dir / "latest").read_text().strip()
         jobs += [str(ckpt_dir), tag, str(out / f"z{stage}.safetensors")]
+    port = _free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -58,13 +60,16 @@ def gathered(zero_runs, tmp_path_factory) -> dict[int, dict[str, torch.Tensor]]:
         "--num_gpus",
         "2",
         "--master_port",
-        str(_free_port()),
+        str(port),
         str(Path(__file__)),
         "gather",
         *jobs,
     ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    finally:  # the probe's ranks do not unlink their shared-memory buffers: remove them as stratus train does
+        release_launch_buffers(port, 2)
     if result.returncode != 0:
         pytest.fail(f"gather probe failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return {stage: load_file(str(out / f"z{stage}.safetensors")) for stage in RUNS}
