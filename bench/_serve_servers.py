@@ -127,11 +127,9 @@ def _session(model_file: str | None):
         return None
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+    from runtime.serve.model import session_options
+
+    return ort.InferenceSession(model_file, session_options(), providers=["CPUExecutionProvider"])
 
 
 def _results(session, outputs: dict, req) -> dict[str, np.ndarray]:
@@ -181,7 +179,7 @@ async def start_bare_grpc(port: int, num_features: int, model: str, session=None
     import grpc
 
     from runtime.serve.grpc_proto import SERVICE, messages
-    from runtime.serve.grpc_service import as_binary_request
+    from runtime.serve.grpc_service import as_binary_request, infer_response
     from runtime.serve.protocol import Limits, RequestError, decode_infer_request
 
     m = messages()
@@ -194,13 +192,7 @@ async def start_bare_grpc(port: int, num_features: int, model: str, session=None
             req = decode_infer_request(head + payload, len(head), inputs, outputs, limits)
         except RequestError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
-        results = _results(session, outputs, req)
-        response = m.ModelInferResponse(model_name=model, model_version="1", id=request.id)
-        for name, _ in req.outputs:
-            array = np.ascontiguousarray(results[name], dtype=np.float32)
-            response.outputs.add(name=name, datatype="FP32", shape=array.shape)
-            response.raw_output_contents.append(array.tobytes())
-        return response
+        return infer_response(model, "1", request.id, req, _results(session, outputs, req), outputs)
 
     handler = grpc.unary_unary_rpc_method_handler(
         infer,

@@ -33,7 +33,7 @@ from runtime.serve.app import SERVER_NAME, SERVER_VERSION, ServeApp, run_model
 from runtime.serve.body import BodyReader, Refused
 from runtime.serve.grpc_proto import SERVICE, messages
 from runtime.serve.model import LoadedModel
-from runtime.serve.protocol import RequestError
+from runtime.serve.protocol import InferRequest, RequestError
 
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -154,13 +154,7 @@ class InferenceService:
         head, payload = as_binary_request(request)
         decoded = await app.decode_pool.decode(head + payload, len(head), model.inputs, model.outputs, app.limits)
         results = await run_model(model, decoded.inputs)
-        response = self.m.ModelInferResponse(model_name=model.name, model_version=model.version_str, id=request.id)
-        for name, _ in decoded.outputs:
-            spec = model.outputs[name]
-            array = np.ascontiguousarray(results[name], dtype=spec.dtype)
-            response.outputs.add(name=name, datatype=spec.datatype, shape=array.shape)
-            response.raw_output_contents.append(array.tobytes())
-        return response
+        return infer_response(model.name, model.version_str, request.id, decoded, results, model.outputs)
 
     def _served(self, name: str, version: str) -> LoadedModel:
         manager = self.app.manager
@@ -172,6 +166,17 @@ class InferenceService:
         if version not in ("", model.version_str):
             raise RequestError(404, f"version {version[:16]!r} is not served (serving {model.version})")
         return model
+
+
+def infer_response(name: str, version: str, request_id: str, decoded: InferRequest, results: dict, specs: dict):
+    """The ModelInferResponse for `decoded`'s requested outputs, each raw in `raw_output_contents`."""
+    response = messages().ModelInferResponse(model_name=name, model_version=version, id=request_id)
+    for output, _ in decoded.outputs:
+        spec = specs[output]
+        array = np.ascontiguousarray(results[output], dtype=spec.dtype)
+        response.outputs.add(name=output, datatype=spec.datatype, shape=array.shape)
+        response.raw_output_contents.append(array.tobytes())
+    return response
 
 
 def as_binary_request(request) -> tuple[bytes, bytes]:

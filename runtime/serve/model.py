@@ -91,6 +91,15 @@ def _check_graph(session: ort.InferenceSession, specs: dict[str, TensorSpec], gr
             )
 
 
+def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
+    """How the server runs a model: `intra_op_threads` threads, one inter-op thread, no spinning."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def load_version(
     store: Repo, model: str, version: int, *, max_batch_size: int, intra_op_threads: int = 1
 ) -> LoadedModel:
@@ -107,12 +116,10 @@ def load_version(
         manifest = verify_artifact(local)
         if MODEL_FILE not in manifest["files"] or not manifest.get("inputs") or not manifest.get("outputs"):
             raise ArtifactError(f"{local}: manifest needs {MODEL_FILE}, 'inputs' and 'outputs'")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # ONNX and JSON only: the session reads protobuf, nothing is unpickled.
-        session = ort.InferenceSession(str(local / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(local / MODEL_FILE), session_options(intra_op_threads), providers=["CPUExecutionProvider"]
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     inputs, outputs = _specs(manifest, "inputs"), _specs(manifest, "outputs")

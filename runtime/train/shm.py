@@ -31,21 +31,18 @@ def release_shm_buffer(shm_dir: Path = SHM_DIR) -> Path | None:
     """
     env = os.environ
     path = buffer_path(env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", ""), env.get("RANK", "0"), shm_dir)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return None
-    return path
+    return path if _unlink(path) else None
 
 
 def release_launch_buffers(port: int, world_size: int, addr: str = LOCAL_ADDR, shm_dir: Path = SHM_DIR) -> list[Path]:
     """After a local launch ended, however its ranks did: unlink the segments still there; the paths."""
-    removed = []
-    for rank in range(world_size):
-        path = buffer_path(addr, port, rank, shm_dir)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        removed.append(path)
-    return removed
+    paths = [buffer_path(addr, port, rank, shm_dir) for rank in range(world_size)]
+    return [path for path in paths if _unlink(path)]
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
