@@ -58,52 +58,103 @@ zones = lookup_zones(
     cfg.zone_offerings_lookup,
 )
 
-storage = Storage("storage", StorageArgs(
-    account_id=account_id, partition=partition, region=cfg.region, tags=tags,
-    name_prefix=f"{project}-{stack}", alias_path=qualified, kms_deletion_window_days=cfg.kms_deletion_window_days,
-    checkpoint_noncurrent_days=cfg.checkpoint_noncurrent_days,
-    logs_expiration_days=cfg.logs_expiration_days, force_destroy=cfg.force_destroy_buckets,
-))  # fmt: skip
+storage = Storage(
+    "storage",
+    StorageArgs(
+        account_id=account_id,
+        partition=partition,
+        region=cfg.region,
+        tags=tags,
+        name_prefix=f"{project}-{stack}",
+        alias_path=qualified,
+        kms_deletion_window_days=cfg.kms_deletion_window_days,
+        checkpoint_noncurrent_days=cfg.checkpoint_noncurrent_days,
+        logs_expiration_days=cfg.logs_expiration_days,
+        force_destroy=cfg.force_destroy_buckets,
+    ),
+)
 buckets = storage.buckets
-network = Network("network", NetworkArgs(
-    vpc_cidr=cfg.vpc_cidr, zones=zones, region=cfg.region, serving_port=cfg.serving_port,
-    serving_grpc_port=cfg.serving_grpc_port,
-    serving_allowed_cidrs=cfg.serving_allowed_cidrs, flow_log_bucket_arn=buckets["logs"].arn,
-    tags=tags, egress_enabled=cfg.egress_enabled, interface_endpoints=cfg.interface_endpoints,
-    flow_log_depends_on=[storage],
-))  # fmt: skip
+network = Network(
+    "network",
+    NetworkArgs(
+        vpc_cidr=cfg.vpc_cidr,
+        zones=zones,
+        region=cfg.region,
+        serving_port=cfg.serving_port,
+        serving_grpc_port=cfg.serving_grpc_port,
+        serving_allowed_cidrs=cfg.serving_allowed_cidrs,
+        flow_log_bucket_arn=buckets["logs"].arn,
+        tags=tags,
+        egress_enabled=cfg.egress_enabled,
+        interface_endpoints=cfg.interface_endpoints,
+        flow_log_depends_on=[storage],
+    ),
+)
 token_name = token_parameter_name(qualified)
-iam = Iam("iam", IamArgs(
-    bucket_arns={purpose: bucket.arn for purpose, bucket in buckets.items()},
-    key_arn=storage.key_arn, region=cfg.region, partition=partition, tags=tags,
-    token_parameter_arn=token_parameter_arn(
-        partition=partition, region=cfg.region, account_id=account_id, name=token_name),
-))  # fmt: skip
+iam = Iam(
+    "iam",
+    IamArgs(
+        bucket_arns={purpose: bucket.arn for purpose, bucket in buckets.items()},
+        key_arn=storage.key_arn,
+        region=cfg.region,
+        partition=partition,
+        tags=tags,
+        token_parameter_arn=token_parameter_arn(
+            partition=partition, region=cfg.region, account_id=account_id, name=token_name
+        ),
+    ),
+)
 bucket_names = pulumi.Output.all(**{p: b.bucket for p, b in buckets.items()})
 scratch_mode, scratch_gb = cfg.scratch
-training = Training("training", TrainingArgs(
-    instance_type=trainer_type, num_nodes=cfg.num_trainers, subnet_id=network.training_subnet_id,
-    security_group_id=network.training_sg_id, region=cfg.region, tags=tags,
-    instance_profile_arn=iam.trainer.instance_profile.arn, instance_profile_name=iam.trainer.instance_profile.name,
-    key_arn=storage.key_arn,
-    user_data=bucket_names.apply(lambda names: trainer_user_data(
-        region=cfg.region, buckets=names, instance_type=trainer_type, scratch=scratch_mode)),
-    market=cfg.trainer_market, spot_max_price=cfg.trainer_spot_max_price,
-    reservation_target=cfg.reservation_target,
-    reservation_preference=cfg.trainer_capacity_reservation_preference or "open",
-    placement_group=cfg.use_placement_group, ami_id=cfg.trainer_ami,
-    follow_launch_template=cfg.trainer_follow_launch_template, root_volume_gb=cfg.trainer_root_volume_gb,
-    scratch_volume_gb=scratch_gb, scratch_iops=cfg.trainer_scratch_iops,
-    scratch_throughput_mibps=cfg.trainer_scratch_throughput_mibps,
-))  # fmt: skip
-serving = Serving("serving", ServingArgs(
-    instance_type=server_type, subnet_id=network.training_subnet_id,
-    security_group_id=network.serving_sg_id, key_arn=storage.key_arn,
-    instance_profile_name=iam.server.instance_profile.name, token_parameter_name=token_name,
-    models_bucket=buckets["models"].bucket, model_name=cfg.model_name, port=cfg.serving_port,
-    grpc_port=cfg.serving_grpc_port,
-    region=cfg.region, tags=tags, ami_id=cfg.serving_ami, root_volume_gb=cfg.serving_root_volume_gb,
-))  # fmt: skip
+training = Training(
+    "training",
+    TrainingArgs(
+        instance_type=trainer_type,
+        num_nodes=cfg.num_trainers,
+        subnet_id=network.training_subnet_id,
+        security_group_id=network.training_sg_id,
+        region=cfg.region,
+        tags=tags,
+        instance_profile_arn=iam.trainer.instance_profile.arn,
+        instance_profile_name=iam.trainer.instance_profile.name,
+        key_arn=storage.key_arn,
+        user_data=bucket_names.apply(
+            lambda names: trainer_user_data(
+                region=cfg.region, buckets=names, instance_type=trainer_type, scratch=scratch_mode
+            )
+        ),
+        market=cfg.trainer_market,
+        spot_max_price=cfg.trainer_spot_max_price,
+        reservation_target=cfg.reservation_target,
+        reservation_preference=cfg.trainer_capacity_reservation_preference or "open",
+        placement_group=cfg.use_placement_group,
+        ami_id=cfg.trainer_ami,
+        follow_launch_template=cfg.trainer_follow_launch_template,
+        root_volume_gb=cfg.trainer_root_volume_gb,
+        scratch_volume_gb=scratch_gb,
+        scratch_iops=cfg.trainer_scratch_iops,
+        scratch_throughput_mibps=cfg.trainer_scratch_throughput_mibps,
+    ),
+)
+serving = Serving(
+    "serving",
+    ServingArgs(
+        instance_type=server_type,
+        subnet_id=network.training_subnet_id,
+        security_group_id=network.serving_sg_id,
+        key_arn=storage.key_arn,
+        instance_profile_name=iam.server.instance_profile.name,
+        token_parameter_name=token_name,
+        models_bucket=buckets["models"].bucket,
+        model_name=cfg.model_name,
+        port=cfg.serving_port,
+        grpc_port=cfg.serving_grpc_port,
+        region=cfg.region,
+        tags=tags,
+        ami_id=cfg.serving_ami,
+        root_volume_gb=cfg.serving_root_volume_gb,
+    ),
+)
 
 # In the order of `contract.STACK_OUTPUTS`; bucket outputs are `<purpose>_bucket`.
 pulumi.export(contract.OUTPUT_REGION, cfg.region)

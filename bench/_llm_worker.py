@@ -58,8 +58,13 @@ class TorchBaseline:
     def train_step(self, *, phases: dict[str, float] | None = None, before_step=None) -> float:
         spe = len(self.data.train_idx) // self.cfg.global_batch_size
         epoch, in_epoch = divmod(self.step, spe)
-        idx = rank_batch(epoch_order(self.data.train_idx, self.cfg.seed, epoch), in_epoch,
-                         self.cfg.global_batch_size, self.rank, self.world)  # fmt: skip
+        idx = rank_batch(
+            epoch_order(self.data.train_idx, self.cfg.seed, epoch),
+            in_epoch,
+            self.cfg.global_batch_size,
+            self.rank,
+            self.world,
+        )
         ids = self.x_all[idx]
         loss = F.cross_entropy(self.engine(ids[:, :-1]).reshape(-1, VOCAB_SIZE), ids[:, 1:].reshape(-1))
         self.opt.zero_grad(set_to_none=False)
@@ -88,8 +93,12 @@ def fsdp_model_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict
 
 
 def build(args: argparse.Namespace):
-    overrides = [f"parallel.zero_stage={args.zero_stage}", f"parallel.offload={args.offload}",
-                 "data.max_bytes=1000000", "data.val_max_sequences=8"]  # fmt: skip
+    overrides = [
+        f"parallel.zero_stage={args.zero_stage}",
+        f"parallel.offload={args.offload}",
+        "data.max_bytes=1000000",
+        "data.val_max_sequences=8",
+    ]
     cfg = load_config("gpt-small", overrides=overrides)
     if args.engine in ("ddp", "fsdp2"):
         return TorchBaseline(cfg, args.engine), cfg

@@ -74,8 +74,14 @@ class DdpBaseline:
         model = build_mlp(self.data.num_features, cfg.model)
         self.engine = DistributedDataParallel(model, gradient_as_bucket_view=args.bucket_view)
         o = cfg.optim
-        self.opt = torch.optim.AdamW(self.engine.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
-                                     weight_decay=o.weight_decay, fused=args.fused_adamw or None)  # fmt: skip
+        self.opt = torch.optim.AdamW(
+            self.engine.parameters(),
+            lr=o.lr,
+            betas=o.betas,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            fused=args.fused_adamw or None,
+        )
         self.num_params = count_parameters(model)
         self.step = 0
 
@@ -108,8 +114,11 @@ def build(args: argparse.Namespace, cfg: TrainConfig) -> tuple[Any, dict[str, An
     trainer = Trainer(cfg, ds_overrides=json.loads(args.ds_overrides))
     trainer.setup()
     inner = getattr(trainer.engine.optimizer, "optimizer", trainer.engine.optimizer)
-    return trainer, {"num_params": trainer.num_params, "optimizer": type(inner).__name__,
-                     "ds_config": trainer.ds_config}  # fmt: skip
+    return trainer, {
+        "num_params": trainer.num_params,
+        "optimizer": type(inner).__name__,
+        "ds_config": trainer.ds_config,
+    }
 
 
 def timed_steps(runner: Any, args: argparse.Namespace) -> tuple[dict[str, Any], list[float]]:

@@ -51,8 +51,22 @@ def run_row(row_id: str, args: argparse.Namespace, port: int) -> dict[str, Any]:
     out = args.work_dir / row_id
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     worker_stage = str(stage if engine == "deepspeed" else 0)
-    cmd = [*launcher, str(WORKER), "--engine", engine, "--zero-stage", worker_stage, "--offload", offload,
-           "--warmup", str(args.warmup), "--steps", str(args.steps), "--out", str(out)]  # fmt: skip
+    cmd = [
+        *launcher,
+        str(WORKER),
+        "--engine",
+        engine,
+        "--zero-stage",
+        worker_stage,
+        "--offload",
+        offload,
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     print(f"[llm] {label} ...", flush=True)
     load = os.getloadavg()[0]
@@ -108,13 +122,17 @@ def render_training(rows: list[dict[str, Any]]) -> str:
         n = numbers[r["id"]]
         ratio = f"{n['state'] / ddp_state:.2f}x" if ddp_state else "-"
         load = "-".join(f"{v:.1f}" for v in r.get("load", []))
-        lines.append(f"| {r['label']} | {n['tokens_per_s']:.0f} | {100 * n['mfu']:.1f}% | {n['peak'] / 1e9:.0f} | "
-                     f"{n['rss'][0] / MIB:,.0f} / {n['rss'][1] / MIB:,.0f} | {n['state'] / MIB:,.1f} | {ratio} | "
-                     f"{n['formula'] / MIB:,.1f} ({n['formula_text']}) | {n['loss']:.3f} | {load} |")  # fmt: skip
+        lines.append(
+            f"| {r['label']} | {n['tokens_per_s']:.0f} | {100 * n['mfu']:.1f}% | {n['peak'] / 1e9:.0f} | "
+            f"{n['rss'][0] / MIB:,.0f} / {n['rss'][1] / MIB:,.0f} | {n['state'] / MIB:,.1f} | {ratio} | "
+            f"{n['formula'] / MIB:,.1f} ({n['formula_text']}) | {n['loss']:.3f} | {load} |"
+        )
     if best:
         flops = _flops_per_token() / 1e6
-        lines.append(f"\nMFU = tokens/s x {flops:.0f} MFLOP/token / {best / 1e9:.0f} GFLOP/s, the best fp32 matmul "
-                     "peak measured at the start of a row (2 ranks x 1 thread, summed).")  # fmt: skip
+        lines.append(
+            f"\nMFU = tokens/s x {flops:.0f} MFLOP/token / {best / 1e9:.0f} GFLOP/s, the best fp32 matmul "
+            "peak measured at the start of a row (2 ranks x 1 thread, summed)."
+        )
     return "\n".join(lines)
 
 
@@ -141,8 +159,10 @@ def render_export(m: dict[str, Any]) -> str:
     ]
     for b in ("batch_1", "batch_8"):
         t = lat[b]
-        rows.append(f"| latency {b.replace('_', ' ')} x {lat['seq_len']} tokens (ms, {lat['threads']} thread) | "
-                    f"{t['ort_fp32']:.1f} (torch {t['torch_fp32_eager']:.1f}) | {t['ort_int8']:.1f} |")  # fmt: skip
+        rows.append(
+            f"| latency {b.replace('_', ' ')} x {lat['seq_len']} tokens (ms, {lat['threads']} thread) | "
+            f"{t['ort_fp32']:.1f} (torch {t['torch_fp32_eager']:.1f}) | {t['ort_int8']:.1f} |"
+        )
     return "\n".join(rows)
 
 

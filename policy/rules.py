@@ -17,15 +17,33 @@ SG = "aws:ec2/securityGroup:SecurityGroup"
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 LEGACY_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
 EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
-TAGGABLE = frozenset({
-    "aws:ec2/vpc:Vpc", "aws:ec2/subnet:Subnet", "aws:ec2/routeTable:RouteTable",
-    "aws:ec2/internetGateway:InternetGateway", "aws:ec2/natGateway:NatGateway", "aws:ec2/eip:Eip",
-    "aws:ec2/vpcEndpoint:VpcEndpoint", SG, INGRESS,
-    EGRESS, "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup",
-    "aws:ec2/flowLog:FlowLog", k.INSTANCE, k.LAUNCH_TEMPLATE, "aws:ec2/placementGroup:PlacementGroup",
-    "aws:ebs/volume:Volume", k.KMS_KEY, k.BUCKET, "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile",
-    "aws:iam/policy:Policy", "aws:ssm/parameter:Parameter", "aws:cloudwatch/logGroup:LogGroup",
-})  # fmt: skip
+TAGGABLE = frozenset(
+    {
+        "aws:ec2/vpc:Vpc",
+        "aws:ec2/subnet:Subnet",
+        "aws:ec2/routeTable:RouteTable",
+        "aws:ec2/internetGateway:InternetGateway",
+        "aws:ec2/natGateway:NatGateway",
+        "aws:ec2/eip:Eip",
+        "aws:ec2/vpcEndpoint:VpcEndpoint",
+        SG,
+        INGRESS,
+        EGRESS,
+        "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup",
+        "aws:ec2/flowLog:FlowLog",
+        k.INSTANCE,
+        k.LAUNCH_TEMPLATE,
+        "aws:ec2/placementGroup:PlacementGroup",
+        "aws:ebs/volume:Volume",
+        k.KMS_KEY,
+        k.BUCKET,
+        "aws:iam/role:Role",
+        "aws:iam/instanceProfile:InstanceProfile",
+        "aws:iam/policy:Policy",
+        "aws:ssm/parameter:Parameter",
+        "aws:cloudwatch/logGroup:LogGroup",
+    }
+)
 """Resource types that accept tags and so must carry the stratus tags."""
 POLICY_DOCUMENT_TYPES = (
     "aws:iam/rolePolicy:RolePolicy",
@@ -220,24 +238,36 @@ def _resource(name, description, validate) -> ResourceValidationPolicy:
 
 
 RESOURCE_POLICIES = [
-    _resource("aws-ec2-instance-imdsv2-required", "Instances and launch templates require IMDSv2, hop limit 1.",
-              imdsv2_required),
+    _resource(
+        "aws-ec2-instance-imdsv2-required",
+        "Instances and launch templates require IMDSv2, hop limit 1.",
+        imdsv2_required,
+    ),
     _resource("aws-ec2-securitygroup-no-internet-ingress", "No ingress from 0.0.0.0/0 or ::/0.", no_internet_ingress),
     _resource("aws-ec2-securitygroup-no-ssh", "Port 22 is closed to every CIDR.", no_ssh_from_cidr),
-    _resource("aws-iam-policy-no-wildcard-allow", "No wildcard actions or public principals in Allow statements.",
-              no_wildcard_allow),
+    _resource(
+        "aws-iam-policy-no-wildcard-allow",
+        "No wildcard actions or public principals in Allow statements.",
+        no_wildcard_allow,
+    ),
     _resource("aws-kms-key-rotation-enabled", "KMS keys rotate; deletion window 7-30 days.", kms_rotation),
     _resource("aws-ec2-instance-no-public-ip", "No public IPs on instances, interfaces or subnets.", no_public_ip),
-    _resource("aws-ec2-defaultsecuritygroup-no-rules", "The default security group has no rules.",
-              default_security_group_empty),
+    _resource(
+        "aws-ec2-defaultsecuritygroup-no-rules",
+        "The default security group has no rules.",
+        default_security_group_empty,
+    ),
     _resource("aws-ssm-parameter-secure-string", "SSM parameters are SecureStrings under a CMK.", ssm_parameter_secure),
     _resource("aws-tagging-resource-required-tags", "Taggable resources carry project/stack/component.", required_tags),
-    _resource("aws-ec2-securitygroup-rule-description", "Every security group rule has a description.",
-              rule_description),
-    _resource("aws-ec2-instance-explicit-settings",
-              "Instances set detailed monitoring, EBS optimisation and their profile themselves.",
-              instance_settings),
-]  # fmt: skip
+    _resource(
+        "aws-ec2-securitygroup-rule-description", "Every security group rule has a description.", rule_description
+    ),
+    _resource(
+        "aws-ec2-instance-explicit-settings",
+        "Instances set detailed monitoring, EBS optimisation and their profile themselves.",
+        instance_settings,
+    ),
+]
 
 STACK_POLICIES = [
     StackValidationPolicy(name=name, description=description, validate=validate, enforcement_level=MANDATORY)

@@ -118,8 +118,9 @@ def volumes_encrypted(args, report_violation) -> None:
                 lt.urn,
             )
         for m in mappings:
-            _check_device(lt, "blockDeviceMappings", k.get(m, "ebs", default={}), ("true", True), resources,
-                          report_violation)  # fmt: skip
+            _check_device(
+                lt, "blockDeviceMappings", k.get(m, "ebs", default={}), ("true", True), resources, report_violation
+            )
     for inst in k.of_type(resources, k.INSTANCE):
         # Declared on the instance itself even when a launch template maps it too: scanners (and
         # readers of the instance) do not follow the template.
@@ -151,11 +152,14 @@ def vpc_flow_logs(args, report_violation) -> None:
 
 
 RULES = [
-    ("aws-s3-bucket-sse-kms-stack-key", "Buckets use SSE-KMS with the stack key and the bucket key.",
-     bucket_encryption),
+    (
+        "aws-s3-bucket-sse-kms-stack-key",
+        "Buckets use SSE-KMS with the stack key and the bucket key.",
+        bucket_encryption,
+    ),
     ("aws-s3-bucket-public-access-block", "Buckets block all public access.", bucket_public_access_block),
     ("aws-s3-bucket-policy-tls-only", "Bucket policies deny plain HTTP.", bucket_policy_tls_only),
     ("aws-ec2-volume-encrypted-stack-key", "EBS volumes are encrypted with the stack key.", volumes_encrypted),
     ("aws-ec2-vpc-flow-logs-enabled", "VPCs log ALL traffic.", vpc_flow_logs),
-]  # fmt: skip
+]
 """(name, description, validate) of each stack rule."""

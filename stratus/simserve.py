@@ -38,20 +38,27 @@ def upload_bundle(sim_dir: Path, outputs: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="stratus-bundle-") as tmp:
         bundle = Path(tmp) / "bundle.tar.gz"
         write_bundle(bundle_entries(ROOT), bundle)
-        sim.client(sim_dir, "s3").upload_file(str(bundle), outputs["models_bucket"], BUNDLE_KEY,
-                                              ExtraArgs=sse_kms_args(outputs["kms_key_arn"]))  # fmt: skip
+        sim.client(sim_dir, "s3").upload_file(
+            str(bundle), outputs["models_bucket"], BUNDLE_KEY, ExtraArgs=sse_kms_args(outputs["kms_key_arn"])
+        )
 
 
 def user_data(outputs: dict, *, model_name: str, port: int, grpc_port: int) -> str:
     """The serving host's user data for the simulated stack's outputs (what `pulumi up` would render)."""
-    return serving_user_data(region=outputs["region"], models_bucket=outputs["models_bucket"], model_name=model_name,
-                             port=port, token_parameter=outputs["serving_token_parameter"],
-                             grpc_port=grpc_port)  # fmt: skip
+    return serving_user_data(
+        region=outputs["region"],
+        models_bucket=outputs["models_bucket"],
+        model_name=model_name,
+        port=port,
+        token_parameter=outputs["serving_token_parameter"],
+        grpc_port=grpc_port,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stratus.simserve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m stratus.simserve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dir", type=Path, help="directory of a simulated stack (scripts/sim-stack.sh up DIR)")
     parser.add_argument("--model-name", default="mlp-binary", help="model to serve (the stack's model-name)")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port (the stack's serving-port)")
@@ -71,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         print(f"the serving host's user data exited {code}; see {log}", file=sys.stderr)
         return 1
-    print(f"serving host booted: {outputs['serving_url']} (journal: "
-          f"{args.dir / sim.SERVING_ID / 'journal' / 'stratus-serve.service.log'})")  # fmt: skip
+    print(
+        f"serving host booted: {outputs['serving_url']} (journal: "
+        f"{args.dir / sim.SERVING_ID / 'journal' / 'stratus-serve.service.log'})"
+    )
     return 0
 
 

@@ -101,8 +101,20 @@ def serve(code: ExitCode, tmp_path: Path, request) -> int:
     token = tmp_path / "token"
     token.write_text("exit-code-token-0123456789abcdef")
     token.chmod(0o600)
-    cmd = [sys.executable, "-m", "runtime", "serve", "--repo", str(tmp_path), "--model", "tiny",
-           "--port", str(free_port()), "--token-file", str(token)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "runtime",
+        "serve",
+        "--repo",
+        str(tmp_path),
+        "--model",
+        "tiny",
+        "--port",
+        str(free_port()),
+        "--token-file",
+        str(token),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -120,8 +132,11 @@ def remote(code: ExitCode, tmp_path: Path, request, monkeypatch) -> int:
     from runtime.remote import command
 
     if code == ExitCode.PREEMPTED:
-        return command.report([{"Status": "Success", "ResponseCode": 0}, {"Status": "Failed", "ResponseCode": 75}],
-                              run_name="r", out=lambda s: None)  # fmt: skip
+        return command.report(
+            [{"Status": "Success", "ResponseCode": 0}, {"Status": "Failed", "ResponseCode": 75}],
+            run_name="r",
+            out=lambda s: None,
+        )
     if code == ExitCode.BAD_INPUT:
         return _code(command.main, ["--outputs-file", str(tmp_path / "missing.json")])
     outputs, path = request.getfixturevalue("stack")
@@ -165,8 +180,15 @@ def plan(code: ExitCode, tmp_path: Path, request, monkeypatch) -> int:
     return _code(plan_tool.main, [str(EXAMPLE)])
 
 
-SCENARIOS = {"train": train, "export": export, "publish": publish, "serve": serve, "remote": remote, "sync": sync,
-             "plan": plan}  # fmt: skip
+SCENARIOS = {
+    "train": train,
+    "export": export,
+    "publish": publish,
+    "serve": serve,
+    "remote": remote,
+    "sync": sync,
+    "plan": plan,
+}
 PAIRS = [(cmd, code) for cmd, codes in COMMAND_EXIT_CODES.items() for code in codes]
 
 

@@ -24,20 +24,45 @@ FLOW_LOG_PREFIX = "vpc-flow-logs/"
 # Explicit lists instead of `kms:*`/`kms:Describe*`: the stack forbids wildcard actions and a
 # reviewer can read exactly what the account's IAM principals may do with the key.
 KEY_ADMIN_ACTIONS = [
-    "kms:CancelKeyDeletion", "kms:CreateAlias", "kms:CreateGrant", "kms:DeleteAlias",
-    "kms:DescribeKey", "kms:DisableKey", "kms:DisableKeyRotation", "kms:EnableKey",
-    "kms:EnableKeyRotation", "kms:GetKeyPolicy", "kms:GetKeyRotationStatus", "kms:ListAliases",
-    "kms:ListGrants", "kms:ListKeyPolicies", "kms:ListResourceTags", "kms:PutKeyPolicy",
-    "kms:RetireGrant", "kms:RevokeGrant", "kms:RotateKeyOnDemand", "kms:ScheduleKeyDeletion",
-    "kms:TagResource", "kms:UntagResource", "kms:UpdateAlias", "kms:UpdateKeyDescription",
-]  # fmt: skip
+    "kms:CancelKeyDeletion",
+    "kms:CreateAlias",
+    "kms:CreateGrant",
+    "kms:DeleteAlias",
+    "kms:DescribeKey",
+    "kms:DisableKey",
+    "kms:DisableKeyRotation",
+    "kms:EnableKey",
+    "kms:EnableKeyRotation",
+    "kms:GetKeyPolicy",
+    "kms:GetKeyRotationStatus",
+    "kms:ListAliases",
+    "kms:ListGrants",
+    "kms:ListKeyPolicies",
+    "kms:ListResourceTags",
+    "kms:PutKeyPolicy",
+    "kms:RetireGrant",
+    "kms:RevokeGrant",
+    "kms:RotateKeyOnDemand",
+    "kms:ScheduleKeyDeletion",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:UpdateAlias",
+    "kms:UpdateKeyDescription",
+]
 KEY_USE_ACTIONS = [
-    "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext",
-    "kms:ReEncryptFrom", "kms:ReEncryptTo",
-]  # fmt: skip
+    "kms:Decrypt",
+    "kms:Encrypt",
+    "kms:GenerateDataKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+]
 TOKEN_READ_ACTIONS = [
-    "ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory", "ssm:GetParametersByPath",
-]  # fmt: skip
+    "ssm:GetParameter",
+    "ssm:GetParameters",
+    "ssm:GetParameterHistory",
+    "ssm:GetParametersByPath",
+]
 
 
 def _statement(sid: str, effect: str, actions: list[str], resources: Any, **extra: Any) -> dict:
@@ -257,14 +282,14 @@ def trainer_policy(
                     "s3:ListMultipartUploadParts",
                 ],
                 f"{checkpoints_arn}/*",
-            ),  # fmt: skip
+            ),
             _statement(
                 "PublishModels",
                 "Allow",
                 ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
                 f"{models_arn}/{MODELS_PREFIX}*",
             ),
-            _statement("ReadRuntimeBundle", "Allow", ["s3:GetObject"], f"{models_arn}/{RUNTIME_PREFIX}*"),  # fmt: skip
+            _statement("ReadRuntimeBundle", "Allow", ["s3:GetObject"], f"{models_arn}/{RUNTIME_PREFIX}*"),
             _statement(
                 "UseStackKeyThroughS3",
                 "Allow",
@@ -306,7 +331,7 @@ def server_policy(*, bucket_arns: dict[str, str], key_arn: str, token_parameter_
             ),
             _statement("ReadModels", "Allow", ["s3:GetObject"], readable),
             _statement("ReadServingToken", "Allow", ["ssm:GetParameter"], token_parameter_arn),
-            _statement("DecryptModels", "Allow", ["kms:Decrypt"], key_arn, Condition=_via("s3", region)),  # fmt: skip
+            _statement("DecryptModels", "Allow", ["kms:Decrypt"], key_arn, Condition=_via("s3", region)),
             _statement(
                 "DecryptServingToken",
                 "Allow",

@@ -59,14 +59,16 @@ def nccl_env(instance_type: InstanceType) -> dict[str, str]:
     """
     env = {"NCCL_SOCKET_IFNAME": "^lo,docker", "NCCL_DEBUG": "WARN"}
     if instance_type.efa_interfaces:
-        env.update({
-            "FI_PROVIDER": "efa",
-            "FI_EFA_FORK_SAFE": "1",
-            "NCCL_BUFFSIZE": "8388608",
-            "NCCL_P2P_NET_CHUNKSIZE": "524288",
-            "LD_LIBRARY_PATH": "/opt/amazon/ofi-nccl/lib64:/opt/amazon/ofi-nccl/lib:/opt/amazon/efa/lib64:"
-                               "/opt/amazon/efa/lib",
-        })  # fmt: skip
+        env.update(
+            {
+                "FI_PROVIDER": "efa",
+                "FI_EFA_FORK_SAFE": "1",
+                "NCCL_BUFFSIZE": "8388608",
+                "NCCL_P2P_NET_CHUNKSIZE": "524288",
+                "LD_LIBRARY_PATH": "/opt/amazon/ofi-nccl/lib64:/opt/amazon/ofi-nccl/lib:/opt/amazon/efa/lib64:"
+                "/opt/amazon/efa/lib",
+            }
+        )
         if instance_type.efa_rdma:
             env["FI_EFA_USE_DEVICE_RDMA"] = "1"
     return env
@@ -138,11 +140,16 @@ def trainer_user_data(*, region: str, buckets: dict[str, str], instance_type: In
         "STRATUS_NVME_DISKS": str(instance_type.nvme_disks),
     }
     units = {
-        SCRATCH_UNIT: unit(f"stratus: mount {SCRATCH_MOUNT}", SCRATCH_SERVICE, after="local-fs.target",
-                           before=PREPARE_UNIT),
-        PREPARE_UNIT: unit("stratus: install the runtime bundle from S3", PREPARE_SERVICE,
-                           after=f"network-online.target {SCRATCH_UNIT}", wants="network-online.target"),
-    }  # fmt: skip
+        SCRATCH_UNIT: unit(
+            f"stratus: mount {SCRATCH_MOUNT}", SCRATCH_SERVICE, after="local-fs.target", before=PREPARE_UNIT
+        ),
+        PREPARE_UNIT: unit(
+            "stratus: install the runtime bundle from S3",
+            PREPARE_SERVICE,
+            after=f"network-online.target {SCRATCH_UNIT}",
+            wants="network-online.target",
+        ),
+    }
     node_env = _write(NODE_ENV, _env_text(nccl_env(instance_type)))
     return _host(env, ("prepare.sh", "scratch.sh"), units, node_env)
 
@@ -179,8 +186,12 @@ def serving_user_data(
     serve_args = shlex.join(
         ["--repo", repo, "--model", model_name, "--port", str(port), *grpc, "--token-ssm-parameter", token_parameter]
     )
-    env = {"AWS_REGION": region, "STRATUS_MODELS_BUCKET": models_bucket,
-           "STRATUS_BUNDLE_URI": bundle_uri(models_bucket), "STRATUS_GPU": "1" if gpu else "0"}  # fmt: skip
+    env = {
+        "AWS_REGION": region,
+        "STRATUS_MODELS_BUCKET": models_bucket,
+        "STRATUS_BUNDLE_URI": bundle_uri(models_bucket),
+        "STRATUS_GPU": "1" if gpu else "0",
+    }
     serve_sh = f"""\
 #!/bin/bash
 set -euo pipefail
@@ -208,11 +219,18 @@ ProtectHome=yes
 PrivateTmp=yes
 """
     units = {
-        PREPARE_UNIT: unit("stratus: install the runtime bundle from S3", PREPARE_SERVICE,
-                           after="network-online.target", wants="network-online.target"),
-        SERVE_UNIT: unit("stratus: Open Inference Protocol server", serve_service,
-                         after=f"network-online.target {PREPARE_UNIT}",
-                         wants=f"network-online.target {PREPARE_UNIT}"),
-    }  # fmt: skip
+        PREPARE_UNIT: unit(
+            "stratus: install the runtime bundle from S3",
+            PREPARE_SERVICE,
+            after="network-online.target",
+            wants="network-online.target",
+        ),
+        SERVE_UNIT: unit(
+            "stratus: Open Inference Protocol server",
+            serve_service,
+            after=f"network-online.target {PREPARE_UNIT}",
+            wants=f"network-online.target {PREPARE_UNIT}",
+        ),
+    }
     user = "id stratus >/dev/null 2>&1 || useradd --system --no-create-home --shell /sbin/nologin stratus\n"
     return _host(env, ("prepare.sh",), units, user + _write(f"{APP_DIR}/serve.sh", serve_sh, "0755"))

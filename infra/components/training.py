@@ -77,10 +77,9 @@ def network_interfaces(efa_interfaces: int, subnet_id, security_group_id) -> lis
     if efa_interfaces == 0:
         return [{"device_index": 0, **common}]
     return [
-        {"network_card_index": card, "device_index": 0 if card == 0 else 1,
-         "interface_type": "efa", **common}
+        {"network_card_index": card, "device_index": 0 if card == 0 else 1, "interface_type": "efa", **common}
         for card in range(efa_interfaces)
-    ]  # fmt: skip
+    ]
 
 
 def market_options(args: TrainingArgs) -> dict | None:
@@ -130,18 +129,27 @@ class Training(pulumi.ComponentResource):
             # Cluster placement keeps all nodes on one low-latency segment for NCCL all-reduce.
             group = aws.ec2.PlacementGroup(f"{name}-placement", strategy="cluster", tags=tags, opts=child(self))
             placement = {"group_name": group.name}
-        volume = {"encrypted": "true", "kms_key_id": args.key_arn, "volume_type": "gp3",
-                  "delete_on_termination": "true"}  # fmt: skip
+        volume = {
+            "encrypted": "true",
+            "kms_key_id": args.key_arn,
+            "volume_type": "gp3",
+            "delete_on_termination": "true",
+        }
         devices = [
-            {"device_name": image.root_device_name,
-             "ebs": {**volume, "volume_size": args.root_volume_gb}},
-        ]  # fmt: skip
+            {"device_name": image.root_device_name, "ebs": {**volume, "volume_size": args.root_volume_gb}},
+        ]
         if args.scratch_volume_gb:
             devices.append(
-                {"device_name": SCRATCH_DEVICE,
-                 "ebs": {**volume, "volume_size": args.scratch_volume_gb, "iops": args.scratch_iops,
-                         "throughput": args.scratch_throughput_mibps}}
-            )  # fmt: skip
+                {
+                    "device_name": SCRATCH_DEVICE,
+                    "ebs": {
+                        **volume,
+                        "volume_size": args.scratch_volume_gb,
+                        "iops": args.scratch_iops,
+                        "throughput": args.scratch_throughput_mibps,
+                    },
+                }
+            )
         template = aws.ec2.LaunchTemplate(
             f"{name}-launch-template",
             description=f"stratus training nodes ({args.instance_type.name})",

@@ -79,10 +79,20 @@ def _prices(us_east_1: str, us_west_2: str, eu_west_1: str | None) -> dict[str, 
 
 def _gpu(name, gpus, model, gpu_mem, vcpus, mem, gbps, efa, prices, nvme=(0, 0), rdma=False, sold=()) -> InstanceType:
     return InstanceType(
-        name=name, gpus=gpus, gpu_model=model, gpu_memory_gib=gpu_mem, vcpus=vcpus,
-        memory_gib=mem, network_gbps=gbps, efa_interfaces=efa, usd_per_hour=prices,
-        nvme_disks=nvme[0], nvme_disk_gb=nvme[1], efa_rdma=rdma, sold_in=sold,
-    )  # fmt: skip
+        name=name,
+        gpus=gpus,
+        gpu_model=model,
+        gpu_memory_gib=gpu_mem,
+        vcpus=vcpus,
+        memory_gib=mem,
+        network_gbps=gbps,
+        efa_interfaces=efa,
+        usd_per_hour=prices,
+        nvme_disks=nvme[0],
+        nvme_disk_gb=nvme[1],
+        efa_rdma=rdma,
+        sold_in=sold,
+    )
 
 
 def _cpu(name, vcpus, mem, prices, sold=()) -> InstanceType:
@@ -97,10 +107,29 @@ SOLD_IN_SOURCE = (
 crawl skips some opt-in regions. A type sold in a region missing here: add the region to its list
 after checking `aws ec2 describe-instance-type-offerings --region R --filters
 Name=instance-type,Values=TYPE` (the live zone lookup at preview makes the same check)."""
-_P5_SOLD = ("ap-northeast-1", "ap-south-1", "ap-southeast-2", "ca-central-1", "eu-north-1", "eu-west-2",
-            "us-east-1", "us-east-2", "us-west-1", "us-west-2")  # fmt: skip
-_P4D_SOLD = ("ap-northeast-1", "ap-northeast-2", "ap-south-1", "ap-southeast-2", "eu-central-1", "eu-west-1",
-             "us-east-1", "us-east-2", "us-west-2")  # fmt: skip
+_P5_SOLD = (
+    "ap-northeast-1",
+    "ap-south-1",
+    "ap-southeast-2",
+    "ca-central-1",
+    "eu-north-1",
+    "eu-west-2",
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+)
+_P4D_SOLD = (
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-south-1",
+    "ap-southeast-2",
+    "eu-central-1",
+    "eu-west-1",
+    "us-east-1",
+    "us-east-2",
+    "us-west-2",
+)
 # The same source lists c7i.xlarge and m7i.xlarge in every p4d/p5 region above, c7i.2xlarge in
 # all but ap-northeast-1/2 (not confirmed there). The g5/g6/g6e types and m7i.2xlarge are
 # recorded only where the catalog prices them.
@@ -111,11 +140,14 @@ _C7I_2XLARGE_SOLD = tuple(r for r in _C7I_XLARGE_SOLD if not r.startswith("ap-no
 
 QUOTAS = {
     "p": ("L-417A185B", "Running On-Demand P instances", "L-7212CCBC", "All P Spot Instance Requests"),
-    "g": ("L-DB2E81BA", "Running On-Demand G and VT instances", "L-3819A6DF",
-          "All G and VT Spot Instance Requests"),
-    "standard": ("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances",
-                 "L-34B43A08", "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests"),
-}  # fmt: skip
+    "g": ("L-DB2E81BA", "Running On-Demand G and VT instances", "L-3819A6DF", "All G and VT Spot Instance Requests"),
+    "standard": (
+        "L-1216C47A",
+        "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances",
+        "L-34B43A08",
+        "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests",
+    ),
+}
 """EC2 vCPU quotas by instance family (Service Quotas, service code `ec2`)."""
 
 
@@ -194,24 +226,36 @@ class RegionPrices:
 
 REGION_PRICES: dict[str, RegionPrices] = {
     "us-east-1": RegionPrices(
-        gp3_gb_month=Decimal("0.08"), gp3_iops_month=Decimal("0.005"), gp3_mibps_month=Decimal("0.04"),
+        gp3_gb_month=Decimal("0.08"),
+        gp3_iops_month=Decimal("0.005"),
+        gp3_mibps_month=Decimal("0.04"),
         s3_standard_gb_month=Decimal("0.023"),
-        nat_gateway_hour=Decimal("0.045"), public_ipv4_hour=Decimal("0.005"),
-        interface_endpoint_az_hour=Decimal("0.01"), kms_key_month=Decimal("1"),
+        nat_gateway_hour=Decimal("0.045"),
+        public_ipv4_hour=Decimal("0.005"),
+        interface_endpoint_az_hour=Decimal("0.01"),
+        kms_key_month=Decimal("1"),
     ),
     "us-west-2": RegionPrices(
-        gp3_gb_month=Decimal("0.08"), gp3_iops_month=Decimal("0.005"), gp3_mibps_month=Decimal("0.04"),
+        gp3_gb_month=Decimal("0.08"),
+        gp3_iops_month=Decimal("0.005"),
+        gp3_mibps_month=Decimal("0.04"),
         s3_standard_gb_month=Decimal("0.023"),
-        nat_gateway_hour=Decimal("0.045"), public_ipv4_hour=Decimal("0.005"),
-        interface_endpoint_az_hour=Decimal("0.01"), kms_key_month=Decimal("1"),
+        nat_gateway_hour=Decimal("0.045"),
+        public_ipv4_hour=Decimal("0.005"),
+        interface_endpoint_az_hour=Decimal("0.01"),
+        kms_key_month=Decimal("1"),
     ),
     "eu-west-1": RegionPrices(
-        gp3_gb_month=Decimal("0.088"), gp3_iops_month=Decimal("0.0055"), gp3_mibps_month=Decimal("0.044"),
+        gp3_gb_month=Decimal("0.088"),
+        gp3_iops_month=Decimal("0.0055"),
+        gp3_mibps_month=Decimal("0.044"),
         s3_standard_gb_month=Decimal("0.023"),
-        nat_gateway_hour=Decimal("0.048"), public_ipv4_hour=Decimal("0.005"),
-        interface_endpoint_az_hour=Decimal("0.011"), kms_key_month=Decimal("1"),
+        nat_gateway_hour=Decimal("0.048"),
+        public_ipv4_hour=Decimal("0.005"),
+        interface_endpoint_az_hour=Decimal("0.011"),
+        kms_key_month=Decimal("1"),
     ),
-}  # fmt: skip
+}
 """Non-instance prices of the regions the catalog has them for; elsewhere the estimate marks
 those lines unpriced."""
 

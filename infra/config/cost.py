@@ -129,11 +129,13 @@ def _scratch_performance(cfg: StackConfig, scratch_mode: str) -> list[CostLine]:
     extra_iops = cfg.trainer_scratch_iops - 3000
     extra_mibps = cfg.trainer_scratch_throughput_mibps - 125
     if extra_iops:
-        lines.append(_line("gp3 IOPS above 3000, scratch", cfg.num_trainers * extra_iops,
-                           _hourly(region, "gp3_iops_month")))  # fmt: skip
+        lines.append(
+            _line("gp3 IOPS above 3000, scratch", cfg.num_trainers * extra_iops, _hourly(region, "gp3_iops_month"))
+        )
     if extra_mibps:
-        lines.append(_line("gp3 MiB/s above 125, scratch", cfg.num_trainers * extra_mibps,
-                           _hourly(region, "gp3_mibps_month")))  # fmt: skip
+        lines.append(
+            _line("gp3 MiB/s above 125, scratch", cfg.num_trainers * extra_mibps, _hourly(region, "gp3_mibps_month"))
+        )
     return lines
 
 
@@ -169,16 +171,22 @@ def estimate_cost(cfg: StackConfig) -> CostEstimate:
     trainer_gb = cfg.trainer_root_volume_gb + scratch_gb
     lines = [
         _line(f"training node {trainer.name} ({market})", cfg.num_trainers, trainer_price),
-        _line(f"serving host {server.name}" + (" (configured price)" if cfg.serving_on_demand_usd_per_hour else ""),
-              1, server_price),
+        _line(
+            f"serving host {server.name}" + (" (configured price)" if cfg.serving_on_demand_usd_per_hour else ""),
+            1,
+            server_price,
+        ),
         _line("EBS gp3 GB, training nodes", cfg.num_trainers * trainer_gb, gp3_hour),
         _line("EBS gp3 GB, serving host", cfg.serving_root_volume_gb, gp3_hour),
         *_scratch_performance(cfg, scratch_mode),
         _line("S3 Standard GB (estimated-s3-gb)", cfg.estimated_s3_gb, _hourly(region, "s3_standard_gb_month")),
-        _line("interface endpoint x AZ", len(cfg.interface_endpoints) * cfg.num_availability_zones,
-              _hourly(region, "interface_endpoint_az_hour", per_month=False)),
+        _line(
+            "interface endpoint x AZ",
+            len(cfg.interface_endpoints) * cfg.num_availability_zones,
+            _hourly(region, "interface_endpoint_az_hour", per_month=False),
+        ),
         _line("KMS customer-managed key", 1, _hourly(region, "kms_key_month")),
-    ]  # fmt: skip
+    ]
     if cfg.egress_enabled:
         lines.append(_line("NAT gateway", 1, _hourly(region, "nat_gateway_hour", per_month=False)))
         lines.append(_line("public IPv4 (NAT Elastic IP)", 1, _hourly(region, "public_ipv4_hour", per_month=False)))

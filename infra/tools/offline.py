@@ -47,8 +47,17 @@ def _tag(text: str, n: int = 17) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
-_DIRECTIONS = {"east": "e", "west": "w", "north": "n", "south": "s", "central": "c",
-               "northeast": "ne", "northwest": "nw", "southeast": "se", "southwest": "sw"}  # fmt: skip
+_DIRECTIONS = {
+    "east": "e",
+    "west": "w",
+    "north": "n",
+    "south": "s",
+    "central": "c",
+    "northeast": "ne",
+    "northwest": "nw",
+    "southeast": "se",
+    "southwest": "sw",
+}
 
 
 def _az_id_prefix(region: str) -> str:
@@ -137,8 +146,12 @@ class StratusMocks(pulumi.runtime.Mocks):
         invoke, a = args.token, args.args
         self.invokes.append((invoke, dict(a)))
         if invoke == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/ci",
-                    "userId": "AIDAMOCK", "id": ACCOUNT_ID}  # fmt: skip
+            return {
+                "accountId": ACCOUNT_ID,
+                "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/ci",
+                "userId": "AIDAMOCK",
+                "id": ACCOUNT_ID,
+            }
         if invoke == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
         if invoke == "aws:index/getAvailabilityZones:getAvailabilityZones":
@@ -147,19 +160,34 @@ class StratusMocks(pulumi.runtime.Mocks):
         if invoke == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
             instance_type = a["filters"][0]["values"][0]
             zones = self.offerings.get(instance_type, self.zones)
-            return {"locations": zones, "instanceTypes": [instance_type] * len(zones),
-                    "locationTypes": ["availability-zone"] * len(zones), "id": self.region}  # fmt: skip
+            return {
+                "locations": zones,
+                "instanceTypes": [instance_type] * len(zones),
+                "locationTypes": ["availability-zone"] * len(zones),
+                "id": self.region,
+            }
         if invoke == "aws:ec2/getAmi:getAmi":
             names = [f["values"][0] for f in a.get("filters", []) if f["name"] in ("name", "image-id")]
             pinned = names and names[0].startswith("ami-")
             ami = names[0] if pinned else f"ami-{_tag(str(names) + str(self.ami_generation))}"
-            return {"id": ami, "imageId": ami, "rootDeviceName": "/dev/xvda",
-                    "architecture": "x86_64", "name": names[0] if names else "mock"}  # fmt: skip
+            return {
+                "id": ami,
+                "imageId": ami,
+                "rootDeviceName": "/dev/xvda",
+                "architecture": "x86_64",
+                "name": names[0] if names else "mock",
+            }
         if invoke == "aws:servicequotas/getServiceQuota:getServiceQuota":
             value = self.quotas.get(a["quotaCode"], self.UNLIMITED)
-            return {"value": value, "quotaCode": a["quotaCode"], "serviceCode": a["serviceCode"],
-                    "quotaName": a["quotaCode"], "adjustable": True, "globalQuota": False,
-                    "id": a["quotaCode"]}  # fmt: skip
+            return {
+                "value": value,
+                "quotaCode": a["quotaCode"],
+                "serviceCode": a["serviceCode"],
+                "quotaName": a["quotaCode"],
+                "adjustable": True,
+                "globalQuota": False,
+                "id": a["quotaCode"],
+            }
         raise NotImplementedError(f"the offline mocks do not answer the invoke {invoke}")
 
 
@@ -193,11 +221,20 @@ class RecordingMonitor(MockMonitor):
             registration = self.resources[response.urn]
             deps = {k: list(v.urns) for k, v in request.propertyDependencies.items()}
             inputs = _reveal(rpc.deserialize_properties(request.object))
-            self.recorded.append(Registered(
-                response.urn, request.type, request.name, registration.id, inputs,
-                _reveal(dict(registration.state)), request.parent, bool(request.custom), deps,
-                list(request.ignoreChanges),
-            ))  # fmt: skip
+            self.recorded.append(
+                Registered(
+                    response.urn,
+                    request.type,
+                    request.name,
+                    registration.id,
+                    inputs,
+                    _reveal(dict(registration.state)),
+                    request.parent,
+                    bool(request.custom),
+                    deps,
+                    list(request.ignoreChanges),
+                )
+            )
         return response
 
 

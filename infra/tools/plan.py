@@ -73,13 +73,15 @@ def summarize(r: Registered, run: ProgramRun, keys: set[str]) -> str:
             " stack key" if default.get("kmsMasterKeyId") in keys else ""
         )
         logging = attached.get("BucketLogging")
-        return ", ".join([
-            f"{enc}{' + bucket key' if sse.get('bucketKeyEnabled') else ''}",
-            "public access blocked" if "BucketPublicAccessBlock" in attached else "PUBLIC ACCESS NOT BLOCKED",
-            "TLS-only policy" if "BucketPolicy" in attached else "NO POLICY",
-            "versioned" if "BucketVersioning" in attached else "unversioned",
-            f"logs to {logging.inputs['targetPrefix']}" if logging else "no access log (log bucket)",
-        ])  # fmt: skip
+        return ", ".join(
+            [
+                f"{enc}{' + bucket key' if sse.get('bucketKeyEnabled') else ''}",
+                "public access blocked" if "BucketPublicAccessBlock" in attached else "PUBLIC ACCESS NOT BLOCKED",
+                "TLS-only policy" if "BucketPolicy" in attached else "NO POLICY",
+                "versioned" if "BucketVersioning" in attached else "unversioned",
+                f"logs to {logging.inputs['targetPrefix']}" if logging else "no access log (log bucket)",
+            ]
+        )
     if short == "Key":
         rotation = "on" if i.get("enableKeyRotation") else "OFF"
         return f"rotation {rotation}, deletion window {_n(i.get('deletionWindowInDays'))} d"
@@ -88,11 +90,19 @@ def summarize(r: Registered, run: ProgramRun, keys: set[str]) -> str:
         efa = sum(1 for n in nis if n.get("interfaceType") == "efa")
         public = any(n.get("associatePublicIpAddress") != "false" for n in nis)
         spot = (i.get("instanceMarketOptions") or {}).get("spotOptions", {}).get("maxPrice")
-        return ", ".join(filter(None, [
-            i.get("instanceType"), _imds(i), "PUBLIC IP" if public else "no public IP",
-            _volumes(i.get("blockDeviceMappings", []), keys), f"EFA x{efa}" if efa else "",
-            f"spot <= {spot} USD/h" if spot else "on-demand",
-        ]))  # fmt: skip
+        return ", ".join(
+            filter(
+                None,
+                [
+                    i.get("instanceType"),
+                    _imds(i),
+                    "PUBLIC IP" if public else "no public IP",
+                    _volumes(i.get("blockDeviceMappings", []), keys),
+                    f"EFA x{efa}" if efa else "",
+                    f"spot <= {spot} USD/h" if spot else "on-demand",
+                ],
+            )
+        )
     if short == "Instance":
         root = i.get("rootBlockDevice")
         volumes = _volumes([root], keys) if root else "volumes from launch template"

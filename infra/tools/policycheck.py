@@ -60,7 +60,7 @@ def stack_resources(run: ProgramRun) -> list[PolicyResource]:
     by_urn = {
         r.urn: PolicyResource(
             r.type, unknown_checking_proxy(copy.deepcopy(r.state)), r.urn, r.name, _options(r), None, None, [], {}
-        )  # fmt: skip
+        )
         for r in custom
     }
     for r in custom:

@@ -55,8 +55,13 @@ def option(
         metavar: the placeholder in `--help`.
         hidden: accepted but not shown in `--help` (e.g. `--local_rank`, set by DeepSpeed).
     """
-    meta = {"flag": flag, "short": short, "choices": tuple(choices) if choices else None, "metavar": metavar,
-            "hidden": hidden}  # fmt: skip
+    meta = {
+        "flag": flag,
+        "short": short,
+        "choices": tuple(choices) if choices else None,
+        "metavar": metavar,
+        "hidden": hidden,
+    }
     if isinstance(default, tuple | list):
         return dataclasses.field(default_factory=lambda: tuple(default), metadata={_META: meta})
     return dataclasses.field(default=default, metadata={_META: meta})
@@ -171,8 +176,9 @@ def from_namespace(cls: type, namespace: argparse.Namespace) -> Any:
     return cls(**kwargs)
 
 
-def parse_options(cls: type, argv: Sequence[str] | None, *, prog: str, description: str | None = None,
-                  epilog: str | None = None) -> Any:  # fmt: skip
+def parse_options(
+    cls: type, argv: Sequence[str] | None, *, prog: str, description: str | None = None, epilog: str | None = None
+) -> Any:
     """Parse `argv` into an instance of `cls`; argparse exits with status 2 on a usage error.
 
     Raises:

@@ -197,15 +197,22 @@ def _sizes(paths: dict[str, Path], consolidated_path: Path) -> dict[str, Any]:
     sizes: dict[str, Any] = {f"{name}_onnx": path.stat().st_size for name, path in paths.items()}
     sizes["fp32_safetensors"] = consolidated_path.stat().st_size
     sizes["int8_vs_fp32_onnx"] = round(sizes["int8_onnx"] / sizes["fp32_onnx"], 4)
-    log.info("[4/6] ONNX fp32 %d bytes -> pruned %d -> int8 (dynamic, MatMul + embeddings) %d bytes (%.3fx)",
-             sizes["fp32_onnx"], sizes["pruned_fp32_onnx"], sizes["int8_onnx"], sizes["int8_vs_fp32_onnx"])  # fmt: skip
+    log.info(
+        "[4/6] ONNX fp32 %d bytes -> pruned %d -> int8 (dynamic, MatMul + embeddings) %d bytes (%.3fx)",
+        sizes["fp32_onnx"],
+        sizes["pruned_fp32_onnx"],
+        sizes["int8_onnx"],
+        sizes["int8_vs_fp32_onnx"],
+    )
     return sizes
 
 
 def measure_lm(cfg: ExportConfig, fp32: GPT, pruned: GPT, paths: dict[str, Path], windows: np.ndarray) -> tuple:
     """(metrics, latency): validation perplexities, int8 vs fp32 logit agreement, latency table."""
-    sessions = {name: onnx_export.session(paths[key], cfg.latency_threads)
-                for name, key in (("ort_fp32", "fp32"), ("ort_int8", "int8"))}  # fmt: skip
+    sessions = {
+        name: onnx_export.session(paths[key], cfg.latency_threads)
+        for name, key in (("ort_fp32", "fp32"), ("ort_int8", "int8"))
+    }
     probe = windows[: min(8, len(windows)), :-1]
     with torch.inference_mode():
         reference = fp32(torch.from_numpy(probe)).numpy()
@@ -219,7 +226,7 @@ def measure_lm(cfg: ExportConfig, fp32: GPT, pruned: GPT, paths: dict[str, Path]
             "perplexity": perplexity_onnx(sessions["ort_int8"], windows),
             "runtime": "onnxruntime",
             "precision": "int8",
-        },  # fmt: skip
+        },
         "int8_vs_fp32_logits": logit_agreement(reference, onnx_logits(sessions["ort_int8"], probe)),
         "tolerance_percent": cfg.perplexity_tolerance,
     }
@@ -229,11 +236,18 @@ def measure_lm(cfg: ExportConfig, fp32: GPT, pruned: GPT, paths: dict[str, Path]
     seq_len = windows.shape[1] - 1
     iters = min(cfg.latency_iters, 10)  # a full-context forward of a GPT is slow on a CPU
     table = latency(fp32, sessions, seq_len, threads=cfg.latency_threads, iters=iters)
-    log.info("[5/6] validation perplexity (%d sequences): fp32 %.3f | pruned fp32 %.3f | int8 %.3f; top-1 agreement "
-             "int8 vs fp32 %.1f%%; batch-8 latency ms: torch %.1f, ort fp32 %.1f, ort int8 %.1f", len(windows),
-             metrics["fp32"]["perplexity"], metrics["pruned_fp32"]["perplexity"], metrics["exported"]["perplexity"],
-             100 * metrics["int8_vs_fp32_logits"]["top1_agreement"], table["batch_8"]["torch_fp32_eager"],
-             table["batch_8"]["ort_fp32"], table["batch_8"]["ort_int8"])  # fmt: skip
+    log.info(
+        "[5/6] validation perplexity (%d sequences): fp32 %.3f | pruned fp32 %.3f | int8 %.3f; top-1 agreement "
+        "int8 vs fp32 %.1f%%; batch-8 latency ms: torch %.1f, ort fp32 %.1f, ort int8 %.1f",
+        len(windows),
+        metrics["fp32"]["perplexity"],
+        metrics["pruned_fp32"]["perplexity"],
+        metrics["exported"]["perplexity"],
+        100 * metrics["int8_vs_fp32_logits"]["top1_agreement"],
+        table["batch_8"]["torch_fp32_eager"],
+        table["batch_8"]["ort_fp32"],
+        table["batch_8"]["ort_int8"],
+    )
     return metrics, {"threads": cfg.latency_threads, "iters": iters, "seq_len": seq_len, **table}
 
 
@@ -248,19 +262,33 @@ def export_lm(cfg: ExportConfig, ckpt: Consolidated, consolidated_path: Path, wo
         raise ExportError("--quantization static is for mlp models; language models are quantized dynamically")
     model_cfg = ckpt.config.model
     fp32 = ckpt.build_model()
-    log.info("[2/6] consolidated ZeRO-%s (%s ranks, step %s): GPT with %d fp32 parameters -> %s",
-             ckpt.manifest.get("zero_stage"), ckpt.manifest.get("world_size"), ckpt.manifest.get("step"),
-             count_parameters(fp32), consolidated_path)  # fmt: skip
+    log.info(
+        "[2/6] consolidated ZeRO-%s (%s ranks, step %s): GPT with %d fp32 parameters -> %s",
+        ckpt.manifest.get("zero_stage"),
+        ckpt.manifest.get("world_size"),
+        ckpt.manifest.get("step"),
+        count_parameters(fp32),
+        consolidated_path,
+    )
     windows = _validation_windows(ckpt)
     pruned = prune_ffn(fp32, cfg.ffn_prune_fraction)
-    log.info("[3/6] FFN pruning %.0f%%: %d -> %d parameters", 100 * cfg.ffn_prune_fraction, count_parameters(fp32),
-             count_parameters(pruned))  # fmt: skip
+    log.info(
+        "[3/6] FFN pruning %.0f%%: %d -> %d parameters",
+        100 * cfg.ffn_prune_fraction,
+        count_parameters(fp32),
+        count_parameters(pruned),
+    )
     paths = {"fp32": export_lm_onnx(fp32, model_cfg.seq_len, work / "fp32.onnx")}
     paths["pruned_fp32"] = paths["fp32"]
     if cfg.ffn_prune_fraction:
         paths["pruned_fp32"] = export_lm_onnx(pruned, model_cfg.seq_len, work / "pruned_fp32.onnx")
-    paths["int8"] = onnx_export.quantize(paths["pruned_fp32"], work / "model.onnx", mode="dynamic",
-                                         per_channel=cfg.per_channel, op_types=LM_QUANTIZED_OPS)  # fmt: skip
+    paths["int8"] = onnx_export.quantize(
+        paths["pruned_fp32"],
+        work / "model.onnx",
+        mode="dynamic",
+        per_channel=cfg.per_channel,
+        op_types=LM_QUANTIZED_OPS,
+    )
     sizes = _sizes(paths, consolidated_path)
     metrics, latency_ms = measure_lm(cfg, fp32, pruned if cfg.ffn_prune_fraction else fp32, paths, windows)
     increase = gate(metrics["fp32"]["perplexity"], metrics["exported"]["perplexity"], cfg.perplexity_tolerance)
@@ -277,9 +305,14 @@ def export_lm(cfg: ExportConfig, ckpt: Consolidated, consolidated_path: Path, wo
             "per_channel": cfg.per_channel,
             "ops": LM_QUANTIZED_OPS,
             "tool": "onnxruntime.quantization",
-        },  # fmt: skip
+        },
     }
     language_model = {"tokenizer": "bytes", "vocab_size": VOCAB_SIZE, "eot_id": EOT, "max_seq_len": model_cfg.seq_len}
-    measured = {"compression": compression, "metrics": metrics, "latency_ms": latency_ms, "size_bytes": sizes,
-                "language_model": language_model}  # fmt: skip
+    measured = {
+        "compression": compression,
+        "metrics": metrics,
+        "latency_ms": latency_ms,
+        "size_bytes": sizes,
+        "language_model": language_model,
+    }
     return paths["int8"], measured, io_spec(model_cfg.seq_len)

@@ -110,9 +110,14 @@ def compress(
         f", last loss {losses[-1]:.4f}" if losses else "",
     )
     for row in report["layers"]:
-        log.info("      layer %s: %s -> %s, weight sparsity %.1f%% (%.1f%% of the original layer)", row["layer"],
-                 row["shape_before"], row["shape_after"], 100 * row["weight_sparsity"],
-                 100 * row["effective_sparsity"])  # fmt: skip
+        log.info(
+            "      layer %s: %s -> %s, weight sparsity %.1f%% (%.1f%% of the original layer)",
+            row["layer"],
+            row["shape_before"],
+            row["shape_after"],
+            100 * row["weight_sparsity"],
+            100 * row["effective_sparsity"],
+        )
     return pruned, report
 
 
@@ -226,17 +231,30 @@ def _sizes(paths: dict[str, Path], consolidated_path: Path, quantization: str) -
     sizes: dict[str, Any] = {f"{name}_onnx": path.stat().st_size for name, path in paths.items()}
     sizes["fp32_safetensors"] = consolidated_path.stat().st_size
     sizes["int8_vs_fp32_onnx"] = round(sizes["int8_onnx"] / sizes["fp32_onnx"], 4)
-    _stage(4, "ONNX fp32 %d bytes -> pruned %d -> int8 (%s) %d bytes (%.3fx)", sizes["fp32_onnx"],
-           sizes["pruned_fp32_onnx"], quantization, sizes["int8_onnx"], sizes["int8_vs_fp32_onnx"])  # fmt: skip
+    _stage(
+        4,
+        "ONNX fp32 %d bytes -> pruned %d -> int8 (%s) %d bytes (%.3fx)",
+        sizes["fp32_onnx"],
+        sizes["pruned_fp32_onnx"],
+        quantization,
+        sizes["int8_onnx"],
+        sizes["int8_vs_fp32_onnx"],
+    )
     return sizes
 
 
 def _export_mlp(cfg: ExportConfig, ckpt: Consolidated, consolidated_path: Path, work: Path) -> tuple:
     """Stages 2-6 for an MLP: (int8 model path, manifest measurements, io spec)."""
     fp32_model = ckpt.build_model()
-    _stage(2, "consolidated ZeRO-%s (%s ranks, step %s): %d fp32 parameters -> %s", ckpt.manifest.get("zero_stage"),
-           ckpt.manifest.get("world_size"), ckpt.manifest.get("step"), count_parameters(fp32_model),
-           consolidated_path)  # fmt: skip
+    _stage(
+        2,
+        "consolidated ZeRO-%s (%s ranks, step %s): %d fp32 parameters -> %s",
+        ckpt.manifest.get("zero_stage"),
+        ckpt.manifest.get("world_size"),
+        ckpt.manifest.get("step"),
+        count_parameters(fp32_model),
+        consolidated_path,
+    )
     data = _load_data(ckpt)
     pruned, compression = compress(cfg, ckpt, fp32_model, standardized(data, ckpt.stats))
     compression["preprocessing"] = _preprocessing(ckpt.stats)

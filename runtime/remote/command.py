@@ -35,7 +35,6 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from runtime.contract import BUNDLE_KEY, NODE_OUTPUT_DIR, ExitCode
 from runtime.remote.bundle import bundle_entries, write_bundle
 from runtime.remote.nodes import NodeJob, export_script, node_script, node_train_args
 from runtime.remote.outputs import RemoteError, StackOutputs, read_outputs
+from runtime.remote.progress import report, tail, wait_for_nodes
 from runtime.remote.transport import LocalTransport, NodeTransport, SsmTransport
 from runtime.train.checkpoint import existing_run_message
 from runtime.train.command import TrainOptions, parse_train_options, validate
@@ -54,7 +54,6 @@ from runtime.train.config import ConfigError
 from runtime.train.data import DataError
 
 ROOT = Path(__file__).resolve().parents[2]
-TERMINAL = ("Success", "Failed", "Cancelled", "TimedOut")
 MAX_EXECUTION_TIMEOUT_S = 172800  # SSM's limit for AWS-RunShellScript (48 h)
 log = get_logger()
 
@@ -130,11 +129,20 @@ class Launch:
         self.cfg = train_opts.train_config()
         world = self.outputs.world_size
         if train_opts.nproc != self.outputs.slots_per_node:
-            log.info("--nproc %d ignored: the stack runs %d node(s) x %d GPU(s)", train_opts.nproc,
-                     self.outputs.num_nodes, self.outputs.slots_per_node)  # fmt: skip
+            log.info(
+                "--nproc %d ignored: the stack runs %d node(s) x %d GPU(s)",
+                train_opts.nproc,
+                self.outputs.num_nodes,
+                self.outputs.slots_per_node,
+            )
         _, data, spe = validate(self.cfg, world_size=world, device="cuda")
-        log.info("config and data valid for %d ranks: %s, %d train rows, %d steps/epoch", world,
-                 self.cfg.data.source, len(data.train_idx), spe)  # fmt: skip
+        log.info(
+            "config and data valid for %d ranks: %s, %d train rows, %d steps/epoch",
+            world,
+            self.cfg.data.source,
+            len(data.train_idx),
+            spe,
+        )
         self.run_name = self.cfg.run_name
         self.launch_id = f"{self.run_name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
         source = self.cfg.data.source
@@ -151,13 +159,20 @@ class Launch:
         self.entries = bundle_entries(ROOT, opts.wheels)
         self.resume = train_opts.resume
         self.sent_job: NodeJob | None = None
-        self.train_args = node_train_args(train_opts, data=data_arg,
-                                          config_path=self.config_file and self.config_file[0])  # fmt: skip
+        self.train_args = node_train_args(
+            train_opts, data=data_arg, config_path=self.config_file and self.config_file[0]
+        )
 
     def job(self, bundle_sha256: str) -> NodeJob:
-        return NodeJob(outputs=self.outputs, run_name=self.run_name, train_args=tuple(self.train_args),
-                       bundle_sha256=bundle_sha256, launch_id=self.launch_id, master_port=self.opts.master_port,
-                       config_file=self.config_file)  # fmt: skip
+        return NodeJob(
+            outputs=self.outputs,
+            run_name=self.run_name,
+            train_args=tuple(self.train_args),
+            bundle_sha256=bundle_sha256,
+            launch_id=self.launch_id,
+            master_port=self.opts.master_port,
+            config_file=self.config_file,
+        )
 
     def print_plan(self, job: NodeJob) -> None:
         out = self.outputs
@@ -205,8 +220,9 @@ class Launch:
         ids = []
         for rank, iid in enumerate(self.outputs.instance_ids):
             comment = f"stratus {self.run_name} node {rank}/{self.outputs.num_nodes}"
-            ids.append(transport.send(iid, node_script(job, rank), comment=comment,
-                                      timeout_s=self.opts.execution_timeout))  # fmt: skip
+            ids.append(
+                transport.send(iid, node_script(job, rank), comment=comment, timeout_s=self.opts.execution_timeout)
+            )
             log.info("node %d (%s): command %s sent", rank, iid, ids[-1])
         return ids
 
@@ -234,8 +250,11 @@ class Launch:
                 break
             args = job.train_args if "--resume" in job.train_args else (*job.train_args, "--resume")
             job = replace(job, train_args=args, launch_id=f"{self.launch_id}-r{restart}")
-            log.warning("restart %d of %d: relaunching on the stack's nodes with --resume (from S3)", restart,
-                        self.opts.max_restarts)  # fmt: skip
+            log.warning(
+                "restart %d of %d: relaunching on the stack's nodes with --resume (from S3)",
+                restart,
+                self.opts.max_restarts,
+            )
             code = self.attempt(transport, job)
         if code == ExitCode.OK and self.opts.export:
             code = self.export(transport, job)
@@ -245,26 +264,38 @@ class Launch:
         """Export and publish on node 0 (`runtime.remote.publish`); returns export's exit code."""
         iid = self.outputs.instance_ids[0]
         lines = export_script(job, self.opts.model_name)
-        command_id = transport.send(iid, lines, comment=f"stratus {self.run_name} export",
-                                    timeout_s=self.opts.execution_timeout)  # fmt: skip
+        command_id = transport.send(
+            iid, lines, comment=f"stratus {self.run_name} export", timeout_s=self.opts.execution_timeout
+        )
         log.info("node 0 (%s): export command %s sent", iid, command_id)
         try:
             res = wait_for_nodes(transport, [iid], [command_id], interval=self.opts.poll_interval)[0]
         except KeyboardInterrupt:
-            print(f"interrupted: the export keeps running on node 0\n{transport.describe([command_id])}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"interrupted: the export keeps running on node 0\n{transport.describe([command_id])}", file=sys.stderr
+            )
             return ExitCode.INTERRUPTED
-        print(_tail(res.get("StandardOutputContent", "")))
+        print(tail(res.get("StandardOutputContent", "")))
         if res["Status"] == "Success":
             log.info("%s exported and published to s3://%s/models/", self.run_name, self.outputs.models_bucket)
             return ExitCode.OK
-        print(_tail(res.get("StandardErrorContent", ""), 20), file=sys.stderr)
-        why = {ExitCode.NO_CHECKPOINT: "no checkpoint in S3 verifies", ExitCode.GATE_FAILED: "the accuracy gate "
-               "failed, nothing was published", ExitCode.BAD_INPUT: "bad export arguments or data"}  # fmt: skip
+        print(tail(res.get("StandardErrorContent", ""), 20), file=sys.stderr)
+        why = {
+            ExitCode.NO_CHECKPOINT: "no checkpoint in S3 verifies",
+            ExitCode.GATE_FAILED: "the accuracy gate failed, nothing was published",
+            ExitCode.BAD_INPUT: "bad export arguments or data",
+        }
         code = res.get("ResponseCode")
-        log.error("training succeeded, but the export on node 0 (%s) %s with exit %s (%s); the checkpoints are in "
-                  "s3://%s/%s/", iid, res["Status"], code, why.get(code, "see its output above"),
-                  self.outputs.checkpoints_bucket, self.run_name)  # fmt: skip
+        log.error(
+            "training succeeded, but the export on node 0 (%s) %s with exit %s (%s); the checkpoints are in "
+            "s3://%s/%s/",
+            iid,
+            res["Status"],
+            code,
+            why.get(code, "see its output above"),
+            self.outputs.checkpoints_bucket,
+            self.run_name,
+        )
         return ExitCode.FAILED
 
     def attempt(self, transport: NodeTransport, job: NodeJob) -> ExitCode:
@@ -276,95 +307,28 @@ class Launch:
         command_ids = self.send(transport, job)
 
         def stop_others(failed: int, running: list[int]) -> None:
-            log.error("node %d (%s) failed: stopping node(s) %s", failed, out.instance_ids[failed],
-                      ", ".join(map(str, running)))  # fmt: skip
+            log.error(
+                "node %d (%s) failed: stopping node(s) %s",
+                failed,
+                out.instance_ids[failed],
+                ", ".join(map(str, running)),
+            )
             for rank in running:
                 transport.cancel(command_ids[rank], out.instance_ids[rank])
 
         try:
-            results = wait_for_nodes(transport, list(out.instance_ids), command_ids, interval=self.opts.poll_interval,
-                                     on_failure=stop_others)  # fmt: skip
+            results = wait_for_nodes(
+                transport, list(out.instance_ids), command_ids, interval=self.opts.poll_interval, on_failure=stop_others
+            )
         except (KeyboardInterrupt, ClientError, BotoCoreError) as e:
             why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"polling failed ({e})"
-            print(f"{why}: the commands keep running on the nodes; follow or cancel them with\n"
-                  f"{transport.describe(command_ids)}", file=sys.stderr)  # fmt: skip
+            print(
+                f"{why}: the commands keep running on the nodes; follow or cancel them with\n"
+                f"{transport.describe(command_ids)}",
+                file=sys.stderr,
+            )
             return ExitCode.INTERRUPTED if isinstance(e, KeyboardInterrupt) else ExitCode.FAILED
         return report(results, run_name=self.run_name)
-
-
-def wait_for_nodes(
-    ssm: Any,
-    instance_ids: list[str],
-    command_ids: list[str],
-    *,
-    interval: float = 10.0,
-    sleep: Callable[[float], None] = time.sleep,
-    out: Callable[[str], None] = print,
-    on_failure: Callable[[int, list[int]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Poll each node's invocation until all are terminal, printing `node status` lines.
-
-    `ssm` is a `NodeTransport` (or a boto3 SSM client). When a node fails other than by
-    preemption (exit 75: the others stop by themselves, after committing), `on_failure(node,
-    running nodes)` is called once, to stop the others rather than let them wait for the
-    collective timeout. Returns the final invocations in node order.
-    """
-    results: list[dict[str, Any] | None] = [None] * len(instance_ids)
-    start = time.monotonic()
-    while True:
-        for rank, (iid, cid) in enumerate(zip(instance_ids, command_ids, strict=True)):
-            if results[rank] is None or results[rank]["Status"] not in TERMINAL:
-                results[rank] = ssm.get_command_invocation(CommandId=cid, InstanceId=iid)
-        elapsed = int(time.monotonic() - start)
-        states = "  ".join(
-            f"node{r} {iid} {res['Status']}" for r, (iid, res) in enumerate(zip(instance_ids, results, strict=True))
-        )
-        out(f"[remote] {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}  {states}")
-        if all(r["Status"] in TERMINAL for r in results):
-            return results  # type: ignore[return-value]
-        failed = [r for r, res in enumerate(results) if res["Status"] in TERMINAL and res["Status"] != "Success"
-                  and res.get("ResponseCode") != ExitCode.PREEMPTED]  # fmt: skip
-        if failed and on_failure is not None:
-            on_failure(failed[0], [r for r, res in enumerate(results) if res["Status"] not in TERMINAL])
-            on_failure = None
-        sleep(interval)
-
-
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-_HINTS = {
-    "Undeliverable": "the SSM agent is unreachable: is the node running and registered "
-    "(aws ssm describe-instance-information)?",
-    "DeliveryTimedOut": "the SSM agent never picked the command up: check the node and its instance profile",
-    "ExecutionTimedOut": "the command ran past --execution-timeout",
-}
-
-
-def report(results: list[dict[str, Any]], *, run_name: str, out: Callable[[str], None] = print) -> ExitCode:
-    """Print each node's output tail; return 0, 75 (only preemptions) or 1, naming failed nodes."""
-    failed = []
-    for rank, res in enumerate(results):
-        out(f"--- node {rank} ({res.get('InstanceId', '?')}): {res['Status']} ({res.get('StatusDetails', '')}), "
-            f"exit {res.get('ResponseCode', '?')}")  # fmt: skip
-        if res.get("StandardOutputContent"):
-            out(_tail(res["StandardOutputContent"]))
-        if res["Status"] != "Success":
-            if res.get("StandardErrorContent"):
-                out(_tail(res["StandardErrorContent"], 20))
-            failed.append((rank, res))
-    if not failed:
-        out(f"[remote] {run_name}: every node succeeded")
-        return ExitCode.OK
-    for rank, res in failed:
-        hint = _HINTS.get(res.get("StatusDetails", ""), "see its output above and the full log on the node")
-        log.error("node %d (%s) %s, exit %s: %s", rank, res.get("InstanceId", "?"), res["Status"],
-                  res.get("ResponseCode", "?"), hint)  # fmt: skip
-    if all(res.get("ResponseCode") == ExitCode.PREEMPTED for _, res in failed):
-        log.error("preempted after committing a checkpoint: rerun with --resume --run-name %s", run_name)
-        return ExitCode.PREEMPTED
-    return ExitCode.FAILED
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,11 +62,17 @@ def node_launch_command(job: NodeJob, node_rank: int) -> str:
     """The DeepSpeed per-node launcher command of node `node_rank` (what the brief of a node is)."""
     out = job.outputs
     launch = [
-        HOST_PYTHON, "-m", "deepspeed.launcher.launch",
+        HOST_PYTHON,
+        "-m",
+        "deepspeed.launcher.launch",
         f"--world_info={encode_world_info(out.private_ips, out.slots_per_node)}",
-        f"--node_rank={node_rank}", f"--master_addr={out.private_ips[0]}", f"--master_port={job.master_port}",
-        "--module", "runtime.train", *job.train_args,
-    ]  # fmt: skip
+        f"--node_rank={node_rank}",
+        f"--master_addr={out.private_ips[0]}",
+        f"--master_port={job.master_port}",
+        "--module",
+        "runtime.train",
+        *job.train_args,
+    ]
     # The node's env file may name another accelerator (a simulated node: cpu).
     return f'cd {APP_DIR}/app && DS_ACCELERATOR="${{DS_ACCELERATOR:-cuda}}" {shlex.join(launch)}'
 
@@ -95,10 +101,24 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
     node_log = f"{run_dir}/node{node_rank}.log"
     bundle = HOST_BUNDLE
     sync = [
-        HOST_PYTHON, "-m", "runtime.remote.sync", "--run-dir", run_dir, "--bucket", out.checkpoints_bucket,
-        "--prefix", f"{job.run_name}/", "--kms-key-id", out.kms_key_arn, "--node-rank", str(node_rank),
-        "--num-nodes", str(out.num_nodes), "--launch-id", job.launch_id,
-    ]  # fmt: skip
+        HOST_PYTHON,
+        "-m",
+        "runtime.remote.sync",
+        "--run-dir",
+        run_dir,
+        "--bucket",
+        out.checkpoints_bucket,
+        "--prefix",
+        f"{job.run_name}/",
+        "--kms-key-id",
+        out.kms_key_arn,
+        "--node-rank",
+        str(node_rank),
+        "--num-nodes",
+        str(out.num_nodes),
+        "--launch-id",
+        job.launch_id,
+    ]
     lines = [
         *_preamble(out),
         # Checkpoints streamed to S3 after each commit (runtime.train.upload).
@@ -143,10 +163,19 @@ def export_script(job: NodeJob, model_name: str | None = None) -> list[str]:
     """
     out = job.outputs
     publish = [
-        HOST_PYTHON, "-m", "runtime.remote.publish", "--run", job.run_name,
-        "--checkpoints-bucket", out.checkpoints_bucket, "--models-bucket", out.models_bucket,
-        "--kms-key-id", out.kms_key_arn, *(["--model-name", model_name] if model_name else []),
-    ]  # fmt: skip
+        HOST_PYTHON,
+        "-m",
+        "runtime.remote.publish",
+        "--run",
+        job.run_name,
+        "--checkpoints-bucket",
+        out.checkpoints_bucket,
+        "--models-bucket",
+        out.models_bucket,
+        "--kms-key-id",
+        out.kms_key_arn,
+        *(["--model-name", model_name] if model_name else []),
+    ]
     return [
         *_preamble(out),
         f"echo '[stratus] node 0: exporting {job.run_name} from s3://{out.checkpoints_bucket}/{job.run_name}/'",

@@ -61,8 +61,16 @@ class PublishOptions:
 
 def export_args(opts: PublishOptions, tag: str) -> list[str]:
     """`stratus export` arguments for the downloaded checkpoint `tag`."""
-    argv = ["--run-dir", str(opts.work_dir / opts.run), "--checkpoint", tag,
-            "--publish", model_repository_uri(opts.models_bucket), "--kms-key-id", opts.kms_key_id]  # fmt: skip
+    argv = [
+        "--run-dir",
+        str(opts.work_dir / opts.run),
+        "--checkpoint",
+        tag,
+        "--publish",
+        model_repository_uri(opts.models_bucket),
+        "--kms-key-id",
+        opts.kms_key_id,
+    ]
     return argv + (["--model-name", opts.model_name] if opts.model_name else [])
 
 
@@ -90,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     if tag_dir is None:
         log.error("no checkpoint in %s verifies: nothing to export", source)
         return ExitCode.NO_CHECKPOINT
-    log.info("exporting %s (from %s) and publishing to %s", tag_dir.name, source,
-             model_repository_uri(opts.models_bucket))  # fmt: skip
+    log.info(
+        "exporting %s (from %s) and publishing to %s", tag_dir.name, source, model_repository_uri(opts.models_bucket)
+    )
     return export_main(export_args(opts, tag_dir.name))
 
 

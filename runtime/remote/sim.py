@@ -134,16 +134,26 @@ def client(sim_dir: Path, service: str) -> Any:
     import boto3
 
     env = json.loads((Path(sim_dir) / SIM_FILE).read_text())["env"]
-    return boto3.client(service, region_name=env["AWS_DEFAULT_REGION"], endpoint_url=env["AWS_ENDPOINT_URL"],
-                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                        aws_session_token=env["AWS_SESSION_TOKEN"])  # fmt: skip
+    return boto3.client(
+        service,
+        region_name=env["AWS_DEFAULT_REGION"],
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=env["AWS_SESSION_TOKEN"],
+    )
 
 
 def _aws_resources(endpoint: str) -> dict[str, Any]:
     import boto3
 
-    kw = {"region_name": REGION, "endpoint_url": endpoint, "aws_access_key_id": "sim",
-          "aws_secret_access_key": "sim", "aws_session_token": "sim"}  # fmt: skip
+    kw = {
+        "region_name": REGION,
+        "endpoint_url": endpoint,
+        "aws_access_key_id": "sim",
+        "aws_secret_access_key": "sim",
+        "aws_session_token": "sim",
+    }
     key_arn = boto3.client("kms", **kw).create_key(Description="stratus simulated stack")["KeyMetadata"]["Arn"]
     s3 = boto3.client("s3", **kw)
     sfx = secrets.token_hex(4)
@@ -151,8 +161,9 @@ def _aws_resources(endpoint: str) -> dict[str, Any]:
     for b in buckets.values():
         s3.create_bucket(Bucket=b)
     # The serving token, as the stack's SSM SecureString under its key (the server reads it at start).
-    boto3.client("ssm", **kw).put_parameter(Name=TOKEN_PARAMETER, Value=secrets.token_urlsafe(32),
-                                            Type="SecureString", KeyId=key_arn)  # fmt: skip
+    boto3.client("ssm", **kw).put_parameter(
+        Name=TOKEN_PARAMETER, Value=secrets.token_urlsafe(32), Type="SecureString", KeyId=key_arn
+    )
     return {"kms_key_arn": key_arn, **{f"{p}_bucket": b for p, b in buckets.items()}}
 
 
@@ -166,9 +177,16 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
     sfx = tag + secrets.token_hex(2)
     net = _free_subnet()
     hosts = list(net.hosts())
-    sim: dict[str, Any] = {"suffix": sfx, "bridge": f"{PREFIX}{sfx}br", "prefixlen": net.prefixlen,
-                           "gateway": str(hosts[0]), "namespaces": [], "nodes": {}, "pids": [],
-                           "bin": str(sim_dir / "bin")}  # fmt: skip
+    sim: dict[str, Any] = {
+        "suffix": sfx,
+        "bridge": f"{PREFIX}{sfx}br",
+        "prefixlen": net.prefixlen,
+        "gateway": str(hosts[0]),
+        "namespaces": [],
+        "nodes": {},
+        "pids": [],
+        "bin": str(sim_dir / "bin"),
+    }
     (sim_dir / SIM_FILE).write_text(json.dumps(sim))
     try:
         _ip("link", "add", sim["bridge"], "type", "bridge")
@@ -176,8 +194,12 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         _ip("link", "set", sim["bridge"], "up")
         port = 4566
         log = open(sim_dir / "emulator.log", "wb")  # noqa: SIM115 - lives as long as the server
-        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", sim["gateway"], "-p", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", sim["gateway"], "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         sim["pids"].append(moto.pid)
         endpoint = f"http://{sim['gateway']}:{port}"
         _wait_http(f"{endpoint}/moto-api/", moto)
@@ -189,17 +211,33 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
             _add_namespace(sim, sim["nodes"][iid]["netns"], ip, i)
             _node_root(sim_dir / iid)
         serving_ip = str(hosts[19])
-        sim["serving"] = {"id": SERVING_ID, "netns": f"{PREFIX}{sfx}s", "ip": serving_ip,
-                          "root": str(sim_dir / SERVING_ID)}  # fmt: skip
+        sim["serving"] = {
+            "id": SERVING_ID,
+            "netns": f"{PREFIX}{sfx}s",
+            "ip": serving_ip,
+            "root": str(sim_dir / SERVING_ID),
+        }
         _add_namespace(sim, sim["serving"]["netns"], serving_ip, 99)
         _node_root(sim_dir / SERVING_ID)
         _stand_ins(sim_dir / "bin")
-        sim["env"] = {"AWS_ENDPOINT_URL": endpoint, **_CREDENTIALS, "AWS_DEFAULT_REGION": REGION,
-                      "STRATUS_BUNDLE_URI": bundle_uri(resources["models_bucket"])}  # fmt: skip
-        outputs = {"region": REGION, **resources, "trainer_instance_ids": list(sim["nodes"]),
-                   "trainer_private_ips": ips, "trainer_slots_per_node": 1, "serving_instance_id": SERVING_ID,
-                   "serving_private_ip": serving_ip, "serving_url": f"http://{serving_ip}:8080",
-                   "serving_token_parameter": TOKEN_PARAMETER, "estimated_hourly_usd": 0.0}  # fmt: skip
+        sim["env"] = {
+            "AWS_ENDPOINT_URL": endpoint,
+            **_CREDENTIALS,
+            "AWS_DEFAULT_REGION": REGION,
+            "STRATUS_BUNDLE_URI": bundle_uri(resources["models_bucket"]),
+        }
+        outputs = {
+            "region": REGION,
+            **resources,
+            "trainer_instance_ids": list(sim["nodes"]),
+            "trainer_private_ips": ips,
+            "trainer_slots_per_node": 1,
+            "serving_instance_id": SERVING_ID,
+            "serving_private_ip": serving_ip,
+            "serving_url": f"http://{serving_ip}:8080",
+            "serving_token_parameter": TOKEN_PARAMETER,
+            "estimated_hourly_usd": 0.0,
+        }
         (sim_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
         (sim_dir / SIM_FILE).write_text(json.dumps(sim, indent=1))
         return outputs
@@ -288,8 +326,9 @@ def prepare() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.remote.sim", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.remote.sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=("up", "down", "prepare"))
     parser.add_argument("dir", nargs="?", type=Path, help="directory of the simulated stack")
     parser.add_argument("--nodes", type=int, default=2, help="training nodes (default 2)")
@@ -307,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     outputs = up(args.dir, num_nodes=args.nodes)
     print(json.dumps(outputs, indent=1))
-    print(f"up: train with `stratus remote --sim-dir {args.dir} -- ...`; "
-          f"remove with `scripts/sim-stack.sh down {args.dir}`")  # fmt: skip
+    print(
+        f"up: train with `stratus remote --sim-dir {args.dir} -- ...`; "
+        f"remove with `scripts/sim-stack.sh down {args.dir}`"
+    )
     return 0
 
 

@@ -107,8 +107,15 @@ def start_unit(name: str, root: Path) -> int:
                 print(f"{name}: ExecStartPre {pre} exited {code}; not started", file=sys.stderr)
                 return 1
         (main,) = service["ExecStart"]
-        proc = subprocess.Popen(shlex.split(main), env=env, cwd="/", stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            shlex.split(main),
+            env=env,
+            cwd="/",
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     print(f"[simulated systemd] {name} started (pid {proc.pid}); journal: {journal}", file=sys.stderr)
     return 0
 
@@ -175,8 +182,22 @@ def start_imds(transport: LocalTransport, instance_id: str, timeout_s: float = 3
     ready.unlink(missing_ok=True)
     subprocess.run(["ip", "-n", host["netns"], "addr", "replace", f"{IMDS_ADDRESS}/32", "dev", "lo"], check=True)
     repo = Path(__file__).resolve().parents[2]
-    cmd = ["ip", "netns", "exec", host["netns"], sys.executable, "-m", "runtime.remote.simhost", "imds",
-           "--instance-id", instance_id, "--local-ipv4", host["ip"], "--ready", str(ready)]  # fmt: skip
+    cmd = [
+        "ip",
+        "netns",
+        "exec",
+        host["netns"],
+        sys.executable,
+        "-m",
+        "runtime.remote.simhost",
+        "imds",
+        "--instance-id",
+        instance_id,
+        "--local-ipv4",
+        host["ip"],
+        "--ready",
+        str(ready),
+    ]
     with open(root / "imds.log", "ab") as out:
         proc = subprocess.Popen(cmd, cwd=repo, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout_s
@@ -194,12 +215,17 @@ def boot(sim_dir: Path, instance_id: str, user_data: str, *, timeout_s: float = 
     start_imds(transport, instance_id)
     script = root / "user-data"
     script.write_text(user_data)
-    env = {"PATH": f"{transport.sim['bin']}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-           **transport.sim["env"], ENV_HOST_ROOT: str(root)}  # fmt: skip
+    env = {
+        "PATH": f"{transport.sim['bin']}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        **transport.sim["env"],
+        ENV_HOST_ROOT: str(root),
+    }
     with open(root / "cloud-init-output.log", "ab") as out:
         cmd = transport.command_line(instance_id, script, shell="bash")  # noqa: S604 - cloud-init runs user data with bash
-        proc = subprocess.run(cmd, env=env, stdout=out,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout_s)  # fmt: skip
+        proc = subprocess.run(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout_s
+        )
     return proc.returncode
 
 
@@ -207,8 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["systemctl"]:
         return systemctl(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m runtime.remote.simhost", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.remote.simhost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("action", choices=("imds",))
     parser.add_argument("--instance-id", required=True)
     parser.add_argument("--local-ipv4", required=True)

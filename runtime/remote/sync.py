@@ -104,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("checkpoint sync incomplete: %s", e)
         return ExitCode.FAILED
     except (ClientError, BotoCoreError, Boto3Error) as e:
-        log.error("checkpoint sync to s3://%s/%s failed: %s (the trainer role may write only the checkpoints "
-                  "bucket, with SSE-KMS under the stack key)", args.bucket, args.prefix, e)  # fmt: skip
+        log.error(
+            "checkpoint sync to s3://%s/%s failed: %s (the trainer role may write only the checkpoints "
+            "bucket, with SSE-KMS under the stack key)",
+            args.bucket,
+            args.prefix,
+            e,
+        )
         return ExitCode.FAILED
     return ExitCode.OK
 

@@ -144,8 +144,12 @@ class LocalTransport(NodeTransport):
     (`env` in sim.json: the emulator endpoint and credentials, as an instance profile would give).
     """
 
-    MOUNTS = (("scratch", "/scratch"), ("opt-stratus", "/opt/stratus"), ("etc-stratus", "/etc/stratus"),
-              ("systemd", "/etc/systemd/system"))  # fmt: skip
+    MOUNTS = (
+        ("scratch", "/scratch"),
+        ("opt-stratus", "/opt/stratus"),
+        ("etc-stratus", "/etc/stratus"),
+        ("systemd", "/etc/systemd/system"),
+    )
 
     def __init__(self, sim_dir: Path):
         self.sim_dir = Path(sim_dir)
@@ -178,8 +182,19 @@ class LocalTransport(NodeTransport):
         root = Path(node["root"])
         binds = " && ".join(f"mkdir -p {target} && mount --bind {root / sub} {target}" for sub, target in self.MOUNTS)
         inner = f"{binds} && exec {shell} {script}"
-        return ["ip", "netns", "exec", node["netns"], "unshare", "--mount", "--propagation", "private",
-                "sh", "-c", inner]  # fmt: skip
+        return [
+            "ip",
+            "netns",
+            "exec",
+            node["netns"],
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            inner,
+        ]
 
     def send(self, instance_id: str, lines: Sequence[str], *, comment: str, timeout_s: int) -> str:
         node = self.node(instance_id)
@@ -190,8 +205,14 @@ class LocalTransport(NodeTransport):
         script.write_text("\n".join(lines) + "\n")
         env = {"PATH": f"{self.sim['bin']}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", **self.sim["env"]}
         with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
-            proc = subprocess.Popen(self.command_line(instance_id, script), stdout=out, stderr=err, env=env,
-                                    start_new_session=True, stdin=subprocess.DEVNULL)  # fmt: skip
+            proc = subprocess.Popen(
+                self.command_line(instance_id, script),
+                stdout=out,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+            )
         self.procs[command_id] = (proc, work, time.monotonic(), timeout_s)
         log.info("simulated %s (%s): %s", instance_id, node["netns"], comment)
         return command_id
@@ -211,9 +232,13 @@ class LocalTransport(NodeTransport):
             status, detail, code = "Failed", "Failed", 128 - code
         else:
             status = detail = "Failed"
-        result = {"InstanceId": InstanceId, "Status": status, "StatusDetails": detail,
-                  "StandardOutputContent": _tail_file(work / "stdout"),
-                  "StandardErrorContent": _tail_file(work / "stderr")}  # fmt: skip
+        result = {
+            "InstanceId": InstanceId,
+            "Status": status,
+            "StatusDetails": detail,
+            "StandardOutputContent": _tail_file(work / "stdout"),
+            "StandardErrorContent": _tail_file(work / "stderr"),
+        }
         if code is not None:
             result["ResponseCode"] = code
         return result

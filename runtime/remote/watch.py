@@ -85,8 +85,11 @@ def watch(pid: int, endpoint: str, interval_s: float) -> int:
             notice = None
         ranks = rank_processes(root) if notice is not None else []
         if ranks:  # a notice before the ranks started is acted on once they are up
-            log.warning("spot interruption notice (%s): SIGTERM to %d rank(s); they commit, upload and exit 75",
-                        notice.strip()[:200], len(ranks))  # fmt: skip
+            log.warning(
+                "spot interruption notice (%s): SIGTERM to %d rank(s); they commit, upload and exit 75",
+                notice.strip()[:200],
+                len(ranks),
+            )
             for rank in ranks:
                 with contextlib.suppress(psutil.Error):
                     rank.send_signal(signal.SIGTERM)
@@ -96,8 +99,9 @@ def watch(pid: int, endpoint: str, interval_s: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.remote.watch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.remote.watch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pid", type=int, required=True, help="the node script's shell; ranks are under it")
     parser.add_argument("--endpoint", default="http://169.254.169.254", help="instance metadata service")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default 5)")

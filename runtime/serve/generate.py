@@ -85,8 +85,11 @@ def parse_request(body: bytes, limits: GenerateLimits, stream_route: bool) -> Ge
     if len(prompt.encode("utf-8")) > MAX_PROMPT_BYTES:
         raise RequestError(413, f"the prompt exceeds {MAX_PROMPT_BYTES} bytes")
     if "max_tokens" in params and isinstance(params["max_tokens"], int) and params["max_tokens"] > limits.max_tokens:
-        raise RequestError(422, f"parameters.max_tokens = {params['max_tokens']} exceeds this server's cap of "
-                           f"{limits.max_tokens}; ask for fewer tokens")  # fmt: skip
+        raise RequestError(
+            422,
+            f"parameters.max_tokens = {params['max_tokens']} exceeds this server's cap of "
+            f"{limits.max_tokens}; ask for fewer tokens",
+        )
     seed = params.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise RequestError(400, "parameters.seed must be a non-negative integer")
@@ -106,8 +109,11 @@ def parse_request(body: bytes, limits: GenerateLimits, stream_route: bool) -> Ge
 def language_model_info(model: LoadedModel) -> dict:
     info = model.manifest.get("language_model")
     if not isinstance(info, dict) or "max_seq_len" not in info:
-        raise RequestError(400, f"model {model.name!r} version {model.version} is not a language model "
-                           "(its manifest has no language_model section); use /infer")  # fmt: skip
+        raise RequestError(
+            400,
+            f"model {model.name!r} version {model.version} is not a language model "
+            "(its manifest has no language_model section); use /infer",
+        )
     return info
 
 
@@ -159,8 +165,15 @@ async def _stream(model: LoadedModel, req: GenerateRequest, limits: GenerateLimi
             tail = decoder.flush()
             if tail:
                 yield _event({"text_output": tail})
-            yield _event({"text_output": "", "finish_reason": item, "generated_tokens": count,
-                          "model_name": model.name, "model_version": model.version_str})  # fmt: skip
+            yield _event(
+                {
+                    "text_output": "",
+                    "finish_reason": item,
+                    "generated_tokens": count,
+                    "model_name": model.name,
+                    "model_version": model.version_str,
+                }
+            )
             return
         count += 1
         piece = decoder.feed([item])
@@ -185,9 +198,14 @@ def handler(limits: GenerateLimits, *, stream_route: bool):
                 reason = item
             else:
                 new.append(item)
-        body = {"model_name": model.name, "model_version": model.version_str, "text_output": decode(new),
-                "finish_reason": reason, "prompt_tokens": len(req.prompt_ids),
-                "generated_tokens": len(new)}  # fmt: skip
+        body = {
+            "model_name": model.name,
+            "model_version": model.version_str,
+            "text_output": decode(new),
+            "finish_reason": reason,
+            "prompt_tokens": len(req.prompt_ids),
+            "generated_tokens": len(new),
+        }
         return 200, orjson.dumps(body), _JSON
 
     return generate
@@ -196,5 +214,6 @@ def handler(limits: GenerateLimits, *, stream_route: bool):
 def register(app: ServeApp, limits: GenerateLimits) -> None:
     """Add the generate routes to `app` (behind the token)."""
     app.add_route(Route("POST", "/v2/models/{model}/generate", "generate"), handler(limits, stream_route=False))
-    app.add_route(Route("POST", "/v2/models/{model}/generate_stream", "generate_stream"),
-                  handler(limits, stream_route=True))  # fmt: skip
+    app.add_route(
+        Route("POST", "/v2/models/{model}/generate_stream", "generate_stream"), handler(limits, stream_route=True)
+    )

@@ -103,8 +103,18 @@ def _free_port() -> int:
 
 def launcher_command(argv: list[str], nproc: int, master_port: int) -> list[str]:
     """DeepSpeed's launcher running `runtime.train` on `nproc` local ranks with `argv`."""
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--master_port",
-            str(master_port), "--module", "runtime.train", *argv]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(nproc),
+        "--master_port",
+        str(master_port),
+        "--module",
+        "runtime.train",
+        *argv,
+    ]
 
 
 def device_kind() -> str:
@@ -158,8 +168,15 @@ def preflight(opts: TrainOptions) -> ExitCode | int:
     unit = f"rows x {data.num_features} features"
     if cfg.model.kind == "gpt":
         unit = f"sequences of {cfg.model.seq_len + 1} tokens"
-    log.info("data %s: %d train / %d val %s; %d steps/epoch x %d epochs", cfg.data.source, len(data.train_idx),
-             len(data.val_idx), unit, spe, cfg.epochs)  # fmt: skip
+    log.info(
+        "data %s: %d train / %d val %s; %d steps/epoch x %d epochs",
+        cfg.data.source,
+        len(data.train_idx),
+        len(data.val_idx),
+        unit,
+        spe,
+        cfg.epochs,
+    )
     if opts.dry_run:
         print("DeepSpeed config:")
         print(json.dumps(ds, indent=2))

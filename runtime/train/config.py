@@ -252,11 +252,18 @@ class TrainConfig:
         lower = source.lower()
         if self.model.kind == "mlp":
             if source == BUILTIN_TEXT_SOURCE or (source != BUILTIN_SOURCE and not lower.endswith(TABULAR_SUFFIXES)):
-                _fail("data.source", source, "use a file ending in .npz (arrays x, y) or .csv, or "
-                      "builtin:mlp-binary (model.kind=mlp)")  # fmt: skip
+                _fail(
+                    "data.source",
+                    source,
+                    "use a file ending in .npz (arrays x, y) or .csv, or builtin:mlp-binary (model.kind=mlp)",
+                )
         elif source == BUILTIN_SOURCE or lower.endswith(TABULAR_SUFFIXES):
-            _fail("data.source", source, "model.kind=gpt reads text: builtin:python-stdlib, a directory of "
-                  "text files, a .txt or .jsonl file, or s3://bucket/prefix/")  # fmt: skip
+            _fail(
+                "data.source",
+                source,
+                "model.kind=gpt reads text: builtin:python-stdlib, a directory of "
+                "text files, a .txt or .jsonl file, or s3://bucket/prefix/",
+            )
 
     @property
     def run_dir(self) -> Path:

@@ -152,8 +152,13 @@ class Trainer:
         state = checkpoint.restore(self.engine, self.ckpt_dir)
         self.pos = Position(step=state["step"], epoch=state["epoch"], step_in_epoch=state["step_in_epoch"])
         self.order = epoch_order(self.data.train_idx, self.cfg.seed, self.pos.epoch)
-        log.info("resumed %s at step %d (epoch %d, batch %d)", self.ckpt_dir, self.pos.step, self.pos.epoch,
-                 self.pos.step_in_epoch)  # fmt: skip
+        log.info(
+            "resumed %s at step %d (epoch %d, batch %d)",
+            self.ckpt_dir,
+            self.pos.step,
+            self.pos.epoch,
+            self.pos.step_in_epoch,
+        )
 
     def save(self) -> Path:
         """Commit a checkpoint of the current position on every rank, then apply retention. Collective."""
@@ -265,8 +270,9 @@ class Trainer:
             if stop or last or self.pos.step % cfg.checkpoint_every == 0:
                 self.save()
             if stop:
-                log.warning("stop requested (SIGTERM/SIGINT): checkpoint %s committed; rerun with --resume",
-                            self.last_tag)  # fmt: skip
+                log.warning(
+                    "stop requested (SIGTERM/SIGINT): checkpoint %s committed; rerun with --resume", self.last_tag
+                )
                 return ExitCode.PREEMPTED
         if self.rank == 0:
             progress.finish()

@@ -87,7 +87,7 @@ def gpt_350m() -> TrainConfig:
         checkpoint_every=500,
         model=ModelConfig(
             kind="gpt", num_layers=24, num_heads=16, embed_dim=1024, seq_len=1024, activation_checkpointing=True
-        ),  # fmt: skip
+        ),
         data=DataConfig(source=BUILTIN_TEXT_SOURCE, max_bytes=0, val_fraction=0.02),
         optim=OptimConfig(lr=3e-4, betas=(0.9, 0.95)),
         parallel=ParallelConfig(zero_stage=2, offload="none", grad_accum_steps=4, precision="bf16"),
@@ -109,7 +109,7 @@ def gpt_1_3b() -> TrainConfig:
         checkpoint_every=500,
         model=ModelConfig(
             kind="gpt", num_layers=24, num_heads=16, embed_dim=2048, seq_len=2048, activation_checkpointing=True
-        ),  # fmt: skip
+        ),
         data=DataConfig(source=BUILTIN_TEXT_SOURCE, max_bytes=0, val_fraction=0.02),
         optim=OptimConfig(lr=2e-4, betas=(0.9, 0.95)),
         parallel=ParallelConfig(zero_stage=3, offload="none", grad_accum_steps=8, precision="bf16"),

@@ -39,18 +39,42 @@ class Progress:
         t, cfg = self.t, self.t.cfg
         if t.rank != 0:
             return
-        log.info("model %s: %d parameters (held per rank: %s); ZeRO-%d, offload=%s, %s on %s x %d (%s)",
-                 cfg.preset, t.num_params, t.held, cfg.parallel.zero_stage, cfg.parallel.offload, t.precision,
-                 t.kind, t.world, dist.get_backend())  # fmt: skip
-        log.info("global batch %d = %d ranks x %d micro x %d accumulation; %d steps (%d/epoch)",
-                 cfg.global_batch_size, t.world, cfg.micro_batch_size(t.world), cfg.parallel.grad_accum_steps,
-                 t.total_steps, t.steps_per_epoch)  # fmt: skip
+        log.info(
+            "model %s: %d parameters (held per rank: %s); ZeRO-%d, offload=%s, %s on %s x %d (%s)",
+            cfg.preset,
+            t.num_params,
+            t.held,
+            cfg.parallel.zero_stage,
+            cfg.parallel.offload,
+            t.precision,
+            t.kind,
+            t.world,
+            dist.get_backend(),
+        )
+        log.info(
+            "global batch %d = %d ranks x %d micro x %d accumulation; %d steps (%d/epoch)",
+            cfg.global_batch_size,
+            t.world,
+            cfg.micro_batch_size(t.world),
+            cfg.parallel.grad_accum_steps,
+            t.total_steps,
+            t.steps_per_epoch,
+        )
         if self.lm:
             seq = cfg.model.seq_len
-            log.info("tokens/step %d (%d x seq_len %d); %.3g FLOPs per token", cfg.global_batch_size * seq,
-                     cfg.global_batch_size, seq, self.flops_per_sample / seq)  # fmt: skip
-        log.info("measured matmul peak %.1f GFLOP/s (%s, all %d ranks together): the MFU reference",
-                 t.peak_flops / 1e9, t.precision, t.world)  # fmt: skip
+            log.info(
+                "tokens/step %d (%d x seq_len %d); %.3g FLOPs per token",
+                cfg.global_batch_size * seq,
+                cfg.global_batch_size,
+                seq,
+                self.flops_per_sample / seq,
+            )
+        log.info(
+            "measured matmul peak %.1f GFLOP/s (%s, all %d ranks together): the MFU reference",
+            t.peak_flops / 1e9,
+            t.precision,
+            t.world,
+        )
 
     def add_loss(self, loss: float) -> None:
         self.loss_sum += loss
@@ -97,8 +121,16 @@ class Progress:
             metric = f"val_ppl {self.val_ppl:.3f}" if self.lm else f"val_acc {100 * self.val_acc:.2f}%"
             extra = f" val_loss {self.val_loss:.4f} {metric}"
         speed = f"{rate * t.task.tokens_per_sample:.0f} tokens/s" if self.lm else f"{rate:.0f} samples/s"
-        log.info("step %d/%d epoch %d loss %.4f%s %s MFU %.2f%%", t.pos.step, t.total_steps,
-                 t.pos.epoch + (0 if end_of_epoch else 1), mean_loss, extra, speed, 100 * util)  # fmt: skip
+        log.info(
+            "step %d/%d epoch %d loss %.4f%s %s MFU %.2f%%",
+            t.pos.step,
+            t.total_steps,
+            t.pos.epoch + (0 if end_of_epoch else 1),
+            mean_loss,
+            extra,
+            speed,
+            100 * util,
+        )
 
     def summary(self) -> dict[str, Any]:
         t, cfg = self.t, self.t.cfg
@@ -131,8 +163,11 @@ class Progress:
         if cfg.data.source == BUILTIN_SOURCE:
             out["best_achievable_accuracy"] = BUILTIN_BEST_ACCURACY
         if self.lm:
-            out.update(val_perplexity=self.val_ppl, seq_len=cfg.model.seq_len,
-                       tokens_per_s=_median(self.rates) * cfg.model.seq_len)  # fmt: skip
+            out.update(
+                val_perplexity=self.val_ppl,
+                seq_len=cfg.model.seq_len,
+                tokens_per_s=_median(self.rates) * cfg.model.seq_len,
+            )
         return out
 
     def finish(self) -> None:
@@ -142,12 +177,23 @@ class Progress:
         write_summary(cfg.run_dir / "summary.json", summary)
         plot(cfg.run_dir / "metrics.csv", cfg.run_dir / "training.png", f"{cfg.run_name} ({cfg.preset})")
         if self.lm:
-            log.info("done: %d steps, val perplexity %.3f, %.0f tokens/s, MFU %.2f%%, %s", self.t.pos.step,
-                     self.val_ppl, summary["tokens_per_s"], 100 * summary["mfu"], cfg.run_dir)  # fmt: skip
+            log.info(
+                "done: %d steps, val perplexity %.3f, %.0f tokens/s, MFU %.2f%%, %s",
+                self.t.pos.step,
+                self.val_ppl,
+                summary["tokens_per_s"],
+                100 * summary["mfu"],
+                cfg.run_dir,
+            )
             return
         best = summary.get("best_achievable_accuracy")
-        log.info("done: %d steps, val accuracy %.2f%% (best achievable %s), %s", self.t.pos.step,
-                 100 * self.val_acc, f"{100 * best:.1f}%" if best else "n/a", cfg.run_dir)  # fmt: skip
+        log.info(
+            "done: %d steps, val accuracy %.2f%% (best achievable %s), %s",
+            self.t.pos.step,
+            100 * self.val_acc,
+            f"{100 * best:.1f}%" if best else "n/a",
+            cfg.run_dir,
+        )
 
 
 def _median(values: list[float]) -> float:

@@ -58,10 +58,16 @@ class StreamTarget:
         if not env.get(ENV_URI):
             return None
         bucket, prefix = parse_s3_uri(env[ENV_URI])
-        return cls(bucket=bucket, prefix=prefix if prefix.endswith("/") or not prefix else prefix + "/",
-                   kms_key_arn=env.get(ENV_KMS, ""), node_rank=int(env.get(ENV_NODE_RANK, "0")),
-                   num_nodes=int(env.get(ENV_NUM_NODES, "1")), launch_id=env.get(ENV_LAUNCH_ID, ""),
-                   budget_s=float(env.get(ENV_BUDGET, "2")), wait_s=float(env.get(ENV_WAIT, "600")))  # fmt: skip
+        return cls(
+            bucket=bucket,
+            prefix=prefix if prefix.endswith("/") or not prefix else prefix + "/",
+            kms_key_arn=env.get(ENV_KMS, ""),
+            node_rank=int(env.get(ENV_NODE_RANK, "0")),
+            num_nodes=int(env.get(ENV_NUM_NODES, "1")),
+            launch_id=env.get(ENV_LAUNCH_ID, ""),
+            budget_s=float(env.get(ENV_BUDGET, "2")),
+            wait_s=float(env.get(ENV_WAIT, "600")),
+        )
 
     def uploader(self) -> Uploader:
         import boto3
@@ -84,8 +90,11 @@ class CheckpointStreamer:
         try:
             self.queue.put(tag_dir, timeout=self.target.budget_s)
         except queue.Full:
-            log.warning("upload queue full after %.1f s: %s goes to S3 with a later checkpoint or the final sync",
-                        self.target.budget_s, tag_dir.name)  # fmt: skip
+            log.warning(
+                "upload queue full after %.1f s: %s goes to S3 with a later checkpoint or the final sync",
+                self.target.budget_s,
+                tag_dir.name,
+            )
 
     def _work(self) -> None:
         while (tag_dir := self.queue.get()) is not None:
@@ -96,12 +105,21 @@ class CheckpointStreamer:
                 log.warning("streaming %s to S3 failed (%s); the sync after training retries it", tag_dir.name, e)
                 continue
             except Exception as e:  # boto3/botocore errors: training must go on
-                log.warning("streaming %s to S3 failed (%s: %s); the sync after training retries it",
-                            tag_dir.name, type(e).__name__, e)  # fmt: skip
+                log.warning(
+                    "streaming %s to S3 failed (%s: %s); the sync after training retries it",
+                    tag_dir.name,
+                    type(e).__name__,
+                    e,
+                )
                 continue
             self.streamed.append(tag_dir.name)
-            log.info("streamed %s to s3://%s/%s in %.1f s", tag_dir.name, self.up.bucket, self.up.prefix,
-                     time.monotonic() - start)  # fmt: skip
+            log.info(
+                "streamed %s to s3://%s/%s in %.1f s",
+                tag_dir.name,
+                self.up.bucket,
+                self.up.prefix,
+                time.monotonic() - start,
+            )
 
     def _upload(self, tag_dir: Path) -> None:
         t = self.target
@@ -128,8 +146,13 @@ def streamer_for(keep: int) -> CheckpointStreamer | None:
     target = StreamTarget.from_env()
     if target is None or int(os.environ.get("LOCAL_RANK", "0")) != 0:
         return None
-    log.info("streaming checkpoints to s3://%s/%s (node %d of %d)", target.bucket, target.prefix, target.node_rank,
-             target.num_nodes)  # fmt: skip
+    log.info(
+        "streaming checkpoints to s3://%s/%s (node %d of %d)",
+        target.bucket,
+        target.prefix,
+        target.node_rank,
+        target.num_nodes,
+    )
     return CheckpointStreamer(target, keep)
 
 
@@ -173,6 +196,13 @@ def _set_aside_unsynced(up: Uploader, ckpt_dir: Path) -> None:
         return
     for tag_dir in candidates(ckpt_dir):
         if step_of(tag_dir.name) > latest_step:
-            log.warning("%s is newer than s3://%s/%s%s (%s): set aside as %s.unsynced", tag_dir.name, up.bucket,
-                        up.prefix, LATEST, latest, tag_dir.name)  # fmt: skip
+            log.warning(
+                "%s is newer than s3://%s/%s%s (%s): set aside as %s.unsynced",
+                tag_dir.name,
+                up.bucket,
+                up.prefix,
+                LATEST,
+                latest,
+                tag_dir.name,
+            )
             tag_dir.rename(tag_dir.with_name(f"{tag_dir.name}.unsynced"))

@@ -214,9 +214,13 @@ def flow_logs(run: ProgramRun) -> list[str]:
     violations = []
     for vpc in run.of_type(VPC):
         found = run.attached(FLOW_LOG, vpc, "vpcId")
-        good = [f for f in found if f.inputs.get("trafficType") == "ALL"
-                and f.inputs.get("logDestinationType") == "s3"
-                and any(f.inputs.get("logDestination", "").startswith(b.state["arn"] + "/") for b in logs)]  # fmt: skip
+        good = [
+            f
+            for f in found
+            if f.inputs.get("trafficType") == "ALL"
+            and f.inputs.get("logDestinationType") == "s3"
+            and any(f.inputs.get("logDestination", "").startswith(b.state["arn"] + "/") for b in logs)
+        ]
         if not good:
             violations.append(f"{vpc.urn}: no flow log of ALL traffic into the logs bucket")
     return violations
@@ -315,7 +319,18 @@ def kms_key_hygiene(run: ProgramRun) -> list[str]:
 
 
 ALL_CHECKS = [
-    bucket_encryption, public_access_block, tls_only_and_key_only_policy, volume_encryption,
-    imdsv2, no_internet_ingress, training_group_isolated, default_group_empty, flow_logs,
-    no_public_ips, no_wildcard_iam, no_secret_in_user_data, tags_present, kms_key_hygiene,
-]  # fmt: skip
+    bucket_encryption,
+    public_access_block,
+    tls_only_and_key_only_policy,
+    volume_encryption,
+    imdsv2,
+    no_internet_ingress,
+    training_group_isolated,
+    default_group_empty,
+    flow_logs,
+    no_public_ips,
+    no_wildcard_iam,
+    no_secret_in_user_data,
+    tags_present,
+    kms_key_hygiene,
+]

@@ -61,7 +61,8 @@ def test_open_and_targeted_reservations_and_the_placement_group_rule():
     )
     (lt,) = targeted.of_type(LT)
     assert lt.inputs["capacityReservationSpecification"] == {
-        "capacityReservationTarget": {"capacityReservationResourceGroupArn": GROUP}}  # fmt: skip
+        "capacityReservationTarget": {"capacityReservationResourceGroupArn": GROUP}
+    }
     assert targeted.of_type(PG) == []
     off = run_program(example_config(**{"trainer-placement-group": False}))
     assert off.of_type(PG) == []
@@ -74,33 +75,63 @@ def test_spot_nodes_carry_no_reservation_settings(efa_spot_run):
 
 
 BAD = {
-    "block-without-id": ({"trainer-instance-type": "p5.48xlarge", "trainer-market": "capacity-block"},
-                         "trainer-capacity-reservation-id", "is required with `trainer-market: capacity-block`"),
-    "reservation-without-zone": ({"trainer-capacity-reservation-id": RID, "training-availability-zone": None},
-                                 "training-availability-zone",
-                                 "describe-capacity-reservations"),
-    "block-on-g5": ({"trainer-market": "capacity-block", "trainer-capacity-reservation-id": RID},
-                    "trainer-instance-type", "not sold as a Capacity Block"),
-    "price-without-block": ({"trainer-capacity-block-usd-per-hour": 30}, "trainer-capacity-block-usd-per-hour",
-                            "is set but `trainer-market` is on-demand"),
+    "block-without-id": (
+        {"trainer-instance-type": "p5.48xlarge", "trainer-market": "capacity-block"},
+        "trainer-capacity-reservation-id",
+        "is required with `trainer-market: capacity-block`",
+    ),
+    "reservation-without-zone": (
+        {"trainer-capacity-reservation-id": RID, "training-availability-zone": None},
+        "training-availability-zone",
+        "describe-capacity-reservations",
+    ),
+    "block-on-g5": (
+        {"trainer-market": "capacity-block", "trainer-capacity-reservation-id": RID},
+        "trainer-instance-type",
+        "not sold as a Capacity Block",
+    ),
+    "price-without-block": (
+        {"trainer-capacity-block-usd-per-hour": 30},
+        "trainer-capacity-block-usd-per-hour",
+        "is set but `trainer-market` is on-demand",
+    ),
     "bad-id": ({"trainer-capacity-reservation-id": "cr-123"}, "trainer-capacity-reservation-id", "not a Capacity"),
-    "id-and-group": ({"trainer-capacity-reservation-id": RID, "trainer-capacity-reservation-group-arn": GROUP},
-                     "trainer-capacity-reservation-group-arn", "not both"),
-    "spot-reserved": ({"trainer-market": "spot", "trainer-spot-max-price": 3, "trainer-capacity-reservation-id": RID},
-                      "trainer-market", "cannot launch into a Capacity Reservation"),
-    "group-forced-with-target": ({"trainer-capacity-reservation-id": RID, "trainer-placement-group": True},
-                                 "trainer-placement-group", "decides their placement"),
-    "preference-with-target": ({"trainer-capacity-reservation-id": RID,
-                                "trainer-capacity-reservation-preference": "none"},
-                               "trainer-capacity-reservation-preference", "applies only to nodes without a target"),
-    "preference-with-spot": ({"trainer-market": "spot", "trainer-spot-max-price": 3,
-                              "trainer-capacity-reservation-preference": "open"},
-                             "trainer-capacity-reservation-preference", "spot nodes never use reservations"),
-    "gp3-throughput-over-iops": ({"trainer-scratch-volume-gb": 500, "trainer-scratch-throughput-mibps": 1000},
-                                 "trainer-scratch-throughput-mibps", "needs at least 4000 IOPS"),
-    "gp3-iops-over-size": ({"trainer-scratch-volume-gb": 10, "trainer-scratch-iops": 6000},
-                           "trainer-scratch-iops", "500 IOPS per GB"),
-}  # fmt: skip
+    "id-and-group": (
+        {"trainer-capacity-reservation-id": RID, "trainer-capacity-reservation-group-arn": GROUP},
+        "trainer-capacity-reservation-group-arn",
+        "not both",
+    ),
+    "spot-reserved": (
+        {"trainer-market": "spot", "trainer-spot-max-price": 3, "trainer-capacity-reservation-id": RID},
+        "trainer-market",
+        "cannot launch into a Capacity Reservation",
+    ),
+    "group-forced-with-target": (
+        {"trainer-capacity-reservation-id": RID, "trainer-placement-group": True},
+        "trainer-placement-group",
+        "decides their placement",
+    ),
+    "preference-with-target": (
+        {"trainer-capacity-reservation-id": RID, "trainer-capacity-reservation-preference": "none"},
+        "trainer-capacity-reservation-preference",
+        "applies only to nodes without a target",
+    ),
+    "preference-with-spot": (
+        {"trainer-market": "spot", "trainer-spot-max-price": 3, "trainer-capacity-reservation-preference": "open"},
+        "trainer-capacity-reservation-preference",
+        "spot nodes never use reservations",
+    ),
+    "gp3-throughput-over-iops": (
+        {"trainer-scratch-volume-gb": 500, "trainer-scratch-throughput-mibps": 1000},
+        "trainer-scratch-throughput-mibps",
+        "needs at least 4000 IOPS",
+    ),
+    "gp3-iops-over-size": (
+        {"trainer-scratch-volume-gb": 10, "trainer-scratch-iops": 6000},
+        "trainer-scratch-iops",
+        "500 IOPS per GB",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -130,9 +161,17 @@ def test_quota_check_fails_at_preview_naming_quota_need_and_value():
 
 
 def test_quota_needs_add_up_per_family_and_spot_uses_the_spot_quota():
-    cfg = parse_config({"aws:region": "us-east-1", "trainer-instance-type": "g5.12xlarge", "trainer-count": 3,
-                        "serving-instance-type": "g5.xlarge", "serving-root-volume-gb": 100, "trainer-market": "spot",
-                        "trainer-spot-max-price": 3})  # fmt: skip
+    cfg = parse_config(
+        {
+            "aws:region": "us-east-1",
+            "trainer-instance-type": "g5.12xlarge",
+            "trainer-count": 3,
+            "serving-instance-type": "g5.xlarge",
+            "serving-root-volume-gb": 100,
+            "trainer-market": "spot",
+            "trainer-spot-max-price": 3,
+        }
+    )
     needs = {n.code: n for n in quota_needs(cfg)}
     assert needs["L-3819A6DF"].vcpus == 144 and needs["L-DB2E81BA"].vcpus == 4
     check_quota(needs["L-DB2E81BA"], 4, "us-east-1")

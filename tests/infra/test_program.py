@@ -15,10 +15,22 @@ from runtime.contract import STACK_OUTPUTS
 from tests.infra.support import example_config
 
 OUTPUTS = {
-    "region", "kms_key_arn", "datasets_bucket", "checkpoints_bucket", "models_bucket", "logs_bucket",
-    "trainer_instance_ids", "trainer_private_ips", "trainer_slots_per_node", "serving_instance_id",
-    "serving_private_ip", "serving_url", "serving_grpc_target", "serving_token_parameter", "estimated_hourly_usd",
-}  # fmt: skip
+    "region",
+    "kms_key_arn",
+    "datasets_bucket",
+    "checkpoints_bucket",
+    "models_bucket",
+    "logs_bucket",
+    "trainer_instance_ids",
+    "trainer_private_ips",
+    "trainer_slots_per_node",
+    "serving_instance_id",
+    "serving_private_ip",
+    "serving_url",
+    "serving_grpc_target",
+    "serving_token_parameter",
+    "estimated_hourly_usd",
+}
 
 
 def test_exports_exactly_the_architecture_outputs(example_run):

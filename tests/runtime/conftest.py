@@ -73,8 +73,16 @@ def zero_runs(tmp_path_factory) -> ZeroRuns:
 
 
 # gpt-tiny under ZeRO-3 with parameters and optimizer offloaded, activation checkpointing on.
-GPT_RUN = ["max_steps=30", "log_every=5", "eval_every=15", "checkpoint_every=30", "data.max_bytes=400000",
-           "parallel.zero_stage=3", "parallel.offload=all", "model.activation_checkpointing=true"]  # fmt: skip
+GPT_RUN = [
+    "max_steps=30",
+    "log_every=5",
+    "eval_every=15",
+    "checkpoint_every=30",
+    "data.max_bytes=400000",
+    "parallel.zero_stage=3",
+    "parallel.offload=all",
+    "model.activation_checkpointing=true",
+]
 
 
 @pytest.fixture(scope="session")
@@ -97,8 +105,9 @@ def gpt_export(gpt_run, tmp_path_factory):
     from runtime.export.pipeline import run_export
 
     root = tmp_path_factory.mktemp("gpt-export")
-    cfg = ExportConfig(run_dir=gpt_run, out_dir=root / "export", latency_iters=2, publish=str(root / "repo"),
-                       model_name="gpt")  # fmt: skip
+    cfg = ExportConfig(
+        run_dir=gpt_run, out_dir=root / "export", latency_iters=2, publish=str(root / "repo"), model_name="gpt"
+    )
     return run_export(cfg), root / "repo"
 
 

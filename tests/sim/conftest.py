@@ -71,8 +71,13 @@ def sim_stack(tmp_path_factory):
         pytest.skip("simulated nodes need root, iproute2 and util-linux (ip netns, unshare)")
     sim.remove_leftovers(TEST_PREFIX)
     root = tmp_path_factory.mktemp("sim")
-    build = subprocess.Popen([sys.executable, "-c", BUILD_OPS], env={**os.environ, "DS_ACCELERATOR": "cpu"},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    build = subprocess.Popen(
+        [sys.executable, "-c", BUILD_OPS],
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         outputs = sim.up(root, num_nodes=2, tag="t")
         built = build.communicate(timeout=900)[0]

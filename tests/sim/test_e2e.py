@@ -53,8 +53,11 @@ def test_ssm_sends_the_script_the_simulated_nodes_ran(sim_stack, e2e_run):
 
 def _manifest_times(s3, bucket: str, run: str) -> dict[int, object]:
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{run}/")["Contents"]
-    return {int(o["Key"].split("/")[1][len("global_step") :]): o["LastModified"]
-            for o in listed if o["Key"].endswith("/manifest.json") and "/.parts/" not in o["Key"]}  # fmt: skip
+    return {
+        int(o["Key"].split("/")[1][len("global_step") :]): o["LastModified"]
+        for o in listed
+        if o["Key"].endswith("/manifest.json") and "/.parts/" not in o["Key"]
+    }
 
 
 def test_checkpoints_stream_to_s3_during_training_in_commit_order(sim_stack, e2e_run):
@@ -85,8 +88,13 @@ def test_resume_on_empty_scratch_downloads_and_skips_a_corrupt_s3_checkpoint(sim
     s3, bucket = sim_stack.client("s3"), sim_stack.outputs["checkpoints_bucket"]
     manifest = json.loads(s3.get_object(Bucket=bucket, Key="e2e/global_step8/manifest.json")["Body"].read())
     shard = next(rel for rel in manifest["files"] if "optim_states" in rel)
-    s3.put_object(Bucket=bucket, Key=f"e2e/global_step8/{shard}", Body=b"not a shard",
-                  ServerSideEncryption="aws:kms", SSEKMSKeyId=sim_stack.outputs["kms_key_arn"])  # fmt: skip
+    s3.put_object(
+        Bucket=bucket,
+        Key=f"e2e/global_step8/{shard}",
+        Body=b"not a shard",
+        ServerSideEncryption="aws:kms",
+        SSEKMSKeyId=sim_stack.outputs["kms_key_arn"],
+    )
     for node in (0, 1):
         shutil.rmtree(sim_stack.scratch(node) / "runs" / "e2e")
     resumed = launch_on(sim_stack, "e2e", *E2E_SETS[1:], "max_steps=10", extra=("--resume",))

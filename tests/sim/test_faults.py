@@ -66,8 +66,9 @@ def _wait_latest(s3, bucket: str, key: str, timeout_s: float = 120.0) -> None:
 
 def test_interruption_notice_commits_uploads_and_exits_75_then_resumes(sim_stack, imds):
     s3, bucket = sim_stack.client("s3"), sim_stack.outputs["checkpoints_bucket"]
-    thread, box = _in_background(lambda: launch_on(sim_stack, "spot", *LONG_SETS, "max_steps=3000",
-                                                   "epochs=400", "checkpoint_every=40"))  # fmt: skip
+    thread, box = _in_background(
+        lambda: launch_on(sim_stack, "spot", *LONG_SETS, "max_steps=3000", "epochs=400", "checkpoint_every=40")
+    )
     _wait_latest(s3, bucket, "spot/latest")
     noticed = datetime.now(UTC)
     imds.notify("node1")
@@ -82,8 +83,15 @@ def test_interruption_notice_commits_uploads_and_exits_75_then_resumes(sim_stack
     print(f"notice -> committed upload of {tag}: {seconds:.1f} s")
     stopped = int(tag[len("global_step") :])
     imds.notices.clear()  # the replacement capacity gets no notice
-    resumed = launch_on(sim_stack, "spot", *LONG_SETS, f"max_steps={stopped + 10}", "epochs=400",
-                        "checkpoint_every=40", extra=("--resume",))  # fmt: skip
+    resumed = launch_on(
+        sim_stack,
+        "spot",
+        *LONG_SETS,
+        f"max_steps={stopped + 10}",
+        "epochs=400",
+        "checkpoint_every=40",
+        extra=("--resume",),
+    )
     assert resumed.code == 0
     log0 = (sim_stack.scratch(0) / "runs" / "spot" / "node0.log").read_text()
     assert f"at step {stopped} " in log0  # nothing lost: the stop committed its own step
@@ -91,8 +99,17 @@ def test_interruption_notice_commits_uploads_and_exits_75_then_resumes(sim_stack
 
 def test_killed_node_is_named_and_a_restart_resumes_from_s3_on_empty_scratch(sim_stack, capfd, stratus_log):
     s3, bucket = sim_stack.client("s3"), sim_stack.outputs["checkpoints_bucket"]
-    thread, box = _in_background(lambda: launch_on(sim_stack, "kill", *LONG_SETS, "max_steps=200", "epochs=40",
-                                                   "checkpoint_every=40", remote=("--max-restarts", "1")))  # fmt: skip
+    thread, box = _in_background(
+        lambda: launch_on(
+            sim_stack,
+            "kill",
+            *LONG_SETS,
+            "max_steps=200",
+            "epochs=40",
+            "checkpoint_every=40",
+            remote=("--max-restarts", "1"),
+        )
+    )
     _wait_latest(s3, bucket, "kill/latest")
     netns = sim_stack.sim["nodes"]["sim-node1"]["netns"]
     pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()

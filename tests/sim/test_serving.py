@@ -97,8 +97,9 @@ def test_the_published_export_answers_a_stock_tritonclient_request(sim_stack, se
     url, token = serving_host
     _wait_200(f"{url}/v2/health/ready", token)
     version = _latest(sim_stack)
-    head = sim_stack.client("s3").head_object(Bucket=sim_stack.outputs["models_bucket"],
-                                              Key=f"models/{MODEL}/{version}/model.onnx")  # fmt: skip
+    head = sim_stack.client("s3").head_object(
+        Bucket=sim_stack.outputs["models_bucket"], Key=f"models/{MODEL}/{version}/model.onnx"
+    )
     assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", sim_stack.outputs["kms_key_arn"])
     rows = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
     result = _infer(url, token, rows)

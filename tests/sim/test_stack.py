@@ -27,8 +27,12 @@ def test_up_makes_nodes_on_a_bridge_and_down_removes_everything(tmp_path, sim_st
         assert len(described["namespaces"]) == 3 and all(n.startswith(TEST_PREFIX) for n in described["namespaces"])
         node1 = described["nodes"]["sim-node1"]["netns"]
         endpoint = described["env"]["AWS_ENDPOINT_URL"]
-        out = subprocess.run(["ip", "netns", "exec", node1, "python3", "-c", PROBE, endpoint, stack.private_ips[0]],
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        out = subprocess.run(
+            ["ip", "netns", "exec", node1, "python3", "-c", PROBE, endpoint, stack.private_ips[0]],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         # node 1 reaches the emulator, and node 0's address answers (port 1: refused, errno 111)
         assert out.stdout.split() == ["200", "111"], out.stderr
         listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout

@@ -19,10 +19,42 @@ import zipfile
 from pathlib import Path
 
 TOOLS = (
-    "bash", "sh", "env", "cat", "mkdir", "rm", "mv", "tar", "gzip", "sed", "grep", "ls", "install", "chmod",
-    "touch", "dirname", "basename", "readlink", "seq", "printf", "head", "tr", "sort", "cut", "test", "true",
-    "false", "ln", "cp", "find", "xargs", "wc", "mktemp", "uname", "expr",
-)  # fmt: skip
+    "bash",
+    "sh",
+    "env",
+    "cat",
+    "mkdir",
+    "rm",
+    "mv",
+    "tar",
+    "gzip",
+    "sed",
+    "grep",
+    "ls",
+    "install",
+    "chmod",
+    "touch",
+    "dirname",
+    "basename",
+    "readlink",
+    "seq",
+    "printf",
+    "head",
+    "tr",
+    "sort",
+    "cut",
+    "test",
+    "true",
+    "false",
+    "ln",
+    "cp",
+    "find",
+    "xargs",
+    "wc",
+    "mktemp",
+    "uname",
+    "expr",
+)
 RECORDED = ("systemctl", "dnf", "apt-get", "mdadm", "mkfs.xfs", "mount", "useradd", "curl", "sleep")
 BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 

@@ -58,7 +58,9 @@ def test_trainer_user_data_installs_python_and_the_cuda_torch_offline_and_starts
     (tmp_path / "ami").mkdir()  # the DLAMI's own torch is another version: left alone
     box.ami_framework_python(fake_wheel(tmp_path / "ami", "2.12.0+cu128", "12.8"))
     assert box.calls("systemctl") == [
-        "daemon-reload", f"enable --now --no-block {userdata.SCRATCH_UNIT} {PREPARE_UNIT}"]  # fmt: skip
+        "daemon-reload",
+        f"enable --now --no-block {userdata.SCRATCH_UNIT} {PREPARE_UNIT}",
+    ]
     node_env = (box.root / "etc/stratus/node.env").read_text()
     assert "FI_PROVIDER=efa" in node_env and "FI_EFA_USE_DEVICE_RDMA=1" in node_env
     result = box.run(PREPARE, _aws(aws_env), stack_env=True)
@@ -209,8 +211,14 @@ def test_serving_user_data_creates_its_user_and_starts_prepare_then_serve(tmp_pa
 def test_the_serve_script_starts_stratus_serve_with_flags_it_accepts(tmp_path, grpc_port):
     box = Sandbox(tmp_path)
     box.stand_in("curl", 'case " $* " in *" -X PUT "*) echo session;; *) echo 10.42.1.7;; esac')
-    text = userdata.serving_user_data(region="us-east-1", models_bucket="m", model_name="mlp-binary", port=8000,
-                                      token_parameter="/o/p/s/token", grpc_port=grpc_port)  # fmt: skip
+    text = userdata.serving_user_data(
+        region="us-east-1",
+        models_bucket="m",
+        model_name="mlp-binary",
+        port=8000,
+        token_parameter="/o/p/s/token",
+        grpc_port=grpc_port,
+    )
     assert box.run(text).returncode == 0
     # serve.sh as written, its absolute paths moved into the sysroot; the venv's python records argv.
     script = (box.root / "opt/stratus/serve.sh").read_text().replace(APP_DIR, f"{box.root}{APP_DIR}")
@@ -232,11 +240,20 @@ def test_the_serve_script_starts_stratus_serve_with_flags_it_accepts(tmp_path, g
 
 def test_the_launch_command_exports_the_nodes_nccl_settings(tmp_path):
     box = _node(tmp_path, "p5.48xlarge", "nvme")
-    outputs = parse_outputs({
-        "region": "us-east-1", "kms_key_arn": "arn:aws:kms:us-east-1:123456789012:key/k", "datasets_bucket": "d",
-        "checkpoints_bucket": "c", "models_bucket": "m", "logs_bucket": "l", "trainer_instance_ids": ["i-1"],
-        "trainer_private_ips": ["10.0.0.1"], "trainer_slots_per_node": 8,
-    }, "test")  # fmt: skip
+    outputs = parse_outputs(
+        {
+            "region": "us-east-1",
+            "kms_key_arn": "arn:aws:kms:us-east-1:123456789012:key/k",
+            "datasets_bucket": "d",
+            "checkpoints_bucket": "c",
+            "models_bucket": "m",
+            "logs_bucket": "l",
+            "trainer_instance_ids": ["i-1"],
+            "trainer_private_ips": ["10.0.0.1"],
+            "trainer_slots_per_node": 8,
+        },
+        "test",
+    )
     job = NodeJob(outputs=outputs, run_name="r", train_args=(), bundle_sha256="0" * 64, launch_id="l")
     (line,) = [x for x in node_script(job, 0) if NODE_ENV_FILE in x]
     # the node's file, at its sysroot path: the values must survive shell parsing unchanged

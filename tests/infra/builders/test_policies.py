@@ -63,9 +63,13 @@ def matrix_violations(statements: dict[str, list], arns: dict[str, str], key: st
 def _pure_documents() -> tuple[dict[str, list], dict[str, str]]:
     arns = {p: f"arn:aws:s3:::stratus-dev-{p}" for p in ("datasets", "checkpoints", "models", "logs")}
     trainer = policies.trainer_policy(
-        datasets_arn=arns["datasets"], checkpoints_arn=arns["checkpoints"], models_arn=arns["models"],
-        key_arn=KEY, token_parameter_arn=TOKEN, region=REGION,
-    )  # fmt: skip
+        datasets_arn=arns["datasets"],
+        checkpoints_arn=arns["checkpoints"],
+        models_arn=arns["models"],
+        key_arn=KEY,
+        token_parameter_arn=TOKEN,
+        region=REGION,
+    )
     server = policies.server_policy(bucket_arns=arns, key_arn=KEY, token_parameter_arn=TOKEN, region=REGION)
     return {"trainer": trainer["Statement"], "server": server["Statement"]}, arns
 

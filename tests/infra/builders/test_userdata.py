@@ -25,9 +25,13 @@ def _trainer(instance_type: str = "p5.48xlarge", scratch: str = "nvme") -> str:
 
 def _server() -> str:
     return userdata.serving_user_data(
-        region="us-east-1", models_bucket="m", model_name="mlp-binary", port=8000, token_parameter="/o/s/dev/token",
+        region="us-east-1",
+        models_bucket="m",
+        model_name="mlp-binary",
+        port=8000,
+        token_parameter="/o/s/dev/token",
         grpc_port=8001,
-    )  # fmt: skip
+    )
 
 
 def test_user_data_follows_the_runtime_contract_and_fits_ec2():

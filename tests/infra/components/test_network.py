@@ -13,30 +13,44 @@ from tests.infra.components.support import TAGS
 
 def network_run(**overrides):
     args = dict(
-        vpc_cidr="10.42.0.0/16", zones=ZonePlan(("us-east-1b", "us-east-1a"), "us-east-1b"), region="us-east-1",
-        serving_port=8000, serving_allowed_cidrs=("10.42.0.0/16", "172.16.0.0/12"),
-        flow_log_bucket_arn="arn:aws:s3:::logs", tags=TAGS, interface_endpoints=("ssm", "ssmmessages", "ec2messages"),
-    )  # fmt: skip
+        vpc_cidr="10.42.0.0/16",
+        zones=ZonePlan(("us-east-1b", "us-east-1a"), "us-east-1b"),
+        region="us-east-1",
+        serving_port=8000,
+        serving_allowed_cidrs=("10.42.0.0/16", "172.16.0.0/12"),
+        flow_log_bucket_arn="arn:aws:s3:::logs",
+        tags=TAGS,
+        interface_endpoints=("ssm", "ssmmessages", "ec2messages"),
+    )
     return run(lambda: {"network": Network("network", NetworkArgs(**{**args, **overrides}))})
 
 
 @pytest.mark.parametrize("egress", [False, True], ids=["private-only", "with-egress"])
 def test_network_is_private_with_endpoints_and_tight_groups(egress):
     result = network_run(egress_enabled=egress)
-    for check in (checks.no_internet_ingress, checks.training_group_isolated, checks.default_group_empty,
-                  checks.no_public_ips, checks.tags_present):  # fmt: skip
+    for check in (
+        checks.no_internet_ingress,
+        checks.training_group_isolated,
+        checks.default_group_empty,
+        checks.no_public_ips,
+        checks.tags_present,
+    ):
         assert check(result) == [], check.__name__
     (flow_log,) = result.of_type(checks.FLOW_LOG)
     assert flow_log.inputs["logDestination"] == "arn:aws:s3:::logs/vpc-flow-logs/"
     endpoints = {
         e.inputs["serviceName"]: e.inputs["vpcEndpointType"] for e in result.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")
     }
-    assert endpoints == {"com.amazonaws.us-east-1.s3": "Gateway", **{
-        f"com.amazonaws.us-east-1.{s}": "Interface" for s in ("ssm", "ssmmessages", "ec2messages")}}  # fmt: skip
+    assert endpoints == {
+        "com.amazonaws.us-east-1.s3": "Gateway",
+        **{f"com.amazonaws.us-east-1.{s}": "Interface" for s in ("ssm", "ssmmessages", "ec2messages")},
+    }
     serving_sg = result.named("network-serving-sg").id
     serving_rules = [r.inputs for r in result.of_type(checks.INGRESS) if r.inputs["securityGroupId"] == serving_sg]
     assert sorted((r["ipProtocol"], r["fromPort"], r["toPort"], r["cidrIpv4"]) for r in serving_rules) == [
-        ("tcp", 8000, 8000, "10.42.0.0/16"), ("tcp", 8000, 8000, "172.16.0.0/12")]  # fmt: skip
+        ("tcp", 8000, 8000, "10.42.0.0/16"),
+        ("tcp", 8000, 8000, "172.16.0.0/12"),
+    ]
     internet = {"aws:ec2/natGateway:NatGateway", "aws:ec2/internetGateway:InternetGateway", "aws:ec2/eip:Eip"}
     present = {r.type for r in result.resources} & internet
     assert present == (internet if egress else set())

@@ -11,10 +11,18 @@ from tests.infra.components.support import KEY, TAGS
 
 def serving_run(instance_type: str, mocks=None, **overrides):
     args = dict(
-        instance_type=CATALOG[instance_type], subnet_id="subnet-1", security_group_id="sg-1",
-        instance_profile_name="server-profile", key_arn=KEY, token_parameter_name="/stratus/dev/serving-token",
-        models_bucket="stratus-dev-models-x", model_name="mlp-binary", port=8000, region="us-east-1", tags=TAGS,
-    )  # fmt: skip
+        instance_type=CATALOG[instance_type],
+        subnet_id="subnet-1",
+        security_group_id="sg-1",
+        instance_profile_name="server-profile",
+        key_arn=KEY,
+        token_parameter_name="/stratus/dev/serving-token",
+        models_bucket="stratus-dev-models-x",
+        model_name="mlp-binary",
+        port=8000,
+        region="us-east-1",
+        tags=TAGS,
+    )
 
     def program():
         serving = Serving("serving", ServingArgs(**{**args, **overrides}))
@@ -33,8 +41,10 @@ def test_serving_host_stores_token_in_ssm_and_runs_the_server_unit():
     host = result.named("serving-host")
     text = host.inputs["userData"]
     assert token not in text
-    assert ("-m runtime serve --host \"$PRIVATE_IP\" --repo s3://stratus-dev-models-x/models --model mlp-binary "
-            "--port 8000 --token-ssm-parameter /stratus/dev/serving-token") in text  # fmt: skip
+    assert (
+        '-m runtime serve --host "$PRIVATE_IP" --repo s3://stratus-dev-models-x/models --model mlp-binary '
+        "--port 8000 --token-ssm-parameter /stratus/dev/serving-token"
+    ) in text
     assert "Restart=on-failure" in text and "User=stratus" in text
     assert host.inputs["associatePublicIpAddress"] is False and host.inputs["iamInstanceProfile"] == "server-profile"
     (ami_call,) = [a for t, a in mocks.invokes if t == "aws:ec2/getAmi:getAmi"]

@@ -15,8 +15,13 @@ def storage_run(**overrides):
 
 def test_storage_buckets_are_encrypted_private_versioned_logged():
     result = storage_run(checkpoint_noncurrent_days=14)
-    for check in (checks.bucket_encryption, checks.public_access_block, checks.tls_only_and_key_only_policy,
-                  checks.kms_key_hygiene, checks.tags_present):  # fmt: skip
+    for check in (
+        checks.bucket_encryption,
+        checks.public_access_block,
+        checks.tls_only_and_key_only_policy,
+        checks.kms_key_hygiene,
+        checks.tags_present,
+    ):
         assert check(result) == [], check.__name__
     buckets = {b.inputs["tags"]["purpose"]: b for b in result.of_type(checks.BUCKET)}
     assert sorted(buckets) == ["checkpoints", "datasets", "logs", "models"]
@@ -38,8 +43,9 @@ def test_storage_buckets_are_encrypted_private_versioned_logged():
         assert rules["abort-incomplete-multipart-uploads"]["abortIncompleteMultipartUpload"] == {
             "daysAfterInitiation": 7
         }
-    checkpoint_rules = result.attached("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
-                                       buckets["checkpoints"])[0].inputs["rules"]  # fmt: skip
+    checkpoint_rules = result.attached(
+        "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", buckets["checkpoints"]
+    )[0].inputs["rules"]
     assert {"noncurrentDays": 14} in [r.get("noncurrentVersionExpiration") for r in checkpoint_rules]
 
 

@@ -11,11 +11,17 @@ from tests.infra.components.support import KEY, TAGS
 
 def training_run(instance_type: str, mocks=None, **overrides):
     args = dict(
-        instance_type=CATALOG[instance_type], num_nodes=3, subnet_id="subnet-1", security_group_id="sg-1",
-        instance_profile_arn="arn:aws:iam::1:instance-profile/t", instance_profile_name="t", key_arn=KEY,
+        instance_type=CATALOG[instance_type],
+        num_nodes=3,
+        subnet_id="subnet-1",
+        security_group_id="sg-1",
+        instance_profile_arn="arn:aws:iam::1:instance-profile/t",
+        instance_profile_name="t",
+        key_arn=KEY,
         user_data="#!/bin/bash\n",
-        region="us-east-1", tags=TAGS,
-    )  # fmt: skip
+        region="us-east-1",
+        tags=TAGS,
+    )
     return run(lambda: {"t": Training("training", TrainingArgs(**{**args, **overrides}))}, mocks=mocks)
 
 
@@ -25,7 +31,11 @@ def test_training_nodes_get_efa_on_every_efa_card_and_spot_when_capped():
     (lt,) = result.of_type(checks.LT)
     interfaces = lt.inputs["networkInterfaces"]
     assert [(i["networkCardIndex"], i["deviceIndex"], i["interfaceType"]) for i in interfaces] == [
-        (0, 0, "efa"), (1, 1, "efa"), (2, 1, "efa"), (3, 1, "efa")]  # fmt: skip
+        (0, 0, "efa"),
+        (1, 1, "efa"),
+        (2, 1, "efa"),
+        (3, 1, "efa"),
+    ]
     assert lt.inputs["instanceMarketOptions"]["spotOptions"]["maxPrice"] == "12.5"
     (group,) = result.of_type("aws:ec2/placementGroup:PlacementGroup")
     assert group.inputs["strategy"] == "cluster" and lt.inputs["placement"]["groupName"] == group.state["name"]

@@ -17,9 +17,17 @@ def test_catalog_prices_only_regions_that_sell_the_type_and_has_sane_specs():
 
 def test_regions_are_where_p4d_and_p5_are_sold_and_the_default_serving_type_is_sold_in_each():
     assert offering_regions("p5.48xlarge") == (
-        "ap-northeast-1", "ap-south-1", "ap-southeast-2", "ca-central-1", "eu-north-1", "eu-west-2",
-        "us-east-1", "us-east-2", "us-west-1", "us-west-2",
-    )  # fmt: skip
+        "ap-northeast-1",
+        "ap-south-1",
+        "ap-southeast-2",
+        "ca-central-1",
+        "eu-north-1",
+        "eu-west-2",
+        "us-east-1",
+        "us-east-2",
+        "us-west-1",
+        "us-west-2",
+    )
     assert "eu-west-1" not in offering_regions("p5.48xlarge") and "eu-west-1" in offering_regions("p4d.24xlarge")
     assert tuple(sorted(set(offering_regions("p5.48xlarge")) | set(offering_regions("p4d.24xlarge")))) == REGIONS
     assert all(r in offering_regions("c7i.xlarge") for r in REGIONS)  # `serving-instance-type`'s default

@@ -17,8 +17,16 @@ def _lines(estimate) -> dict[str, Decimal]:
 
 
 def test_two_nodes_for_ten_hours_plus_serving_host_and_nat():
-    cfg = parse_config({"aws:region": "us-east-1", "trainer-instance-type": "g5.12xlarge", "trainer-count": 2,
-                        "trainer-scratch-volume-gb": 500, "egress-enabled": True, "training-hours": 10})  # fmt: skip
+    cfg = parse_config(
+        {
+            "aws:region": "us-east-1",
+            "trainer-instance-type": "g5.12xlarge",
+            "trainer-count": 2,
+            "trainer-scratch-volume-gb": 500,
+            "egress-enabled": True,
+            "training-hours": 10,
+        }
+    )
     estimate = estimate_cost(cfg)
     # By hand, us-east-1: 2 x 5.672 = 11.344; c7i.xlarge 0.1785; NAT 0.045 + its IPv4 0.005;
     # 3 endpoints (ssm, ssmmessages, ec2messages) x 2 AZ x 0.01 = 0.06;
@@ -40,13 +48,22 @@ def test_two_nodes_for_ten_hours_plus_serving_host_and_nat():
 
 
 def test_spot_nodes_are_priced_at_their_cap_in_the_chosen_region():
-    cfg = parse_config({
-        "aws:region": "eu-west-1", "trainer-instance-type": "p4d.24xlarge", "trainer-count": 4,
-        "trainer-market": "spot", "trainer-spot-max-price": 12, "trainer-root-volume-gb": 100,
-        "trainer-scratch-volume-gb": 0, "serving-instance-type": "g5.xlarge", "serving-root-volume-gb": 100,
-        "availability-zone-count": 3, "interface-endpoints": ["ssm", "ssmmessages", "ec2messages"],
-        "estimated-s3-gb": 0,
-    })  # fmt: skip
+    cfg = parse_config(
+        {
+            "aws:region": "eu-west-1",
+            "trainer-instance-type": "p4d.24xlarge",
+            "trainer-count": 4,
+            "trainer-market": "spot",
+            "trainer-spot-max-price": 12,
+            "trainer-root-volume-gb": 100,
+            "trainer-scratch-volume-gb": 0,
+            "serving-instance-type": "g5.xlarge",
+            "serving-root-volume-gb": 100,
+            "availability-zone-count": 3,
+            "interface-endpoints": ["ssm", "ssmmessages", "ec2messages"],
+            "estimated-s3-gb": 0,
+        }
+    )
     estimate = estimate_cost(cfg)
     # 4 x 12 = 48; g5.xlarge eu-west-1 1.123; 3 x 3 x 0.011 = 0.099; gp3 0.088/730:
     # 400 GB -> 0.04822 ~ 0.0482, 100 GB -> 0.01205 ~ 0.0121; S3 0; KMS 0.0014; no NAT.
@@ -71,8 +88,12 @@ def test_budget_guard_raises_above_the_cap_and_passes_at_or_below_it():
         enforce_budget(estimate, 11.74)
 
 
-P5_US_EAST_2 = {"aws:region": "us-east-2", "trainer-instance-type": "p5.48xlarge", "trainer-count": 4,
-                "training-hours": 10}  # fmt: skip
+P5_US_EAST_2 = {
+    "aws:region": "us-east-2",
+    "trainer-instance-type": "p5.48xlarge",
+    "trainer-count": 4,
+    "training-hours": 10,
+}
 
 
 def test_a_region_the_catalog_does_not_price_marks_each_unpriced_line_and_names_its_key():
@@ -85,9 +106,16 @@ def test_a_region_the_catalog_does_not_price_marks_each_unpriced_line_and_names_
     assert "c7i.xlarge in us-east-2: set `serving-on-demand-usd-per-hour`" in table
     assert "add its `REGION_PRICES` row" in table and "python -m infra.tools.prices us-east-2" in table
     assert "unknown" in table and "INCOMPLETE" in table and "at least 0.00 USD" in table
-    block = estimate_cost(parse_config({**P5_US_EAST_2, "trainer-market": "capacity-block",
-                                        "trainer-capacity-reservation-id": "cr-0123456789abcdef0",
-                                        "training-availability-zone": "us-east-2a"}))  # fmt: skip
+    block = estimate_cost(
+        parse_config(
+            {
+                **P5_US_EAST_2,
+                "trainer-market": "capacity-block",
+                "trainer-capacity-reservation-id": "cr-0123456789abcdef0",
+                "training-availability-zone": "us-east-2a",
+            }
+        )
+    )
     assert "set `trainer-capacity-block-usd-per-hour` (or `trainer-on-demand-usd-per-hour`)" in block.table()
 
 

@@ -25,10 +25,24 @@ def test_every_field_has_a_key_and_a_docstring_in_the_example():
 
 
 def test_typed_values_and_strings_parse_alike():
-    from_strings = parse_config({"aws:region": "us-west-2", "trainer-count": "4", "egress-enabled": "true",
-                                 "serving-allowed-cidrs": '["10.0.0.0/8"]', "max-hourly-usd": "20.5"})  # fmt: skip
-    typed = parse_config({"aws:region": "us-west-2", "trainer-count": 4, "egress-enabled": True,
-                          "serving-allowed-cidrs": ["10.0.0.0/8"], "max-hourly-usd": 20.5})  # fmt: skip
+    from_strings = parse_config(
+        {
+            "aws:region": "us-west-2",
+            "trainer-count": "4",
+            "egress-enabled": "true",
+            "serving-allowed-cidrs": '["10.0.0.0/8"]',
+            "max-hourly-usd": "20.5",
+        }
+    )
+    typed = parse_config(
+        {
+            "aws:region": "us-west-2",
+            "trainer-count": 4,
+            "egress-enabled": True,
+            "serving-allowed-cidrs": ["10.0.0.0/8"],
+            "max-hourly-usd": 20.5,
+        }
+    )
     assert from_strings == typed
     assert typed.num_trainers == 4 and typed.serving_allowed_cidrs == ("10.0.0.0/8",)
 

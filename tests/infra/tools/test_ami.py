@@ -49,4 +49,5 @@ def test_update_ami_without_a_matching_image_changes_nothing(tmp_path, aws_env):
         raise AssertionError("no image should match")
     assert stack.read_text() == "config:\n  aws:region: us-west-2\n"
     assert ami.set_key(stack.read_text(), "stratus:trainer-ami", "ami-1", "x") == (
-        "config:\n  stratus:trainer-ami: ami-1  # x\n  aws:region: us-west-2\n")  # fmt: skip
+        "config:\n  stratus:trainer-ami: ami-1  # x\n  aws:region: us-west-2\n"
+    )

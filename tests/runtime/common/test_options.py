@@ -50,8 +50,11 @@ def test_field_docstrings_become_help_with_defaults(capsys):
 
 
 def test_types_repeats_and_validation():
-    opts = parse_options(Opts, ["--repo", "r", "--out", "o", "--count", "7", "--tag", "a", "--tag", "b",
-                                "--verbose", "--secret", "4"], prog="x")  # fmt: skip
+    opts = parse_options(
+        Opts,
+        ["--repo", "r", "--out", "o", "--count", "7", "--tag", "a", "--tag", "b", "--verbose", "--secret", "4"],
+        prog="x",
+    )
     assert opts == Opts(repo="r", out_dir=Path("o"), count=7, tags=("a", "b"), verbose=True, secret=4)
     assert parse_options(Opts, ["--repo", "r"], prog="x") == Opts(repo="r")
     with pytest.raises(ValueError, match="--count must be >= 0"):

@@ -45,8 +45,21 @@ def serving(repo: Path, model: str, work: Path, *extra: str) -> Iterator[Served]
     token_file.chmod(0o600)
     port = free_port()
     log = work / "server.log"
-    cmd = [sys.executable, "-m", "runtime", "serve", "--repo", str(repo), "--model", model, "--port", str(port),
-           "--token-file", str(token_file), *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "runtime",
+        "serve",
+        "--repo",
+        str(repo),
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--token-file",
+        str(token_file),
+        *extra,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "STRATUS_SERVE_TOKEN"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

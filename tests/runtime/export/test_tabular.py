@@ -88,8 +88,16 @@ def test_scaled_csv_trains_stably_to_logistic_regression_accuracy(tabular_run):
 def test_exported_and_served_model_take_raw_rows(tabular_run, tmp_path):
     root, csv, run_dir = tabular_run
     repo = tmp_path / "repo"
-    cfg = ExportConfig(run_dir=run_dir, out_dir=tmp_path / "export", structured_fraction=0.0, sparsity=0.0,
-                       finetune_steps=0, latency_iters=3, publish=str(repo), model_name="scaled")  # fmt: skip
+    cfg = ExportConfig(
+        run_dir=run_dir,
+        out_dir=tmp_path / "export",
+        structured_fraction=0.0,
+        sparsity=0.0,
+        finetune_steps=0,
+        latency_iters=3,
+        publish=str(repo),
+        model_name="scaled",
+    )
     result = run_export(cfg)
     assert result.manifest["compression"]["preprocessing"]["constant_columns"] == [3]
     ckpt = load(run_dir / "checkpoints", None)
@@ -102,8 +110,9 @@ def test_exported_and_served_model_take_raw_rows(tabular_run, tmp_path):
     )
     np.testing.assert_allclose(onnx_export.predict(onnx_export.session(fp32_onnx), raw), expected, atol=1e-5)
     with serving(repo, "scaled", tmp_path) as server:
-        body = server.infer([{"name": "input", "shape": list(raw.shape), "datatype": "FP32",
-                              "data": raw.reshape(-1).tolist()}])  # fmt: skip
+        body = server.infer(
+            [{"name": "input", "shape": list(raw.shape), "datatype": "FP32", "data": raw.reshape(-1).tolist()}]
+        )
     served = np.asarray(body["outputs"][0]["data"], dtype=np.float32)
     np.testing.assert_allclose(served, expected, atol=INT8_PROB_ATOL)
     assert np.mean((served >= 0.5) == (expected >= 0.5)) >= 0.98

@@ -38,8 +38,20 @@ def test_launch_uploads_bundle_and_data_and_sends_one_command_per_node(stack, aw
     data.write_text("a,b,label\n" + "".join(f"{i % 7},{i % 3},{i % 2}\n" for i in range(200)))
     config = tmp_path / "override.yaml"
     config.write_text("epochs: 1\n")
-    result = run_remote(aws_env, "--outputs-file", str(path), "--", "--set", "max_steps=2", "--data", str(data),
-                        "--run-name", "csv1", "--config", str(config))  # fmt: skip
+    result = run_remote(
+        aws_env,
+        "--outputs-file",
+        str(path),
+        "--",
+        "--set",
+        "max_steps=2",
+        "--data",
+        str(data),
+        "--run-name",
+        "csv1",
+        "--config",
+        str(config),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every node succeeded" in result.stdout
 
@@ -136,8 +148,9 @@ def test_existing_run_needs_resume_and_bad_config_sends_nothing(stack, aws_env):
 
 def test_dry_run_with_export_prints_the_publish_command_of_node_0(stack, aws_env):
     outputs, path = stack
-    result = run_remote(aws_env, "--outputs-file", str(path), "--dry-run", "--export", "--model-name", "m1", "--",
-                        "--run-name", "dry2")  # fmt: skip
+    result = run_remote(
+        aws_env, "--outputs-file", str(path), "--dry-run", "--export", "--model-name", "m1", "--", "--run-name", "dry2"
+    )
     assert result.returncode == 0, result.stderr
     plan = result.stdout.split(f"then node 0 ({outputs['trainer_instance_ids'][0]})", 1)[1]
     assert "-m runtime.remote.publish --run dry2" in plan and f"--models-bucket {outputs['models_bucket']}" in plan

@@ -13,9 +13,9 @@ import pytest
 from runtime.common.options import to_argv
 from runtime.contract import APP_DIR, BUNDLE_KEY, HOST_PYTHON, NODE_OUTPUT_DIR, SCRATCH_MOUNT, ExitCode, bundle_uri
 from runtime.remote.bundle import bundle_entries, write_bundle
-from runtime.remote.command import report, wait_for_nodes
 from runtime.remote.nodes import encode_world_info, node_train_args
 from runtime.remote.outputs import RemoteError, parse_outputs
+from runtime.remote.progress import report, wait_for_nodes
 from runtime.train.command import TrainOptions, parse_train_options
 
 REGION = "us-east-1"
@@ -98,14 +98,41 @@ def test_bundle_key_and_paths_are_the_ones_user_data_installs():
 
 def test_node_args_cover_every_train_option():
     args = parse_train_options(
-        ["--preset", "mlp-large", "--nproc", "8", "--master-port", "1234", "--set", "epochs=2", "--data", "x.csv",
-         "--config", "local.yaml", "--run-name", "r1", "--resume", "--dry-run"]
-    )  # fmt: skip
+        [
+            "--preset",
+            "mlp-large",
+            "--nproc",
+            "8",
+            "--master-port",
+            "1234",
+            "--set",
+            "epochs=2",
+            "--data",
+            "x.csv",
+            "--config",
+            "local.yaml",
+            "--run-name",
+            "r1",
+            "--resume",
+            "--dry-run",
+        ]
+    )
     got = node_train_args(args, data="s3://ds/r1/x.csv", config_path="/scratch/runs/r1/c.yaml")
     assert got == [
-        "--preset", "mlp-large", "--config", "/scratch/runs/r1/c.yaml", "--set", "epochs=2", "--run-name", "r1",
-        "--data", "s3://ds/r1/x.csv", "--resume", "--set", "output_dir=/scratch/runs",
-    ]  # fmt: skip
+        "--preset",
+        "mlp-large",
+        "--config",
+        "/scratch/runs/r1/c.yaml",
+        "--set",
+        "epochs=2",
+        "--run-name",
+        "r1",
+        "--data",
+        "s3://ds/r1/x.csv",
+        "--resume",
+        "--set",
+        "output_dir=/scratch/runs",
+    ]
 
 
 class ScriptedSsm:
@@ -123,10 +150,13 @@ def test_poll_prints_progress_and_failure_names_the_node():
     ssm = ScriptedSsm(
         {
             "i-a": [{"Status": "InProgress"}, {"Status": "Success", "ResponseCode": 0}],
-            "i-b": [{"Status": "Pending"}, {"Status": "InProgress"},
-                    {"Status": "Failed", "ResponseCode": 1, "StandardOutputContent": "boom\n"}],
+            "i-b": [
+                {"Status": "Pending"},
+                {"Status": "InProgress"},
+                {"Status": "Failed", "ResponseCode": 1, "StandardOutputContent": "boom\n"},
+            ],
         }
-    )  # fmt: skip
+    )
     lines: list[str] = []
     results = wait_for_nodes(ssm, ["i-a", "i-b"], ["c1", "c2"], interval=0, sleep=lambda s: None, out=lines.append)
     assert "node0 i-a InProgress  node1 i-b Pending" in lines[0]
@@ -144,8 +174,14 @@ def test_node_args_parse_back_into_the_same_options_for_every_field():
     import dataclasses
 
     dropped = {"nproc", "master_port", "dry_run", "local_rank"}  # the world comes from --world_info
-    values = {"preset": "mlp-large", "config": "c.yaml", "overrides": ("epochs=2", "seed=3"), "run_name": "r1",
-              "data": "s3://ds/x.csv", "resume": True}  # fmt: skip
+    values = {
+        "preset": "mlp-large",
+        "config": "c.yaml",
+        "overrides": ("epochs=2", "seed=3"),
+        "run_name": "r1",
+        "data": "s3://ds/x.csv",
+        "resume": True,
+    }
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
     assert fields == set(values) | dropped, "a new TrainOptions field needs a value in this test"
     opts = TrainOptions(**values, nproc=8, master_port=1234, dry_run=True)

@@ -13,17 +13,36 @@ from tests.runtime.remote.conftest import REGION
 
 
 def _args(outputs, *extra):
-    return ["--run", "r1", "--checkpoints-bucket", outputs["checkpoints_bucket"], "--models-bucket",
-            outputs["models_bucket"], "--kms-key-id", outputs["kms_key_arn"], *extra]  # fmt: skip
+    return [
+        "--run",
+        "r1",
+        "--checkpoints-bucket",
+        outputs["checkpoints_bucket"],
+        "--models-bucket",
+        outputs["models_bucket"],
+        "--kms-key-id",
+        outputs["kms_key_arn"],
+        *extra,
+    ]
 
 
 def test_no_verified_checkpoint_in_s3_exits_3_and_publishes_nothing(stack, aws_env, tmp_path, caplog):
     outputs, _ = stack
     s3 = boto3.client("s3", region_name=REGION)
-    s3.put_object(Bucket=outputs["checkpoints_bucket"], Key="r1/global_step4/manifest.json", Body=b"{not json",
-                  ServerSideEncryption="aws:kms", SSEKMSKeyId=outputs["kms_key_arn"])  # fmt: skip
-    s3.put_object(Bucket=outputs["checkpoints_bucket"], Key="r1/latest", Body=b"global_step4",
-                  ServerSideEncryption="aws:kms", SSEKMSKeyId=outputs["kms_key_arn"])  # fmt: skip
+    s3.put_object(
+        Bucket=outputs["checkpoints_bucket"],
+        Key="r1/global_step4/manifest.json",
+        Body=b"{not json",
+        ServerSideEncryption="aws:kms",
+        SSEKMSKeyId=outputs["kms_key_arn"],
+    )
+    s3.put_object(
+        Bucket=outputs["checkpoints_bucket"],
+        Key="r1/latest",
+        Body=b"global_step4",
+        ServerSideEncryption="aws:kms",
+        SSEKMSKeyId=outputs["kms_key_arn"],
+    )
     assert main(_args(outputs, "--work-dir", str(tmp_path))) == ExitCode.NO_CHECKPOINT
     assert "skipping S3 checkpoint global_step4" in caplog.text
     assert f"no checkpoint in s3://{outputs['checkpoints_bucket']}/r1/ verifies" in caplog.text
@@ -41,8 +60,30 @@ def test_bad_names_are_refused_before_any_download(stack, aws_env, tmp_path):
 
 
 def test_export_publishes_to_the_models_prefix_with_the_stack_key(tmp_path):
-    opts = parse_options(PublishOptions, ["--run", "r1", "--checkpoints-bucket", "c", "--models-bucket", "m",
-                                          "--kms-key-id", "arn:k", "--work-dir", str(tmp_path)], prog="t")  # fmt: skip
+    opts = parse_options(
+        PublishOptions,
+        [
+            "--run",
+            "r1",
+            "--checkpoints-bucket",
+            "c",
+            "--models-bucket",
+            "m",
+            "--kms-key-id",
+            "arn:k",
+            "--work-dir",
+            str(tmp_path),
+        ],
+        prog="t",
+    )
     argv = export_args(opts, "global_step8")
-    assert argv == ["--run-dir", str(tmp_path / "r1"), "--checkpoint", "global_step8", "--publish", "s3://m/models",
-                    "--kms-key-id", "arn:k"]  # fmt: skip
+    assert argv == [
+        "--run-dir",
+        str(tmp_path / "r1"),
+        "--checkpoint",
+        "global_step8",
+        "--publish",
+        "s3://m/models",
+        "--kms-key-id",
+        "arn:k",
+    ]

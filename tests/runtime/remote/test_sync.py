@@ -124,12 +124,50 @@ def test_multi_node_sync_merges_every_nodes_shards(ckpt_bucket, tmp_path):
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert "mn/latest" not in keys and "mn/global_step3/manifest.json" not in keys
 
-    assert remote_sync.main(["--run-dir", str(node1.parent), "--bucket", bucket, "--prefix", "mn/",
-                             "--kms-key-id", key_arn, "--node-rank", "1", "--num-nodes", "2",
-                             "--launch-id", "L1"]) == 0  # fmt: skip
-    assert remote_sync.main(["--run-dir", str(node0.parent), "--bucket", bucket, "--prefix", "mn/",
-                             "--kms-key-id", key_arn, "--node-rank", "0", "--num-nodes", "2",
-                             "--launch-id", "L1", "--wait-s", "0"]) == 0  # fmt: skip
+    assert (
+        remote_sync.main(
+            [
+                "--run-dir",
+                str(node1.parent),
+                "--bucket",
+                bucket,
+                "--prefix",
+                "mn/",
+                "--kms-key-id",
+                key_arn,
+                "--node-rank",
+                "1",
+                "--num-nodes",
+                "2",
+                "--launch-id",
+                "L1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        remote_sync.main(
+            [
+                "--run-dir",
+                str(node0.parent),
+                "--bucket",
+                bucket,
+                "--prefix",
+                "mn/",
+                "--kms-key-id",
+                key_arn,
+                "--node-rank",
+                "0",
+                "--num-nodes",
+                "2",
+                "--launch-id",
+                "L1",
+                "--wait-s",
+                "0",
+            ]
+        )
+        == 0
+    )
     got = download(s3, bucket, "mn/global_step3/", tmp_path / "dl")
     manifest = verify_checkpoint(got, world_size=4)
     assert {f"rng/rank{r}.json" for r in range(4)} <= set(manifest["files"])

@@ -53,8 +53,9 @@ def post(server, path: str, body: dict, **kw) -> httpx.Response:
 
 def test_infer_returns_next_token_logits_for_token_ids(gpt_server, session):
     ids = np.asarray([encode("import os\nimport sys")], dtype=np.int64)
-    body = gpt_server.infer([{"name": "input_ids", "shape": list(ids.shape), "datatype": "INT64",
-                              "data": ids.reshape(-1).tolist()}])  # fmt: skip
+    body = gpt_server.infer(
+        [{"name": "input_ids", "shape": list(ids.shape), "datatype": "INT64", "data": ids.reshape(-1).tolist()}]
+    )
     out = body["outputs"][0]
     assert out["name"] == "logits" and out["shape"] == [1, ids.shape[1], 257]
     expected = session.run(["logits"], {"input_ids": ids})[0]

@@ -37,8 +37,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def two_ranks(tmp_path_factory) -> dict[str, list[dict]]:
     """{"no floor": [rank 0's result, rank 1's], "1e6 GB/s": [...]}"""
     port, out = free_port(), str(tmp_path_factory.mktemp("preflight") / "result")
-    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(r), str(port), out], cwd=ROOT)
-             for r in (0, 1)]  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(r), str(port), out], cwd=ROOT) for r in (0, 1)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     per_rank = [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)]
     return {"no floor": [r[0] for r in per_rank], "1e6 GB/s": [r[1] for r in per_rank]}
