@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/*.sh: creates .venv from requirements.txt when missing or stale, then installs
 # this project into it (editable: `stratus` on PATH, `runtime`/`infra` importable from anywhere).
 # Idempotent: a stamp with the hash of requirements.txt, requirements/*.txt and pyproject.toml skips
@@ -22,7 +23,13 @@ if [[ ! -f "${stamp}" || "$(cat "${stamp}")" != "${want}" ]]; then
   echo "[setup] installing requirements.txt (requirements/*.txt) into ${VENV} (first run takes a few minutes)" >&2
   "${VENV}/bin/python" -m pip install --quiet --upgrade pip
   "${VENV}/bin/python" -m pip install --quiet -r "${STRATUS_ROOT}/requirements.txt"
-  "${VENV}/bin/python" -m pip install --quiet --no-deps --editable "${STRATUS_ROOT}"
+  # setuptools prints an informational "Editable installation" banner even under --quiet; keep the
+  # output for a failure, where it is the diagnosis, and say nothing when the install works.
+  if ! editable_log="$("${VENV}/bin/python" -m pip install --quiet --no-deps --editable "${STRATUS_ROOT}" 2>&1)"; then
+    echo "${editable_log}" >&2
+    echo "[setup] installing stratus itself into ${VENV} failed (output above)" >&2
+    exit 1
+  fi
   echo "${want}" > "${stamp}"
 fi
 export PATH="${VENV}/bin:${PATH}"
