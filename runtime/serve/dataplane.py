@@ -29,6 +29,8 @@ values. Hot path costs are measured in docs/benchmarks.md ("Serving"); keep call
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from runtime import __version__
@@ -86,6 +88,11 @@ class DataPlane:
         self.sweep = sweep or Sweep()
         self.extensions: dict[str, Any] = {}
         self._observe = metrics.stats.observe  # Metrics.observe without its extra call
+        # A request's body reader (size cap, deadline, budget; the adapter calls `release()` once
+        # the response is sent): a C-level partial, not a method call per request.
+        self.body_reader: Callable[[], BodyReader] = functools.partial(
+            BodyReader, self.budget, max_body_bytes, body_timeout, self.sweep
+        )
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -176,10 +183,6 @@ class DataPlane:
         }
 
     # --- inference ------------------------------------------------------------------------------
-
-    def body_reader(self) -> BodyReader:
-        """A request's body reader (size cap, deadline, budget); the adapter calls `release()`."""
-        return BodyReader(self.budget, self.max_body_bytes, self.body_timeout, self.sweep)
 
     async def infer(self, model: LoadedModel, body: bytes, header_length: int | None) -> tuple[InferRequest, dict]:
         """Decode and check `body` (the REST form: JSON, or a JSON head of `header_length` bytes
