@@ -10,14 +10,22 @@ A token is 16 to 4,096 characters of the bearer-token alphabet of RFC 6750 (lett
 may end in one newline. A file that is not UTF-8, starts with a byte-order mark (an editor's
 "UTF-8 with BOM" or UTF-16) or holds anything else is refused. No message here ever quotes the
 token's bytes, not even one of them: they say where the problem is and how to fix it.
+
+`Authenticator` is the check every protocol adapter uses (`runtime.serve.dataplane`): the bearer
+token compared as sha256 digests with `hmac.compare_digest` (constant time, no length leak), and
+exactly one Authorization per request (two are refused with 400, never "the last wins").
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import stat
 from pathlib import Path
+
+from runtime.serve.body import Refused
 
 TOKEN_ENV = "STRATUS_SERVE_TOKEN"  # noqa: S105 (a variable name, not a secret)
 MIN_TOKEN_CHARS = 16
@@ -28,6 +36,42 @@ _BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 
 class TokenError(ValueError):
     """The serving token is missing, ambiguous, unreadable or too weak."""
+
+
+class Authenticator:
+    """Who may call: one `Authorization: Bearer <token>` (HTTP header or gRPC metadata entry).
+
+    `set_token` swaps the token (SIGHUP rotation); requests already checked keep their answer."""
+
+    def __init__(self, token: str):
+        self.set_token(token)
+
+    def set_token(self, token: str) -> None:
+        if not token:
+            raise ValueError("the serving token is empty")
+        self._digest = hashlib.sha256(token.encode()).digest()
+
+    def valid(self, credentials: bytes | None) -> bool:
+        """Whether `credentials` (the Authorization value) is `Bearer <the token>`."""
+        if not credentials or credentials[:7].lower() != b"bearer ":
+            return False
+        return hmac.compare_digest(hashlib.sha256(credentials[7:].strip()).digest(), self._digest)
+
+    def http(self, headers: dict[bytes, bytes], raw_headers: list, public: bool) -> bool:
+        """Whether an HTTP request may pass: `public`, or its one Authorization header is valid.
+
+        `headers` is `dict(raw_headers)`; a repeated header of any name makes it shorter, and only
+        then are the raw headers scanned for a second Authorization (Refused 400)."""
+        if len(headers) != len(raw_headers) and sum(1 for name, _ in raw_headers if name == b"authorization") > 1:
+            raise Refused(400, "more than one Authorization header; send exactly one", "duplicate_authorization")
+        return public or self.valid(headers.get(b"authorization"))
+
+    def grpc(self, metadata, public: bool) -> bool:
+        """Whether a gRPC call may pass: `public`, or its one `authorization` entry is valid."""
+        given = [value for key, value in metadata or () if key == "authorization"]
+        if len(given) > 1:
+            raise Refused(400, "more than one authorization entry; send exactly one", "duplicate_authorization")
+        return public or self.valid(given[0].encode() if given else None)
 
 
 def load_token(token_file: str | None, ssm_parameter: str | None, environ=os.environ) -> tuple[str, str]:

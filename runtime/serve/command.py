@@ -81,10 +81,14 @@ def configure_logging(level: str) -> None:
 
 
 def build_app(cfg: ServeConfig, token: str):
-    """The ASGI app, its metrics and the HTTP front for `cfg` (nothing started yet)."""
+    """The HTTP adapter (its `plane` the data plane every protocol shares) and the HTTP front for
+    `cfg` (nothing started yet)."""
     from runtime.serve.app import ServeApp
+    from runtime.serve.auth import Authenticator
     from runtime.serve.body import BodyBudget, DecodePool, Sweep
+    from runtime.serve.dataplane import DataPlane
     from runtime.serve.front import Front, FrontLimits
+    from runtime.serve.generate import Generate, GenerateLimits
     from runtime.serve.metrics import AccessLog, Metrics
     from runtime.serve.model import ModelManager
     from runtime.serve.protocol import Limits
@@ -99,9 +103,9 @@ def build_app(cfg: ServeConfig, token: str):
         intra_op_threads=cfg.intra_op_threads,
         on_event=metrics.on_model_event,
     )
-    app = ServeApp(
+    plane = DataPlane(
         manager,
-        token,
+        Authenticator(token),
         metrics,
         limits=Limits(max_batch_size=cfg.max_batch_size, max_elements=cfg.max_elements),
         max_body_bytes=cfg.max_body_bytes,
@@ -111,9 +115,9 @@ def build_app(cfg: ServeConfig, token: str):
         access_log=None if cfg.no_access_log else AccessLog(sys.stderr),
         sweep=sweep,
     )
-    from runtime.serve.generate import GenerateLimits, register
-
-    register(app, GenerateLimits(max_tokens=cfg.generate_max_tokens, timeout=cfg.generate_timeout))
+    limits = GenerateLimits(max_tokens=cfg.generate_max_tokens, timeout=cfg.generate_timeout)
+    plane.add_extension(Generate.name, Generate(limits))
+    app = ServeApp(plane)
     front = Front(
         FrontLimits(
             header_timeout=cfg.header_timeout,
@@ -145,7 +149,7 @@ async def _serve(cfg: ServeConfig, token: str) -> None:
             "max_concurrent_rpcs": cfg.grpc_max_concurrent_rpcs,
             "max_connections": cfg.max_connections,
         }
-        grpc_server = await start_grpc(app, cfg.host, cfg.grpc_port, limits=limits)
+        grpc_server = await start_grpc(app.plane, cfg.host, cfg.grpc_port, limits=limits)
 
     async def rotate() -> None:
         try:
@@ -156,7 +160,7 @@ async def _serve(cfg: ServeConfig, token: str) -> None:
         except Exception as e:  # anything else may carry the file's bytes: log its type only
             log.error("token reload failed (%s), keeping the current token", type(e).__name__)
             return
-        app.set_token(new_token)
+        app.plane.auth.set_token(new_token)
         log.info("token reloaded from %s", source)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(rotate()))

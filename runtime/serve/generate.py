@@ -1,7 +1,13 @@
-"""The `generate` extension: text from a prompt with a served language model (model.kind=gpt artifacts).
+"""The `generate` serving extension: text from a prompt with a served language model (model.kind=gpt
+artifacts), protocol-neutral: registered on the data plane under the name "generate"
+(`DataPlane.add_extension`), found by adapters with `plane.extension("generate")`.
 
-Routes (the token is required, like every route but liveness), following Triton's generate
-extension:
+`Generate.check(model)` (is it a language model), `Generate.parse(body, stream)` (the request),
+then `await Generate.complete(model, req)` (the result object) or `Generate.events(model, req)`
+(an async iterator of event objects, the last one with "finish_reason").
+
+HTTP routes (`runtime.serve.app.EXTENSION_ROUTES`; the token is required, like every route but
+liveness), following Triton's generate extension:
 
     POST /v2/models/{model}/generate          -> {"model_name", "model_version", "text_output",
                                                   "finish_reason", "prompt_tokens", "generated_tokens"}
@@ -31,13 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from runtime.serve.app import Call, Route, ServeApp, served_model
 from runtime.serve.model import LoadedModel
 from runtime.serve.protocol import RequestError
 
 MAX_PROMPT_BYTES = 64 * 1024
-_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-_JSON = [(b"content-type", b"application/json")]
 
 
 @dataclass(frozen=True)
@@ -152,11 +155,7 @@ async def tokens(model: LoadedModel, req: GenerateRequest, limits: GenerateLimit
     yield "length"
 
 
-def _event(payload: dict) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-async def _stream(model: LoadedModel, req: GenerateRequest, limits: GenerateLimits) -> AsyncIterator[bytes]:
+async def _events(model: LoadedModel, req: GenerateRequest, limits: GenerateLimits) -> AsyncIterator[dict]:
     from runtime.common.tokens import StreamDecoder
 
     decoder, count = StreamDecoder(), 0
@@ -164,41 +163,49 @@ async def _stream(model: LoadedModel, req: GenerateRequest, limits: GenerateLimi
         if isinstance(item, str):
             tail = decoder.flush()
             if tail:
-                yield _event({"text_output": tail})
-            yield _event(
-                {
-                    "text_output": "",
-                    "finish_reason": item,
-                    "generated_tokens": count,
-                    "model_name": model.name,
-                    "model_version": model.version_str,
-                }
-            )
+                yield {"text_output": tail}
+            yield {
+                "text_output": "",
+                "finish_reason": item,
+                "generated_tokens": count,
+                "model_name": model.name,
+                "model_version": model.version_str,
+            }
             return
         count += 1
         piece = decoder.feed([item])
         if piece:
-            yield _event({"text_output": piece})
+            yield {"text_output": piece}
 
 
-def handler(limits: GenerateLimits, *, stream_route: bool):
-    """The route handler for /generate (or /generate_stream with `stream_route`)."""
+class Generate:
+    """The "generate" extension of the data plane, under `GenerateLimits`."""
 
-    async def generate(app: ServeApp, call: Call):
-        model = served_model(app, call)
-        language_model_info(model)
-        req = parse_request(await app.read_body(call), limits, stream_route)
-        if req.stream:
-            return 200, _stream(model, req, limits), _SSE_HEADERS
+    name = "generate"
+
+    def __init__(self, limits: GenerateLimits):
+        self.limits = limits
+
+    @staticmethod
+    def check(model: LoadedModel) -> dict:
+        """The model's language_model section, or RequestError 400 when it is not a language model."""
+        return language_model_info(model)
+
+    def parse(self, body: bytes, stream: bool = False) -> GenerateRequest:
+        """The request in `body` (`stream`: streaming unless it says otherwise); RequestError 400/413/422."""
+        return parse_request(body, self.limits, stream)
+
+    async def complete(self, model: LoadedModel, req: GenerateRequest) -> dict:
+        """Generate to the end; the result object."""
         from runtime.common.tokens import decode
 
         new, reason = [], "length"
-        async for item in tokens(model, req, limits):
+        async for item in tokens(model, req, self.limits):
             if isinstance(item, str):
                 reason = item
             else:
                 new.append(item)
-        body = {
+        return {
             "model_name": model.name,
             "model_version": model.version_str,
             "text_output": decode(new),
@@ -206,14 +213,8 @@ def handler(limits: GenerateLimits, *, stream_route: bool):
             "prompt_tokens": len(req.prompt_ids),
             "generated_tokens": len(new),
         }
-        return 200, orjson.dumps(body), _JSON
 
-    return generate
-
-
-def register(app: ServeApp, limits: GenerateLimits) -> None:
-    """Add the generate routes to `app` (behind the token)."""
-    app.add_route(Route("POST", "/v2/models/{model}/generate", "generate"), handler(limits, stream_route=False))
-    app.add_route(
-        Route("POST", "/v2/models/{model}/generate_stream", "generate_stream"), handler(limits, stream_route=True)
-    )
+    def events(self, model: LoadedModel, req: GenerateRequest) -> AsyncIterator[dict]:
+        """Event objects as text is decoded (`{"text_output": piece}`), then one with
+        `finish_reason`; `aclose()` on the iterator stops generation."""
+        return _events(model, req, self.limits)

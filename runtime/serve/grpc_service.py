@@ -1,10 +1,11 @@
 """The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`), beside the HTTP port.
 
-`stratus serve --grpc-port N` starts a `grpc.aio` server in the same event loop as the HTTP one,
-sharing its ServeApp: the same token (metadata `authorization: Bearer ...`, ServerLive the only
-call without it, a repeated `authorization` refused), the same model manager (readiness, hot
-reload: a call uses the version current when it started), the same tensor limits and body
-budget, and the same metrics (route `grpc:<Method>`, `stratus_rejections_total`).
+`stratus serve --grpc-port N` starts a `grpc.aio` server in the same event loop as the HTTP one:
+an adapter of the same data plane (`runtime.serve.dataplane`) as the HTTP port, so the same
+token (metadata `authorization: Bearer ...`, ServerLive the only call without it, a repeated
+`authorization` refused), the same model manager (readiness, hot reload: a call uses the version
+current when it started), the same tensor limits and body budget, and the same metrics (route
+`grpc:<Method>`, `stratus_rejections_total`).
 
 A ModelInfer request is checked by the same decoder as HTTP: its tensors become the binary form
 of the REST request (`raw_input_contents` as they are; typed `contents` converted to the declared
@@ -29,10 +30,9 @@ import numpy as np
 import orjson
 
 from runtime.repository.artifact import DATATYPES
-from runtime.serve.app import SERVER_NAME, SERVER_VERSION, ServeApp, run_model
 from runtime.serve.body import BodyReader, Refused
+from runtime.serve.dataplane import DataPlane
 from runtime.serve.grpc_proto import SERVICE, messages
-from runtime.serve.model import LoadedModel
 from runtime.serve.protocol import InferRequest, RequestError
 
 _CODES = {
@@ -59,10 +59,10 @@ _CONTENTS = {
 
 
 class InferenceService:
-    """The service's calls on top of a ServeApp."""
+    """The service's calls: a gRPC adapter of a DataPlane."""
 
-    def __init__(self, app: ServeApp):
-        self.app = app
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
         self.m = messages()
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -87,34 +87,27 @@ class InferenceService:
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
     def _guarded(self, name: str, call, *, public: bool):
-        app = self.app
+        plane = self.plane
+        route, path = f"grpc:{name}", f"/{SERVICE}/{name}"
 
         async def run(request, context: grpc.aio.ServicerContext):
             start = time.perf_counter()
             status, message = 200, ""
             peer = context.peer() or ""
-            reader = BodyReader(app.budget, app.max_body_bytes, app.body_timeout, app.sweep)
+            reader = plane.body_reader()
             try:
-                auth = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
-                if len(auth) > 1:
-                    raise Refused(400, "more than one authorization entry; send exactly one", "duplicate_authorization")
-                if not public and not app.authorized(auth[0].encode() if auth else None):
+                if not plane.auth.grpc(context.invocation_metadata(), public):
                     raise RequestError(401, "missing or invalid bearer token")
                 response = await call(request, reader)
             except RequestError as e:
                 status, message = e.status, e.message
                 if isinstance(e, Refused):
-                    app.metrics.reject(e.reason, peer)
+                    plane.metrics.reject(e.reason, peer)
             finally:
                 reader.release()
-                elapsed = time.perf_counter() - start
-                app.metrics.observe(f"grpc:{name}", status, elapsed)
-                if app.access_log is not None:
-                    model = app.manager.current
-                    version = model.version_str if model else ""
-                    app.access_log.request(
-                        peer, "GRPC", f"/{SERVICE}/{name}", f"grpc:{name}", status, elapsed, 0, version
-                    )
+                model = plane.manager.current
+                version = model.version_str if model else ""
+                plane.record(route, status, time.perf_counter() - start, peer, "GRPC", path, 0, version)
             if status != 200:
                 await context.abort(_CODES.get(status, grpc.StatusCode.INVALID_ARGUMENT), message)
             return response
@@ -126,46 +119,30 @@ class InferenceService:
         return self.m.ServerLiveResponse(live=True)
 
     async def _server_ready(self, request, reader):
-        return self.m.ServerReadyResponse(ready=self.app.manager.current is not None)
+        return self.m.ServerReadyResponse(ready=self.plane.ready())
 
     async def _model_ready(self, request, reader):
-        model = self.app.manager.current
-        ready = model is not None and request.name == self.app.manager.model
-        ready = ready and request.version in ("", model.version_str)
-        return self.m.ModelReadyResponse(ready=ready)
+        return self.m.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
 
     async def _server_metadata(self, request, reader):
-        return self.m.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
+        return self.m.ServerMetadataResponse(**self.plane.server_metadata([]))
 
     async def _model_metadata(self, request, reader):
-        model = self._served(request.name, request.version)
-        response = self.m.ModelMetadataResponse(
-            name=model.name, versions=[model.version_str], platform="onnxruntime_onnx"
-        )
-        for specs, field in ((model.inputs, response.inputs), (model.outputs, response.outputs)):
-            for spec in specs.values():
-                field.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+        plane = self.plane
+        meta = plane.model_metadata(plane.model(request.name, request.version, plane.manager.current))
+        response = self.m.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
+        for tensors, field in ((meta["inputs"], response.inputs), (meta["outputs"], response.outputs)):
+            for tensor in tensors:
+                field.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
         return response
 
     async def _model_infer(self, request, reader: BodyReader):
-        app = self.app
-        model = self._served(request.model_name, request.model_version)
+        plane = self.plane
+        model = plane.model(request.model_name, request.model_version, plane.manager.current)
         reader.take(request.ByteSize())
         head, payload = as_binary_request(request)
-        decoded = await app.decode_pool.decode(head + payload, len(head), model.inputs, model.outputs, app.limits)
-        results = await run_model(model, decoded.inputs)
+        decoded, results = await plane.infer(model, head + payload, len(head))
         return infer_response(model.name, model.version_str, request.id, decoded, results, model.outputs)
-
-    def _served(self, name: str, version: str) -> LoadedModel:
-        manager = self.app.manager
-        if name != manager.model:
-            raise RequestError(404, f"unknown model {name[:64]!r}; this server serves {manager.model!r}")
-        model = manager.current
-        if model is None:
-            raise RequestError(503, f"model {manager.model!r} is not loaded yet")
-        if version not in ("", model.version_str):
-            raise RequestError(404, f"version {version[:16]!r} is not served (serving {model.version})")
-        return model
 
 
 def infer_response(name: str, version: str, request_id: str, decoded: InferRequest, results: dict, specs: dict):
@@ -208,7 +185,7 @@ def _contents_bytes(tensor) -> bytes:
         raise RequestError(422, f"input {tensor.name[:64]!r}: values outside the {tensor.datatype} range") from None
 
 
-async def start_grpc(app: ServeApp, host: str, port: int, *, limits: dict) -> grpc.aio.Server:
+async def start_grpc(plane: DataPlane, host: str, port: int, *, limits: dict) -> grpc.aio.Server:
     """Start the gRPC server on host:port. `limits`: max_body_bytes, max_header_bytes,
     header_timeout, keepalive_timeout, max_concurrent_rpcs, max_connections. Raises RuntimeError
     if it cannot bind."""
@@ -222,7 +199,7 @@ async def start_grpc(app: ServeApp, host: str, port: int, *, limits: dict) -> gr
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits["max_concurrent_rpcs"])
-    server.add_generic_rpc_handlers((InferenceService(app).handler(),))
+    server.add_generic_rpc_handlers((InferenceService(plane).handler(),))
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise RuntimeError(f"gRPC: cannot bind {host}:{port}")
     await server.start()
