@@ -9,14 +9,23 @@ script in a network namespace here. `python -m runtime remote --sim-dir` exits 2
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from runtime.remote import command
-from sim.transport import LocalTransport
+from runtime.remote.transport import NodeTransport
+
+
+def local_transport(sim_dir: Path) -> NodeTransport:
+    """The simulated nodes of `sim_dir`; imported only for `--sim-dir` (a launch to a real stack
+    needs nothing of the development package)."""
+    from sim.transport import LocalTransport
+
+    return LocalTransport(sim_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`runtime.remote.command.main` with the simulator's transport for `--sim-dir`."""
-    return command.main(argv, sim_transport=LocalTransport)
+    return command.main(argv, sim_transport=local_transport)
 
 
 if __name__ == "__main__":
