@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.common.log import get_logger
+from runtime.contract import APP_DIR, NODE_ENV_FILE, SCRATCH_MOUNT
 from runtime.remote.outputs import RemoteError, StackOutputs
 from runtime.remote.transport import OUTPUT_LIMIT, NodeTransport
 
@@ -59,9 +60,9 @@ class LocalTransport(NodeTransport):
     """
 
     MOUNTS = (
-        ("scratch", "/scratch"),
-        ("opt-stratus", "/opt/stratus"),
-        ("etc-stratus", "/etc/stratus"),
+        ("scratch", SCRATCH_MOUNT),
+        ("opt-stratus", APP_DIR),
+        ("etc-stratus", str(Path(NODE_ENV_FILE).parent)),
         ("systemd", "/etc/systemd/system"),
     )
 
