@@ -42,14 +42,6 @@ class Running:
     grpc_port: int | None = None
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def wait_ready(server: Running, path: str, token: str | None, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     headers = {"Authorization": f"Bearer {token}"} if token else {}

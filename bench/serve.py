@@ -40,6 +40,8 @@ from pathlib import Path
 import _serve_load as load  # bench/ is sys.path[0] when this file runs
 import _serve_servers as servers
 
+from runtime.common.net import free_port
+
 HOST = "127.0.0.1"  # loopback only, by design
 TOKEN = "bench-token-0123456789abcdef0123456789"  # noqa: S105 (a throwaway loopback token)
 MODEL = "mlp-binary"
@@ -86,22 +88,22 @@ def _start_all(args, repo: str, root: Path, log) -> dict[str, servers.Running]:
     common = ["--repo", repo, "--model", args.model, "--token-file", str(token_file), "--poll-interval", "60"]
     py = sys.executable
     running: dict[str, servers.Running] = {}
-    port, gport = servers.free_port(), servers.free_port()
+    port, gport = free_port(), free_port()
     cmd = [py, "-m", "runtime", "serve", *common, "--port", str(port), "--grpc-port", str(gport)]
     running["stratus"] = servers.start("stratus", cmd, log, port, gport)
     if args.before:
         before = servers.checkout(args.before, root / "before")
-        port = servers.free_port()
+        port = free_port()
         cmd = [py, "-m", "runtime", "serve", *common, "--port", str(port)]
         running["before"] = servers.start("before", cmd, log, port, cwd=before, pythonpath=before)
     model_file = Path(repo) / args.model / "1" / "model.onnx"
     for name, extra in (("bare", []), ("bare+model", ["--model-file", str(model_file)])):
-        port, gport = servers.free_port(), servers.free_port()
+        port, gport = free_port(), free_port()
         cmd = [py, str(Path(servers.__file__)), "--port", str(port), "--grpc-port", str(gport)]
         cmd += ["--num-features", str(args.num_features), "--model", args.model, *extra]
         running[name] = servers.start(name, cmd, log, port, gport)
     kpy = servers.ensure_kserve_venv()
-    port, gport = servers.free_port(), servers.free_port()
+    port, gport = free_port(), free_port()
     cmd = [str(kpy), str(Path(__file__).with_name("_kserve_model.py")), "--model-file", str(model_file)]
     cmd += ["--name", args.model, "--http_port", str(port), "--grpc_port", str(gport)]
     running["kserve"] = servers.start("kserve", cmd, log, port, gport)

@@ -81,6 +81,12 @@ def bundle_uri(models_bucket: str) -> str:
     return f"s3://{models_bucket}/{BUNDLE_KEY}"
 
 
+ENV_BUNDLE_URI = "STRATUS_BUNDLE_URI"
+"""Host environment variable holding `bundle_uri(...)`: the user data writes it into the stack env
+file, `stratus-prepare.service` (`infra/builders/host/prepare.sh`, and the simulated prepare of
+`sim.stack`) fetches the bundle from it."""
+
+
 def model_repository_uri(models_bucket: str) -> str:
     """S3 URI of the model repository that `publish` writes and the serving host reads."""
     return f"s3://{models_bucket}/{MODELS_PREFIX.rstrip('/')}"

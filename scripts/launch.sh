@@ -90,7 +90,8 @@ if [[ -n "${stack}" || -n "${sim_dir}" ]]; then
   [[ ${dry_run} == 1 ]] && remote_args+=(--dry-run)
   # node 0 exports from the run's checkpoints in S3 and publishes to the stack's models bucket
   [[ ${export} == 1 ]] && remote_args+=(--export)
-  exec python -m runtime.remote "${remote_args[@]}" -- "${train_args[@]}"
+  # `stratus remote` (the front door): the runtime's launcher, with the simulator injected for --sim-dir
+  exec python -m stratus remote "${remote_args[@]}" -- "${train_args[@]}"
 fi
 
 if [[ ${dry_run} == 1 ]]; then

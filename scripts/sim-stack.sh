@@ -9,13 +9,14 @@
 #
 # Env: SIM_NODES (training nodes, default 2). The emulator's endpoint and test credentials are in
 # /tmp/sim/sim.json ("env"); export them to look into its buckets with the AWS CLI or boto3.
+# The simulator is the development package sim/ (python -m sim.stack|sim.serve), never in the runtime bundle.
 # Exit status: 0 done, 1 the serving host's boot failed, 2 bad arguments or not root.
 set -euo pipefail
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 [[ $# -eq 2 && ( "$1" == up || "$1" == down || "$1" == serve ) ]] || { usage >&2; exit 2; }
 cd "$(dirname "$0")/.."
 if [[ "$1" == serve ]]; then
   [[ ${EUID} -eq 0 ]] || { echo "sim-stack.sh: the simulated hosts need root" >&2; exit 2; }
-  exec .venv/bin/python -m stratus.simserve "$2"
+  exec .venv/bin/python -m sim.serve "$2"
 fi
-exec .venv/bin/python -m runtime.remote.sim "$1" "$2" --nodes "${SIM_NODES:-2}"
+exec .venv/bin/python -m sim.stack "$1" "$2" --nodes "${SIM_NODES:-2}"

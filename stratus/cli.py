@@ -8,6 +8,8 @@ from runtime.cli import COMMANDS, dispatch
 
 ALL_COMMANDS = {
     **COMMANDS,
+    # the runtime's launcher with the simulator's transport injected for --sim-dir (stratus.remote)
+    "remote": ("stratus.remote", f"{COMMANDS['remote'][1]} (or simulated ones: --sim-dir DIR)"),
     "plan": ("infra.tools.plan", "offline plan of a stack: resources, policy verdicts, hourly cost"),
 }
 

@@ -7,7 +7,6 @@ credentials), exactly as it reaches AWS; nothing in boto3 is patched.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,8 @@ import urllib.request
 
 import pytest
 
+from runtime.common.net import free_port  # also imported from here by other tests
 from tests.support import aws_test_env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pytest_collection_modifyitems(config, items):

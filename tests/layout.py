@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("runtime", "infra", "stratus")
+PACKAGES = ("runtime", "infra", "stratus", "sim")
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 80
 

@@ -1,5 +1,6 @@
 """The repository's shape (docs/architecture.md, "Folder map"): packages per stage, where `runtime`
-and `infra` meet, no import cycle, small files and functions, tests importable as packages."""
+and `infra` meet, the simulator (`sim`) kept out of both, no import cycle, small files and
+functions, tests importable as packages."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ STAGES = ("common", "train", "export", "repository", "serve", "remote")
 
 
 def _project_imports(name: str) -> set[str]:
-    return {i for i in imported(name, MODULES[name]) if i.split(".")[0] in ("runtime", "infra", "stratus")}
+    return {i for i in imported(name, MODULES[name]) if i.split(".")[0] in ("runtime", "infra", "stratus", "sim")}
 
 
 def test_every_stage_is_a_package_with_a_command_module():
@@ -50,12 +51,27 @@ def test_runtime_never_imports_infra_or_the_front_door(module):
     assert outside == [], f"{module} imports {outside}; runtime and infra meet only in runtime.contract"
 
 
+@pytest.mark.parametrize("module", sorted(n for n in MODULES if n.split(".")[0] in ("runtime", "infra")))
+def test_only_the_front_door_and_tests_import_the_simulator(module):
+    """`sim` (root, network namespaces, the moto emulator) is a development package: the runtime,
+    which the bundle ships to every host, and the stack never import it; `stratus` injects it."""
+    found = sorted(i for i in imported(module, MODULES[module]) if i.split(".")[0] == "sim")
+    assert found == [], f"{module} imports the simulator {found}; inject it from `stratus` instead"
+
+
+def test_the_simulator_is_injected_by_the_front_door():
+    assert "sim.transport" in dependencies("stratus.remote", MODULES["stratus.remote"])
+    assert not any(
+        i.split(".")[0] == "sim" for i in imported("runtime.remote.command", MODULES["runtime.remote.command"])
+    )
+
+
 def test_the_contract_imports_nothing_of_the_project():
     assert _project_imports("runtime.contract") == set()
 
 
 def _python_files():
-    for folder in ("runtime", "infra", "stratus", "policy", "bench", "tests"):
+    for folder in ("runtime", "infra", "stratus", "sim", "policy", "bench", "tests"):
         yield from sorted((ROOT / folder).rglob("*.py"))
     yield ROOT / "__main__.py"
 

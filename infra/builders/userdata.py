@@ -27,6 +27,7 @@ from pathlib import Path
 from infra.config.catalog import InstanceType
 from runtime.contract import (
     APP_DIR,
+    ENV_BUNDLE_URI,
     HOST_PYTHON,
     NODE_ENV_FILE,
     PREPARE_UNIT,
@@ -134,7 +135,7 @@ def trainer_user_data(*, region: str, buckets: dict[str, str], instance_type: In
     env = {
         "AWS_REGION": region,
         **{f"STRATUS_{k.upper()}_BUCKET": v for k, v in buckets.items()},
-        "STRATUS_BUNDLE_URI": bundle_uri(buckets["models"]),
+        ENV_BUNDLE_URI: bundle_uri(buckets["models"]),
         "STRATUS_GPU": "1",
         "STRATUS_SCRATCH": scratch,
         "STRATUS_NVME_DISKS": str(instance_type.nvme_disks),
@@ -189,7 +190,7 @@ def serving_user_data(
     env = {
         "AWS_REGION": region,
         "STRATUS_MODELS_BUCKET": models_bucket,
-        "STRATUS_BUNDLE_URI": bundle_uri(models_bucket),
+        ENV_BUNDLE_URI: bundle_uri(models_bucket),
         "STRATUS_GPU": "1" if gpu else "0",
     }
     serve_sh = f"""\

@@ -1,4 +1,4 @@
-"""`python -m runtime.remote`: the same as `stratus remote` (scripts/launch.sh --stack runs it)."""
+"""`python -m runtime.remote`: `stratus remote` without `--sim-dir` (the simulator is not in the runtime)."""
 
 import sys
 

@@ -8,7 +8,9 @@ Runbook:
     # validate, then print the bundle contents, the S3 keys and every node's command; send nothing
     stratus remote --stack dev --dry-run -- --set parallel.zero_stage=3
 
-(`python -m runtime remote ...` and `python -m runtime.remote ...` are the same command.)
+(`python -m runtime remote ...` and `python -m runtime.remote ...` are the same command, less
+`--sim-dir`: the simulated nodes' transport is in the development package `sim/`, which the
+`stratus` front door injects (`sim_transport`); the runtime never imports it.)
 
 Steps: validate the config and data here for the stack's world (nodes x GPUs); upload a local
 `--data` file to s3://<datasets_bucket>/<run>/<name>; upload the runtime bundle to
@@ -35,6 +37,7 @@ import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,9 +48,9 @@ from runtime.common.s3 import head_or_none, sse_kms_args
 from runtime.contract import BUNDLE_KEY, NODE_OUTPUT_DIR, ExitCode
 from runtime.remote.bundle import bundle_entries, write_bundle
 from runtime.remote.nodes import NodeJob, export_script, node_script, node_train_args
-from runtime.remote.outputs import RemoteError, StackOutputs, read_outputs
+from runtime.remote.outputs import RemoteError, read_outputs
 from runtime.remote.progress import report, tail, wait_for_nodes
-from runtime.remote.transport import LocalTransport, NodeTransport, SsmTransport
+from runtime.remote.transport import NodeTransport, SsmTransport
 from runtime.train.checkpoint import existing_run_message
 from runtime.train.command import TrainOptions, parse_train_options, validate
 from runtime.train.config import ConfigError
@@ -56,6 +59,12 @@ from runtime.train.data import DataError
 ROOT = Path(__file__).resolve().parents[2]
 MAX_EXECUTION_TIMEOUT_S = 172800  # SSM's limit for AWS-RunShellScript (48 h)
 log = get_logger()
+EXPORT_FAILURES = {
+    ExitCode.NO_CHECKPOINT: "no checkpoint in S3 verifies",
+    ExitCode.GATE_FAILED: "the accuracy gate failed, nothing was published",
+    ExitCode.BAD_INPUT: "bad export arguments or data",
+}
+SimTransport = Callable[[Path], NodeTransport]  # the transport to a --sim-dir's nodes (sim.transport)
 
 
 @dataclass(kw_only=True)
@@ -70,7 +79,8 @@ class RemoteOptions:
 
     sim_dir: str | None = option(None, metavar="DIR")
     """A simulated stack made by `scripts/sim-stack.sh up DIR`: outputs from DIR/outputs.json, each
-    node's script run in its network namespace on this machine instead of through SSM."""
+    node's script run in its network namespace on this machine instead of through SSM (`stratus
+    remote` only: the simulator is not part of the runtime)."""
 
     dry_run: bool = False
     """Validate and print the bundle, the S3 keys and every node's commands; send nothing."""
@@ -103,10 +113,8 @@ class RemoteOptions:
         if sum(map(bool, (self.stack, self.outputs_file, self.sim_dir))) != 1:
             raise RemoteError("name the stack: exactly one of --stack NAME, --outputs-file FILE or --sim-dir DIR")
         if not 1 <= self.execution_timeout <= MAX_EXECUTION_TIMEOUT_S:
-            raise RemoteError(
-                f"--execution-timeout {self.execution_timeout} must be 1..{MAX_EXECUTION_TIMEOUT_S} seconds "
-                "(SSM's range)"
-            )
+            limit = f"1..{MAX_EXECUTION_TIMEOUT_S} seconds (SSM's range)"
+            raise RemoteError(f"--execution-timeout {self.execution_timeout} must be {limit}")
         if not 0 < self.master_port < 65536:
             raise RemoteError(f"--master-port {self.master_port}: use 1-65535")
 
@@ -121,28 +129,23 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
 class Launch:
     """One remote training launch: validated inputs and the plan; `run()` talks to AWS."""
 
-    def __init__(self, opts: RemoteOptions, train_opts: TrainOptions):
-        self.opts = opts
+    def __init__(self, opts: RemoteOptions, train_opts: TrainOptions, *, sim_transport: SimTransport | None = None):
+        if opts.sim_dir and sim_transport is None:
+            raise RemoteError(
+                "--sim-dir needs the simulator, a development package the runtime does not carry: run "
+                "`stratus remote --sim-dir DIR ...` (or `scripts/launch.sh --sim-dir DIR`) from the repository's venv"
+            )
+        self.opts, self.sim_transport = opts, sim_transport
         outputs_file = Path(opts.sim_dir) / "outputs.json" if opts.sim_dir else opts.outputs_file
-        self.outputs: StackOutputs = read_outputs(stack=opts.stack, outputs_file=outputs_file)
+        out = self.outputs = read_outputs(stack=opts.stack, outputs_file=outputs_file)
         self.dry_run = opts.dry_run or train_opts.dry_run
         self.cfg = train_opts.train_config()
-        world = self.outputs.world_size
-        if train_opts.nproc != self.outputs.slots_per_node:
-            log.info(
-                "--nproc %d ignored: the stack runs %d node(s) x %d GPU(s)",
-                train_opts.nproc,
-                self.outputs.num_nodes,
-                self.outputs.slots_per_node,
-            )
-        _, data, spe = validate(self.cfg, world_size=world, device="cuda")
-        log.info(
-            "config and data valid for %d ranks: %s, %d train rows, %d steps/epoch",
-            world,
-            self.cfg.data.source,
-            len(data.train_idx),
-            spe,
-        )
+        if train_opts.nproc != out.slots_per_node:
+            nodes = f"{out.num_nodes} node(s) x {out.slots_per_node} GPU(s)"
+            log.info("--nproc %d ignored: the stack runs %s", train_opts.nproc, nodes)
+        _, data, spe = validate(self.cfg, world_size=out.world_size, device="cuda")
+        found = f"{self.cfg.data.source}, {len(data.train_idx)} train rows, {spe} steps/epoch"
+        log.info("config and data valid for %d ranks: %s", out.world_size, found)
         self.run_name = self.cfg.run_name
         self.launch_id = f"{self.run_name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
         source = self.cfg.data.source
@@ -209,8 +212,8 @@ class Launch:
 
     def transport(self) -> NodeTransport:
         """SSM Run Command, or the simulated nodes of `--sim-dir`."""
-        if self.opts.sim_dir:
-            return LocalTransport(Path(self.opts.sim_dir))
+        if self.opts.sim_dir and self.sim_transport:
+            return self.sim_transport(Path(self.opts.sim_dir))
         import boto3
 
         region = self.outputs.region
@@ -220,9 +223,8 @@ class Launch:
         ids = []
         for rank, iid in enumerate(self.outputs.instance_ids):
             comment = f"stratus {self.run_name} node {rank}/{self.outputs.num_nodes}"
-            ids.append(
-                transport.send(iid, node_script(job, rank), comment=comment, timeout_s=self.opts.execution_timeout)
-            )
+            lines, timeout_s = node_script(job, rank), self.opts.execution_timeout
+            ids.append(transport.send(iid, lines, comment=comment, timeout_s=timeout_s))
             log.info("node %d (%s): command %s sent", rank, iid, ids[-1])
         return ids
 
@@ -245,16 +247,13 @@ class Launch:
                 self.upload(s3, self.data_file, out.datasets_bucket, self.data_key)
             self.upload(s3, bundle, out.models_bucket, BUNDLE_KEY)
         code = self.attempt(transport, job)
-        for restart in range(1, self.opts.max_restarts + 1):
+        restarts = self.opts.max_restarts
+        for restart in range(1, restarts + 1):
             if code not in (ExitCode.FAILED, ExitCode.PREEMPTED):
                 break
             args = job.train_args if "--resume" in job.train_args else (*job.train_args, "--resume")
             job = replace(job, train_args=args, launch_id=f"{self.launch_id}-r{restart}")
-            log.warning(
-                "restart %d of %d: relaunching on the stack's nodes with --resume (from S3)",
-                restart,
-                self.opts.max_restarts,
-            )
+            log.warning("restart %d of %d: relaunching on the stack's nodes with --resume (from S3)", restart, restarts)
             code = self.attempt(transport, job)
         if code == ExitCode.OK and self.opts.export:
             code = self.export(transport, job)
@@ -271,30 +270,19 @@ class Launch:
         try:
             res = wait_for_nodes(transport, [iid], [command_id], interval=self.opts.poll_interval)[0]
         except KeyboardInterrupt:
-            print(
-                f"interrupted: the export keeps running on node 0\n{transport.describe([command_id])}", file=sys.stderr
-            )
+            how = transport.describe([command_id])
+            print(f"interrupted: the export keeps running on node 0\n{how}", file=sys.stderr)
             return ExitCode.INTERRUPTED
         print(tail(res.get("StandardOutputContent", "")))
         if res["Status"] == "Success":
             log.info("%s exported and published to s3://%s/models/", self.run_name, self.outputs.models_bucket)
             return ExitCode.OK
         print(tail(res.get("StandardErrorContent", ""), 20), file=sys.stderr)
-        why = {
-            ExitCode.NO_CHECKPOINT: "no checkpoint in S3 verifies",
-            ExitCode.GATE_FAILED: "the accuracy gate failed, nothing was published",
-            ExitCode.BAD_INPUT: "bad export arguments or data",
-        }
         code = res.get("ResponseCode")
         log.error(
-            "training succeeded, but the export on node 0 (%s) %s with exit %s (%s); the checkpoints are in "
-            "s3://%s/%s/",
-            iid,
-            res["Status"],
-            code,
-            why.get(code, "see its output above"),
-            self.outputs.checkpoints_bucket,
-            self.run_name,
+            f"training succeeded, but the export on node 0 ({iid}) {res['Status']} with exit {code} "
+            f"({EXPORT_FAILURES.get(code, 'see its output above')}); the checkpoints are in "
+            f"s3://{self.outputs.checkpoints_bucket}/{self.run_name}/"
         )
         return ExitCode.FAILED
 
@@ -307,12 +295,8 @@ class Launch:
         command_ids = self.send(transport, job)
 
         def stop_others(failed: int, running: list[int]) -> None:
-            log.error(
-                "node %d (%s) failed: stopping node(s) %s",
-                failed,
-                out.instance_ids[failed],
-                ", ".join(map(str, running)),
-            )
+            others = ", ".join(map(str, running))
+            log.error("node %d (%s) failed: stopping node(s) %s", failed, out.instance_ids[failed], others)
             for rank in running:
                 transport.cancel(command_ids[rank], out.instance_ids[rank])
 
@@ -331,8 +315,8 @@ class Launch:
         return report(results, run_name=self.run_name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry of `stratus remote`; returns an `ExitCode` (see the module docstring)."""
+def main(argv: list[str] | None = None, *, sim_transport: SimTransport | None = None) -> int:
+    """Entry of `stratus remote` (`sim_transport`: for --sim-dir, from `stratus.remote`); an `ExitCode`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
@@ -340,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     own, train_argv = _split(argv)
     try:
         opts = parse_options(RemoteOptions, own, prog="stratus remote", description=__doc__)
-        return Launch(opts, parse_train_options(train_argv)).run()
+        return Launch(opts, parse_train_options(train_argv), sim_transport=sim_transport).run()
     except (RemoteError, ConfigError, DataError) as e:
         log.error("%s", e)
         return ExitCode.BAD_INPUT

@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from runtime.common.log import get_logger
+from runtime.common.net import free_port
 from runtime.common.options import option, parse_options, to_argv
 from runtime.contract import ExitCode
 from runtime.train.config import ConfigError, TrainConfig
@@ -95,12 +95,6 @@ def parse_train_options(argv: list[str] | None) -> TrainOptions:
     return parse_options(TrainOptions, argv, prog=PROG, description=__doc__)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launcher_command(argv: list[str], nproc: int, master_port: int) -> list[str]:
     """DeepSpeed's launcher running `runtime.train` on `nproc` local ranks with `argv`."""
     return [
@@ -163,7 +157,7 @@ def preflight(opts: TrainOptions) -> ExitCode | int:
             log.error("cannot resume: %s", e)
             return ExitCode.NO_CHECKPOINT
         log.info("resuming from %s (newest complete checkpoint)", tag_dir)
-    port = opts.master_port or _free_port()
+    port = opts.master_port or free_port()
     cmd = launcher_command(to_argv(opts, skip=("nproc", "master_port", "dry_run")), opts.nproc, port)
     unit = f"rows x {data.num_features} features"
     if cfg.model.kind == "gpt":

@@ -1,4 +1,4 @@
-"""One simulated stack per session (`runtime.remote.sim`), torn down whatever happens.
+"""One simulated stack per session (`sim.stack`), torn down whatever happens.
 
 Names carry the `stsimt` prefix (tests only); leftovers of a killed session are removed first.
 Every DeepSpeed launch here runs under the shared CPU lock file's holder (see RULES of the suite:
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from runtime.remote import sim
+import sim.stack
 from tests.runtime.conftest import run_train
 from tests.sim.runs import E2E_SETS, launch_on
 
-TEST_PREFIX = f"{sim.PREFIX}t"
-# The nodes run this interpreter (runtime.remote.sim), so they share its build cache of DeepSpeed's
+TEST_PREFIX = f"{sim.stack.PREFIX}t"
+# The nodes run this interpreter (sim.stack), so they share its build cache of DeepSpeed's
 # ops: on a fresh machine the one compile happens here, beside `up`, not on both nodes mid-launch.
 BUILD_OPS = (
     "from deepspeed.accelerator import get_accelerator\n"
@@ -46,7 +46,7 @@ def leftovers(sim_json: dict) -> list[str]:
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     found = [n for n in sim_json["namespaces"] if n in names.split()]
     found += [f"link {sim_json['bridge']}"] if f" {sim_json['bridge']}:" in links else []
-    found += [f"pid {p}" for p in sim_json["pids"] if Path(f"/proc/{p}").exists() and sim._not_zombie(p)]
+    found += [f"pid {p}" for p in sim_json["pids"] if Path(f"/proc/{p}").exists() and sim.stack._not_zombie(p)]
     return found
 
 
@@ -59,7 +59,7 @@ class SimStack:
         self.env = self.sim["env"]
 
     def client(self, service: str):
-        return sim.client(self.root, service)
+        return sim.stack.client(self.root, service)
 
     def scratch(self, node: int) -> Path:
         return self.root / f"sim-node{node}" / "scratch"
@@ -69,7 +69,7 @@ class SimStack:
 def sim_stack(tmp_path_factory):
     if not _have_namespaces():
         pytest.skip("simulated nodes need root, iproute2 and util-linux (ip netns, unshare)")
-    sim.remove_leftovers(TEST_PREFIX)
+    sim.stack.remove_leftovers(TEST_PREFIX)
     root = tmp_path_factory.mktemp("sim")
     build = subprocess.Popen(
         [sys.executable, "-c", BUILD_OPS],
@@ -79,7 +79,7 @@ def sim_stack(tmp_path_factory):
         text=True,
     )
     try:
-        outputs = sim.up(root, num_nodes=2, tag="t")
+        outputs = sim.stack.up(root, num_nodes=2, tag="t")
         built = build.communicate(timeout=900)[0]
         assert build.returncode == 0, f"building DeepSpeed's CPU ops failed:\n{built[-3000:]}"
         stack = SimStack(root, outputs)
@@ -89,7 +89,7 @@ def sim_stack(tmp_path_factory):
             build.kill()
             build.wait()
         described = json.loads((root / "sim.json").read_text()) if (root / "sim.json").is_file() else None
-        sim.down(root)
+        sim.stack.down(root)
         if described:
             assert not leftovers(described), f"left behind: {leftovers(described)}"
 

@@ -11,6 +11,7 @@ import pytest
 from runtime.common.options import parse_options
 from runtime.remote.command import Launch, RemoteOptions
 from runtime.train.command import parse_train_options
+from stratus.remote import local_transport
 
 # 2 nodes x 1 rank; the one-node baseline runs the same sets on 2 local ranks.
 E2E_SETS = ("max_steps=8", "log_every=1", "checkpoint_every=2", "data.num_samples=400")
@@ -23,7 +24,9 @@ class SimLaunch:
 
 
 def launch_on(stack, run_name: str, *sets: str, extra: tuple[str, ...] = (), remote: tuple[str, ...] = ()):
-    """`stratus remote --sim-dir` in this process (the nodes are real processes); returns SimLaunch."""
+    """`stratus remote --sim-dir` in this process (the nodes are real processes); returns SimLaunch.
+
+    The launch gets the simulator's transport as the front door (`stratus.remote`) gives it."""
     train = ["--run-name", run_name, *extra]
     for s in sets:
         train += ["--set", s]
@@ -33,7 +36,7 @@ def launch_on(stack, run_name: str, *sets: str, extra: tuple[str, ...] = (), rem
     with pytest.MonkeyPatch.context() as mp:
         for k, v in stack.env.items():
             mp.setenv(k, v)
-        launch = Launch(opts, parse_train_options(train))
+        launch = Launch(opts, parse_train_options(train), sim_transport=local_transport)
         code = launch.run()
     return SimLaunch(launch, int(code))
 

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from runtime.remote import sim, simhost
+import sim.host
+import sim.stack
 from runtime.remote.nodes import export_script
-from runtime.remote.transport import LocalTransport
-from stratus.simserve import upload_bundle, user_data
+from sim.serve import upload_bundle, user_data
+from sim.transport import LocalTransport
 
 MODEL = "mlp-binary"  # the preset the e2e launch trains, published under its name
 PORT = 8080
@@ -54,8 +55,9 @@ def serving_host(sim_stack, e2e_run):
     assert e2e_run.code == 0
     outputs = sim_stack.outputs
     upload_bundle(sim_stack.root, outputs)
-    code = simhost.boot(sim_stack.root, sim.SERVING_ID, user_data(outputs, model_name=MODEL, port=PORT, grpc_port=8001))
-    root = sim_stack.root / sim.SERVING_ID
+    text = user_data(outputs, model_name=MODEL, port=PORT, grpc_port=8001)
+    code = sim.host.boot(sim_stack.root, sim.stack.SERVING_ID, text)
+    root = sim_stack.root / sim.stack.SERVING_ID
     assert code == 0, (root / "cloud-init-output.log").read_text()[-3000:]
     url = f"http://{outputs['serving_private_ip']}:{PORT}"
     _wait_200(f"{url}/v2/health/live")
@@ -75,7 +77,7 @@ def _infer(url: str, token: str, rows: np.ndarray):
 
 def test_the_serving_host_boots_from_its_user_data_and_answers_on_its_private_address(sim_stack, serving_host):
     url, token = serving_host
-    root = sim_stack.root / sim.SERVING_ID
+    root = sim_stack.root / sim.stack.SERVING_ID
     unit = (root / "systemd" / "stratus-serve.service").read_text()
     assert "ExecStart=/opt/stratus/serve.sh" in unit
     journal = (root / "journal" / "stratus-serve.service.log").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from runtime.remote import sim
+import sim.stack
 from runtime.remote.outputs import read_outputs
 from tests.sim.conftest import TEST_PREFIX, leftovers
 
@@ -18,7 +18,7 @@ print(s.connect_ex((sys.argv[2], 1)))
 
 
 def test_up_makes_nodes_on_a_bridge_and_down_removes_everything(tmp_path, sim_stack):
-    outputs = sim.up(tmp_path, num_nodes=2, tag="t")
+    outputs = sim.stack.up(tmp_path, num_nodes=2, tag="t")
     described = json.loads((tmp_path / "sim.json").read_text())
     try:
         stack = read_outputs(outputs_file=tmp_path / "outputs.json")
@@ -38,5 +38,5 @@ def test_up_makes_nodes_on_a_bridge_and_down_removes_everything(tmp_path, sim_st
         listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
         assert f"{described['gateway']}:4566" in listening and "0.0.0.0:4566" not in listening
     finally:
-        sim.down(tmp_path)
+        sim.stack.down(tmp_path)
     assert not leftovers(described)

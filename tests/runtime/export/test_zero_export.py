@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from runtime.common.net import free_port
 from runtime.contract import ExitCode
 from runtime.train.shm import release_launch_buffers
 
@@ -28,12 +28,6 @@ pytestmark = pytest.mark.deepspeed
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = {2: "z2-optimizer", 3: "z3-optimizer"}
 FAST = {"finetune_steps": 60, "latency_iters": 3}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(run_dir: Path, tmp_path: Path, **kw):
@@ -52,7 +46,7 @@ def gathered(zero_runs, tmp_path_factory) -> dict[int, dict[str, torch.Tensor]]:
         ckpt_dir = zero_runs.get(run_id) / "checkpoints"
         tag = (ckpt_dir / "latest").read_text().strip()
         jobs += [str(ckpt_dir), tag, str(out / f"z{stage}.safetensors")]
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",

@@ -156,3 +156,17 @@ def test_dry_run_with_export_prints_the_publish_command_of_node_0(stack, aws_env
     assert "-m runtime.remote.publish --run dry2" in plan and f"--models-bucket {outputs['models_bucket']}" in plan
     assert f"--kms-key-id {outputs['kms_key_arn']}" in plan and "--model-name m1" in plan
     assert commands_of_run("dry2") == []
+
+
+def test_sim_dir_runs_through_the_front_door_only(stack, aws_env, tmp_path):
+    """The simulator is not in the runtime: `python -m runtime.remote --sim-dir` exits 2 naming
+    `stratus remote`, which injects the simulated nodes' transport and plans the same launch."""
+    outputs, path = stack
+    (tmp_path / "outputs.json").write_text(path.read_text())
+    args = ("--sim-dir", str(tmp_path), "--dry-run", "--", "--run-name", "simdry")
+    result = run_remote(aws_env, *args)
+    assert result.returncode == 2 and "stratus remote --sim-dir DIR" in result.stdout + result.stderr
+    cmd = [sys.executable, "-m", "stratus", "remote", "--poll-interval", "0.05", *args]
+    front = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT, env=aws_env)
+    assert front.returncode == 0, front.stderr
+    assert f"node 1 ({outputs['trainer_instance_ids'][1]}, " in front.stdout

@@ -1,21 +1,21 @@
 """A simulated stack on this machine: training nodes and a serving host as Linux network namespaces.
 
 Runbook (as root; `scripts/sim-stack.sh` wraps it):
-    python -m runtime.remote.sim up /tmp/sim --nodes 2       # namespaces, bridge, S3/KMS emulator
+    python -m sim.stack up /tmp/sim --nodes 2       # namespaces, bridge, S3/KMS emulator
     stratus remote --sim-dir /tmp/sim -- --preset mlp-binary --set max_steps=20
-    python -m runtime.remote.sim down /tmp/sim               # processes, namespaces, bridge: gone
+    python -m sim.stack down /tmp/sim               # processes, namespaces, bridge: gone
 
 What `up` makes: a bridge with an address of a free 10.231.X.0/24, one namespace per node (its own
 address on the bridge, loopback up, `eth0` inside), an AWS emulator (moto server, from the
 development requirements) bound to the bridge address only, the stack's KMS key and four buckets
 on it, `<dir>/outputs.json` in the shape of `pulumi stack output --json`, and `<dir>/sim.json`
-for `runtime.remote.transport.LocalTransport`. Each node's root directory holds what is
+for `sim.transport.LocalTransport`. Each node's root directory holds what is
 bind-mounted at the contract's host paths while its commands run: `scratch/` (`/scratch`),
 `opt-stratus/` (`/opt/stratus`: `venv/bin/python` runs this machine's interpreter), `etc-stratus/`
 (`/etc/stratus`, its `node.env` selects the CPU accelerator and gloo's interface) and `systemd/`
-(`/etc/systemd/system`). `systemctl` on a simulated host is `runtime.remote.simhost`'s stand-in:
+(`/etc/systemd/system`). `systemctl` on a simulated host is `sim.host`'s stand-in:
 `restart stratus-prepare.service` fetches and unpacks the runtime bundle from the emulator as the
-real unit does; the serving host is booted from its user data by `runtime.remote.simhost.boot`
+real unit does; the serving host is booted from its user data by `sim.host.boot`
 (`scripts/sim-stack.sh serve DIR`), with a metadata service in its namespace. The serving token
 is an SSM SecureString under the stack key, as on the stack.
 """
@@ -39,8 +39,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from runtime.contract import APP_DIR, HOST_BUNDLE, bundle_uri
-from runtime.remote.transport import SIM_FILE
+from runtime.contract import APP_DIR, ENV_BUNDLE_URI, HOST_BUNDLE, bundle_uri
+from sim.transport import SIM_FILE
 
 PREFIX = "stsim"
 NETNS_ETC = Path("/etc/netns")
@@ -116,12 +116,12 @@ def _node_root(root: Path) -> None:
 
 
 def _stand_ins(bin_dir: Path) -> None:
-    """`systemctl` (runtime.remote.simhost) and `useradd` (no user is created on this machine)."""
+    """`systemctl` (sim.host) and `useradd` (no user is created on this machine)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     scripts = {
-        "systemctl": f"#!/bin/sh\n# A simulated host has no systemd (runtime.remote.simhost).\n"
-        f'cd {shlex.quote(str(repo))} && exec {shlex.quote(sys.executable)} -m runtime.remote.simhost systemctl "$@"\n',
+        "systemctl": f"#!/bin/sh\n# A simulated host has no systemd (sim.host).\n"
+        f'cd {shlex.quote(str(repo))} && exec {shlex.quote(sys.executable)} -m sim.host systemctl "$@"\n',
         "useradd": '#!/bin/sh\necho "simulated host: useradd $* skipped (units run as root)" >&2\n',
     }
     for name, text in scripts.items():
@@ -224,7 +224,7 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
             "AWS_ENDPOINT_URL": endpoint,
             **_CREDENTIALS,
             "AWS_DEFAULT_REGION": REGION,
-            "STRATUS_BUNDLE_URI": bundle_uri(resources["models_bucket"]),
+            ENV_BUNDLE_URI: bundle_uri(resources["models_bucket"]),
         }
         outputs = {
             "region": REGION,
@@ -313,7 +313,7 @@ def prepare() -> int:
 
     from runtime.common.s3 import parse_s3_uri
 
-    bucket, key = parse_s3_uri(os.environ["STRATUS_BUNDLE_URI"])
+    bucket, key = parse_s3_uri(os.environ[ENV_BUNDLE_URI])
     boto3.client("s3").download_file(bucket, key, HOST_BUNDLE)
     app, new = Path(APP_DIR) / "app", Path(APP_DIR) / "app.new"
     subprocess.run(["rm", "-rf", str(new), str(app)], check=True)
@@ -327,7 +327,7 @@ def prepare() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m runtime.remote.sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m sim.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("action", choices=("up", "down", "prepare"))
     parser.add_argument("dir", nargs="?", type=Path, help="directory of the simulated stack")

@@ -1,4 +1,4 @@
-"""The boot of a simulated host: EC2 metadata, cloud-init and systemd stand-ins (`runtime.remote.sim`).
+"""The boot of a simulated host: EC2 metadata, cloud-init and systemd stand-ins (`sim.stack`).
 
 `boot(sim_dir, instance_id, user_data)` does for a host of a simulated stack what EC2 and
 cloud-init do for an instance's user data:
@@ -6,10 +6,10 @@ cloud-init do for an instance's user data:
 1. an instance metadata service at 169.254.169.254:80 inside the host's network namespace
    (IMDSv2 only: a session token on PUT, then `local-ipv4` and `instance-id`; IMDSv1 gets 401);
 2. the user data, run once with bash as root in the host's network and mount namespaces (the host
-   paths bind-mounted as for node commands, `runtime.remote.transport.LocalTransport`), its output
+   paths bind-mounted as for node commands, `sim.transport.LocalTransport`), its output
    in `<host root>/cloud-init-output.log`.
 
-`systemctl` on a simulated host (`<sim>/bin/systemctl`) runs `python -m runtime.remote.simhost
+`systemctl` on a simulated host (`<sim>/bin/systemctl`) runs `python -m sim.host
 systemctl ...`: `daemon-reload` does nothing; `restart stratus-prepare.service` and
 `enable --now [--no-block] UNIT...` start units from `/etc/systemd/system/` in the order given.
 `stratus-prepare.service` is the simulated prepare (the bundle from S3 unpacked into
@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 from runtime.contract import PREPARE_UNIT
-from runtime.remote import sim
-from runtime.remote.transport import LocalTransport
+from sim import stack
+from sim.transport import LocalTransport
 
 IMDS_ADDRESS = "169.254.169.254"
 ENV_HOST_ROOT = "STRATUS_SIM_HOST_ROOT"
@@ -87,7 +87,7 @@ def _directories(service: dict[str, list[str]], root: Path, env: dict[str, str])
 def start_unit(name: str, root: Path) -> int:
     """Start unit `name` as described in the module docstring; 0 when its main process started."""
     if name == PREPARE_UNIT:
-        return sim.prepare()
+        return stack.prepare()
     service = parse_service((UNIT_DIR / name).read_text())
     env = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in ("PATH", "LANG")}
     for path in service.get("EnvironmentFile", []):
@@ -181,7 +181,7 @@ def start_imds(transport: LocalTransport, instance_id: str, timeout_s: float = 3
     ready = root / "imds.ready"
     ready.unlink(missing_ok=True)
     subprocess.run(["ip", "-n", host["netns"], "addr", "replace", f"{IMDS_ADDRESS}/32", "dev", "lo"], check=True)
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     cmd = [
         "ip",
         "netns",
@@ -189,7 +189,7 @@ def start_imds(transport: LocalTransport, instance_id: str, timeout_s: float = 3
         host["netns"],
         sys.executable,
         "-m",
-        "runtime.remote.simhost",
+        "sim.host",
         "imds",
         "--instance-id",
         instance_id,
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["systemctl"]:
         return systemctl(argv[1:])
     parser = argparse.ArgumentParser(
-        prog="python -m runtime.remote.simhost",
+        prog="python -m sim.host",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
