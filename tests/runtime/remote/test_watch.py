@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -33,7 +34,12 @@ def test_notice_is_read_with_a_session_token_only(imds):
         instance_action("file:///etc/passwd")
 
 
-RANK = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(75)); time.sleep(60)"
+# The rank touches $READY once its handler is installed: a SIGTERM sent before that (the process
+# is visible to rank_processes as soon as it exists) would kill it with -15 instead of exit 75.
+RANK = (
+    "import os, pathlib, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(75)); "
+    "pathlib.Path(os.environ['READY']).touch(); time.sleep(60)"
+)
 NODE_SCRIPT = (
     "import subprocess, sys\n"
     f"r = subprocess.run([sys.executable, '-c', {RANK!r}, '-m', 'runtime.train', '--local_rank=0'])\n"
@@ -41,13 +47,22 @@ NODE_SCRIPT = (
 )
 
 
-def test_watcher_sends_sigterm_to_the_ranks_under_its_pid_only(imds):
-    parent = subprocess.Popen([sys.executable, "-c", NODE_SCRIPT], stdout=subprocess.PIPE, text=True)
-    other = subprocess.Popen([sys.executable, "-c", RANK, "-m", "runtime.train", "--local_rank=0"])
+def test_watcher_sends_sigterm_to_the_ranks_under_its_pid_only(imds, tmp_path):
+    ready = [tmp_path / "parent-rank-ready", tmp_path / "other-rank-ready"]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", NODE_SCRIPT],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "READY": str(ready[0])},
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", RANK, "-m", "runtime.train", "--local_rank=0"],
+        env={**os.environ, "READY": str(ready[1])},
+    )
     try:
         root = psutil.Process(parent.pid)
         deadline = time.monotonic() + 20
-        while not rank_processes(root) and time.monotonic() < deadline:
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(rank_processes(root)) == 1
         imds.notify("n1")
