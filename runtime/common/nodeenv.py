@@ -103,12 +103,15 @@ def read_env_file(path: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     values = {}
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, raw = line.partition("=")
-        words = shlex.split(raw)
+        try:
+            words = shlex.split(raw)
+        except ValueError as e:  # an unbalanced quote: the shell could not source it either
+            raise ValueError(f"{path}:{number}: {key}=...: {e}") from None
         values[key.removeprefix("export ").strip()] = " ".join(words)
     return values
 

@@ -36,6 +36,9 @@ def test_the_file_is_read_and_the_process_environment_wins(tmp_path):
 def test_a_bad_value_names_the_variable_and_where_it_came_from(tmp_path):
     with pytest.raises(ValueError, match=r"STRATUS_NUM_NODES='two' in .*node.env or the process environment"):
         NodeEnv.load({"STRATUS_NUM_NODES": "two"}, tmp_path / "node.env")
+    (tmp_path / "node.env").write_text("A=1\nSTRATUS_IMDS_ENDPOINT='http://x\n")
+    with pytest.raises(ValueError, match=r"node.env:2: STRATUS_IMDS_ENDPOINT=...: No closing quotation"):
+        NodeEnv.load({}, tmp_path / "node.env")
 
 
 def test_every_knob_has_a_stratus_variable_and_a_docstring_in_the_operations_guide():
