@@ -46,7 +46,7 @@ VARIANTS = {
 
 def ensure_trained(runs_dir: Path, name: str) -> Path:
     """The run directory of `name`, training it first when it has no verified checkpoint."""
-    from runtime.train.checkpoint import CheckpointError, find_latest_verified
+    from runtime.checkpoint.local import CheckpointError, find_latest_verified
 
     run_dir = runs_dir / name
     try:

@@ -4,7 +4,7 @@ Both sides import this module and nothing of each other (a test checks it). It h
 that a deployed stack and the code running on its hosts must agree on, and the exit-code table
 that every `stratus` command follows. See docs/architecture.md, "The contract with the stack".
 
-Pure constants and two tiny functions: importing it costs nothing and pulls in no dependency.
+Pure constants and a few tiny functions: importing it costs nothing and pulls in no dependency.
 """
 
 from __future__ import annotations
@@ -87,6 +87,20 @@ file, `stratus-prepare.service` (`infra/builders/host/prepare.sh`, and the simul
 `sim.stack`) fetches the bundle from it."""
 
 
+def checkpoints_prefix(run: str) -> str:
+    """Key prefix of a run's checkpoints in the checkpoints bucket (`<run>/`)."""
+    return f"{run}/"
+
+
+def checkpoints_uri(checkpoints_bucket: str, run: str) -> str:
+    """S3 URI of a run's checkpoints (`s3://<checkpoints_bucket>/<run>/`), ending in "/".
+
+    The one place that spells it: the launch, the nodes' streaming and sync, and node 0's export
+    all name a run's checkpoints with this (or its key prefix, `checkpoints_prefix`).
+    """
+    return f"s3://{checkpoints_bucket}/{checkpoints_prefix(run)}"
+
+
 def model_repository_uri(models_bucket: str) -> str:
     """S3 URI of the model repository that `publish` writes and the serving host reads."""
     return f"s3://{models_bucket}/{MODELS_PREFIX.rstrip('/')}"
@@ -108,7 +122,8 @@ PREPARE_UNIT = "stratus-prepare.service"
 """The systemd oneshot that installs the bundle on a host."""
 NODE_ENV_FILE = "/etc/stratus/node.env"
 """NCCL/EFA settings of a training node's instance type (KEY=value lines, shell-quoted), written by
-the node's user data; the launch command exports them before starting DeepSpeed."""
+the node's user data; the launch command exports them before starting DeepSpeed, and the runtime's
+node knobs (`runtime.common.nodeenv.NodeEnv`) are read from it and the process environment."""
 
 # --- model repository -----------------------------------------------------------------------------
 

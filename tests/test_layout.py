@@ -5,13 +5,16 @@ functions, tests importable as packages."""
 from __future__ import annotations
 
 import ast
+import re
 
 import pytest
 
 from tests.layout import MODULES, ROOT, cycles, dependencies, imported, oversized
 
 RUNTIME = {name: path for name, path in MODULES.items() if name.split(".")[0] == "runtime"}
-STAGES = ("common", "train", "export", "repository", "serve", "remote")
+STAGES = ("common", "checkpoint", "train", "export", "repository", "serve", "remote")
+LIBRARIES = ("common", "checkpoint")
+"""Stages without a command of their own: the code other stages share."""
 
 
 def _project_imports(name: str) -> set[str]:
@@ -21,7 +24,7 @@ def _project_imports(name: str) -> set[str]:
 def test_every_stage_is_a_package_with_a_command_module():
     for stage in STAGES:
         assert f"runtime.{stage}" in MODULES, f"runtime/{stage}/__init__.py is missing"
-        if stage != "common":
+        if stage not in LIBRARIES:
             assert f"runtime.{stage}.command" in MODULES, f"runtime/{stage}/command.py is missing"
 
 
@@ -31,8 +34,7 @@ def test_no_import_cycle_in_the_repository():
     assert cycles(graph) == []
 
 
-def test_no_cycle_between_stages():
-    """Stages depend one way: common <- train <- export -> repository <- serve; train <- remote."""
+def _stage_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in RUNTIME.items():
         stage = ".".join(name.split(".")[:2])
@@ -41,8 +43,31 @@ def test_no_cycle_between_stages():
         )
     for stage in graph:
         graph[stage].discard(stage)
+    return graph
+
+
+def test_no_cycle_between_stages():
+    """Stages depend one way: common <- checkpoint <- train <- export -> repository <- serve;
+    checkpoint, train <- remote."""
+    graph = _stage_graph()
     assert "runtime.train" in graph["runtime.export"] and "runtime.repository" in graph["runtime.serve"]
     assert cycles(graph) == []
+
+
+def test_the_checkpoint_package_sits_between_common_and_the_stages_that_use_it():
+    graph = _stage_graph()
+    assert graph["runtime.checkpoint"] <= {"runtime.common", "runtime.contract"}, graph["runtime.checkpoint"]
+    assert "runtime.checkpoint" not in graph["runtime.common"]
+    for user in ("runtime.train", "runtime.export", "runtime.remote"):
+        assert "runtime.checkpoint" in graph[user], f"{user} no longer uses runtime.checkpoint"
+
+
+def test_no_module_rebuilds_a_runs_checkpoints_uri():
+    """`s3://<checkpoints bucket>/<run>/` is spelled once: `runtime.contract.checkpoints_uri`."""
+    by_hand = re.compile(r"""s3://\{[^}]*checkpoints_bucket[^}]*\}/\{""")
+    for name, path in MODULES.items():
+        if name != "runtime.contract":
+            assert not by_hand.search(path.read_text()), f"{name} builds a checkpoints URI by hand"
 
 
 @pytest.mark.parametrize("module", sorted(RUNTIME))

@@ -43,6 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry of `stratus export`; returns an `ExitCode` (see the module docstring)."""
     try:
         cfg = parse_options(ExportConfig, argv, prog="stratus export", description=__doc__)
+    except ExportError as e:
+        log.error("export failed: %s", e)
+        return ExitCode.BAD_INPUT
+    return export(cfg)
+
+
+def export(cfg: ExportConfig) -> int:
+    """Run the export of `cfg` (from the command line or built in-process, e.g. by node 0's
+    `runtime.remote.publish`); returns an `ExitCode` (see the module docstring)."""
+    try:
         run_export(cfg)
     except GateError as e:
         log.error("%s", e)

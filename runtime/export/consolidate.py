@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from runtime.checkpoint.local import CONFIG, MANIFEST, CheckpointError, find_latest_verified, verify_checkpoint
 from runtime.export.config import ExportError, NoCheckpointError
-from runtime.train.checkpoint import CONFIG, MANIFEST, CheckpointError, find_latest_verified, verify_checkpoint
 from runtime.train.config import ConfigError, TrainConfig, config_digest
 from runtime.train.loading import config_from_dict
 from runtime.train.models import build_mlp

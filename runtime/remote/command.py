@@ -42,16 +42,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from runtime.checkpoint.local import LATEST, existing_run_message
 from runtime.common.log import get_logger
 from runtime.common.options import option, parse_options
 from runtime.common.s3 import head_or_none, sse_kms_args
-from runtime.contract import BUNDLE_KEY, NODE_OUTPUT_DIR, ExitCode
+from runtime.contract import BUNDLE_KEY, NODE_OUTPUT_DIR, ExitCode, checkpoints_prefix, checkpoints_uri
 from runtime.remote.bundle import bundle_entries, write_bundle
 from runtime.remote.nodes import NodeJob, export_script, node_script, node_train_args
 from runtime.remote.outputs import RemoteError, read_outputs
 from runtime.remote.progress import report, tail, wait_for_nodes
 from runtime.remote.transport import NodeTransport, SsmTransport
-from runtime.train.checkpoint import existing_run_message
 from runtime.train.command import TrainOptions, parse_train_options, validate
 from runtime.train.config import ConfigError
 from runtime.train.data import DataError
@@ -186,7 +186,7 @@ class Launch:
         print(f"  bundle       s3://{out.models_bucket}/{BUNDLE_KEY}")
         if self.data_file:
             print(f"  data         s3://{out.datasets_bucket}/{self.data_key}  (from {self.data_file})")
-        print(f"  checkpoints  s3://{out.checkpoints_bucket}/{self.run_name}/")
+        print(f"  checkpoints  {checkpoints_uri(out.checkpoints_bucket, self.run_name)}")
         print(f"  (uploads: SSE-KMS with {out.kms_key_arn})")
         for i, instance in enumerate(out.instance_ids):
             print(f"node {i} ({instance}, {out.private_ips[i]}): AWS-RunShellScript commands:")
@@ -200,10 +200,10 @@ class Launch:
     # --- AWS ------------------------------------------------------------------------------------
 
     def check_run_is_new(self, s3: Any) -> None:
-        key = f"{self.run_name}/latest"
+        key = f"{checkpoints_prefix(self.run_name)}{LATEST}"
         if not self.resume and head_or_none(s3, self.outputs.checkpoints_bucket, key) is not None:
             raise RemoteError(
-                existing_run_message(self.run_name, f"s3://{self.outputs.checkpoints_bucket}/{self.run_name}/")
+                existing_run_message(self.run_name, checkpoints_uri(self.outputs.checkpoints_bucket, self.run_name))
             )
 
     def upload(self, s3: Any, path: Path, bucket: str, key: str) -> None:

@@ -11,11 +11,23 @@ import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+from runtime.common.nodeenv import LAUNCH_FIELDS, NodeEnv
 from runtime.common.options import to_argv
-from runtime.contract import APP_DIR, HOST_BUNDLE, HOST_PYTHON, NODE_ENV_FILE, NODE_OUTPUT_DIR, PREPARE_UNIT
+from runtime.contract import (
+    APP_DIR,
+    HOST_BUNDLE,
+    HOST_PYTHON,
+    NODE_ENV_FILE,
+    NODE_OUTPUT_DIR,
+    PREPARE_UNIT,
+    checkpoints_prefix,
+    checkpoints_uri,
+)
 from runtime.remote.outputs import StackOutputs
-from runtime.train import upload
+from runtime.remote.publish import PublishOptions
+from runtime.remote.sync import SyncOptions
 from runtime.train.command import TrainOptions
 
 
@@ -100,31 +112,19 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
     run_dir = f"{NODE_OUTPUT_DIR}/{job.run_name}"
     node_log = f"{run_dir}/node{node_rank}.log"
     bundle = HOST_BUNDLE
-    sync = [
-        HOST_PYTHON,
-        "-m",
-        "runtime.remote.sync",
-        "--run-dir",
-        run_dir,
-        "--bucket",
-        out.checkpoints_bucket,
-        "--prefix",
-        f"{job.run_name}/",
-        "--kms-key-id",
-        out.kms_key_arn,
-        "--node-rank",
-        str(node_rank),
-        "--num-nodes",
-        str(out.num_nodes),
-        "--launch-id",
-        job.launch_id,
-    ]
+    sync = SyncOptions(
+        run_dir=Path(run_dir),
+        bucket=out.checkpoints_bucket,
+        prefix=checkpoints_prefix(job.run_name),
+        kms_key_id=out.kms_key_arn,
+        node_rank=node_rank,
+        num_nodes=out.num_nodes,
+        launch_id=job.launch_id,
+    )
     lines = [
         *_preamble(out),
-        # Checkpoints streamed to S3 after each commit (runtime.train.upload).
-        f"export {upload.ENV_URI}={q(f's3://{out.checkpoints_bucket}/{job.run_name}/')} "
-        f"{upload.ENV_KMS}={q(out.kms_key_arn)} {upload.ENV_NODE_RANK}={node_rank} "
-        f"{upload.ENV_NUM_NODES}={out.num_nodes} {upload.ENV_LAUNCH_ID}={q(job.launch_id)}",
+        # Checkpoints streamed to S3 after each commit (runtime.checkpoint.stream): the launch's NodeEnv knobs.
+        f"export {launch_exports(job, node_rank)}",
         f"echo '[stratus] node {node_rank}/{out.num_nodes} ({out.private_ips[node_rank]}): installing the bundle'",
         f"systemctl restart {PREPARE_UNIT} || {{ echo '[stratus] installing the runtime bundle failed; "
         f"see journalctl -u {PREPARE_UNIT}' >&2; exit 1; }}",
@@ -138,14 +138,15 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
     lines += [
         f"echo '[stratus] training; full log: {node_log}'",
         # The spot interruption watcher (IMDSv2): SIGTERM to the ranks on a notice (runtime.remote.watch).
-        f"(cd {APP_DIR}/app && exec {HOST_PYTHON} -m runtime.remote.watch --pid $$ --interval 2 "
-        f'--endpoint "${{STRATUS_IMDS_ENDPOINT:-http://169.254.169.254}}") >> {q(node_log)} 2>&1 &',
+        # Its endpoint is NodeEnv.imds_endpoint (node.env may name a stand-in).
+        f"(cd {APP_DIR}/app && exec {HOST_PYTHON} -m runtime.remote.watch --pid $$ --interval 2) "
+        f">> {q(node_log)} 2>&1 &",
         "watch_pid=$!",
         f"{node_launch_command(job, node_rank)} >> {q(node_log)} 2>&1",
         "rc=$?",
         'kill "$watch_pid" 2>/dev/null',
         f"tail -n 100 {q(node_log)}",
-        f"{shlex.join(sync)}",
+        shlex.join([HOST_PYTHON, "-m", "runtime.remote.sync", *to_argv(sync)]),
         "sync_rc=$?",
         f'echo "[stratus] node {node_rank}: training exit $rc, checkpoint sync exit $sync_rc"',
         'if [ "$rc" -ne 0 ]; then exit "$rc"; fi',
@@ -154,30 +155,37 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
     return lines
 
 
+def launch_exports(job: NodeJob, node_rank: int) -> str:
+    """`KEY=value ...` (shell-quoted) of the launch's `NodeEnv` knobs for node `node_rank`."""
+    out = job.outputs
+    env = NodeEnv(
+        checkpoint_uri=checkpoints_uri(out.checkpoints_bucket, job.run_name),
+        kms_key_arn=out.kms_key_arn,
+        node_rank=node_rank,
+        num_nodes=out.num_nodes,
+        launch_id=job.launch_id,
+    )
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.exports(LAUNCH_FIELDS).items())
+
+
 def export_script(job: NodeJob, model_name: str | None = None) -> list[str]:
     """The `AWS-RunShellScript` lines that export and publish the run on node 0 after training.
 
     Runs `runtime.remote.publish` from the bundle the training launch installed: the newest
-    verified checkpoint in S3 (every node's shards), `stratus export`, publish to the models
-    bucket with SSE-KMS. Exits with export's status.
+    verified checkpoint in S3 (every node's shards), the export in that process, publish to the
+    models bucket with SSE-KMS. Exits with export's status.
     """
     out = job.outputs
-    publish = [
-        HOST_PYTHON,
-        "-m",
-        "runtime.remote.publish",
-        "--run",
-        job.run_name,
-        "--checkpoints-bucket",
-        out.checkpoints_bucket,
-        "--models-bucket",
-        out.models_bucket,
-        "--kms-key-id",
-        out.kms_key_arn,
-        *(["--model-name", model_name] if model_name else []),
-    ]
+    publish = PublishOptions(
+        run=job.run_name,
+        checkpoints_bucket=out.checkpoints_bucket,
+        models_bucket=out.models_bucket,
+        kms_key_id=out.kms_key_arn,
+        model_name=model_name,
+    )
+    source = checkpoints_uri(out.checkpoints_bucket, job.run_name)
     return [
         *_preamble(out),
-        f"echo '[stratus] node 0: exporting {job.run_name} from s3://{out.checkpoints_bucket}/{job.run_name}/'",
-        f"cd {APP_DIR}/app && exec {shlex.join(publish)}",
+        f"echo '[stratus] node 0: exporting {job.run_name} from {source}'",
+        f"cd {APP_DIR}/app && exec {shlex.join([HOST_PYTHON, '-m', 'runtime.remote.publish', *to_argv(publish)])}",
     ]

@@ -8,10 +8,12 @@
 S3 holds the only complete copy of a multi-node run (each node's scratch has only its own ranks'
 shards), so the newest checkpoint of `s3://<checkpoints_bucket>/<run>/` whose merged manifest
 verifies is downloaded into `<work-dir>/<run>/checkpoints/` (a checkpoint that does not verify is
-skipped with a warning naming why), and `stratus export` runs on it with
-`--publish s3://<models_bucket>/models --kms-key-id KEY_ARN`: the same stages and gate as a local
-export, nothing published when the gate fails. The trainer role may publish models (and only under
-`models/`); the serving host picks the new version up on its next poll of `<model>/LATEST`.
+skipped with a warning naming why), and the export runs on it in this process
+(`runtime.export.command.export`, publishing to `s3://<models_bucket>/models` with SSE-KMS under
+KEY_ARN): the same stages and gate as a local export, nothing published when the gate fails.
+`stratus remote --export` builds this command line from `PublishOptions` (`to_argv`). The
+trainer role may publish models (and only under `models/`); the serving host picks the new
+version up on its next poll of `<model>/LATEST`.
 
 Exit codes (docs/architecture.md): export's: 0 published; 1 download, staging or publishing failed;
 2 bad arguments or data; 3 no checkpoint in S3 verifies; 4 the gate failed (nothing published).
@@ -25,8 +27,17 @@ from pathlib import Path
 
 from runtime.common.log import get_logger
 from runtime.common.options import option, parse_options
-from runtime.contract import SCRATCH_MOUNT, ExitCode, model_name_problem, model_repository_uri
+from runtime.contract import (
+    SCRATCH_MOUNT,
+    ExitCode,
+    checkpoints_prefix,
+    checkpoints_uri,
+    model_name_problem,
+    model_repository_uri,
+)
+from runtime.export.config import ExportConfig, ExportError
 
+PROG = "python -m runtime.remote.publish"
 log = get_logger()
 
 
@@ -59,25 +70,25 @@ class PublishOptions:
             raise ValueError(f"--run {self.run!r}: a run name, without /")
 
 
-def export_args(opts: PublishOptions, tag: str) -> list[str]:
-    """`stratus export` arguments for the downloaded checkpoint `tag`."""
-    argv = [
-        "--run-dir",
-        str(opts.work_dir / opts.run),
-        "--checkpoint",
-        tag,
-        "--publish",
-        model_repository_uri(opts.models_bucket),
-        "--kms-key-id",
-        opts.kms_key_id,
-    ]
-    return argv + (["--model-name", opts.model_name] if opts.model_name else [])
+def export_config(opts: PublishOptions, tag: str) -> ExportConfig:
+    """The export of the downloaded checkpoint `tag`, published to the models bucket.
+
+    Raises:
+        ExportError: a value the export refuses (the message names it).
+    """
+    return ExportConfig(
+        run_dir=opts.work_dir / opts.run,
+        checkpoint=tag,
+        publish=model_repository_uri(opts.models_bucket),
+        kms_key_id=opts.kms_key_id,
+        model_name=opts.model_name,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry on node 0; returns an `ExitCode` (see the module docstring)."""
     try:
-        opts = parse_options(PublishOptions, argv, prog="python -m runtime.remote.publish", description=__doc__)
+        opts = parse_options(PublishOptions, argv, prog=PROG, description=__doc__)
     except ValueError as e:
         log.error("%s", e)
         return ExitCode.BAD_INPUT
@@ -85,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from runtime.export.command import main as export_main
-    from runtime.train.ckpt_s3 import download_newest
+    from runtime.checkpoint.download import download_newest
+    from runtime.export.command import export
 
     ckpt_dir = opts.work_dir / opts.run / "checkpoints"
-    source = f"s3://{opts.checkpoints_bucket}/{opts.run}/"
+    source = checkpoints_uri(opts.checkpoints_bucket, opts.run)
     try:
-        tag_dir = download_newest(boto3.client("s3"), opts.checkpoints_bucket, f"{opts.run}/", ckpt_dir)
+        tag_dir = download_newest(boto3.client("s3"), opts.checkpoints_bucket, checkpoints_prefix(opts.run), ckpt_dir)
     except (ClientError, BotoCoreError, Boto3Error, OSError) as e:
         log.error("downloading the newest checkpoint of %s failed: %s", source, e)
         return ExitCode.FAILED
@@ -101,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info(
         "exporting %s (from %s) and publishing to %s", tag_dir.name, source, model_repository_uri(opts.models_bucket)
     )
-    return export_main(export_args(opts, tag_dir.name))
+    try:
+        cfg = export_config(opts, tag_dir.name)
+    except ExportError as e:
+        log.error("export failed: %s", e)
+        return ExitCode.BAD_INPUT
+    return export(cfg)  # in this process: the same stages, gate and exit codes as `stratus export`
 
 
 if __name__ == "__main__":

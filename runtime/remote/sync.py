@@ -6,19 +6,14 @@ status, so that what was committed before a failure or a preemption still reache
     python -m runtime.remote.sync --run-dir /scratch/runs/RUN --bucket CHECKPOINTS_BUCKET \\
         --prefix RUN/ --kms-key-id KEY_ARN --node-rank 0 --num-nodes 2 --launch-id ID
 
-S3 mirrors the local layout (docs/architecture.md, "Checkpoint layout"): `<prefix><tag>/<file>`,
-`<prefix><tag>/manifest.json`, `<prefix>latest`. Node 0 uploads, oldest committed tag first,
-every file of the tag, then its `manifest.json`, and `latest` last, only when the tag it names
-is complete in S3; a tag directory without a verifying manifest was never committed and is
-skipped. Every object is written with SSE-KMS under the stack key (the bucket policy refuses
-anything else) and carries its sha256 as metadata, so a rerun skips what is already there.
-
-Several nodes: each ZeRO rank writes its shards to its own node's disk, and rank 0's manifest
-hashes only node 0's files. Node k > 0 therefore uploads the files of each of its tags and then
-a part record `<prefix>.parts/<tag>/node<k>.json` (sha256 + size per file, the launch id). Node 0
-waits for the part of every other node from this launch, merges their files into the manifest it
-uploads and checks that the RNG state of every rank is present, so a download of
-`<prefix><tag>/` verifies as a whole with `runtime.train.checkpoint.verify_checkpoint`.
+S3 mirrors the local layout (docs/architecture.md, "Checkpoint layout") under
+`contract.checkpoints_uri(bucket, run)`. Node 0 uploads, oldest committed tag first, every file of
+the tag, then its `manifest.json`, and `latest` last, only when the tag it names is complete in S3;
+node k > 0 uploads its shards and a part record that node 0 merges into the manifest. A tag
+without a verifying manifest was never committed and is skipped. SSE-KMS under the stack key; a
+rerun skips what is already there. The protocol is `runtime.checkpoint.s3`; this module is the
+node's command line. `stratus remote` builds it from `SyncOptions`
+(`runtime.common.options.to_argv`).
 
 Exit codes (docs/architecture.md): 0 synced (or nothing committed); 1 something was not synced (the message says
 what); 2 bad arguments.
@@ -30,14 +25,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.checkpoint.local import candidates
+from runtime.checkpoint.s3 import SyncError, Uploader, sync_committed, sync_node_part
 from runtime.common.log import get_logger
 from runtime.common.options import option, parse_options
 from runtime.contract import ExitCode
-from runtime.train.checkpoint import candidates
-from runtime.train.ckpt_s3 import SyncError, Uploader, sync_committed, sync_node_part
 
-__all__ = ["SyncError", "SyncOptions", "Uploader", "main", "sync_committed", "sync_node_part"]
-
+PROG = "python -m runtime.remote.sync"
 log = get_logger()
 
 
@@ -81,7 +75,7 @@ class SyncOptions:
 def main(argv: list[str] | None = None) -> int:
     """Entry on a node; returns an `ExitCode` (see the module docstring)."""
     try:
-        args = parse_options(SyncOptions, argv, prog="python -m runtime.remote.sync", description=__doc__)
+        args = parse_options(SyncOptions, argv, prog=PROG, description=__doc__)
     except ValueError as e:
         log.error("%s", e)
         return ExitCode.BAD_INPUT

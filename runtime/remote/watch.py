@@ -2,14 +2,15 @@
 
 The node script (`runtime.remote.nodes`) starts it in the background:
 
-    python -m runtime.remote.watch --pid $$ --endpoint "${STRATUS_IMDS_ENDPOINT:-http://169.254.169.254}"
+    python -m runtime.remote.watch --pid $$ --interval 2
 
 Every `--interval` seconds it asks the instance metadata service, IMDSv2 only (a session token
 from `PUT /latest/api/token`, then `GET /latest/meta-data/spot/instance-action`; 404 means no
 notice). On a notice (EC2 gives two minutes) it sends SIGTERM to the training ranks under
 `--pid` (the node script's shell): they finish the step, commit a checkpoint, stream it to S3 and
-exit 75 (`runtime.train.signals`). It exits when `--pid` is gone. `STRATUS_IMDS_ENDPOINT` in
-`/etc/stratus/node.env` points it elsewhere (simulated nodes: a stand-in server).
+exit 75 (`runtime.train.signals`). It exits when `--pid` is gone. Without `--endpoint` it polls
+`NodeEnv.imds_endpoint`: `STRATUS_IMDS_ENDPOINT` in `/etc/stratus/node.env` (or the environment)
+points it elsewhere (simulated nodes: a stand-in server).
 
 Exit codes: 0 the node script ended (or a notice was acted on); 2 bad arguments.
 """
@@ -27,6 +28,7 @@ import urllib.request
 import psutil
 
 from runtime.common.log import get_logger
+from runtime.common.nodeenv import node_env
 
 TOKEN_TTL_S = 300
 log = get_logger()
@@ -103,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m runtime.remote.watch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pid", type=int, required=True, help="the node script's shell; ranks are under it")
-    parser.add_argument("--endpoint", default="http://169.254.169.254", help="instance metadata service")
+    parser.add_argument(
+        "--endpoint", default=None, help="instance metadata service (default: the node's STRATUS_IMDS_ENDPOINT)"
+    )
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default 5)")
     args = parser.parse_args(argv)
-    return watch(args.pid, args.endpoint, args.interval)
+    return watch(args.pid, args.endpoint or node_env().imds_endpoint, args.interval)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The few collectives the training loop and checkpoints use, on CPU tensors (gloo or NCCL)."""
+"""The few collectives the training loop uses, on CPU tensors (gloo or NCCL); the checkpoint commit's
+agreement is `runtime.checkpoint.commit.all_agree`."""
 
 from __future__ import annotations
 
@@ -11,13 +12,6 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t)
     return t.tolist()
-
-
-def all_agree(ok: bool) -> bool:
-    """True on every rank iff `ok` is true on every rank (blocks until all ranks arrive)."""
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
 
 
 def any_rank(flag: bool) -> bool:

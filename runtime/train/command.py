@@ -142,13 +142,13 @@ def validate(cfg: TrainConfig, *, world_size: int, device: str) -> tuple[dict[st
 
 def preflight(opts: TrainOptions) -> ExitCode | int:
     """Outside a launcher: validate everything, then run DeepSpeed's launcher (or print it)."""
-    from runtime.train import checkpoint
+    from runtime.checkpoint import local as checkpoint
 
     cfg = opts.train_config()
     ds, data, spe = validate(cfg, world_size=opts.nproc, device=device_kind())
     ckpt_dir = cfg.run_dir / "checkpoints"
-    if not opts.resume and not opts.dry_run:
-        checkpoint.refuse_existing_run(ckpt_dir, cfg.run_name)
+    if not opts.resume and not opts.dry_run and (problem := checkpoint.existing_run_problem(ckpt_dir, cfg.run_name)):
+        raise ConfigError(problem)
     if opts.resume and not opts.dry_run:
         # Sizes only here; rank 0 checks every hash again before anything is loaded.
         try:

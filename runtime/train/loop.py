@@ -26,11 +26,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from runtime.checkpoint.commit import commit, restore
+from runtime.checkpoint.download import fetch_for_resume
+from runtime.checkpoint.local import CheckpointError, existing_run_problem, prune
+from runtime.checkpoint.stream import CheckpointStreamer, streamer_for
 from runtime.common.log import get_logger
+from runtime.common.nodeenv import NodeEnv, node_env
 from runtime.contract import ExitCode
-from runtime.train import checkpoint, preflight
+from runtime.train import preflight
 from runtime.train.collectives import all_reduce_sum, any_rank
-from runtime.train.config import TrainConfig
+from runtime.train.config import ConfigError, TrainConfig
 from runtime.train.data import Dataset, check_batch_fits, epoch_order, rank_batch
 from runtime.train.deepspeed_config import deepspeed_config, resolve_precision
 from runtime.train.flops import measure_matmul_peak
@@ -38,11 +43,8 @@ from runtime.train.progress import Progress
 from runtime.train.shm import release_shm_buffer
 from runtime.train.signals import install_rank_handlers, stop_requested
 from runtime.train.tasks import make_task
-from runtime.train.upload import CheckpointStreamer, fetch_for_resume, streamer_for
 
 log = get_logger()
-# A rank that dies (or hangs) makes every collective of the others fail after this long.
-DIST_TIMEOUT_S = int(os.environ.get("STRATUS_DIST_TIMEOUT_S", "300"))
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -71,10 +73,13 @@ class Trainer:
     Args:
         cfg: the validated training config (the same on every rank).
         ds_overrides: DeepSpeed config keys merged over the generated config (benchmarks only).
+        env: the node's knobs (process-group timeout, bandwidth floor, S3 streaming); default:
+            this process's `node_env()`.
     """
 
-    def __init__(self, cfg: TrainConfig, *, ds_overrides: dict[str, Any] | None = None):
+    def __init__(self, cfg: TrainConfig, *, ds_overrides: dict[str, Any] | None = None, env: NodeEnv | None = None):
         self.cfg = cfg
+        self.env = node_env() if env is None else env
         self.ds_overrides = ds_overrides or {}
         self.pos = Position()
         self.ckpt_dir = cfg.run_dir / "checkpoints"
@@ -92,7 +97,8 @@ class Trainer:
         import deepspeed
 
         install_rank_handlers()
-        deepspeed.init_distributed(timeout=timedelta(seconds=DIST_TIMEOUT_S))
+        # A rank that dies (or hangs) makes every collective of the others fail after this long.
+        deepspeed.init_distributed(timeout=timedelta(seconds=self.env.dist_timeout_s))
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.kind, self.device = self._device()
         self.ds_config = deep_merge(
@@ -115,12 +121,14 @@ class Trainer:
         self.x_all, self.y_all = torch.from_numpy(self.data.x), torch.from_numpy(self.data.y)
         self.order = epoch_order(self.data.train_idx, self.cfg.seed, 0)
         self.num_params, self.held = self.partition_stats()
-        gbps = preflight.check(self.device)  # before the first step; PreflightError below the floor
+        # Before the first step; PreflightError below the floor.
+        gbps = preflight.check(self.device, self.env.min_bus_gbps)
         if gbps is not None and self.rank == 0:
             log.info("preflight: all-reduce bus bandwidth %.2f GB/s across %d ranks", gbps, self.world)
         # Every rank at once, as they will share the machine while training; summed over ranks.
         self.peak_flops = all_reduce_sum([measure_matmul_peak(self.dtype, self.device)])[0]
-        self.streamer = streamer_for(self.cfg.keep_checkpoints)  # on a stack's node: S3 beside training
+        # On a stack's node: S3 beside training.
+        self.streamer = streamer_for(self.cfg.keep_checkpoints, self.env)
 
     def _device(self) -> tuple[str, str]:
         from deepspeed.accelerator import get_accelerator
@@ -149,7 +157,7 @@ class Trainer:
         Raises:
             CheckpointError: nothing verifies, or DeepSpeed cannot load it.
         """
-        state = checkpoint.restore(self.engine, self.ckpt_dir)
+        state = restore(self.engine, self.ckpt_dir)
         self.pos = Position(step=state["step"], epoch=state["epoch"], step_in_epoch=state["step_in_epoch"])
         self.order = epoch_order(self.data.train_idx, self.cfg.seed, self.pos.epoch)
         log.info(
@@ -163,7 +171,7 @@ class Trainer:
     def save(self) -> Path:
         """Commit a checkpoint of the current position on every rank, then apply retention. Collective."""
         state = {**vars(self.pos), "samples_seen": self.pos.step * self.cfg.global_batch_size}
-        tag_dir = checkpoint.commit(
+        tag_dir = commit(
             self.engine,
             self.ckpt_dir,
             step=self.pos.step,
@@ -179,7 +187,7 @@ class Trainer:
         if self.streamer is not None:
             self.streamer.submit(tag_dir)
         if self.rank == 0:
-            checkpoint.prune(self.ckpt_dir, self.cfg.keep_checkpoints, tag_dir)
+            prune(self.ckpt_dir, self.cfg.keep_checkpoints, tag_dir)
         return tag_dir
 
     # --- steps -----------------------------------------------------------------------------------
@@ -286,8 +294,8 @@ def run(cfg: TrainConfig, *, resume: bool) -> ExitCode:
     Raises:
         ConfigError: the run already has checkpoints and `resume` is false.
     """
-    if not resume:
-        checkpoint.refuse_existing_run(cfg.run_dir / "checkpoints", cfg.run_name)
+    if not resume and (problem := existing_run_problem(cfg.run_dir / "checkpoints", cfg.run_name)):
+        raise ConfigError(problem)
     trainer = Trainer(cfg)
     trainer.setup()
     try:
@@ -303,11 +311,11 @@ def run(cfg: TrainConfig, *, resume: bool) -> ExitCode:
 
 def _train(trainer: Trainer, *, resume: bool) -> ExitCode:
     if resume:
-        fetch_for_resume(trainer.ckpt_dir)  # a node with empty scratch: the newest S3 checkpoint
+        fetch_for_resume(trainer.ckpt_dir, trainer.env)  # a node with empty scratch: the newest S3 checkpoint
         dist.barrier()
         try:
             trainer.resume()
-        except checkpoint.CheckpointError as e:
+        except CheckpointError as e:
             log.error("cannot resume: %s", e)
             dist.barrier()  # every rank raised (restore agrees collectively); leave together
             return ExitCode.NO_CHECKPOINT

@@ -3,20 +3,20 @@
 A slow or misconfigured interconnect (EFA off, the wrong interface, a node in another placement
 group) shows here in seconds instead of as a slow run. The figure is the bus bandwidth of
 nccl-tests: algorithm bandwidth (bytes / time) x 2(n-1)/n for an all-reduce over n ranks.
-`STRATUS_MIN_BUS_GBPS` sets a floor (GB/s; 0 or unset: only print it).
+`NodeEnv.min_bus_gbps` (`STRATUS_MIN_BUS_GBPS`) sets a floor (GB/s; 0 or unset: only print it).
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import torch
 import torch.distributed as dist
 
+from runtime.common.nodeenv import env_name
 from runtime.train.config import ConfigError
 
-ENV_FLOOR = "STRATUS_MIN_BUS_GBPS"
+ENV_FLOOR = env_name("min_bus_gbps")
 DEFAULT_BYTES = 8 * 2**20
 ITERATIONS = 5
 
@@ -45,14 +45,14 @@ def bus_bandwidth(device: str, nbytes: int = DEFAULT_BYTES, iterations: int = IT
     return nbytes / slowest.item() * 2 * (world - 1) / world / 1e9
 
 
-def check(device: str, floor_gbps: float | None = None) -> float | None:
-    """Measure, and raise PreflightError below the floor (`STRATUS_MIN_BUS_GBPS` by default).
+def check(device: str, floor_gbps: float = 0.0) -> float | None:
+    """Measure, and raise PreflightError below `floor_gbps` (the trainer passes `NodeEnv.min_bus_gbps`).
 
     Returns the bus bandwidth in GB/s, or None on a single rank (nothing to measure).
     """
     if dist.get_world_size() < 2:
         return None
-    floor = float(os.environ.get(ENV_FLOOR, "0") or 0) if floor_gbps is None else floor_gbps
+    floor = floor_gbps
     gbps = bus_bandwidth(device)
     if floor and gbps < floor:
         raise PreflightError(

@@ -27,9 +27,20 @@ ZERO_MATRIX = {
 SHORT_RUN = ["max_steps=12", "log_every=1", "checkpoint_every=6", "data.num_samples=4000"]
 
 
-def run_train(out_dir: Path, run_name: str, *sets: str, args: tuple[str, ...] = (), timeout: int = 600):
-    """`python -m runtime train` on 2 local ranks through DeepSpeed's launcher; returns the result."""
-    cmd = [sys.executable, "-m", "runtime", "train", "--nproc", "2", "--run-name", run_name]
+def run_train(
+    out_dir: Path,
+    run_name: str,
+    *sets: str,
+    args: tuple[str, ...] = (),
+    timeout: int = 600,
+    entry: tuple[str, ...] = ("runtime", "train"),
+):
+    """`python -m runtime train` on 2 local ranks through DeepSpeed's launcher; returns the result.
+
+    `entry`: another module (and its arguments) in place of `runtime train`, e.g. a test entry
+    that injects a failpoint (`tests.runtime.train.failpoint`).
+    """
+    cmd = [sys.executable, "-m", *entry, "--nproc", "2", "--run-name", run_name]
     for s in (f"output_dir={out_dir}", *sets):
         cmd += ["--set", s]
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from runtime.checkpoint import local as checkpoint
 from runtime.common.options import parser_for
 from runtime.export.command import main
 from runtime.export.config import ExportConfig, ExportError, GateError
@@ -17,7 +18,6 @@ from runtime.export.evaluate import gate
 from runtime.export.pipeline import run_export
 from runtime.export.stage import check_out_dir
 from runtime.repository.artifact import ArtifactError, verify_artifact
-from runtime.train import checkpoint
 from runtime.train.config import config_digest
 from runtime.train.data import load_dataset
 from runtime.train.loading import load_config

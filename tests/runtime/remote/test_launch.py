@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -14,8 +15,11 @@ from pathlib import Path
 
 import boto3
 
-from runtime.contract import BUNDLE_KEY
+from runtime.common.nodeenv import NodeEnv
+from runtime.common.options import parse_options
+from runtime.contract import BUNDLE_KEY, checkpoints_uri
 from runtime.remote.bundle import bundle_entries, write_bundle
+from runtime.remote.sync import SyncOptions
 from tests.runtime.remote.conftest import REGION
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -30,6 +34,26 @@ def commands_of_run(run_name: str) -> list[dict]:
     """SSM commands this launcher sent for `run_name` (its Comment names the run and the node)."""
     ssm = boto3.client("ssm", region_name=REGION)
     return [c for c in ssm.list_commands()["Commands"] if c["Comment"].startswith(f"stratus {run_name} node ")]
+
+
+def check_sync_and_streaming(lines: list[str], outputs: dict, rank: int) -> None:
+    """Node `rank`'s sync line and its launch's node knobs, in the script `lines` of run csv1."""
+    # the sync line is SyncOptions' to_argv: it parses back into this node's options
+    (sync,) = [shlex.split(x) for x in lines if "-m runtime.remote.sync" in x]
+    assert sync[:3] == ["/opt/stratus/venv/bin/python", "-m", "runtime.remote.sync"]
+    opts = parse_options(SyncOptions, sync[3:], prog="t")
+    assert (opts.run_dir, opts.bucket, opts.prefix) == (
+        Path("/scratch/runs/csv1"),
+        outputs["checkpoints_bucket"],
+        "csv1/",
+    )
+    assert (opts.kms_key_id, opts.node_rank, opts.num_nodes) == (outputs["kms_key_arn"], rank, 2) and opts.launch_id
+    # the launch's node knobs (NodeEnv): where this node streams its checkpoints
+    (exports,) = [x for x in lines if x.startswith("export STRATUS_")]
+    env = NodeEnv.from_mapping(dict(w.split("=", 1) for w in shlex.split(exports)[1:]))
+    assert env.checkpoint_uri == checkpoints_uri(outputs["checkpoints_bucket"], "csv1")
+    assert (env.node_rank, env.num_nodes, env.launch_id) == (rank, 2, opts.launch_id)
+    assert env.kms_key_arn == outputs["kms_key_arn"]
 
 
 def test_launch_uploads_bundle_and_data_and_sends_one_command_per_node(stack, aws_env, tmp_path):
@@ -91,7 +115,7 @@ def test_launch_uploads_bundle_and_data_and_sends_one_command_per_node(stack, aw
         assert f"--data s3://{outputs['datasets_bucket']}/csv1/train.csv" in launch
         assert "--set output_dir=/scratch/runs" in launch and "--nproc" not in launch
         assert f"--bucket {outputs['checkpoints_bucket']} --prefix csv1/" in script
-        assert f"--node-rank {rank} --num-nodes 2" in script
+        check_sync_and_streaming(cmd["Parameters"]["commands"], outputs, rank)
         # the operator's --config file is recreated on the node and passed there
         node_cfg = launch.split("--config ")[1].split()[0]
         assert node_cfg.startswith("/scratch/runs/csv1/config-") and node_cfg.endswith(".yaml")

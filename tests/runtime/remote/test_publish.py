@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import boto3
 
-from runtime.common.options import parse_options
+from runtime.common.options import parse_options, to_argv
 from runtime.contract import ExitCode
-from runtime.remote.publish import PublishOptions, export_args, main
+from runtime.remote.publish import PublishOptions, export_config, main
 from tests.runtime.remote.conftest import REGION
 
 
@@ -60,30 +60,11 @@ def test_bad_names_are_refused_before_any_download(stack, aws_env, tmp_path):
 
 
 def test_export_publishes_to_the_models_prefix_with_the_stack_key(tmp_path):
-    opts = parse_options(
-        PublishOptions,
-        [
-            "--run",
-            "r1",
-            "--checkpoints-bucket",
-            "c",
-            "--models-bucket",
-            "m",
-            "--kms-key-id",
-            "arn:k",
-            "--work-dir",
-            str(tmp_path),
-        ],
-        prog="t",
-    )
-    argv = export_args(opts, "global_step8")
-    assert argv == [
-        "--run-dir",
-        str(tmp_path / "r1"),
-        "--checkpoint",
-        "global_step8",
-        "--publish",
-        "s3://m/models",
-        "--kms-key-id",
-        "arn:k",
-    ]
+    argv = ["--run", "r1", "--checkpoints-bucket", "c", "--models-bucket", "m", "--kms-key-id", "arn:k"]
+    opts = parse_options(PublishOptions, [*argv, "--work-dir", str(tmp_path)], prog="t")
+    cfg = export_config(opts, "global_step8")  # run in node 0's process, no command line in between
+    assert (cfg.run_dir, cfg.checkpoint) == (tmp_path / "r1", "global_step8")
+    assert (cfg.publish, cfg.kms_key_id, cfg.model_name) == ("s3://m/models", "arn:k", None)
+    assert export_config(parse_options(PublishOptions, [*argv, "--model-name", "n"], prog="t"), "t").model_name == "n"
+    # the node's command line is the options' to_argv, and parses back into them
+    assert parse_options(PublishOptions, to_argv(opts), prog="t") == opts

@@ -12,9 +12,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from runtime.checkpoint.local import LATEST, MANIFEST, verify_checkpoint, write_manifest
+from runtime.checkpoint.s3 import SyncError, Uploader, sync_committed, sync_node_part
 from runtime.remote import sync as remote_sync
-from runtime.remote.sync import SyncError, Uploader, sync_committed, sync_node_part
-from runtime.train.checkpoint import LATEST, MANIFEST, verify_checkpoint, write_manifest
 
 REGION = "us-east-1"
 

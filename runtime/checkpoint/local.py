@@ -1,34 +1,23 @@
-"""Crash-safe checkpoints around DeepSpeed's `save_checkpoint`/`load_checkpoint`.
+"""A run's checkpoints on local disk: the layout, the manifest, verification, retention.
 
-Commit protocol (a checkpoint without a verifying manifest does not exist):
-  1. rank 0 clears a stale partial `<tag>/` left by an earlier crash; barrier;
-  2. every rank writes its DeepSpeed shards and its RNG state into `<tag>/`;
-  3. all ranks agree that every rank succeeded (all-reduce MIN of a success flag; a dead rank
-     makes the others fail at the process-group timeout instead of hanging);
-  4. rank 0 writes `train_config.json`, `train_state.json`, then `manifest.json` (sha256 + size of
-     every file, each fsynced), then replaces `latest` atomically (temp, fsync, os.replace).
-DeepSpeed's own `latest` is never written (`save_latest=False`), so it cannot name a partial tag.
+`<ckpt_dir>/<tag>/` (`global_step<N>`) holds DeepSpeed's shards, `rng/rank<r>.json`,
+`train_config.json`, `train_state.json` and, once committed, `manifest.json` (sha256 + size of every
+other file); `<ckpt_dir>/latest` names the newest committed tag. A tag without a manifest that
+verifies was never committed and does not exist for resume, export or sync. Pure file work (no
+torch): the collective commit that writes these is `runtime.checkpoint.commit`.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import random
 import re
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from runtime.common.fsutil import atomic_write, fsync_dir, sha256_file
 from runtime.common.log import get_logger
-from runtime.train.config import ConfigError
 
 FORMAT = "stratus-checkpoint/1"
 MANIFEST = "manifest.json"
@@ -36,9 +25,6 @@ LATEST = "latest"
 STATE = "train_state.json"
 CONFIG = "train_config.json"
 _TAG_RE = re.compile(r"^global_step(\d+)$")
-# Crash tests set STRATUS_FAILPOINT=kill-during-save:<rank>:<step>: that rank SIGKILLs itself after
-# writing its DeepSpeed shards of that step and before the commit agreement, like a reclaimed node.
-_failpoint = os.environ.get("STRATUS_FAILPOINT", "")
 
 log = get_logger()
 
@@ -144,10 +130,10 @@ def existing_run_message(run_name: str, where: str) -> str:
     )
 
 
-def refuse_existing_run(ckpt_dir: Path, run_name: str) -> None:
-    """Raise ConfigError when `ckpt_dir` holds checkpoints: a new run must not overwrite them."""
-    if candidates(ckpt_dir):
-        raise ConfigError(existing_run_message(run_name, str(ckpt_dir)))
+def existing_run_problem(ckpt_dir: Path, run_name: str) -> str | None:
+    """The message refusing a new run when `ckpt_dir` holds checkpoints (it must not overwrite
+    them); None when it holds none. Callers raise it as their stage's bad-input error."""
+    return existing_run_message(run_name, str(ckpt_dir)) if candidates(ckpt_dir) else None
 
 
 def find_latest_verified(ckpt_dir: Path, world_size: int | None = None, *, check_hashes: bool = True) -> Path:
@@ -191,109 +177,3 @@ def prune(ckpt_dir: Path, keep: int, newest: Path, remove: Callable[[Path], None
         except OSError as e:
             log.warning("could not delete old checkpoint %s (%s); training continues", tag_dir, e)
     return removed
-
-
-# --- RNG state (JSON, no pickle) -------------------------------------------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    raw = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
-    torch.set_rng_state(torch.from_numpy(raw))
-
-
-# --- distributed save and restore ------------------------------------------------------------------
-
-
-def commit(
-    engine: Any,
-    ckpt_dir: Path,
-    *,
-    step: int,
-    state: dict[str, Any],
-    config: dict[str, Any],
-    config_digest: str,
-    zero_stage: int,
-    extra_files: dict[str, bytes] | None = None,
-) -> Path:
-    """Save a checkpoint on all ranks and commit it (see the module docstring). Collective.
-
-    Raises:
-        CheckpointError: on every rank, when any rank failed to write its part; nothing commits.
-    """
-    import torch.distributed as dist
-
-    from runtime.train.collectives import all_agree
-
-    rank, world = dist.get_rank(), dist.get_world_size()
-    tag = tag_for(step)
-    tag_dir = ckpt_dir / tag
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if tag_dir.exists():
-            # A stale partial save of this tag (a crash mid-save), or a re-save of the same step.
-            shutil.rmtree(tag_dir)
-    dist.barrier()
-    error = None
-    try:
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
-        if _failpoint == f"kill-during-save:{rank}:{step}":
-            os.kill(os.getpid(), signal.SIGKILL)
-        (tag_dir / "rng").mkdir(parents=True, exist_ok=True)
-        atomic_write(tag_dir / "rng" / f"rank{rank}.json", json.dumps(rng_state()).encode())
-    except Exception as e:  # any failure of this rank must reach the agreement below
-        error = e
-        log.error("rank %d failed to save %s: %s", rank, tag, e)
-    if not all_agree(error is None):
-        raise CheckpointError(f"checkpoint {tag} not committed: a rank failed to save") from error
-    if rank == 0:
-        atomic_write(tag_dir / CONFIG, json.dumps(config, indent=1, sort_keys=True).encode())
-        atomic_write(tag_dir / STATE, json.dumps(state, indent=1, sort_keys=True).encode())
-        for name, content in (extra_files or {}).items():  # e.g. the feature statistics of tabular runs
-            atomic_write(tag_dir / name, content)
-        write_manifest(tag_dir, step=step, world_size=world, zero_stage=zero_stage, config_digest=config_digest)
-        atomic_write(ckpt_dir / LATEST, tag.encode())
-    dist.barrier()
-    return tag_dir
-
-
-def restore(engine: Any, ckpt_dir: Path) -> dict[str, Any]:
-    """Load the newest verified checkpoint on all ranks; return its `train_state.json`. Collective.
-
-    Rank 0 picks the tag (hashing once) and broadcasts it, so all ranks load the same one.
-
-    Raises:
-        CheckpointError: on every rank when nothing verifies or DeepSpeed cannot load it.
-    """
-    import torch.distributed as dist
-
-    world = dist.get_world_size()
-    chosen = torch.tensor([-1], dtype=torch.int64)
-    reason = ""
-    if dist.get_rank() == 0:
-        try:
-            chosen[0] = step_of(find_latest_verified(ckpt_dir, world).name)
-        except CheckpointError as e:
-            reason = str(e)
-    dist.broadcast(chosen, src=0)
-    if chosen.item() < 0:
-        raise CheckpointError(reason or f"no verified checkpoint in {ckpt_dir} (see rank 0)")
-    tag = tag_for(int(chosen.item()))
-    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_strict=True)
-    if path is None:
-        raise CheckpointError(f"DeepSpeed could not load {ckpt_dir / tag}")
-    tag_dir = ckpt_dir / tag
-    set_rng_state(json.loads((tag_dir / "rng" / f"rank{dist.get_rank()}.json").read_text()))
-    return json.loads((tag_dir / STATE).read_text())

@@ -1,4 +1,4 @@
-"""Checkpoints in S3: each node's shards, node 0's merged manifest, `latest`; retention; download.
+"""Checkpoints in S3: each node's shards and part record, node 0's merged manifest, `latest`; retention.
 
 The layout mirrors the local one (docs/architecture.md, "Checkpoint layout"): `<prefix><tag>/<file>`,
 `<prefix><tag>/manifest.json`, `<prefix>latest`. Every object is written with SSE-KMS under the
@@ -9,24 +9,24 @@ hashes only node 0's files. Node k > 0 therefore uploads the files of a tag and 
 record `<prefix>.parts/<tag>/node<k>.json` (sha256 + size per file, the launch id). Node 0 waits
 for the part of every other node from this launch, merges their files into the manifest it
 uploads and checks that the RNG state of every rank is present, so a download of `<prefix><tag>/`
-verifies as a whole with `runtime.train.checkpoint.verify_checkpoint`.
+verifies as a whole with `runtime.checkpoint.local.verify_checkpoint`.
 
-Used beside training (`runtime.train.upload`, after every commit) and after it
-(`python -m runtime.remote.sync`, whatever training's exit status).
+Used beside training (`runtime.checkpoint.stream`, after every commit) and after it
+(`python -m runtime.remote.sync`, whatever training's exit status); the way back is
+`runtime.checkpoint.download`.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.common.log import get_logger
-from runtime.common.s3 import child_names, delete_prefix, get_json_or_none, head_or_none, sse_kms_args
-from runtime.train.checkpoint import (
+from runtime.checkpoint.local import (
     LATEST,
     MANIFEST,
     CheckpointError,
@@ -35,6 +35,9 @@ from runtime.train.checkpoint import (
     step_of,
     verify_checkpoint,
 )
+from runtime.common.log import get_logger
+from runtime.common.nodeenv import NodeEnv
+from runtime.common.s3 import child_names, delete_prefix, get_json_or_none, head_or_none, parse_s3_uri, sse_kms_args
 
 PART_FORMAT = "stratus-checkpoint-part/1"
 PARTS_DIR = ".parts"
@@ -79,6 +82,41 @@ class Uploader:
         self.uploaded.append(full)
 
 
+@dataclass(frozen=True, kw_only=True)
+class S3Target:
+    """Where this node's checkpoints go in S3, from its `NodeEnv` (the node script's exports)."""
+
+    bucket: str
+    prefix: str
+    kms_key_arn: str
+    node_rank: int
+    num_nodes: int
+    launch_id: str
+
+    @classmethod
+    def for_this_process(cls, env: NodeEnv) -> S3Target | None:
+        """The target on local rank 0 of a node whose env names a checkpoint URI; else None.
+
+        Only local rank 0 (DeepSpeed's `LOCAL_RANK`) of each node streams and downloads.
+        """
+        if not env.checkpoint_uri or int(os.environ.get("LOCAL_RANK", "0")) != 0:
+            return None
+        bucket, prefix = parse_s3_uri(env.checkpoint_uri)
+        return cls(
+            bucket=bucket,
+            prefix=prefix if prefix.endswith("/") or not prefix else prefix + "/",
+            kms_key_arn=env.kms_key_arn,
+            node_rank=env.node_rank,
+            num_nodes=env.num_nodes,
+            launch_id=env.launch_id,
+        )
+
+    def uploader(self) -> Uploader:
+        import boto3
+
+        return Uploader(boto3.client("s3"), self.bucket, self.prefix, self.kms_key_arn)
+
+
 def upload_part(up: Uploader, tag_dir: Path, *, node_rank: int, launch_id: str) -> None:
     """Node k > 0: upload the files of one tag, then its part record."""
     files = hash_files(tag_dir)
@@ -88,14 +126,18 @@ def upload_part(up: Uploader, tag_dir: Path, *, node_rank: int, launch_id: str) 
     up.blob(f"{PARTS_DIR}/{tag_dir.name}/node{node_rank}.json", json.dumps({**part, "files": files}).encode())
 
 
-def _s3_latest_step(up: Uploader) -> int:
+def s3_latest(s3: Any, bucket: str, prefix: str) -> str | None:
+    """The tag `<prefix>latest` names in S3, or None when there is none (or it is unreadable)."""
     from botocore.exceptions import ClientError
 
     try:
-        tag = up.s3.get_object(Bucket=up.bucket, Key=f"{up.prefix}{LATEST}")["Body"].read().decode().strip()
+        return s3.get_object(Bucket=bucket, Key=f"{prefix}{LATEST}")["Body"].read().decode().strip()
     except ClientError:
-        return -1
-    step = step_of(tag)
+        return None
+
+
+def _s3_latest_step(up: Uploader) -> int:
+    step = step_of(s3_latest(up.s3, up.bucket, up.prefix) or "")
     return -1 if step is None else step
 
 
@@ -272,53 +314,3 @@ def apply_retention(up: Uploader, keep: int, newest: str) -> list[str]:
     if deleted:
         log.info("retention: deleted %s from s3://%s/%s", ", ".join(deleted), up.bucket, up.prefix)
     return deleted
-
-
-def download_tag(s3: Any, bucket: str, prefix: str, tag: str, ckpt_dir: Path) -> Path:
-    """Download `<prefix><tag>/` into `ckpt_dir/<tag>` and verify it against its manifest.
-
-    Raises:
-        CheckpointError: no manifest, or a file that does not verify (naming it); nothing is left.
-    """
-    try:
-        manifest = get_json_or_none(s3, bucket, f"{prefix}{tag}/{MANIFEST}")
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: a damaged manifest
-        raise CheckpointError(f"s3://{bucket}/{prefix}{tag}/{MANIFEST} is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise CheckpointError(f"s3://{bucket}/{prefix}{tag}/: no {MANIFEST} (upload never completed)")
-    partial = ckpt_dir / f".download-{tag}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        for rel in manifest["files"]:
-            if ".." in Path(rel).parts or Path(rel).is_absolute():
-                raise CheckpointError(f"s3://{bucket}/{prefix}{tag}/{MANIFEST} names {rel!r} outside the checkpoint")
-            (partial / rel).parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, f"{prefix}{tag}/{rel}", str(partial / rel))
-        (partial / MANIFEST).write_text(json.dumps(manifest))
-        verify_checkpoint(partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    target = ckpt_dir / tag
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-    return target
-
-
-def download_newest(s3: Any, bucket: str, prefix: str, ckpt_dir: Path, newer_than: int = -1) -> Path | None:
-    """The newest S3 checkpoint newer than step `newer_than` that verifies, downloaded into `ckpt_dir`.
-
-    A checkpoint that does not verify is skipped with a warning naming why; None when none does.
-    """
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for tag in s3_tags(s3, bucket, prefix):
-        if step_of(tag) <= newer_than:
-            return None
-        try:
-            path = download_tag(s3, bucket, prefix, tag, ckpt_dir)
-        except CheckpointError as e:
-            log.warning("skipping S3 checkpoint %s: %s", tag, e)
-            continue
-        log.info("downloaded s3://%s/%s%s/ (verified) to %s", bucket, prefix, tag, path)
-        return path
-    return None
