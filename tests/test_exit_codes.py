@@ -153,8 +153,8 @@ def remote(code: ExitCode, tmp_path: Path, request, monkeypatch) -> int:
 
 
 def sync(code: ExitCode, tmp_path: Path, request) -> int:
-    from runtime.remote.sync import main
-    from tests.runtime.remote.test_sync import make_tag
+    from runtime.checkpoint.sync import main
+    from tests.runtime.checkpoint.test_sync import make_tag
 
     argv = ["--run-dir", str(tmp_path), "--kms-key-id", "arn:aws:kms:us-east-1:1:key/k", "--prefix", "r/"]
     if code == ExitCode.BAD_INPUT:

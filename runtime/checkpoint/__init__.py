@@ -9,5 +9,5 @@
 It sits between `runtime.common` (and `runtime.contract`) and the stages that use it (train,
 export, remote) and imports neither of those. A run's checkpoints in S3 are
 `runtime.contract.checkpoints_uri(bucket, run)`; the node-side entry of the sync after training
-is `python -m runtime.remote.sync`.
+is `python -m runtime.checkpoint.sync`.
 """

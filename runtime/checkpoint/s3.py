@@ -12,7 +12,7 @@ uploads and checks that the RNG state of every rank is present, so a download of
 verifies as a whole with `runtime.checkpoint.local.verify_checkpoint`.
 
 Used beside training (`runtime.checkpoint.stream`, after every commit) and after it
-(`python -m runtime.remote.sync`, whatever training's exit status); the way back is
+(`python -m runtime.checkpoint.sync`, whatever training's exit status); the way back is
 `runtime.checkpoint.download`.
 """
 

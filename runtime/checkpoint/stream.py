@@ -6,7 +6,7 @@ queues the tag; a background thread uploads it (`runtime.checkpoint.s3`): node k
 a part record, node 0 its files, the merged manifest once every part arrived, then `latest`, then
 retention (`keep_checkpoints`) on S3. SSE-KMS under the stack key throughout. The queue is bounded:
 a step waits at most `NodeEnv.upload_budget_s` (`STRATUS_UPLOAD_BUDGET_S`) for room, then the tag is
-left to the next commit and to the sync after training (`python -m runtime.remote.sync`). On exit
+left to the next commit and to the sync after training (`python -m runtime.checkpoint.sync`). On exit
 (done or preempted) the ranks wait for the queue to drain, so a committed checkpoint is in S3 before 75.
 
 Without `NodeEnv.checkpoint_uri` (`STRATUS_CHECKPOINT_S3`) nothing here runs (local training).

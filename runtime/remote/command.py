@@ -16,7 +16,7 @@ Steps: validate the config and data here for the stack's world (nodes x GPUs); u
 `--data` file to s3://<datasets_bucket>/<run>/<name>; upload the runtime bundle to
 s3://<models_bucket>/runtime/stratus-runtime.tar.gz (SSE-KMS with the stack key, like every
 upload); send node i of N one `AWS-RunShellScript` command running DeepSpeed's per-node launcher
-(`deepspeed.launcher.launch --node_rank=i`) and then `runtime.remote.sync`, which copies the
+(`deepspeed.launcher.launch --node_rank=i`) and then `runtime.checkpoint.sync`, which copies the
 committed checkpoints to s3://<checkpoints_bucket>/<run>/ (manifest after files, `latest` last);
 poll until every node is done, print each node's output tail. With --export (scripts/launch.sh
 --stack passes it unless --no-export), node 0 then exports the newest checkpoint in S3 and
@@ -282,7 +282,7 @@ class Launch:
         log.error(
             f"training succeeded, but the export on node 0 ({iid}) {res['Status']} with exit {code} "
             f"({EXPORT_FAILURES.get(code, 'see its output above')}); the checkpoints are in "
-            f"s3://{self.outputs.checkpoints_bucket}/{self.run_name}/"
+            f"{checkpoints_uri(self.outputs.checkpoints_bucket, self.run_name)}"
         )
         return ExitCode.FAILED
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from runtime.checkpoint.sync import SyncOptions
 from runtime.common.nodeenv import LAUNCH_FIELDS, NodeEnv
 from runtime.common.options import to_argv
 from runtime.contract import (
@@ -27,7 +28,6 @@ from runtime.contract import (
 )
 from runtime.remote.outputs import StackOutputs
 from runtime.remote.publish import PublishOptions
-from runtime.remote.sync import SyncOptions
 from runtime.train.command import TrainOptions
 
 
@@ -146,7 +146,7 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
         "rc=$?",
         'kill "$watch_pid" 2>/dev/null',
         f"tail -n 100 {q(node_log)}",
-        shlex.join([HOST_PYTHON, "-m", "runtime.remote.sync", *to_argv(sync)]),
+        shlex.join([HOST_PYTHON, "-m", "runtime.checkpoint.sync", *to_argv(sync)]),
         "sync_rc=$?",
         f'echo "[stratus] node {node_rank}: training exit $rc, checkpoint sync exit $sync_rc"',
         'if [ "$rc" -ne 0 ]; then exit "$rc"; fi',

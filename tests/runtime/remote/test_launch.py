@@ -15,11 +15,11 @@ from pathlib import Path
 
 import boto3
 
+from runtime.checkpoint.sync import SyncOptions
 from runtime.common.nodeenv import NodeEnv
 from runtime.common.options import parse_options
 from runtime.contract import BUNDLE_KEY, checkpoints_uri
 from runtime.remote.bundle import bundle_entries, write_bundle
-from runtime.remote.sync import SyncOptions
 from tests.runtime.remote.conftest import REGION
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -39,8 +39,8 @@ def commands_of_run(run_name: str) -> list[dict]:
 def check_sync_and_streaming(lines: list[str], outputs: dict, rank: int) -> None:
     """Node `rank`'s sync line and its launch's node knobs, in the script `lines` of run csv1."""
     # the sync line is SyncOptions' to_argv: it parses back into this node's options
-    (sync,) = [shlex.split(x) for x in lines if "-m runtime.remote.sync" in x]
-    assert sync[:3] == ["/opt/stratus/venv/bin/python", "-m", "runtime.remote.sync"]
+    (sync,) = [shlex.split(x) for x in lines if "-m runtime.checkpoint.sync" in x]
+    assert sync[:3] == ["/opt/stratus/venv/bin/python", "-m", "runtime.checkpoint.sync"]
     opts = parse_options(SyncOptions, sync[3:], prog="t")
     assert (opts.run_dir, opts.bucket, opts.prefix) == (
         Path("/scratch/runs/csv1"),
@@ -87,7 +87,7 @@ def test_launch_uploads_bundle_and_data_and_sends_one_command_per_node(stack, aw
     with tarfile.open(bundle) as tar:
         names = tar.getnames()
     assert names == [e.name for e in bundle_entries(ROOT)]
-    assert {"requirements/runtime.txt", "runtime/train/command.py", "runtime/remote/sync.py"} <= set(names)
+    assert {"requirements/runtime.txt", "runtime/train/command.py", "runtime/checkpoint/sync.py"} <= set(names)
     assert not any("__pycache__" in n or n.startswith(("infra/", "tests/")) for n in names)
     head = s3.head_object(Bucket=outputs["datasets_bucket"], Key="csv1/train.csv")
     assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", outputs["kms_key_arn"])
@@ -131,7 +131,8 @@ def test_dry_run_prints_everything_and_sends_nothing(stack, aws_env):
     result = run_remote(aws_env, "--outputs-file", str(path), "--dry-run", "--", "--run-name", "dry1")
     assert result.returncode == 0, result.stderr
     assert (
-        "runtime/remote/sync.py" in result.stdout and f"s3://{outputs['models_bucket']}/{BUNDLE_KEY}" in result.stdout
+        "runtime/checkpoint/sync.py" in result.stdout
+        and f"s3://{outputs['models_bucket']}/{BUNDLE_KEY}" in result.stdout
     )
     assert result.stdout.count("deepspeed.launcher.launch") == 2 and "--node_rank=1" in result.stdout
     assert commands_of_run("dry1") == []

@@ -1,4 +1,4 @@
-"""`python -m runtime.remote.sync` (what node 0 and node k run after training), on real checkpoint
+"""`python -m runtime.checkpoint.sync` (what node 0 and node k run after training), on real checkpoint
 directories against the moto server on loopback."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from runtime.checkpoint import sync as remote_sync
 from runtime.checkpoint.local import LATEST, MANIFEST, verify_checkpoint, write_manifest
 from runtime.checkpoint.s3 import SyncError, Uploader, sync_committed, sync_node_part
-from runtime.remote import sync as remote_sync
 
 REGION = "us-east-1"
 

@@ -3,7 +3,7 @@
 `stratus remote` runs this on every training node after training (whatever training's exit
 status, so that what was committed before a failure or a preemption still reaches S3):
 
-    python -m runtime.remote.sync --run-dir /scratch/runs/RUN --bucket CHECKPOINTS_BUCKET \\
+    python -m runtime.checkpoint.sync --run-dir /scratch/runs/RUN --bucket CHECKPOINTS_BUCKET \\
         --prefix RUN/ --kms-key-id KEY_ARN --node-rank 0 --num-nodes 2 --launch-id ID
 
 S3 mirrors the local layout (docs/architecture.md, "Checkpoint layout") under
@@ -31,13 +31,13 @@ from runtime.common.log import get_logger
 from runtime.common.options import option, parse_options
 from runtime.contract import ExitCode
 
-PROG = "python -m runtime.remote.sync"
+PROG = "python -m runtime.checkpoint.sync"
 log = get_logger()
 
 
 @dataclass(kw_only=True)
 class SyncOptions:
-    """The options of `python -m runtime.remote.sync` (run on each training node)."""
+    """The options of `python -m runtime.checkpoint.sync` (run on each training node)."""
 
     run_dir: Path = option(metavar="DIR")
     """Local run directory (holds checkpoints/)."""
