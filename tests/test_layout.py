@@ -4,6 +4,7 @@ and `infra` meet, no import cycle, small files and functions, tests importable a
 from __future__ import annotations
 
 import ast
+import re
 
 import pytest
 
@@ -11,6 +12,10 @@ from tests.layout import MODULES, ROOT, cycles, dependencies, imported, oversize
 
 RUNTIME = {name: path for name, path in MODULES.items() if name.split(".")[0] == "runtime"}
 STAGES = ("common", "train", "export", "repository", "serve", "remote")
+FAMILY_REGISTRIES = ("runtime.train.families", "runtime.export.families")
+"""Model families: the training half of each in the first (the registry), the export half in the second."""
+MODEL_KIND_TEST = re.compile(r"(?<!dtype\.)\bkind\s*[=!]=|\bmetric_name\s*[=!]=")
+"""A stage branching on the model family (numpy's `dtype.kind` is something else)."""
 
 
 def _project_imports(name: str) -> set[str]:
@@ -42,6 +47,21 @@ def test_no_cycle_between_stages():
         graph[stage].discard(stage)
     assert "runtime.train" in graph["runtime.export"] and "runtime.repository" in graph["runtime.serve"]
     assert cycles(graph) == []
+
+
+def test_model_families_are_reached_only_through_their_registries():
+    """A family is one module in each registry package (training half below export, export half in
+    export: the stage order above keeps the training half from importing export). Everything else
+    imports the registry (and its `spec`), never one family's module, and tests no `model.kind`."""
+    assert {f"{r}.{family}" for r in FAMILY_REGISTRIES for family in ("mlp", "gpt")} <= RUNTIME.keys()
+    for name, path in RUNTIME.items():
+        home = next((r for r in FAMILY_REGISTRIES if name == r or name.startswith(f"{r}.")), None)
+        for dep in dependencies(name, path):
+            registry = next((r for r in FAMILY_REGISTRIES if dep.startswith(f"{r}.")), None)
+            if registry and dep != f"{registry}.spec":
+                assert home == registry, f"{name} imports {dep}; go through the registry {registry}"
+        found = MODEL_KIND_TEST.search(path.read_text())
+        assert not found, f"{name} tests `{found and found.group()}`; ask the model family (runtime.train.families)"
 
 
 @pytest.mark.parametrize("module", sorted(RUNTIME))

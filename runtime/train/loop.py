@@ -33,11 +33,11 @@ from runtime.train.collectives import all_reduce_sum, any_rank
 from runtime.train.config import TrainConfig
 from runtime.train.data import Dataset, check_batch_fits, epoch_order, rank_batch
 from runtime.train.deepspeed_config import deepspeed_config, resolve_precision
+from runtime.train.families import Task, family_of
 from runtime.train.flops import measure_matmul_peak
 from runtime.train.progress import Progress
 from runtime.train.shm import release_shm_buffer
 from runtime.train.signals import install_rank_handlers, stop_requested
-from runtime.train.tasks import make_task
 from runtime.train.upload import CheckpointStreamer, fetch_for_resume, streamer_for
 
 log = get_logger()
@@ -71,10 +71,13 @@ class Trainer:
     Args:
         cfg: the validated training config (the same on every rank).
         ds_overrides: DeepSpeed config keys merged over the generated config (benchmarks only).
+        task: what to train (data, model, loss, metric); None: the task of the config's model
+            family (`runtime.train.families`).
     """
 
-    def __init__(self, cfg: TrainConfig, *, ds_overrides: dict[str, Any] | None = None):
+    def __init__(self, cfg: TrainConfig, *, ds_overrides: dict[str, Any] | None = None, task: Task | None = None):
         self.cfg = cfg
+        self.task: Task = task if task is not None else family_of(cfg).task(cfg)
         self.ds_overrides = ds_overrides or {}
         self.pos = Position()
         self.ckpt_dir = cfg.run_dir / "checkpoints"
@@ -100,7 +103,6 @@ class Trainer:
         )
         self.precision = resolve_precision(self.cfg, self.kind)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        self.task = make_task(self.cfg)
         self.data: Dataset = self.task.load_data()
         self.steps_per_epoch = check_batch_fits(self.cfg.global_batch_size, len(self.data.train_idx))
         full = self.steps_per_epoch * self.cfg.epochs
