@@ -4,14 +4,15 @@
 
 One pipeline for every model family: it owns the order of the stages, their numbers and progress
 lines, the sizes table, the manifest and the staging; the checkpoint's family supplies an exporter
-(`runtime.export.families`) that does what differs per family. Each stage is entered once:
+(`runtime.export.families`, bound once to the settings and the checkpoint) for what differs:
   1. `consolidate.load`: verify the checkpoint's manifest, merge the ZeRO shards to fp32, build the
-     family's model;
-  2. ... and save `<run>/consolidated/<tag>.safetensors` (the checkpoint in portable form);
+     family's model and
+  2. save `<run>/consolidated/<tag>.safetensors` (the checkpoint in portable form);
   3. `exporter.compress`: the family's pruning (mlp: structured + magnitude + fine-tune; gpt: FFN units);
   4. `exporter.to_onnx`: FP32 ONNX of the original and the pruned model, int8 with ONNX Runtime;
   5. `exporter.measure`: validation metrics of fp32 / pruned / int8 and the latency table;
   6. `exporter.gate`, then `stage.stage_artifact` and, with `publish`, the repository.
+The manifest records the family's `serving_extension` (e.g. `generate`; null: standard routes only).
 """
 
 from __future__ import annotations
