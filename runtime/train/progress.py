@@ -122,7 +122,7 @@ class Progress:
 
     def summary(self) -> dict[str, Any]:
         t, cfg = self.t, self.t.cfg
-        out: dict[str, Any] = {
+        return {
             "preset": cfg.preset,
             "run_name": cfg.run_name,
             "world_size": t.world,
@@ -148,7 +148,6 @@ class Progress:
             "checkpoint": t.last_tag,
             "data": cfg.data.source,
         }
-        return out
 
     def finish(self) -> None:
         """Rank 0: write summary.json and training.png, and print the closing line."""
