@@ -15,6 +15,10 @@ RUNTIME = {name: path for name, path in MODULES.items() if name.split(".")[0] ==
 STAGES = ("common", "checkpoint", "train", "export", "repository", "serve", "remote")
 LIBRARIES = ("common", "checkpoint")
 """Stages without a command of their own: the code other stages share."""
+FAMILY_REGISTRIES = ("runtime.train.families", "runtime.export.families")
+"""Model families: the training half of each in the first (the registry), the export half in the second."""
+MODEL_KIND_TEST = re.compile(r"\bkind\s*[=!]=|\bmetric_name\s*[=!]=")
+"""A stage branching on the model family."""
 
 
 def _project_imports(name: str) -> set[str]:
@@ -68,6 +72,21 @@ def test_no_module_rebuilds_a_runs_checkpoints_uri():
     for name, path in MODULES.items():
         if name != "runtime.contract":
             assert not by_hand.search(path.read_text()), f"{name} builds a checkpoints URI by hand"
+
+
+def test_model_families_are_reached_only_through_their_registries():
+    """A family is one module in each registry package (training half below export, export half in
+    export: the stage order above keeps the training half from importing export). Everything else
+    imports the registry (and its `spec`), never one family's module, and tests no `model.kind`."""
+    assert {f"{r}.{family}" for r in FAMILY_REGISTRIES for family in ("mlp", "gpt")} <= RUNTIME.keys()
+    for name, path in RUNTIME.items():
+        home = next((r for r in FAMILY_REGISTRIES if name == r or name.startswith(f"{r}.")), None)
+        for dep in dependencies(name, path):
+            registry = next((r for r in FAMILY_REGISTRIES if dep.startswith(f"{r}.")), None)
+            if registry and dep != f"{registry}.spec":
+                assert home == registry, f"{name} imports {dep}; go through the registry {registry}"
+        found = MODEL_KIND_TEST.search(path.read_text())
+        assert not found, f"{name} tests `{found and found.group()}`; ask the model family (runtime.train.families)"
 
 
 @pytest.mark.parametrize("module", sorted(RUNTIME))

@@ -4,16 +4,20 @@ Kept apart from `runtime.train.config.TrainConfig` on purpose: a checkpoint's tr
 in its manifest (and its digest is provenance), while export settings change per export. Each field
 is one flag of `stratus export` (`structured_fraction` <-> `--structured-fraction`; `out_dir` is
 `--out`), derived by `runtime.common.options` with the field's docstring as its help, and
-validation messages name that flag.
+validation messages name that flag. `check_out_dir` validates what `--out` points at (run at the
+start of an export and again when staging).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.common.options import option
+from runtime.repository.artifact import FORMAT as ARTIFACT_FORMAT
+from runtime.repository.artifact import MANIFEST
 
 QUANTIZATION_CHOICES = ("dynamic", "static")
 
@@ -174,3 +178,28 @@ class ExportConfig:
                 ),
             },
         }
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace anything but a previous export (or an empty directory).
+
+    Raises:
+        ExportError: `out_dir` is a file or symlink, or a directory holding something else.
+    """
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir}: exists and is not a directory; choose a new directory")
+    entries = list(out_dir.iterdir())
+    if not entries:
+        return
+    try:
+        previous = json.loads((out_dir / MANIFEST).read_text())
+        ours = isinstance(previous, dict) and previous.get("format") == ARTIFACT_FORMAT
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        names = ", ".join(sorted(p.name for p in entries)[:5])
+        raise ExportError(
+            f"--out {out_dir}: holds files that are not a previous export ({names}); choose a new or empty directory"
+        )

@@ -29,42 +29,42 @@ from torch import nn
 from runtime.checkpoint.local import CONFIG, MANIFEST, CheckpointError, find_latest_verified, verify_checkpoint
 from runtime.export.config import ExportError, NoCheckpointError
 from runtime.train.config import ConfigError, TrainConfig, config_digest
+from runtime.train.families import Family, WeightsError, family_of
 from runtime.train.loading import config_from_dict
-from runtime.train.models import build_mlp
 from runtime.train.tabular import STATS_FILE, FeatureStats
 
 
 @dataclass
 class Consolidated:
-    """A verified checkpoint's training config and its consolidated fp32 weights."""
+    """A verified checkpoint's training config, its model family and its consolidated fp32 weights."""
 
     tag_dir: Path
     manifest: dict[str, Any]
     manifest_sha256: str
     config: TrainConfig
+    family: Family
+    """The model family of `config` (`runtime.train.families`)."""
     state_dict: dict[str, torch.Tensor]
+    model: nn.Module
+    """The logits model holding these weights, in eval mode (built once, to check they fit)."""
     stats: FeatureStats | None = None
     """Feature statistics the model was trained with (`feature_stats.json`), None if unstandardised."""
+    path: Path | None = None
+    """The `<tag>.safetensors` written by `save_consolidated`, None until then."""
 
     @property
     def tag(self) -> str:
         return self.tag_dir.name
 
-    @property
-    def num_features(self) -> int:
-        return int(self.state_dict["0.weight"].shape[1])
-
     def build_model(self) -> nn.Module:
-        """The logits model (`build_mlp`, or `build_gpt` with the stored FFN widths) holding these
-        weights, in eval mode."""
-        if self.config.model.kind == "gpt":
-            from runtime.train.gpt import build_gpt, ffn_sizes_of
+        """A new logits model holding these weights, in eval mode (the family's `model_for_weights`)."""
+        return _build_model(self.family, self.config, self.state_dict)
 
-            model = build_gpt(self.config.model, ffn_sizes_of(self.state_dict, self.config.model.num_layers))
-        else:
-            model = build_mlp(self.num_features, self.config.model)
-        model.load_state_dict(self.state_dict, strict=True)
-        return model.eval()
+
+def _build_model(family: Family, config: TrainConfig, state: dict[str, torch.Tensor]) -> nn.Module:
+    model = family.model_for_weights(config.model, state)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def resolve_checkpoint(checkpoints_dir: Path, tag: str | None) -> Path:
@@ -148,31 +148,37 @@ def consolidate(tag_dir: Path) -> Consolidated:
     has_shards = any(tag_dir.glob("*_optim_states.pt"))
     raw = _zero_to_fp32(tag_dir) if has_shards else _stage0_module(tag_dir)
     state = {name: t.detach().to(torch.float32).contiguous().clone() for name, t in raw.items()}
+    family = family_of(config)  # config_from_dict checked model.kind
+    try:
+        model = _build_model(family, config, state)
+    except WeightsError as e:
+        raise ExportError(f"{tag_dir}: {e}") from None
+    except RuntimeError as e:
+        raise ExportError(f"{tag_dir}: weights do not fit model {config.model} ({e})") from None
     stats_path = tag_dir / STATS_FILE  # covered by the verified manifest
-    result = Consolidated(
+    return Consolidated(
         tag_dir=tag_dir,
         manifest=manifest,
         manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
         config=config,
+        family=family,
         state_dict=state,
+        model=model,
         stats=FeatureStats.from_json(stats_path.read_bytes()) if stats_path.is_file() else None,
     )
-    if config.model.kind == "mlp" and "0.weight" not in state:
-        raise ExportError(f"{tag_dir}: no `0.weight` in the weights ({', '.join(state)}); not an MLP checkpoint")
-    try:
-        result.build_model()
-    except RuntimeError as e:
-        raise ExportError(f"{tag_dir}: weights do not fit model {config.model} ({e})") from None
-    return result
 
 
-def load(checkpoints_dir: Path, tag: str | None) -> Consolidated:
-    """The verified, consolidated checkpoint `tag` (None: the newest that verifies) of a run.
+def load(checkpoints_dir: Path, tag: str | None, *, save_to: Path | None = None) -> Consolidated:
+    """The verified, consolidated checkpoint `tag` (None: the newest that verifies) of a run; with
+    `save_to`, also written there as `<tag>.safetensors` (`save_consolidated`, path in `.path`).
 
     Raises:
         NoCheckpointError: nothing verifies; ExportError: an unknown tag or an inconsistent one.
     """
-    return consolidate(resolve_checkpoint(checkpoints_dir, tag))
+    result = consolidate(resolve_checkpoint(checkpoints_dir, tag))
+    if save_to is not None:
+        result.path = save_consolidated(result, save_to)
+    return result
 
 
 def save_consolidated(result: Consolidated, out_dir: Path) -> Path:

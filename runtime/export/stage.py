@@ -3,13 +3,13 @@
 `stage_artifact` writes `model.onnx` + `manifest.json` (through `runtime.artifact.write_manifest`)
 into a hidden sibling directory, verifies it with `runtime.artifact.verify_artifact`, and only then
 swaps it in for the previous export. Any failure removes the temp directory and leaves the output
-directory exactly as it was. `check_out_dir` refuses to replace anything that is not a previous
-export, so a mistyped `--out runs` cannot delete a directory of other files.
+directory exactly as it was. `check_out_dir` (`runtime.export.config`, where `--out` is validated)
+refuses to replace anything that is not a previous export, so a mistyped `--out runs` cannot
+delete a directory of other files.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -18,34 +18,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from runtime.export.config import ExportError
-from runtime.repository.artifact import FORMAT as ARTIFACT_FORMAT
-from runtime.repository.artifact import MANIFEST, verify_artifact, write_manifest
+from runtime.export.config import check_out_dir
+from runtime.repository.artifact import verify_artifact, write_manifest
 
-
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace anything but a previous export (or an empty directory).
-
-    Raises:
-        ExportError: `out_dir` is a file or symlink, or a directory holding something else.
-    """
-    if not out_dir.exists() and not out_dir.is_symlink():
-        return
-    if out_dir.is_symlink() or not out_dir.is_dir():
-        raise ExportError(f"--out {out_dir}: exists and is not a directory; choose a new directory")
-    entries = list(out_dir.iterdir())
-    if not entries:
-        return
-    try:
-        previous = json.loads((out_dir / MANIFEST).read_text())
-        ours = isinstance(previous, dict) and previous.get("format") == ARTIFACT_FORMAT
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
-        names = ", ".join(sorted(p.name for p in entries)[:5])
-        raise ExportError(
-            f"--out {out_dir}: holds files that are not a previous export ({names}); choose a new or empty directory"
-        )
+__all__ = ["check_out_dir", "stage_artifact", "versions"]
 
 
 def stage_artifact(out_dir: Path, model_path: Path, info: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,10 @@ manifest exactly does not exist for `publish` or `serve`. Verification rejects, 
 repository layout is also understood by Triton/KServe-style servers.
 
 Manifest keys (written by `runtime.export`): `format`, `files`, `model_name`,
-`inputs`/`outputs` = `[{"name", "datatype" (KServe name, e.g. FP32), "shape" ([-1, d])}]`, and
-free-form `compression`, `metrics`, `latency_ms`, `size_bytes`, `provenance`, `versions`.
+`inputs`/`outputs` = `[{"name", "datatype" (KServe name, e.g. FP32), "shape" ([-1, d])}]`,
+`serving_extension` (the model family's extension the server adds, e.g. `generate`; null: none), and
+free-form `compression`, `metrics`, `latency_ms`, `size_bytes`, `provenance`, `versions` (a
+language model adds `language_model`).
 """
 
 from __future__ import annotations

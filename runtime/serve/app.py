@@ -320,8 +320,9 @@ def _generate_route(stream_route: bool) -> Handler:
     """/generate (or /generate_stream with `stream_route`) on the plane's "generate" extension."""
 
     async def generate(app: ServeApp, call: Call) -> Response:
-        extension = app.plane.extension("generate")
+        app.plane.extension("generate")  # 404 before the model lookup when this server has none
         model = served_model(app, call)
+        extension = app.plane.model_extension(model, "generate")
         extension.check(model)
         req = extension.parse(await app.read_body(call), stream_route)
         if req.stream:

@@ -121,6 +121,21 @@ class DataPlane:
             raise RequestError(404, f"this server has no {name[:32]!r} extension")
         return extension
 
+    def model_extension(self, model: LoadedModel, name: str) -> Any:
+        """The extension `name` for `model`: RequestError 404 when this server has none, 400 when
+        the model's artifact names another one (its manifest's `serving_extension`, which the
+        export takes from the model family). An artifact from before that field is left to the
+        extension's own check."""
+        extension = self.extension(name)
+        manifest = model.manifest
+        if "serving_extension" in manifest and manifest["serving_extension"] != name:
+            declared = manifest["serving_extension"]
+            why = f"serves the {declared!r} extension" if declared else "serves no extension"
+            raise RequestError(
+                400, f"model {model.name!r} version {model.version} {why}, not {name[:32]!r}; use /infer"
+            )
+        return extension
+
     # --- lookup and readiness -------------------------------------------------------------------
 
     @property

@@ -175,9 +175,13 @@ def _decode_input(
     return name, array, size
 
 
+FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+"""The protocol's floating-point datatypes: their values must be finite."""
+
+
 def _check_values(array: np.ndarray, spec: TensorSpec) -> None:
     """The value rules both encodings share: finite floats, BOOL bytes 0 or 1."""
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if spec.datatype in FLOAT_DATATYPES and not np.isfinite(array).all():
         raise _unfit(f"input {spec.name!r}: values must be finite and within the {spec.datatype} range")
     if spec.datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
         raise _unfit(f"input {spec.name!r}: BOOL values must be bytes 0 or 1")

@@ -134,15 +134,16 @@ def validate(cfg: TrainConfig, *, world_size: int, device: str) -> tuple[dict[st
         DataError: the data source cannot be read or fails validation.
     """
     ds = deepspeed_config(cfg, world_size=world_size, device=device)
-    from runtime.train.tasks import load_data
+    from runtime.train.families import family_of  # here: `--help` loads no torch
 
-    data = load_data(cfg)
+    data = family_of(cfg).task(cfg).load_data()  # as the ranks' task will load it
     return ds, data, check_batch_fits(cfg.global_batch_size, len(data.train_idx))
 
 
 def preflight(opts: TrainOptions) -> ExitCode | int:
     """Outside a launcher: validate everything, then run DeepSpeed's launcher (or print it)."""
     from runtime.checkpoint import local as checkpoint
+    from runtime.train.families import family_of
 
     cfg = opts.train_config()
     ds, data, spe = validate(cfg, world_size=opts.nproc, device=device_kind())
@@ -159,15 +160,12 @@ def preflight(opts: TrainOptions) -> ExitCode | int:
         log.info("resuming from %s (newest complete checkpoint)", tag_dir)
     port = opts.master_port or free_port()
     cmd = launcher_command(to_argv(opts, skip=("nproc", "master_port", "dry_run")), opts.nproc, port)
-    unit = f"rows x {data.num_features} features"
-    if cfg.model.kind == "gpt":
-        unit = f"sequences of {cfg.model.seq_len + 1} tokens"
     log.info(
         "data %s: %d train / %d val %s; %d steps/epoch x %d epochs",
         cfg.data.source,
         len(data.train_idx),
         len(data.val_idx),
-        unit,
+        family_of(cfg).task(cfg).data_line(data),
         spe,
         cfg.epochs,
     )

@@ -1,6 +1,8 @@
 """Typed training configuration: keyword-only dataclasses, a docstring under every field.
 
-Validation runs on construction and names the key, the value and the fix. Presets are in
+Validation runs on construction and names the key, the value and the fix; what belongs to one
+model family (`model.kind`, its keys, the data sources it reads) is validated by that family
+(`runtime.train.families.check_config`, run by `runtime.train.loading` on every config it builds). Presets are in
 `runtime.train.presets`, file and `--set` overrides in `runtime.train.loading`, and the DeepSpeed
 config is derived from a `TrainConfig` by `runtime.train.deepspeed_config` (one source of truth;
 batch sizes are derived from `global_batch_size`, never typed twice).
@@ -22,23 +24,24 @@ BUILTIN_TEXT_SOURCE = "builtin:python-stdlib"
 """`data.source` of the embedded default text corpus: the `.py` sources of the running Python's
 standard library, found at run time (see `runtime.train.text`)."""
 
-MODEL_KINDS = ("mlp", "gpt")
 TABULAR_SUFFIXES = (".npz", ".csv")
-TEXT_SUFFIXES = (".jsonl", ".txt")
 
 
 class ConfigError(ValueError):
     """A user mistake in the training config: the message names the key, the value and the fix."""
 
 
-def _fail(key: str, value: Any, fix: str) -> None:
+def fail(key: str, value: Any, fix: str) -> None:
+    """Raise the ConfigError for `key` = `value` with `fix` (what to change)."""
     raise ConfigError(f"config `{key}` = {value!r} is invalid: {fix}")
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
     kind: str = "mlp"
-    """`mlp` (binary classifier on feature rows) or `gpt` (decoder-only language model on byte tokens)."""
+    """The model family (`runtime.train.families.FAMILIES`): `mlp` (binary classifier on feature
+    rows) or `gpt` (decoder-only language model on byte tokens). Each family validates its own keys
+    below (marked `mlp:` or `gpt:`) and the data sources it reads."""
 
     hidden_sizes: tuple[int, ...] = (100,)
     """mlp: widths of the hidden Dense+ReLU layers; the input width follows the data."""
@@ -67,19 +70,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(self.hidden_sizes)
-        if self.kind not in MODEL_KINDS:
-            _fail("model.kind", self.kind, f"use one of {', '.join(MODEL_KINDS)}")
-        if not self.hidden_sizes or any(not isinstance(h, int) or h < 1 for h in self.hidden_sizes):
-            _fail("model.hidden_sizes", self.hidden_sizes, "give a list of positive integers, e.g. [100]")
-        if self.num_outputs != 1:
-            _fail("model.num_outputs", self.num_outputs, "only binary classification (1) is supported")
-        for key in ("num_layers", "num_heads", "embed_dim", "seq_len"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                _fail(f"model.{key}", getattr(self, key), "use a positive integer")
-        if self.embed_dim % self.num_heads:
-            _fail("model.embed_dim", self.embed_dim, f"it must be a multiple of model.num_heads ({self.num_heads})")
-        if self.ffn_hidden < 0:
-            _fail("model.ffn_hidden", self.ffn_hidden, "use 0 (4 x embed_dim) or a positive width")
 
     @property
     def ffn_width(self) -> int:
@@ -122,19 +112,15 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
-            _fail("data.source", self.source, "give builtin:mlp-binary, a .npz/.csv path or s3:// URL")
-        builtin = self.source.startswith("builtin:")
-        if builtin and self.source not in (BUILTIN_SOURCE, BUILTIN_TEXT_SOURCE):
-            fix = f"the only builtin datasets are {BUILTIN_SOURCE} (mlp) and {BUILTIN_TEXT_SOURCE} (gpt)"
-            _fail("data.source", self.source, fix)
+            fail("data.source", self.source, "give builtin:mlp-binary, a .npz/.csv path or s3:// URL")
         if self.max_bytes < 0 or self.val_max_sequences < 0:
-            _fail("data.max_bytes/val_max_sequences", (self.max_bytes, self.val_max_sequences), "use 0 or more")
+            fail("data.max_bytes/val_max_sequences", (self.max_bytes, self.val_max_sequences), "use 0 or more")
         if not 0.0 < self.val_fraction < 1.0:
-            _fail("data.val_fraction", self.val_fraction, "use a fraction strictly between 0 and 1")
+            fail("data.val_fraction", self.val_fraction, "use a fraction strictly between 0 and 1")
         if self.num_samples < 10:
-            _fail("data.num_samples", self.num_samples, "use at least 10 rows")
+            fail("data.num_samples", self.num_samples, "use at least 10 rows")
         if self.num_features < 1:
-            _fail("data.num_features", self.num_features, "use a positive width")
+            fail("data.num_features", self.num_features, "use a positive width")
 
 
 @dataclass(kw_only=True)
@@ -154,13 +140,13 @@ class OptimConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         if not 0.0 < self.lr < 1.0:
-            _fail("optim.lr", self.lr, "use a learning rate in (0, 1), e.g. 1e-3")
+            fail("optim.lr", self.lr, "use a learning rate in (0, 1), e.g. 1e-3")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            _fail("optim.betas", self.betas, "give two numbers in [0, 1), e.g. [0.9, 0.999]")
+            fail("optim.betas", self.betas, "give two numbers in [0, 1), e.g. [0.9, 0.999]")
         if self.eps <= 0:
-            _fail("optim.eps", self.eps, "use a small positive number, e.g. 1e-8")
+            fail("optim.eps", self.eps, "use a small positive number, e.g. 1e-8")
         if self.weight_decay < 0:
-            _fail("optim.weight_decay", self.weight_decay, "use 0 or a positive number")
+            fail("optim.weight_decay", self.weight_decay, "use 0 or a positive number")
 
 
 OFFLOAD_CHOICES = ("none", "optimizer", "all")
@@ -183,17 +169,17 @@ class ParallelConfig:
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
-            _fail("parallel.zero_stage", self.zero_stage, "use 0, 1, 2 or 3")
+            fail("parallel.zero_stage", self.zero_stage, "use 0, 1, 2 or 3")
         if self.offload not in OFFLOAD_CHOICES:
-            _fail("parallel.offload", self.offload, f"use one of {', '.join(OFFLOAD_CHOICES)}")
+            fail("parallel.offload", self.offload, f"use one of {', '.join(OFFLOAD_CHOICES)}")
         if self.offload == "optimizer" and self.zero_stage == 0:
-            _fail("parallel.offload", self.offload, "optimizer offload needs parallel.zero_stage >= 1")
+            fail("parallel.offload", self.offload, "optimizer offload needs parallel.zero_stage >= 1")
         if self.offload == "all" and self.zero_stage != 3:
-            _fail("parallel.offload", self.offload, "parameter offload needs parallel.zero_stage=3")
+            fail("parallel.offload", self.offload, "parameter offload needs parallel.zero_stage=3")
         if self.grad_accum_steps < 1:
-            _fail("parallel.grad_accum_steps", self.grad_accum_steps, "use 1 or more")
+            fail("parallel.grad_accum_steps", self.grad_accum_steps, "use 1 or more")
         if self.precision not in PRECISION_CHOICES:
-            _fail("parallel.precision", self.precision, f"use one of {', '.join(PRECISION_CHOICES)}")
+            fail("parallel.precision", self.precision, f"use one of {', '.join(PRECISION_CHOICES)}")
 
 
 @dataclass(kw_only=True)
@@ -238,32 +224,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not self.run_name or any(c in self.run_name for c in "/\\ ") or self.run_name in (".", ".."):
-            _fail("run_name", self.run_name, "use a plain name without slashes or spaces")
+            fail("run_name", self.run_name, "use a plain name without slashes or spaces")
         for key in ("epochs", "global_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, key) < 1:
-                _fail(key, getattr(self, key), "use a positive integer")
+                fail(key, getattr(self, key), "use a positive integer")
         for key in ("max_steps", "eval_every"):
             if getattr(self, key) < 0:
-                _fail(key, getattr(self, key), "use 0 (off) or a positive integer")
-        self._check_source_fits_model()
-
-    def _check_source_fits_model(self) -> None:
-        source = self.data.source
-        lower = source.lower()
-        if self.model.kind == "mlp":
-            if source == BUILTIN_TEXT_SOURCE or (source != BUILTIN_SOURCE and not lower.endswith(TABULAR_SUFFIXES)):
-                _fail(
-                    "data.source",
-                    source,
-                    "use a file ending in .npz (arrays x, y) or .csv, or builtin:mlp-binary (model.kind=mlp)",
-                )
-        elif source == BUILTIN_SOURCE or lower.endswith(TABULAR_SUFFIXES):
-            _fail(
-                "data.source",
-                source,
-                "model.kind=gpt reads text: builtin:python-stdlib, a directory of "
-                "text files, a .txt or .jsonl file, or s3://bucket/prefix/",
-            )
+                fail(key, getattr(self, key), "use 0 (off) or a positive integer")
 
     @property
     def run_dir(self) -> Path:
@@ -273,7 +240,7 @@ class TrainConfig:
         """Per-rank micro batch; raises ConfigError when the global batch does not divide."""
         per_step = world_size * self.parallel.grad_accum_steps
         if self.global_batch_size % per_step:
-            _fail(
+            fail(
                 "global_batch_size",
                 self.global_batch_size,
                 f"it must be a multiple of ranks ({world_size}) x parallel.grad_accum_steps "

@@ -2,7 +2,8 @@
 
     cfg = load_config("mlp-binary", config_file="my.yaml", overrides=["parallel.zero_stage=3"])
 
-Unknown keys are errors that list the valid keys at that level.
+Unknown keys are errors that list the valid keys at that level. Every config built here is also
+checked by its model family (`runtime.train.families.check_config`).
 """
 
 from __future__ import annotations
@@ -57,9 +58,13 @@ def _build(data: dict[str, Any]) -> TrainConfig:
         except TypeError as e:
             raise ConfigError(f"config section `{name}`: {e}") from None
     try:
-        return TrainConfig(**kwargs)
+        cfg = TrainConfig(**kwargs)
     except TypeError as e:
         raise ConfigError(f"config: {e}") from None
+    from runtime.train.families import check_config  # here: `--help` of a command loads no torch
+
+    check_config(cfg)  # the family's part: model.kind, its keys, its data sources
+    return cfg
 
 
 def nest(dotted_key: str, value: Any) -> dict[str, Any]:

@@ -38,11 +38,11 @@ from runtime.train.collectives import all_reduce_sum, any_rank
 from runtime.train.config import ConfigError, TrainConfig
 from runtime.train.data import Dataset, check_batch_fits, epoch_order, rank_batch
 from runtime.train.deepspeed_config import deepspeed_config, resolve_precision
+from runtime.train.families import Task, family_of
 from runtime.train.flops import measure_matmul_peak
 from runtime.train.progress import Progress
 from runtime.train.shm import release_shm_buffer
 from runtime.train.signals import install_rank_handlers, stop_requested
-from runtime.train.tasks import make_task
 
 log = get_logger()
 
@@ -75,11 +75,21 @@ class Trainer:
         ds_overrides: DeepSpeed config keys merged over the generated config (benchmarks only).
         env: the node's knobs (process-group timeout, bandwidth floor, S3 streaming); default:
             this process's `node_env()`.
+        task: what to train (data, model, loss, metric); None: the task of the config's model
+            family (`runtime.train.families`).
     """
 
-    def __init__(self, cfg: TrainConfig, *, ds_overrides: dict[str, Any] | None = None, env: NodeEnv | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        ds_overrides: dict[str, Any] | None = None,
+        env: NodeEnv | None = None,
+        task: Task | None = None,
+    ):
         self.cfg = cfg
         self.env = node_env() if env is None else env
+        self.task: Task = task if task is not None else family_of(cfg).task(cfg)
         self.ds_overrides = ds_overrides or {}
         self.pos = Position()
         self.ckpt_dir = cfg.run_dir / "checkpoints"
@@ -106,7 +116,6 @@ class Trainer:
         )
         self.precision = resolve_precision(self.cfg, self.kind)
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        self.task = make_task(self.cfg)
         self.data: Dataset = self.task.load_data()
         self.steps_per_epoch = check_batch_fits(self.cfg.global_batch_size, len(self.data.train_idx))
         full = self.steps_per_epoch * self.cfg.epochs

@@ -1,6 +1,8 @@
 """Progress of a training run: log lines, the metrics CSV, and at the end the summary and plot.
 
-Rank 0 writes; every rank takes part in the loss all-reduce, so `report` is collective.
+Rank 0 writes; every rank takes part in the loss all-reduce, so `report` is collective. What is
+specific to the model family (its metric, its throughput unit, its summary keys) the trainer's
+task says (`runtime.train.families.spec.Task`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import torch.distributed as dist
 
 from runtime.common.log import get_logger
 from runtime.train.collectives import all_reduce_sum
-from runtime.train.data import BUILTIN_BEST_ACCURACY, BUILTIN_SOURCE
 from runtime.train.flops import mfu
 from runtime.train.metrics import MetricsLog, plot, write_summary
 
@@ -29,8 +30,7 @@ class Progress:
         self.metrics = MetricsLog(run_dir / "metrics.csv", resume_step=resume_step) if trainer.rank == 0 else None
         self.loss_sum, self.loss_steps, self.samples_since = 0.0, 0, 0
         self.t_start = self.t_last = time.perf_counter()
-        self.val_loss = self.val_acc = self.val_ppl = float("nan")
-        self.lm = trainer.task.metric_name == "val_perplexity"
+        self.val_loss = self.val_metric = float("nan")
         self.flops_per_sample = trainer.task.flops_per_sample(trainer.num_params)
         self.rates: list[float] = []
 
@@ -60,15 +60,8 @@ class Progress:
             t.total_steps,
             t.steps_per_epoch,
         )
-        if self.lm:
-            seq = cfg.model.seq_len
-            log.info(
-                "tokens/step %d (%d x seq_len %d); %.3g FLOPs per token",
-                cfg.global_batch_size * seq,
-                cfg.global_batch_size,
-                seq,
-                self.flops_per_sample / seq,
-            )
+        if line := t.task.announce_line(self.flops_per_sample):
+            log.info("%s", line)
         log.info(
             "measured matmul peak %.1f GFLOP/s (%s, all %d ranks together): the MFU reference",
             t.peak_flops / 1e9,
@@ -87,11 +80,7 @@ class Progress:
         mean_loss = all_reduce_sum([self.loss_sum])[0] / (t.world * self.loss_steps)
         self.loss_sum, self.loss_steps = 0.0, 0
         if evaluation is not None:
-            self.val_loss = evaluation[0]
-            if self.lm:
-                self.val_ppl = evaluation[1]
-            else:
-                self.val_acc = evaluation[1]
+            self.val_loss, self.val_metric = evaluation
         now = time.perf_counter()
         rate = self.samples_since / (now - self.t_last)
         self.t_last, self.samples_since = now, 0
@@ -101,16 +90,16 @@ class Progress:
             return
         self._log_line(mean_loss, evaluation is not None, end_of_epoch, rate, util)
         tokens = rate * t.task.tokens_per_sample
+        metric = {t.task.metric_name: t.task.metric_csv(self.val_metric)} if evaluation else {}
         self.metrics.append(
             step=t.pos.step,
             epoch=t.pos.epoch,
             loss=repr(mean_loss),
             samples_per_s=f"{rate:.1f}",
-            tokens_per_s=f"{tokens:.1f}" if self.lm else "",
+            tokens_per_s=f"{tokens:.1f}" if t.task.tokens_per_sample else "",
             mfu=f"{util:.5f}",
             val_loss=f"{self.val_loss:.6f}" if evaluation else "",
-            val_accuracy=f"{self.val_acc:.6f}" if evaluation and not self.lm else "",
-            val_perplexity=f"{self.val_ppl:.4f}" if evaluation and self.lm else "",
+            **metric,
             elapsed_s=f"{now - self.t_start:.2f}",
         )
 
@@ -118,9 +107,8 @@ class Progress:
         t = self.t
         extra = ""
         if evaluated:
-            metric = f"val_ppl {self.val_ppl:.3f}" if self.lm else f"val_acc {100 * self.val_acc:.2f}%"
-            extra = f" val_loss {self.val_loss:.4f} {metric}"
-        speed = f"{rate * t.task.tokens_per_sample:.0f} tokens/s" if self.lm else f"{rate:.0f} samples/s"
+            extra = f" val_loss {self.val_loss:.4f} {t.task.metric_text(self.val_metric)}"
+        speed = t.task.speed_text(rate)
         log.info(
             "step %d/%d epoch %d loss %.4f%s %s MFU %.2f%%",
             t.pos.step,
@@ -134,7 +122,7 @@ class Progress:
 
     def summary(self) -> dict[str, Any]:
         t, cfg = self.t, self.t.cfg
-        out: dict[str, Any] = {
+        return {
             "preset": cfg.preset,
             "run_name": cfg.run_name,
             "world_size": t.world,
@@ -150,7 +138,7 @@ class Progress:
             "params_held_per_rank": t.held,
             "steps": t.pos.step,
             "val_loss": self.val_loss,
-            "val_accuracy": self.val_acc,
+            **t.task.summary_facts(self.val_metric, _median(self.rates)),
             "task": t.task.metric_name.removeprefix("val_"),
             "matmul_peak_flops": t.peak_flops,
             "flops_per_sample": self.flops_per_sample,
@@ -160,15 +148,6 @@ class Progress:
             "checkpoint": t.last_tag,
             "data": cfg.data.source,
         }
-        if cfg.data.source == BUILTIN_SOURCE:
-            out["best_achievable_accuracy"] = BUILTIN_BEST_ACCURACY
-        if self.lm:
-            out.update(
-                val_perplexity=self.val_ppl,
-                seq_len=cfg.model.seq_len,
-                tokens_per_s=_median(self.rates) * cfg.model.seq_len,
-            )
-        return out
 
     def finish(self) -> None:
         """Rank 0: write summary.json and training.png, and print the closing line."""
@@ -176,24 +155,7 @@ class Progress:
         summary = self.summary()
         write_summary(cfg.run_dir / "summary.json", summary)
         plot(cfg.run_dir / "metrics.csv", cfg.run_dir / "training.png", f"{cfg.run_name} ({cfg.preset})")
-        if self.lm:
-            log.info(
-                "done: %d steps, val perplexity %.3f, %.0f tokens/s, MFU %.2f%%, %s",
-                self.t.pos.step,
-                self.val_ppl,
-                summary["tokens_per_s"],
-                100 * summary["mfu"],
-                cfg.run_dir,
-            )
-            return
-        best = summary.get("best_achievable_accuracy")
-        log.info(
-            "done: %d steps, val accuracy %.2f%% (best achievable %s), %s",
-            self.t.pos.step,
-            100 * self.val_acc,
-            f"{100 * best:.1f}%" if best else "n/a",
-            cfg.run_dir,
-        )
+        log.info("%s", self.t.task.done_line(self.t.pos.step, summary, cfg.run_dir))
 
 
 def _median(values: list[float]) -> float:

@@ -47,6 +47,7 @@ def test_gpt_export_passes_its_gate_with_dynamic_axes_and_int8_logits_within_tol
     manifest = result.manifest
     assert manifest["inputs"] == [{"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]}]
     assert manifest["outputs"][0]["shape"] == [-1, -1, 257]
+    assert manifest["serving_extension"] == "generate" and manifest["language_model"]["vocab_size"] == 257
     metrics = manifest["metrics"]
     assert metrics["perplexity_increase_percent"] <= 5.0
     assert manifest["size_bytes"]["int8_vs_fp32_onnx"] <= 0.35

@@ -106,6 +106,7 @@ def test_export_stages_only_the_model_and_manifest_and_replaces_a_previous_expor
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
     manifest = verify_artifact(out)
     assert manifest["model_name"] == "mlp-binary" and manifest["provenance"]["zero_stage"] == 0
+    assert manifest["serving_extension"] is None  # the mlp family needs the standard routes only
     assert (tmp_path / "c" / "global_step60.safetensors").is_file()
     second = run_export(_cfg(run_dir, tmp_path, structured_fraction=0.75, sparsity=0.0, model_name="small"))
     manifest = verify_artifact(second.out_dir)

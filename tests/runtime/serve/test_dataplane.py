@@ -90,6 +90,23 @@ def test_extensions_are_found_by_name_and_mount_their_http_routes():
     assert {route.name for route, _ in EXTENSION_ROUTES["generate"]} <= names
 
 
+def test_a_model_gets_only_the_extension_its_artifact_names():
+    """The export records the family's `serving_extension` in the manifest; the plane holds a model
+    to it (an artifact from before the field is left to the extension's own check)."""
+    plane = _plane()
+    generate = Generate(GenerateLimits())
+    plane.add_extension(generate.name, generate)
+    lm = SimpleNamespace(name="tiny", version=2, manifest={"serving_extension": "generate"})
+    assert plane.model_extension(lm, "generate") is generate
+    older = SimpleNamespace(name="tiny", version=1, manifest={"language_model": {}})
+    assert plane.model_extension(older, "generate") is generate
+    for declared, says in ((None, "serves no extension"), ("other", "serves the 'other' extension")):
+        mlp = SimpleNamespace(name="tiny", version=3, manifest={"serving_extension": declared})
+        with pytest.raises(RequestError) as caught:
+            plane.model_extension(mlp, "generate")
+        assert caught.value.status == 400 and says in caught.value.message and "use /infer" in caught.value.message
+
+
 def _get(app: ServeApp, path: str) -> tuple[int, dict]:
     sent = []
 

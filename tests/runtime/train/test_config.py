@@ -54,6 +54,7 @@ def test_round_trip_through_dict_keeps_digest():
         (["parallel.grad_accum_steps=0"], "`parallel.grad_accum_steps` = 0"),
         (["optim.lr=5"], "`optim.lr` = 5"),
         (["optim.betas=[0.9]"], "`optim.betas`"),
+        (["model.kind=bogus"], "`model.kind` = 'bogus' is invalid: use one of mlp, gpt"),
         (["model.hidden_sizes=[]"], "`model.hidden_sizes`"),
         (["model.hidden_sizes=[10, -1]"], "`model.hidden_sizes`"),
         (["data.val_fraction=1.5"], "`data.val_fraction` = 1.5"),

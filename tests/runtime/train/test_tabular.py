@@ -16,7 +16,8 @@ import torch
 from runtime.export import onnx_export
 from runtime.export.config import ExportConfig
 from runtime.export.consolidate import load
-from runtime.export.pipeline import raw_input_model, run_export
+from runtime.export.families.mlp import raw_input_model
+from runtime.export.pipeline import run_export
 from runtime.train.config import DataConfig
 from runtime.train.data import load_dataset
 from runtime.train.tabular import FeatureStats
