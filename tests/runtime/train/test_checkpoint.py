@@ -53,7 +53,7 @@ def test_sigkill_of_one_rank_during_a_save_keeps_the_previous_checkpoint(zero_ru
     assert (ckpt / "global_step12").is_dir() and not (ckpt / "global_step12" / "manifest.json").exists()
     assert find_latest_verified(ckpt, world_size=2) == ckpt / "global_step6"
     again = run_train(tmp_path, "crash", *SHORT_RUN, args=("--resume",))
-    assert again.returncode == 0, again.stdout[-3000:]
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "at step 6" in again.stdout
     assert (ckpt / "latest").read_text() == "global_step12"
     verify_checkpoint(ckpt / "global_step12", world_size=2)  # the stale partial tag did not block it
