@@ -5,7 +5,7 @@
 
 For each model, a real DeepSpeed run (2 CPU ranks, ZeRO-2 + optimizer offload, `python -m runtime
 train`) is trained once into `--runs-dir` (reused when a verified checkpoint exists), then exported
-in-process with `runtime.export.run_export` under several compression settings:
+in-process with `runtime.export.pipeline.run_export` under several compression settings:
 
 - `int8`: dynamic int8 only (no pruning, no fine-tune);
 - `prune+int8`: the export defaults (50% of hidden units removed, 50% magnitude sparsity,

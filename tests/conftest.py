@@ -7,14 +7,17 @@ credentials), exactly as it reaches AWS; nothing in boto3 is patched.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from runtime.common.net import free_port  # also imported from here by other tests
+from tests.layout import ROOT
 from tests.support import aws_test_env
 
 
@@ -68,3 +71,26 @@ def aws_env(aws_server, monkeypatch):
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return dict(os.environ)
+
+
+# Shared by tests/runtime/train (what the SIGTERM leaves behind) and tests/test_exit_codes.py (its
+# exit code): defined here, at the root, so a session trains it once for both.
+@pytest.fixture(scope="session")
+def preempted_run(tmp_path_factory) -> tuple[int, str, Path]:
+    """`stratus train` on 2 ranks sent SIGTERM after 5 logged steps: (exit code, output, run dir)."""
+    root = tmp_path_factory.mktemp("preempted")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    cmd = [sys.executable, "-m", "runtime", "train", "--nproc", "2", "--run-name", "pre"]
+    for s in (f"output_dir={root}", "log_every=1", "checkpoint_every=100000", "data.num_samples=4000"):
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = root / "pre" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 5):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"training did not reach step 5: {proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, out, root / "pre"

@@ -21,7 +21,6 @@ import pytest
 from runtime.contract import COMMAND_EXIT_CODES, ExitCode
 from tests.conftest import free_port
 from tests.layout import ROOT
-from tests.runtime.conftest import preempted_run  # noqa: F401 (a session fixture, trained once)
 from tests.runtime.remote.conftest import stack  # noqa: F401 (a fixture)
 from tests.support import build_artifact
 

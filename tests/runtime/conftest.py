@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -120,24 +118,3 @@ def gpt_export(gpt_run, tmp_path_factory):
         run_dir=gpt_run, out_dir=root / "export", latency_iters=2, publish=str(root / "repo"), model_name="gpt"
     )
     return run_export(cfg), root / "repo"
-
-
-@pytest.fixture(scope="session")
-def preempted_run(tmp_path_factory) -> tuple[int, str, Path]:
-    """`stratus train` on 2 ranks sent SIGTERM after 5 logged steps: (exit code, output, run dir)."""
-    root = tmp_path_factory.mktemp("preempted")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    cmd = [sys.executable, "-m", "runtime", "train", "--nproc", "2", "--run-name", "pre"]
-    for s in (f"output_dir={root}", "log_every=1", "checkpoint_every=100000", "data.num_samples=4000"):
-        cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = root / "pre" / "metrics.csv"
-    deadline = time.monotonic() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) > 5):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"training did not reach step 5: {proc.stdout.read()[-3000:]}")
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    return proc.returncode, out, root / "pre"
