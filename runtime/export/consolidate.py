@@ -168,17 +168,13 @@ def consolidate(tag_dir: Path) -> Consolidated:
     )
 
 
-def load(checkpoints_dir: Path, tag: str | None, *, save_to: Path | None = None) -> Consolidated:
-    """The verified, consolidated checkpoint `tag` (None: the newest that verifies) of a run; with
-    `save_to`, also written there as `<tag>.safetensors` (`save_consolidated`, path in `.path`).
+def load(checkpoints_dir: Path, tag: str | None) -> Consolidated:
+    """The verified, consolidated checkpoint `tag` (None: the newest that verifies) of a run.
 
     Raises:
         NoCheckpointError: nothing verifies; ExportError: an unknown tag or an inconsistent one.
     """
-    result = consolidate(resolve_checkpoint(checkpoints_dir, tag))
-    if save_to is not None:
-        result.path = save_consolidated(result, save_to)
-    return result
+    return consolidate(resolve_checkpoint(checkpoints_dir, tag))
 
 
 def save_consolidated(result: Consolidated, out_dir: Path) -> Path:

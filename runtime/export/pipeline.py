@@ -6,8 +6,8 @@ One pipeline for every model family: it owns the order of the stages, their numb
 lines, the sizes table, the manifest and the staging; the checkpoint's family supplies an exporter
 (`runtime.export.families`, bound once to the settings and the checkpoint) for what differs:
   1. `consolidate.load`: verify the checkpoint's manifest, merge the ZeRO shards to fp32, build the
-     family's model and
-  2. save `<run>/consolidated/<tag>.safetensors` (the checkpoint in portable form);
+     family's model; then the model name is checked, before anything is written, and
+  2. `consolidate.save_consolidated`: `<run>/consolidated/<tag>.safetensors` (the checkpoint in portable form);
   3. `exporter.compress`: the family's pruning (mlp: structured + magnitude + fine-tune; gpt: FFN units);
   4. `exporter.to_onnx`: FP32 ONNX of the original and the pruned model, int8 with ONNX Runtime;
   5. `exporter.measure`: validation metrics of fp32 / pruned / int8 and the latency table;
@@ -119,9 +119,10 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     """
     out_dir = cfg.resolved_out_dir
     check_out_dir(out_dir)  # fail before minutes of work; checked again when staging
-    ckpt = consolidate.load(cfg.checkpoints_dir, cfg.checkpoint, save_to=cfg.resolved_consolidated_dir)
+    ckpt = consolidate.load(cfg.checkpoints_dir, cfg.checkpoint)
     _stage(1, f"checkpoint {ckpt.tag_dir} verifies against its manifest")
-    model_name = _model_name(cfg, ckpt)
+    model_name = _model_name(cfg, ckpt)  # before anything is written
+    ckpt.path = consolidate.save_consolidated(ckpt, cfg.resolved_consolidated_dir)
     m = ckpt.manifest
     _stage(
         2,

@@ -142,6 +142,14 @@ def test_out_dir_with_foreign_files_is_refused_before_any_work(stage0_run, tmp_p
         check_out_dir(tmp_path / "file")
 
 
+def test_bad_model_name_is_refused_before_anything_is_written(stage0_run, tmp_path):
+    run_dir, _ = stage0_run
+    cfg = _cfg(run_dir, tmp_path, model_name="not a/name", publish=str(tmp_path / "repo"))
+    with pytest.raises(ExportError, match="^--model-name"):
+        run_export(cfg)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "export").exists() and not (tmp_path / "repo").exists()
+
+
 def test_data_width_different_from_the_checkpoint_is_a_clear_error(tmp_path):
     run_dir, _ = make_stage0_run(tmp_path / "run", "data.num_features=500", steps=2)
     with pytest.raises(ExportError, match="500 features but checkpoint global_step2 was trained on 1000"):
