@@ -212,7 +212,7 @@ class Launch:
 
     def transport(self) -> NodeTransport:
         """SSM Run Command, or the simulated nodes of `--sim-dir`."""
-        if self.opts.sim_dir and self.sim_transport:
+        if self.opts.sim_dir:  # __init__ refused --sim-dir without a simulator transport
             return self.sim_transport(Path(self.opts.sim_dir))
         import boto3
 

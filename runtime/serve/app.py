@@ -320,7 +320,7 @@ def _generate_route(stream_route: bool) -> Handler:
     """/generate (or /generate_stream with `stream_route`) on the plane's "generate" extension."""
 
     async def generate(app: ServeApp, call: Call) -> Response:
-        app.plane.extension("generate")  # 404 before the model lookup when this server has none
+        # mounted only when the plane holds the extension, so only the model can refuse it here
         model = served_model(app, call)
         extension = app.plane.model_extension(model, "generate")
         extension.check(model)

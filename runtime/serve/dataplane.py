@@ -138,11 +138,6 @@ class DataPlane:
 
     # --- lookup and readiness -------------------------------------------------------------------
 
-    @property
-    def current(self) -> LoadedModel | None:
-        """The version serving now (None before the first load)."""
-        return self.manager.current
-
     def ready(self) -> bool:
         return self.manager.current is not None
 

@@ -113,6 +113,20 @@ def test_sync_failure_before_manifest_leaves_latest_alone(ckpt_bucket, tmp_path)
     assert "run/latest" not in keys and "run/global_step2/manifest.json" not in keys
 
 
+def _sync_cli(run_dir: Path, bucket: str, key_arn: str, **flags) -> int:
+    """`python -m runtime.checkpoint.sync` of launch L1 of 2 nodes, run in process, as a node runs it."""
+    flags = {
+        "run_dir": run_dir,
+        "bucket": bucket,
+        "prefix": "mn/",
+        "kms_key_id": key_arn,
+        "num_nodes": 2,
+        "launch_id": "L1",
+        **flags,
+    }
+    return remote_sync.main([str(x) for name, value in flags.items() for x in (f"--{name.replace('_', '-')}", value)])
+
+
 def test_multi_node_sync_merges_every_nodes_shards(ckpt_bucket, tmp_path):
     s3, bucket, key_arn = ckpt_bucket
     node0, node1 = tmp_path / "n0" / "checkpoints", tmp_path / "n1" / "checkpoints"
@@ -124,50 +138,8 @@ def test_multi_node_sync_merges_every_nodes_shards(ckpt_bucket, tmp_path):
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert "mn/latest" not in keys and "mn/global_step3/manifest.json" not in keys
 
-    assert (
-        remote_sync.main(
-            [
-                "--run-dir",
-                str(node1.parent),
-                "--bucket",
-                bucket,
-                "--prefix",
-                "mn/",
-                "--kms-key-id",
-                key_arn,
-                "--node-rank",
-                "1",
-                "--num-nodes",
-                "2",
-                "--launch-id",
-                "L1",
-            ]
-        )
-        == 0
-    )
-    assert (
-        remote_sync.main(
-            [
-                "--run-dir",
-                str(node0.parent),
-                "--bucket",
-                bucket,
-                "--prefix",
-                "mn/",
-                "--kms-key-id",
-                key_arn,
-                "--node-rank",
-                "0",
-                "--num-nodes",
-                "2",
-                "--launch-id",
-                "L1",
-                "--wait-s",
-                "0",
-            ]
-        )
-        == 0
-    )
+    assert _sync_cli(node1.parent, bucket, key_arn, node_rank=1) == 0
+    assert _sync_cli(node0.parent, bucket, key_arn, node_rank=0, wait_s=0) == 0
     got = download(s3, bucket, "mn/global_step3/", tmp_path / "dl")
     manifest = verify_checkpoint(got, world_size=4)
     assert {f"rng/rank{r}.json" for r in range(4)} <= set(manifest["files"])
