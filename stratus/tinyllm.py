@@ -74,7 +74,8 @@ def _tokenizer(texts: list[str], vocab: int):
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    bos, eos, pad = SPECIAL_TOKENS
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -83,11 +84,11 @@ def make_tiny_llama(
     out_dir: Path | str,
     shape: TinyLlama = TinyLlama(),
     *,
-    steps: int = 300,
-    seq_len: int = 128,
+    steps: int = 200,
+    seq_len: int = 64,
     batch: int = 16,
     seed: int = 0,
-    max_files: int = 300,
+    max_files: int = 150,
     log=print,
 ) -> Path:
     """Write a Llama-architecture model and its tokenizer to `out_dir`; returns `out_dir`.

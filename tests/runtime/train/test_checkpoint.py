@@ -49,6 +49,7 @@ def test_sigkill_of_one_rank_during_a_save_keeps_the_previous_checkpoint(zero_ru
     port = re.search(r"--master_port=(\d+)", result.stdout + result.stderr).group(1)
     assert not [p for p in (buffer_path("127.0.0.1", port, r) for r in (0, 1)) if p.exists()]
     ckpt = tmp_path / "crash" / "checkpoints"
+    assert (ckpt / "latest").is_file(), result.stdout[-3000:] + result.stderr[-5000:]
     assert (ckpt / "latest").read_text() == "global_step6"
     assert (ckpt / "global_step12").is_dir() and not (ckpt / "global_step12" / "manifest.json").exists()
     assert find_latest_verified(ckpt, world_size=2) == ckpt / "global_step6"
