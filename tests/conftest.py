@@ -94,3 +94,14 @@ def preempted_run(tmp_path_factory) -> tuple[int, str, Path]:
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     return proc.returncode, out, root / "pre"
+
+
+# The bring-your-own-model tests (tests/runtime/train, export and serve, tests/e2e) share one
+# small Llama-architecture Hugging Face directory, made once per session (stratus.tinyllm).
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A pre-trained ~1.3M-parameter Llama-architecture HF directory with a BPE tokenizer and a
+    chat template, made here (no download); tests must copy it before changing anything in it."""
+    from stratus.tinyllm import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model", log=lambda line: None)

@@ -58,11 +58,11 @@ class Consolidated:
 
     def build_model(self) -> nn.Module:
         """A new logits model holding these weights, in eval mode (the family's `model_for_weights`)."""
-        return _build_model(self.family, self.config, self.state_dict)
+        return _build_model(self.family, self.config, self.state_dict, self.tag_dir)
 
 
-def _build_model(family: Family, config: TrainConfig, state: dict[str, torch.Tensor]) -> nn.Module:
-    model = family.model_for_weights(config.model, state)
+def _build_model(family: Family, config: TrainConfig, state: dict[str, torch.Tensor], tag_dir: Path) -> nn.Module:
+    model = family.model_for_weights(config.model, state, tag_dir)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -150,7 +150,7 @@ def consolidate(tag_dir: Path) -> Consolidated:
     state = {name: t.detach().to(torch.float32).contiguous().clone() for name, t in raw.items()}
     family = family_of(config)  # config_from_dict checked model.kind
     try:
-        model = _build_model(family, config, state)
+        model = _build_model(family, config, state, tag_dir)
     except WeightsError as e:
         raise ExportError(f"{tag_dir}: {e}") from None
     except RuntimeError as e:

@@ -42,7 +42,7 @@ def check_config(cfg: TrainConfig) -> None:
         fail("data.source", source, fix)
 
 
-def model_for_weights(model: ModelConfig, state: dict[str, torch.Tensor]) -> nn.Module:
+def model_for_weights(model: ModelConfig, state: dict[str, torch.Tensor], tag_dir: Path) -> nn.Module:
     """`build_gpt` with the feed-forward widths stored in the weights (pruned exports differ)."""
     return build_gpt(model, ffn_sizes_of(state, model.num_layers))
 

@@ -34,7 +34,7 @@ def check_config(cfg: TrainConfig) -> None:
         fail("data.source", source, fix)
 
 
-def model_for_weights(model: ModelConfig, state: dict[str, torch.Tensor]) -> nn.Module:
+def model_for_weights(model: ModelConfig, state: dict[str, torch.Tensor], tag_dir: Path) -> nn.Module:
     """`build_mlp` with the input width of the weights' first layer."""
     if "0.weight" not in state:
         raise WeightsError(f"no `0.weight` in the weights ({', '.join(state)}); not an MLP checkpoint")

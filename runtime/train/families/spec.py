@@ -105,8 +105,10 @@ class Family:
     task: Callable[[TrainConfig], Task]
     """The run's task (a fresh one per call)."""
 
-    model_for_weights: Callable[[ModelConfig, dict[str, torch.Tensor]], nn.Module]
-    """An untrained model shaped to hold consolidated weights (WeightsError if they cannot fit)."""
+    model_for_weights: Callable[[ModelConfig, dict[str, torch.Tensor], Path], nn.Module]
+    """An untrained model shaped to hold consolidated weights (WeightsError if they cannot fit);
+    the third argument is the verified checkpoint directory, holding the files the task's
+    `checkpoint_files` committed with it (e.g. a Hugging Face model's `config.json`)."""
 
     serving_extension: str | None = None
     """The serving extension its artifacts need (recorded as the manifest's `serving_extension`),
