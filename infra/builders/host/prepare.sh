@@ -1,7 +1,8 @@
 #!/bin/bash
 # stratus-prepare.service: fetch the runtime bundle from S3, pick or install Python 3.11, build the
 # runtime venv from the bundle's requirements/runtime.txt (offline from its wheels/ when present)
-# and, on GPU hosts, check that torch is the CUDA build of the pinned version. On a GPU host whose
+# and, on GPU hosts, replace onnxruntime-genai with its CUDA build of the same version and check
+# that torch is the CUDA build of the pinned version. On a GPU host whose
 # Deep Learning AMI already has that build (its framework Python on 3.11, torch == the pin, CUDA),
 # the venv takes torch from there instead of installing it (AMI_PYTHONS, ami_torch_paths).
 # Env (/etc/stratus/stack.env): AWS_REGION, STRATUS_BUNDLE_URI, STRATUS_GPU (1 on GPU hosts).
@@ -137,6 +138,27 @@ install_requirements() {
   fi
 }
 
+genai_pin() {
+  sed -n 's/^onnxruntime-genai==\([^ ;#]*\).*/\1/p' "${APP}/app/requirements/runtime.txt"
+}
+
+install_genai_cuda() {
+  # The served language models generate with onnxruntime-genai; on a GPU host its CUDA build of
+  # the same version replaces the CPU one (it brings onnxruntime-gpu).
+  local pin wheels="${APP}/app/wheels"
+  pin="$(genai_pin)"
+  [ -n "${pin}" ] || return 0
+  log "installing onnxruntime-genai-cuda==${pin} (the CUDA build of the pinned onnxruntime-genai)"
+  "${VENV}/bin/python" -m pip uninstall --quiet --yes onnxruntime-genai
+  if [ -d "${wheels}" ]; then
+    "${VENV}/bin/python" -m pip install --quiet --no-index --find-links "${wheels}" "onnxruntime-genai-cuda==${pin}" ||
+      die "the bundle's wheels/ has no onnxruntime-genai-cuda==${pin}: add it with
+  pip download --python-version 3.11 --platform manylinux_2_28_x86_64 --only-binary=:all: onnxruntime-genai-cuda==${pin}" "${EX_CONFIG}"
+  else
+    "${VENV}/bin/python" -m pip install --quiet "onnxruntime-genai-cuda==${pin}"
+  fi
+}
+
 check_torch() {
   local pin
   pin="$(torch_pin)"
@@ -177,6 +199,7 @@ if [ "${STRATUS_GPU:-0}" = 1 ]; then
 fi
 install_requirements
 if [ "${STRATUS_GPU:-0}" = 1 ]; then
+  install_genai_cuda
   check_torch
 fi
 touch "${APP}/.ready"

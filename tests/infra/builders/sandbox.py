@@ -160,11 +160,32 @@ def fake_wheel(dest: Path, version: str, cuda: str | None, gpu: bool = True, tag
     return path
 
 
-def bundle_bytes(wheel: Path | None, requirements: str = "torch==2.13.0\n") -> bytes:
+def fake_package_wheel(dest: Path, name: str, version: str, module: str) -> Path:
+    """A tiny pure wheel of distribution `name`, whose module `module` records which one it is."""
+    dist = name.replace("-", "_")
+    path = dest / f"{dist}-{version}-py3-none-any.whl"
+    info = f"{dist}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": f"DISTRIBUTION = {name!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: stratus-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as whl:
+        for n, text in files.items():
+            whl.writestr(n, text)
+    return path
+
+
+def bundle_bytes(
+    wheel: Path | None, requirements: str = "torch==2.13.0\n", extra_wheels: tuple[Path, ...] = ()
+) -> bytes:
     """A runtime bundle as `scripts/launch.sh --stack` uploads it (requirements, runtime/, wheels/)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz") as tar:
         members = {"requirements/runtime.txt": requirements.encode(), "runtime/__init__.py": b""}
+        for extra in extra_wheels:
+            members[f"wheels/{extra.name}"] = extra.read_bytes()
         if wheel is not None:
             members[f"wheels/{wheel.name}"] = wheel.read_bytes()
         for name, data in members.items():
