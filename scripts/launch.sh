@@ -6,6 +6,7 @@
 #   ./scripts/launch.sh --resume --run-name z3  # continue after a crash or preemption (exit 75)
 #   ./scripts/launch.sh --dry-run               # print the DeepSpeed config and command, start nothing
 #   ./scripts/launch.sh --preset gpt-small -- --set max_steps=60   # a 32M-parameter GPT on the stdlib corpus
+#   ./scripts/launch.sh --preset hf-tiny --model-dir ./my-llama --data chat.jsonl   # your own HF model
 #   ./scripts/launch.sh -- --set epochs=2       # anything after -- goes to `stratus train`
 #   ./scripts/launch.sh --stack dev             # the same on the stack's training nodes (see --help)
 #
@@ -30,7 +31,13 @@ options:
   --offload {none,optimizer,all}
                         CPU offload (default optimizer; all = optimizer + parameters, ZeRO-3)
   --data PATH|s3://...  training data (.npz with x,y or .csv with a `label` column; for gpt-*:
-                        a directory of text files, .txt, .jsonl with a `text` field, or s3://bucket/prefix/)
+                        a directory of text files, .txt, .jsonl with a `text` field, or s3://bucket/prefix/;
+                        for hf-*: a .jsonl of {"text": ...} or chat {"messages": [...]} records)
+  --model-dir DIR|s3://...
+                        your own Hugging Face causal LM (config.json, *.safetensors, tokenizer files)
+                        for the hf-* presets (hf-tiny, hf-1b-g5, hf-8b-p5): fine-tuned with ZeRO-3,
+                        exported to int4 ONNX with a KV cache; `stratus model push DIR` uploads one
+                        for --stack runs
   --run-name NAME       run directory <output-dir>/NAME (default: the preset name)
   --output-dir DIR      parent of run directories (default runs)
   --resume              continue from the newest verified checkpoint of the run
@@ -49,7 +56,7 @@ rerun with --resume); 130 interrupted (--stack: the nodes keep running).
 EOF
 }
 
-preset=mlp-binary nproc=2 zero_stage="" offload="" data="" run_name="" output_dir=runs resume=0 export=1 stack=""
+preset=mlp-binary nproc=2 zero_stage="" offload="" data="" model_dir="" run_name="" output_dir=runs resume=0 export=1 stack=""
 dry_run=0 sim_dir=""
 extra=()
 while [[ $# -gt 0 ]]; do
@@ -59,6 +66,7 @@ while [[ $# -gt 0 ]]; do
     --zero-stage) zero_stage="$2"; shift 2 ;;
     --offload) offload="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
+    --model-dir) model_dir="$2"; shift 2 ;;
     --run-name) run_name="$2"; shift 2 ;;
     --output-dir) output_dir="$2"; shift 2 ;;
     --resume) resume=1; shift ;;
@@ -72,6 +80,11 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+# Local paths are taken relative to where launch.sh was started, before it changes directory.
+absolute() { if [[ -e "$1" ]]; then realpath "$1"; else printf '%s\n' "$1"; fi; }
+[[ -n "${data}" ]] && data="$(absolute "${data}")"
+[[ -n "${model_dir}" ]] && model_dir="$(absolute "${model_dir}")"
+
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "${STRATUS_ROOT}"
 
@@ -79,6 +92,7 @@ train_args=(--preset "${preset}" --nproc "${nproc}" --set "output_dir=${output_d
 [[ -n "${zero_stage}" ]] && train_args+=(--set "parallel.zero_stage=${zero_stage}")
 [[ -n "${offload}" ]] && train_args+=(--set "parallel.offload=${offload}")
 [[ -n "${data}" ]] && train_args+=(--data "${data}")
+[[ -n "${model_dir}" ]] && train_args+=(--set "model.model_dir=${model_dir}")
 [[ -n "${run_name}" ]] && train_args+=(--run-name "${run_name}")
 [[ ${resume} == 1 ]] && train_args+=(--resume)
 train_args+=("${extra[@]}")
