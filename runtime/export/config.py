@@ -20,6 +20,8 @@ from runtime.repository.artifact import FORMAT as ARTIFACT_FORMAT
 from runtime.repository.artifact import MANIFEST
 
 QUANTIZATION_CHOICES = ("dynamic", "static")
+PRECISION_CHOICES = ("int4", "int8", "fp32")
+DEVICE_CHOICES = ("cpu", "cuda")
 
 
 class ExportError(ValueError):
@@ -99,8 +101,32 @@ class ExportConfig:
     pruning flags above (`--structured-fraction`, `--sparsity`, fine-tune) apply to mlp models only."""
 
     perplexity_tolerance: float = option(5.0, metavar="PERCENT")
-    """Language models (gpt): the gate allows the exported int8 model's validation perplexity to
-    exceed the fp32 checkpoint model's by at most this many percent."""
+    """Language models (gpt, hf-causal-lm): the gate allows the served model's validation
+    perplexity (gpt: int8; hf-causal-lm: `--precision`) to exceed the fp32 checkpoint model's by at
+    most this many percent."""
+
+    prune_layers: int = option(0, metavar="N")
+    """hf-causal-lm: whole decoder layers removed, those whose output is most similar to their
+    input (mean cosine similarity of the hidden states on validation text) first. 0 disables it;
+    it must leave at least one layer."""
+
+    heal_steps: int = option(0, metavar="N")
+    """hf-causal-lm: AdamW steps on the training text after `--prune-layers` to recover
+    perplexity (0: no heal); the learning rate is `--finetune-lr` or the checkpoint's `optim.lr`."""
+
+    precision: str = option("int4", choices=PRECISION_CHOICES)
+    """hf-causal-lm: weight precision of the served model built by onnxruntime-genai's model
+    builder (with a key/value cache): `int4` or `int8` (block-wise weight-only MatMulNBits, block
+    32, activations fp32) or `fp32`."""
+
+    device: str = option("cpu", choices=DEVICE_CHOICES)
+    """hf-causal-lm: the execution provider the served model is built for: `cpu`, or `cuda` for
+    GPU serving hosts (the CUDA build of onnxruntime-genai). The gate and latency run the built
+    model here, so `cuda` needs a GPU on the exporting machine."""
+
+    compare: bool = False
+    """hf-causal-lm: also build the other precisions and record their sizes and perplexities in the
+    manifest (`metrics.compare`) for benchmarks; each build costs about as long as the first."""
 
     latency_threads: int = option(1, metavar="N")
     """CPU threads for the latency measurement (PyTorch and ONNX Runtime alike)."""
@@ -140,6 +166,14 @@ class ExportConfig:
             _fail("ffn_prune_fraction", self.ffn_prune_fraction, "use a fraction in [0, 1), e.g. 0.25 (0 disables)")
         if not -100.0 <= self.perplexity_tolerance <= 1000.0:
             _fail("perplexity_tolerance", self.perplexity_tolerance, "give a percentage, e.g. 5")
+        if self.prune_layers < 0:
+            _fail("prune_layers", self.prune_layers, "use 0 (no pruning) or a positive number of layers")
+        if self.heal_steps < 0:
+            _fail("heal_steps", self.heal_steps, "use 0 (no heal) or a positive number of steps")
+        if self.precision not in PRECISION_CHOICES:
+            _fail("precision", self.precision, f"use one of {', '.join(PRECISION_CHOICES)}")
+        if self.device not in DEVICE_CHOICES:
+            _fail("device", self.device, f"use one of {', '.join(DEVICE_CHOICES)}")
         if self.latency_threads < 1:
             _fail("latency_threads", self.latency_threads, "use 1 or more threads")
         if self.latency_iters < 1:
@@ -158,6 +192,12 @@ class ExportConfig:
     @property
     def resolved_consolidated_dir(self) -> Path:
         return self.consolidated_dir if self.consolidated_dir is not None else self.run_dir / "consolidated"
+
+    def hf_flags_set(self) -> list[str]:
+        """The `hf-causal-lm`-only flags given a value other than their default (an exporter of
+        another family refuses them)."""
+        defaults = {"prune_layers": 0, "heal_steps": 0, "precision": "int4", "device": "cpu", "compare": False}
+        return [f"--{name.replace('_', '-')}" for name, default in defaults.items() if getattr(self, name) != default]
 
     def compression_settings(self) -> dict[str, Any]:
         """The settings recorded under `compression` in the artifact manifest."""

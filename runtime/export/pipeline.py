@@ -9,8 +9,10 @@ lines, the sizes table, the manifest and the staging; the checkpoint's family su
      family's model; then the model name is checked, before anything is written, and
   2. `consolidate.save_consolidated`: `<run>/consolidated/<tag>.safetensors` (the checkpoint in portable form);
   3. `exporter.compress`: the family's pruning (mlp: structured + magnitude + fine-tune; gpt: FFN units);
-  4. `exporter.to_onnx`: FP32 ONNX of the original and the pruned model, int8 with ONNX Runtime;
-  5. `exporter.measure`: validation metrics of fp32 / pruned / int8 and the latency table;
+  4. `exporter.to_onnx`: the served model (mlp, gpt: FP32 ONNX of the original and the pruned
+     model, int8 with ONNX Runtime; hf-causal-lm: onnxruntime-genai's int4/int8/fp32 build, a
+     directory with external weight data) and its sizes;
+  5. `exporter.measure`: validation metrics of fp32 / pruned / served and the latency table;
   6. `exporter.gate`, then `stage.stage_artifact` and, with `publish`, the repository.
 The manifest records the family's `serving_extension` (e.g. `generate`; null: standard routes only).
 """
@@ -48,7 +50,8 @@ class ExportResult:
     """What `run_export` produced."""
 
     out_dir: Path
-    """The staged version directory (`model.onnx` + `manifest.json`)."""
+    """The staged version directory (`model.onnx` + `manifest.json`, and for a directory
+    artifact every other file of the served model)."""
     manifest: dict[str, Any]
     """Its manifest."""
     version: int | None
@@ -78,32 +81,21 @@ def _provenance(ckpt: Consolidated) -> dict[str, Any]:
     }
 
 
-def _sizes(paths: dict[str, Path], consolidated_path: Path, quantization: str) -> dict[str, Any]:
-    sizes: dict[str, Any] = {f"{name}_onnx": path.stat().st_size for name, path in paths.items()}
-    sizes["fp32_safetensors"] = consolidated_path.stat().st_size
-    sizes["int8_vs_fp32_onnx"] = round(sizes["int8_onnx"] / sizes["fp32_onnx"], 4)
-    _stage(
-        4,
-        f"ONNX fp32 {sizes['fp32_onnx']} bytes -> pruned {sizes['pruned_fp32_onnx']} -> int8 ({quantization}) "
-        f"{sizes['int8_onnx']} bytes ({sizes['int8_vs_fp32_onnx']:.3f}x)",
-    )
-    return sizes
-
-
-def _export_model(exporter: Exporter, ckpt: Consolidated, work: Path) -> tuple[Path, dict[str, Any]]:
-    """Stages 3-6 through the family's exporter: (the int8 model's path, the manifest's measurements)."""
+def _export_model(exporter: Exporter, work: Path) -> tuple[Path, dict[str, Any]]:
+    """Stages 3-6 through the family's exporter: (the served model's file or directory, the
+    manifest's measurements)."""
     compressed = exporter.compress()
     _stage(3, compressed.line, *compressed.details)
-    paths = exporter.to_onnx(compressed, work)
-    sizes = _sizes(paths, ckpt.path, exporter.quantization)
-    measured = exporter.measure(compressed, paths)
+    built = exporter.to_onnx(compressed, work)
+    _stage(4, built.line)
+    measured = exporter.measure(compressed, built.paths)
     _stage(5, measured.line)
     _stage(6, exporter.gate(measured))
-    return paths["int8"], {
+    return built.artifact, {
         "compression": compressed.report,
         "metrics": measured.metrics,
         "latency_ms": measured.latency,
-        "size_bytes": sizes,
+        "size_bytes": built.sizes,
     }
 
 
@@ -131,7 +123,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     )
     exporter = exporter_for(ckpt.family)(cfg, ckpt)
     with tempfile.TemporaryDirectory(prefix="stratus-export-") as tmp:
-        model_path, measured = _export_model(exporter, ckpt, Path(tmp))
+        model_path, measured = _export_model(exporter, Path(tmp))
         inputs, outputs = exporter.io_spec()
         info = {
             "model_name": model_name,

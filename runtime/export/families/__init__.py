@@ -11,14 +11,19 @@ from __future__ import annotations
 
 from runtime.export.config import ExportError
 from runtime.export.families.gpt import LanguageModelExporter
+from runtime.export.families.hf import HfCausalLmExporter
 from runtime.export.families.mlp import MlpExporter
-from runtime.export.families.spec import Compressed, Exporter, Measured
+from runtime.export.families.spec import Built, Compressed, Exporter, Measured
 from runtime.train.families import Family
 
-EXPORTERS: dict[str, type[Exporter]] = {"mlp": MlpExporter, "gpt": LanguageModelExporter}
+EXPORTERS: dict[str, type[Exporter]] = {
+    "mlp": MlpExporter,
+    "gpt": LanguageModelExporter,
+    "hf-causal-lm": HfCausalLmExporter,
+}
 """Family name (`model.kind`) -> its exporter class."""
 
-__all__ = ["EXPORTERS", "Compressed", "Exporter", "Measured", "exporter_for"]
+__all__ = ["EXPORTERS", "Built", "Compressed", "Exporter", "Measured", "exporter_for"]
 
 
 def exporter_for(family: Family) -> type[Exporter]:

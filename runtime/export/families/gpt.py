@@ -18,7 +18,7 @@ from runtime.common.tokens import EOT, VOCAB_SIZE
 from runtime.export import lm, onnx_export
 from runtime.export.config import ExportConfig, ExportError
 from runtime.export.consolidate import Consolidated
-from runtime.export.families.spec import Compressed, Measured
+from runtime.export.families.spec import Built, Compressed, Measured, refuse_flags
 from runtime.train.data import DataError
 from runtime.train.models import count_parameters
 from runtime.train.text import load_text_dataset
@@ -45,6 +45,7 @@ class LanguageModelExporter:
     def __init__(self, cfg: ExportConfig, ckpt: Consolidated):
         if cfg.quantization != "dynamic":
             raise ExportError("--quantization static is for mlp models; language models are quantized dynamically")
+        refuse_flags(cfg.hf_flags_set(), "gpt", "they select hf-causal-lm layer pruning and its model builder")
         self.cfg, self.ckpt = cfg, ckpt
         self.seq_len = ckpt.config.model.seq_len
         self.windows = _validation_windows(ckpt)
@@ -69,7 +70,7 @@ class LanguageModelExporter:
         # Unpruned, the pruned model is the fp32 one: not exported or scored twice.
         return Compressed(fp32=fp32, pruned=pruned if fraction else fp32, report=report, line=line)
 
-    def to_onnx(self, compressed: Compressed, work: Path) -> dict[str, Path]:
+    def to_onnx(self, compressed: Compressed, work: Path) -> Built:
         paths = {"fp32": lm.export_lm_onnx(compressed.fp32, self.seq_len, work / "fp32.onnx")}
         paths["pruned_fp32"] = paths["fp32"]
         if compressed.pruned is not compressed.fp32:
@@ -81,7 +82,7 @@ class LanguageModelExporter:
             per_channel=self.cfg.per_channel,
             op_types=lm.LM_QUANTIZED_OPS,
         )
-        return paths
+        return Built.onnx_files(paths, self.ckpt.path, self.quantization)
 
     def measure(self, compressed: Compressed, paths: dict[str, Path]) -> Measured:
         """Validation perplexities, int8 vs fp32 logit agreement, latency table."""

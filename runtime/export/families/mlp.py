@@ -16,7 +16,7 @@ from torch import nn
 from runtime.export import evaluate, onnx_export, prune
 from runtime.export.config import ExportConfig, ExportError
 from runtime.export.consolidate import Consolidated
-from runtime.export.families.spec import Compressed, Measured
+from runtime.export.families.spec import Built, Compressed, Measured, refuse_flags
 from runtime.train.data import DataError, Dataset, load_dataset
 from runtime.train.models import count_parameters
 from runtime.train.tabular import FeatureStats, RawFeatureModel
@@ -69,6 +69,7 @@ class MlpExporter:
     """The `mlp` family's `runtime.export.families.spec.Exporter`."""
 
     def __init__(self, cfg: ExportConfig, ckpt: Consolidated):
+        refuse_flags(cfg.hf_flags_set(), "mlp", "they select hf-causal-lm layer pruning and its model builder")
         self.cfg, self.ckpt = cfg, ckpt
         self.quantization = cfg.quantization
         self.num_features = int(ckpt.state_dict["0.weight"].shape[1])
@@ -113,7 +114,7 @@ class MlpExporter:
             details=[_layer_line(row) for row in report["layers"]],
         )
 
-    def to_onnx(self, compressed: Compressed, work: Path) -> dict[str, Path]:
+    def to_onnx(self, compressed: Compressed, work: Path) -> Built:
         cfg, n = self.cfg, self.num_features
         paths = {
             "fp32": onnx_export.export_onnx(compressed.fp32, n, work / "fp32.onnx"),
@@ -127,7 +128,7 @@ class MlpExporter:
             per_channel=cfg.per_channel,
             calibration_rows=calibration[: cfg.calibration_rows] if cfg.quantization == "static" else None,
         )
-        return paths
+        return Built.onnx_files(paths, self.ckpt.path, self.quantization)
 
     def measure(self, compressed: Compressed, paths: dict[str, Path]) -> Measured:
         """Validation accuracy of fp32 torch, pruned fp32 torch, int8 ONNX Runtime; latency table."""

@@ -1,0 +1,161 @@
+"""A consolidated `hf-causal-lm` checkpoint as a Hugging Face directory, and its text windows.
+
+    model = merged_model(ckpt.model)                       # LoRA adapters folded in, fp32, eval
+    save_hf_dir(model, ckpt.tag_dir / "hf", run_dir / "hf-export" / ckpt.tag)
+
+The directory is what any Hugging Face tool reads (`config.json`, `model.safetensors`,
+`generation_config.json`, the tokenizer files and chat template the checkpoint committed under
+`hf/`), and it is the input of onnxruntime-genai's model builder. It is written into a temp
+sibling and swapped in, so a failed export never leaves half a directory.
+
+`text_windows` reads the validation and training text of the checkpoint's `data.source` (a
+`.jsonl` of `text` records or chat `messages`, rendered with the tokenizer's chat template),
+packs it into windows of `seq_len + 1` tokens and splits them by `seed`. It is the one place the
+exporter reads data, so that it can follow the training half's loader.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from runtime.export.config import ExportError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WRITTEN_BY_SAVE = ("config.json",)
+"""Files `save_pretrained` writes from the model itself (never copied from the checkpoint)."""
+DEFAULT_EVAL_SEQUENCES = 64
+
+
+def merged_model(module: nn.Module) -> nn.Module:
+    """A copy of `module` as a plain `transformers` model in fp32 eval mode: a peft-wrapped model
+    has its LoRA adapters merged into the base weights (`merge_and_unload`)."""
+    model = copy.deepcopy(module)
+    try:
+        from peft import PeftModel
+    except ImportError:  # peft is only needed when the checkpoint was trained with LoRA
+        PeftModel = ()  # noqa: N806
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    return model.float().eval()
+
+
+def _is_weight_file(name: str) -> bool:
+    return name.endswith(WEIGHT_SUFFIXES) or name in WEIGHT_INDEXES or name in WRITTEN_BY_SAVE
+
+
+def save_hf_dir(model: nn.Module, source_dir: Path, out_dir: Path) -> Path:
+    """Write `model` as a Hugging Face directory at `out_dir` (replaced atomically); return it.
+
+    Args:
+        model: a `transformers` causal LM (`save_pretrained`), e.g. from `merged_model`.
+        source_dir: the checkpoint's `hf/` directory: every file but its weights and `config.json`
+            (tokenizer files, chat template, `generation_config.json`) is copied beside the weights.
+        out_dir: the directory to write; an existing one is replaced only once the new one is complete.
+
+    Raises:
+        ExportError: `source_dir` has no tokenizer (`tokenizer_config.json`) to copy.
+    """
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    if not (source_dir / "tokenizer_config.json").is_file():
+        raise ExportError(
+            f"{source_dir}: no tokenizer_config.json; the checkpoint must hold the model's tokenizer files"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        for path in sorted(source_dir.iterdir()):
+            if path.is_file() and not _is_weight_file(path.name):
+                shutil.copyfile(path, staging / path.name)
+        staging.chmod(0o755)
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not out_dir.exists():
+            os.replace(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def weights_bytes(hf_dir: Path) -> int:
+    """Bytes of the safetensors weight files of a Hugging Face directory."""
+    return sum(p.stat().st_size for p in Path(hf_dir).glob("*.safetensors"))
+
+
+@dataclass
+class TextWindows:
+    """Packed token windows `[n, seq_len + 1]` of the checkpoint's data, split by seed."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+def _record_text(record: object, text_field: str, tokenizer, where: str) -> str:
+    if isinstance(record, dict) and isinstance(record.get(text_field), str):
+        return record[text_field]
+    if isinstance(record, dict) and isinstance(record.get("messages"), list):
+        try:
+            return tokenizer.apply_chat_template(record["messages"], tokenize=False)
+        except Exception as e:  # jinja errors and malformed turns alike
+            raise ExportError(f"{where}: its messages do not render with the chat template ({e})") from None
+    raise ExportError(f"{where}: needs a string {text_field!r} or a list 'messages'")
+
+
+def text_windows(
+    source: str,
+    tokenizer,
+    seq_len: int,
+    *,
+    seed: int,
+    val_fraction: float,
+    text_field: str = "text",
+    val_max_sequences: int = DEFAULT_EVAL_SEQUENCES,
+) -> TextWindows:
+    """Tokenize a local `.jsonl` (one record a line: `text_field`, or chat `messages`), append
+    the end-of-sequence token to each record, pack into windows of `seq_len + 1` tokens, and split
+    them (a `seed` permutation; `val_fraction` of them, at most `val_max_sequences`, validate).
+
+    Raises:
+        ExportError: not a local `.jsonl`, a malformed line, or too little text for two windows.
+    """
+    path = Path(source)
+    if source.startswith("s3://") or path.suffix != ".jsonl" or not path.is_file():
+        raise ExportError(
+            f"data.source {source!r}: the hf-causal-lm export reads a local .jsonl of text or chat messages; "
+            "export on a machine that has the training data at that path"
+        )
+    ids: list[int] = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                raise ExportError(f"{where}: not JSON ({e})") from None
+            text = _record_text(record, text_field, tokenizer, where)
+            ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    width = seq_len + 1
+    count = len(ids) // width
+    if count < 2:
+        raise ExportError(f"{path}: {len(ids)} tokens make fewer than 2 windows of {width}; give more text")
+    windows = np.asarray(ids[: count * width], dtype=np.int64).reshape(count, width)
+    order = np.random.default_rng(seed).permutation(count)
+    num_val = min(max(1, round(val_fraction * count)), count - 1)
+    val = order[: min(num_val, val_max_sequences or num_val)]
+    return TextWindows(train=windows[order[num_val:]], val=windows[val])
