@@ -325,9 +325,10 @@ def _generate_route(stream_route: bool) -> Handler:
         extension = app.plane.model_extension(model, "generate")
         extension.check(model)
         req = extension.parse(await app.read_body(call), stream_route)
+        relay = await extension.start(model, req)
         if req.stream:
-            return 200, _sse(extension.events(model, req)), _SSE_HEADERS
-        return 200, orjson.dumps(await extension.complete(model, req)), _JSON
+            return 200, _sse(extension.events(model, relay)), _SSE_HEADERS
+        return 200, orjson.dumps(await extension.complete(model, relay)), _JSON
 
     return generate
 
