@@ -186,6 +186,10 @@ class Generate:
         )
         return await self.generations.start(backend, sampling)
 
+    def stop(self) -> None:
+        """Stop the worker threads (the server is shutting down)."""
+        self.generations.stop()
+
     async def complete(self, model: LoadedModel, relay: Relay) -> dict:
         """Generate to the end; the result object."""
         pieces, finish = await collect(relay)
