@@ -5,9 +5,9 @@ directory as the library's model builder writes it (`model.onnx` + `model.onnx.d
 `genai_config.json`, the tokenizer files, `chat_template.jinja` where the model has one). The
 `og.Model` and `og.Tokenizer` are loaded once per version (`load`) and shared by its requests;
 each request gets its own `og.Generator` (its own KV cache), driven token by token in a worker
-thread (`runtime.serve.generation`). The library runs the graph with the intra-op threads of its
-`genai_config.json`; on a GPU serving host the CUDA build of the same package is installed and the
-config names the CUDA provider.
+thread (`runtime.serve.generation`). The library runs the graph with the execution provider its
+`genai_config.json` names, with the server's `--intra-op-threads`; on a GPU serving host the CUDA
+build of the same package is installed and the config names the CUDA provider.
 
 The manifest's `inputs`/`outputs` (`input_ids` -> `logits`) describe the model to clients; they
 are not checked against the graph, whose inputs also hold the cache.
@@ -36,11 +36,16 @@ class GenaiBackend:
 
     slides = False
 
-    def __init__(self, version_dir: Path, info: dict):
+    def __init__(self, version_dir: Path, info: dict, intra_op_threads: int = 1):
         import onnxruntime_genai as og
 
         self._og = og
-        self.model = og.Model(str(version_dir))
+        config = og.Config(str(version_dir))
+        # Like the server's ONNX Runtime sessions (runtime.serve.model.session_options): each
+        # concurrent generation is one thread, so N slots use N cores, not N x cores.
+        threads = {"intra_op_num_threads": intra_op_threads, "inter_op_num_threads": 1}
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": threads}}}))
+        self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
         self.max_seq_len = int(info["max_seq_len"])
         self.chat_template = bool(info.get("chat_template", False))
@@ -84,7 +89,7 @@ class GenaiBackend:
             yield 1, stream.decode(token), False
 
 
-def load(version_dir: Path, manifest: dict) -> GenaiBackend:
+def load(version_dir: Path, manifest: dict, intra_op_threads: int = 1) -> GenaiBackend:
     """Load a verified genai version directory and warm it up (a two-token greedy generation).
 
     Raises:
@@ -96,7 +101,7 @@ def load(version_dir: Path, manifest: dict) -> GenaiBackend:
         raise ArtifactError("manifest.json: language_model needs an integer 'max_seq_len' >= 2; re-export the model")
     if CONFIG_FILE not in manifest["files"]:
         raise ArtifactError(f"{CONFIG_FILE}: missing from the manifest of an {RUNTIME} artifact; re-export the model")
-    backend = GenaiBackend(version_dir, info)
+    backend = GenaiBackend(version_dir, info, intra_op_threads)
     warm = Sampling(prompt_ids=tuple(backend.encode("warm-up")) or (0,), max_tokens=2)
     for _ in backend.tokens(warm):
         pass

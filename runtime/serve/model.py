@@ -132,7 +132,7 @@ def load_version(
             raise ArtifactError(f"{local}: manifest needs {MODEL_FILE}, 'inputs' and 'outputs'")
         language_model = manifest.get("language_model")
         if isinstance(language_model, dict) and language_model.get("runtime") == genai.RUNTIME:
-            backend = genai.load(local, manifest)
+            backend = genai.load(local, manifest, intra_op_threads)
             log.info("loaded %s version %d (%s)", model, version, genai.RUNTIME)
             inputs, outputs = _specs(manifest, "inputs"), _specs(manifest, "outputs")
             return LoadedModel(model, version, None, inputs, outputs, manifest, inline=False, generator=backend)
