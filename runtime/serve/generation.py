@@ -153,25 +153,19 @@ _END = object()
 
 
 class Relay:
-    """Async iterator over one generation run to the end in a worker thread (`steps`).
+    """Async iterator over one generation, run to the end in a worker thread (`steps`).
 
-    The thread starts at the first `__anext__`; `aclose()` stops it at its next token. The
-    generation slot is given back when the thread ends (or at `aclose()` if it never started)."""
+    The thread starts at once, so the generation slot it holds is given back when the thread
+    ends even if nobody reads the relay (a response that failed before its first byte);
+    `aclose()` stops it at its next token."""
 
     def __init__(self, pool: ThreadPoolExecutor, work: Callable[[threading.Event], Iterator], release: Callable):
-        self._pool = pool
         self._work = work
         self._release = release
-        self._released = False
         self._cancelled = threading.Event()
         self._queue: asyncio.Queue = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
-        self._started = False
-
-    def _give_back(self) -> None:
-        if not self._released:
-            self._released = True
-            self._release()
+        self._loop.run_in_executor(pool, self._run)
 
     def _run(self) -> None:
         put = self._queue.put_nowait
@@ -183,15 +177,12 @@ class Relay:
             call(put, e)
         finally:
             call(put, _END)
-            call(self._give_back)
+            call(self._release)
 
     def __aiter__(self) -> Relay:
         return self
 
     async def __anext__(self) -> Piece | Finish:
-        if not self._started:
-            self._started = True
-            self._loop.run_in_executor(self._pool, self._run)
         item = await self._queue.get()
         if item is _END:
             self._queue.put_nowait(_END)  # later calls end too
@@ -202,8 +193,6 @@ class Relay:
 
     async def aclose(self) -> None:
         self._cancelled.set()
-        if not self._started:
-            self._give_back()
 
 
 @dataclass(frozen=True)
