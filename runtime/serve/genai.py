@@ -73,7 +73,7 @@ class GenaiBackend:
             # top_k 0 means no limit; the library always applies its top_k (default 50)
             options.update(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k or self.vocab_size)
             if req.seed is not None:
-                options["random_seed"] = req.seed
+                options["random_seed"] = req.seed % (1 << 31)  # the library takes a 32-bit int
         params.set_search_options(**options)
         generator = og.Generator(self.model, params)
         generator.append_tokens(list(req.prompt_ids))  # the prompt's forward pass fills the cache

@@ -117,6 +117,7 @@ def test_sampling_with_a_seed_repeats(client):
         return client.completions.create(model=GENAI_MODEL, prompt=PROMPT, **kw).choices[0].text
 
     assert sample(7) == sample(7)
+    assert sample(1 << 40) == sample(1 << 40)
 
 
 def test_without_the_token_the_api_answers_401_in_openai_shape(genai_server):
