@@ -122,8 +122,12 @@ def backend_of(model: LoadedModel) -> Backend:
 
 def context_problem(backend: Backend, num_prompt: int, max_tokens: int) -> str | None:
     """Why `num_prompt` prompt tokens and `max_tokens` new ones do not fit the model's context
-    (None when they do, or when the model slides its window)."""
-    if backend.slides or num_prompt + max_tokens <= backend.max_seq_len:
+    (None when they do, or when the model slides its window and starts an empty prompt itself)."""
+    if backend.slides:
+        return None
+    if num_prompt == 0:
+        return "the prompt is empty (no tokens); send some text"
+    if num_prompt + max_tokens <= backend.max_seq_len:
         return None
     return (
         f"the prompt has {num_prompt} tokens and max_tokens is {max_tokens}: {num_prompt + max_tokens} tokens, "

@@ -292,6 +292,8 @@ class OpenAIRoutes:
         cap = self.generate.limits.max_tokens
         context = backend.max_seq_len
         num_prompt = len(prompt_ids)
+        if not backend.slides and num_prompt == 0:
+            raise _bad(prompt_param, "the prompt is empty (no tokens); send some text")
         if not backend.slides and num_prompt >= context:
             raise OpenAIError(
                 400,

@@ -173,6 +173,8 @@ def test_a_prompt_and_max_tokens_over_the_context_is_refused_not_truncated(genai
     long = post(genai_server, "/v1/completions", {"model": GENAI_MODEL, "prompt": "x " * 600})
     assert long.status_code == 400
     assert long.json()["error"]["param"] == "prompt" and long.json()["error"]["code"] == "context_length_exceeded"
+    empty = post(genai_server, "/v1/completions", {"model": GENAI_MODEL, "prompt": ""})
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "prompt"
     near = near_context(reference)
     response = post(genai_server, "/v1/completions", {"model": GENAI_MODEL, "prompt": near, "max_tokens": 64})
     assert response.status_code == 400 and response.json()["error"]["param"] == "max_tokens", response.text
