@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from runtime.serve.generation import Backend, Finish, GenerationLimits, Generations, Piece, Relay, Sampling
+from runtime.serve.generation import Backend, Finish, GenerationLimits, Generations, Piece, Relay, Sampling, merged
 from runtime.serve.model import LoadedModel
 from runtime.serve.protocol import RequestError
 
@@ -137,17 +137,18 @@ def context_problem(backend: Backend, num_prompt: int, max_tokens: int) -> str |
 
 async def _events(model: LoadedModel, relay: Relay) -> AsyncIterator[dict]:
     async with aclosing(relay):
-        async for item in relay:
-            if isinstance(item, Piece):
-                yield {"text_output": item.text}
-                continue
-            yield {
-                "text_output": "",
-                "finish_reason": item.reason,
-                "generated_tokens": item.completion_tokens,
-                "model_name": model.name,
-                "model_version": model.version_str,
-            }
+        while items := await relay.batch():
+            text, finish = merged(items)
+            if text:
+                yield {"text_output": text}
+            if finish is not None:
+                yield {
+                    "text_output": "",
+                    "finish_reason": finish.reason,
+                    "generated_tokens": finish.completion_tokens,
+                    "model_name": model.name,
+                    "model_version": model.version_str,
+                }
 
 
 class Generate:

@@ -157,42 +157,81 @@ class Relay:
 
     The thread starts at once, so the generation slot it holds is given back when the thread
     ends even if nobody reads the relay (a response that failed before its first byte);
-    `aclose()` stops it at its next token."""
+    `aclose()` stops it at its next token. Items cross to the event loop in batches: the loop is
+    woken once for everything produced since it last looked (`batch()`), so a busy loop does less
+    work per token, not more."""
 
     def __init__(self, pool: ThreadPoolExecutor, work: Callable[[threading.Event], Iterator], release: Callable):
         self._work = work
         self._release = release
         self._cancelled = threading.Event()
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._lock = threading.Lock()
+        self._pending: list = []
+        self._ready = asyncio.Event()
+        self._ended = False
+        self._unread: list = []
         self._loop = asyncio.get_running_loop()
         self._loop.run_in_executor(pool, self._run)
 
+    def _push(self, item) -> None:  # worker thread
+        with self._lock:
+            self._pending.append(item)
+            wake = len(self._pending) == 1
+        if wake:
+            self._loop.call_soon_threadsafe(self._ready.set)
+
     def _run(self) -> None:
-        put = self._queue.put_nowait
-        call = self._loop.call_soon_threadsafe
         try:
             for item in self._work(self._cancelled):
-                call(put, item)
+                self._push(item)
         except BaseException as e:  # handed to the awaiting side, raised there
-            call(put, e)
+            self._push(e)
         finally:
-            call(put, _END)
-            call(self._release)
+            self._push(_END)
+            self._loop.call_soon_threadsafe(self._release)
+
+    async def batch(self) -> list[Piece | Finish]:
+        """Every item produced since the last call: at least one, or [] once the generation
+        ended. An error of the worker is raised here."""
+        while not self._ended:
+            self._ready.clear()  # before taking: a push after this wakes the wait below
+            with self._lock:
+                items, self._pending = self._pending, []
+            if not items:
+                await self._ready.wait()
+                continue
+            out = []
+            for item in items:
+                if item is _END:
+                    self._ended = True
+                    break
+                if isinstance(item, BaseException):
+                    self._ended = True
+                    raise item
+                out.append(item)
+            if out:
+                return out
+        return []
 
     def __aiter__(self) -> Relay:
         return self
 
     async def __anext__(self) -> Piece | Finish:
-        item = await self._queue.get()
-        if item is _END:
-            self._queue.put_nowait(_END)  # later calls end too
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        if not self._unread:
+            self._unread = (await self.batch())[::-1]
+            if not self._unread:
+                raise StopAsyncIteration
+        return self._unread.pop()
 
     async def aclose(self) -> None:
         self._cancelled.set()
+
+
+def merged(items: list[Piece | Finish]) -> tuple[str, Finish | None]:
+    """The text of a batch's pieces and its finish (None while the generation goes on)."""
+    text = "".join(item.text for item in items if isinstance(item, Piece))
+    finish = items[-1] if isinstance(items[-1], Finish) else None
+    return text, finish
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ import orjson
 
 from runtime.serve.app import Call, Response, Route, ServeApp
 from runtime.serve.generate import Generate, backend_of, collect
-from runtime.serve.generation import MAX_STOP_STRINGS, Backend, Finish, Piece, Relay, Sampling
+from runtime.serve.generation import MAX_STOP_STRINGS, Backend, Finish, Relay, Sampling, merged
 from runtime.serve.model import LoadedModel
 from runtime.serve.protocol import RequestError
 
@@ -394,14 +394,16 @@ async def _stream(relay: Relay, head: dict, options: Options, chat: bool) -> Asy
             yield chunk(
                 {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
             )
-        async for item in relay:
-            if isinstance(item, Piece):
-                yield chunk(piece(item.text, None))
-                continue
-            yield chunk(piece("", _reason(item)))
-            if options.include_usage:
-                yield b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(item)}) + b"\n\n"
-    yield b"data: [DONE]\n\n"
+        while items := await relay.batch():  # one write per batch of pieces
+            text, finish = merged(items)
+            out = [chunk(piece(text, None))] if text else []
+            if finish is not None:
+                out.append(chunk(piece("", _reason(finish))))
+                if options.include_usage:
+                    out.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": _usage(finish)}) + b"\n\n")
+                out.append(b"data: [DONE]\n\n")
+            if out:
+                yield b"".join(out)
 
 
 def mount(app: ServeApp) -> OpenAIRoutes | None:
