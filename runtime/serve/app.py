@@ -107,6 +107,7 @@ def match_route(routes: tuple[Route, ...], method: str, path: str) -> tuple[Rout
 
 
 _JSON = [(b"content-type", b"application/json")]
+_UNAUTHORIZED = b'{"error":"missing or invalid bearer token"}'
 Response = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
 
@@ -138,6 +139,8 @@ class ServeApp:
     def __init__(self, plane: DataPlane):
         self.plane = plane
         self.handlers: dict[str, Handler] = dict(_BUILTIN_HANDLERS)
+        self.error_formats: dict[str, Callable[[RequestError], bytes]] = {}
+        """Path prefix -> the error body of a protocol with its own error shape (e.g. "/v1/")."""
         self._set_routes(ROUTES)
         for name in plane.extensions:
             for route, handler in EXTENSION_ROUTES.get(name, ()):
@@ -153,6 +156,14 @@ class ServeApp:
     def _set_routes(self, routes: tuple[Route, ...]) -> None:
         self.routes = routes
         self.match = functools.lru_cache(maxsize=512)(functools.partial(match_route, routes))
+
+    def error_body(self, path: str, error: RequestError) -> bytes:
+        """The JSON error body for `error` on `path` (`{"error": message}` unless a prefix of
+        `path` has its own format in `error_formats`)."""
+        for prefix, fmt in self.error_formats.items():
+            if path.startswith(prefix):
+                return fmt(error)
+        return orjson.dumps({"error": error.message})
 
     async def read_body(self, call: Call) -> bytes:
         """The request body within the cap, the deadline and the in-flight budget."""
@@ -178,19 +189,23 @@ class ServeApp:
             raw_headers = scope["headers"]
             hdrs = dict(raw_headers)  # lower-cased names
             if not plane.auth.http(hdrs, raw_headers, route is not None and route.public):
-                status, body = 401, b'{"error":"missing or invalid bearer token"}'
+                status, body = 401, _UNAUTHORIZED
+                if self.error_formats:
+                    body = self.error_body(path, RequestError(401, "missing or invalid bearer token"))
                 # close: an unauthenticated client gets no keep-alive and no body read on its behalf
                 headers = [*_JSON, (b"www-authenticate", b"Bearer"), (b"connection", b"close")]
             elif route is None:
                 status = 405 if path_exists else 404
-                body = orjson.dumps({"error": f"{method} {path[:200]} is not a route of this server"})
+                body = self.error_body(
+                    path, RequestError(status, f"{method} {path[:200]} is not a route of this server")
+                )
             else:
                 model = plane.manager.current
                 version = model.version_str if model else ""
                 call = Call(route, params, model, hdrs, receive, reader, client)
                 status, body, headers = await self.handlers[route.name](self, call)
         except RequestError as e:
-            status, body = e.status, orjson.dumps({"error": e.message})
+            status, body = e.status, self.error_body(path, e)
             if isinstance(e, Refused):
                 plane.metrics.reject(e.reason, client)
                 headers = [*_JSON, *([(b"connection", b"close")] if e.close else [])]
@@ -325,9 +340,10 @@ def _generate_route(stream_route: bool) -> Handler:
         extension = app.plane.model_extension(model, "generate")
         extension.check(model)
         req = extension.parse(await app.read_body(call), stream_route)
+        relay = await extension.start(model, req)
         if req.stream:
-            return 200, _sse(extension.events(model, req)), _SSE_HEADERS
-        return 200, orjson.dumps(await extension.complete(model, req)), _JSON
+            return 200, _sse(extension.events(model, relay)), _SSE_HEADERS
+        return 200, orjson.dumps(await extension.complete(model, relay)), _JSON
 
     return generate
 

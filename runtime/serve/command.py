@@ -12,9 +12,12 @@
 Routes: GET /v2/health/live (the only one without the token), /v2/health/ready, /v2,
 /v2/models/{name}[/versions/{v}], .../ready, .../config, POST .../infer (JSON or the binary tensor
 extension), GET /metrics (Prometheus); HEAD wherever GET. Language models add POST
-/v2/models/{name}/generate and .../generate_stream (server-sent events), capped by
---generate-max-tokens and --generate-timeout. Every route but liveness needs exactly
-one `Authorization: Bearer` header.
+/v2/models/{name}/generate and .../generate_stream (server-sent events) and the OpenAI API
+(runtime.serve.openai_api: GET /v1/models, POST /v1/completions, POST /v1/chat/completions; point
+an OpenAI client at base_url http://HOST:PORT/v1 with the token as its API key), capped by
+--generate-max-tokens, --generate-timeout and --generate-max-concurrency (a request waits up to
+--generate-queue-timeout for a slot, then 503). Every route but liveness needs exactly one
+`Authorization: Bearer` header.
 
 Limits before authentication (runtime.serve.front): --header-timeout for a request's head,
 --keepalive-timeout between requests, 414/431 over --max-request-line-bytes/--max-header-bytes,
@@ -83,6 +86,7 @@ def configure_logging(level: str) -> None:
 def build_app(cfg: ServeConfig, token: str):
     """The HTTP adapter (its `plane` the data plane every protocol shares) and the HTTP front for
     `cfg` (nothing started yet)."""
+    from runtime.serve import openai_api
     from runtime.serve.app import ServeApp
     from runtime.serve.auth import Authenticator
     from runtime.serve.body import BodyBudget, DecodePool, Sweep
@@ -115,9 +119,15 @@ def build_app(cfg: ServeConfig, token: str):
         access_log=None if cfg.no_access_log else AccessLog(sys.stderr),
         sweep=sweep,
     )
-    limits = GenerateLimits(max_tokens=cfg.generate_max_tokens, timeout=cfg.generate_timeout)
+    limits = GenerateLimits(
+        max_tokens=cfg.generate_max_tokens,
+        timeout=cfg.generate_timeout,
+        max_concurrency=cfg.generate_max_concurrency,
+        queue_timeout=cfg.generate_queue_timeout,
+    )
     plane.add_extension(Generate.name, Generate(limits))
     app = ServeApp(plane)
+    openai_api.mount(app)
     front = Front(
         FrontLimits(
             header_timeout=cfg.header_timeout,

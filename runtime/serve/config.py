@@ -21,6 +21,8 @@ _POSITIVE = (
     "intra_op_threads",
     "generate_max_tokens",
     "generate_timeout",
+    "generate_max_concurrency",
+    "generate_queue_timeout",
     "max_connections",
     "max_connections_per_client",
     "max_request_line_bytes",
@@ -107,11 +109,20 @@ class ServeConfig:
     """gRPC calls in progress before RESOURCE_EXHAUSTED (bounds gRPC memory: N x --max-body-bytes)."""
 
     generate_max_tokens: int = option(256, metavar="N")
-    """Language models: most new tokens one `generate` request may ask for (more answers 422)."""
+    """Language models: most new tokens one request may ask for (more is refused: 422 on /generate,
+    400 on /v1)."""
 
     generate_timeout: float = option(30.0, metavar="SECONDS")
-    """Language models: seconds one `generate` request may run; it then ends with finish_reason
-    `time_limit` and what it generated so far."""
+    """Language models: seconds one request may generate for; it then ends with what it generated so
+    far and finish_reason `time_limit` (/generate) or `length` (/v1)."""
+
+    generate_max_concurrency: int = option(4, metavar="N")
+    """Language models: generations running at once (each in its own worker thread, with its own
+    key/value cache), for /generate and the OpenAI routes together."""
+
+    generate_queue_timeout: float = option(10.0, metavar="SECONDS")
+    """Language models: seconds a request waits for one of the --generate-max-concurrency slots;
+    then 503 with Retry-After."""
 
     intra_op_threads: int = option(1, metavar="N")
     """ONNX Runtime intra-op threads."""

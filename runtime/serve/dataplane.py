@@ -103,6 +103,9 @@ class DataPlane:
     async def stop(self) -> None:
         await self.manager.stop()
         self.decode_pool.stop()
+        for extension in self.extensions.values():
+            if hasattr(extension, "stop"):
+                extension.stop()
         if self.access_log is not None:
             self.access_log.flush()
 

@@ -1,10 +1,14 @@
-"""The `generate` serving extension: text from a prompt with a served language model (model.kind=gpt
-artifacts), protocol-neutral: registered on the data plane under the name "generate"
+"""The `generate` serving extension: text from a prompt with a served language model,
+protocol-neutral: registered on the data plane under the name "generate"
 (`DataPlane.add_extension`), found by adapters with `plane.extension("generate")`.
 
 `Generate.check(model)` (is it a language model), `Generate.parse(body, stream)` (the request),
-then `await Generate.complete(model, req)` (the result object) or `Generate.events(model, req)`
-(an async iterator of event objects, the last one with "finish_reason").
+then `await Generate.start(model, req)` (a running generation: `Relay`) and
+`await Generate.complete(model, relay)` (the result object) or `Generate.events(model, relay)` (an
+async iterator of event objects, the last one with "finish_reason"). The generation itself is the
+model's backend (`runtime.serve.generation`: the key/value-cached onnxruntime-genai model, or the
+byte-level gpt family's windowed graph), run in a worker thread under the server's concurrency cap
+(`Generate.generations`, which the OpenAI adapter `runtime.serve.openai_api` shares).
 
 HTTP routes (`runtime.serve.app.EXTENSION_ROUTES`; the token is required, like every route but
 liveness), following Triton's generate extension:
@@ -16,47 +20,44 @@ liveness), following Triton's generate extension:
                                                   "finish_reason" (also with "stream": true on /generate)
 
 Request: `{"text_input": "def main(", "parameters": {"max_tokens": 64, "temperature": 0.8,
-"top_k": 40, "seed": 1, "stream": false}}`. `temperature` 0 (the default) is greedy decoding.
-Caps (`stratus serve --generate-max-tokens/--generate-timeout`): a request asking for more
-tokens than the cap is refused (422); generation stops at the time cap with
-`finish_reason: "time_limit"` and returns what it has (for a stream: a final event). Other
-finish reasons: `stop` (end-of-text token), `length` (max_tokens reached).
-
-The model is the published ONNX graph (`input_ids` -> `logits`), run once per new token on the
-last `max_seq_len` tokens (no key/value cache: small models, CPU), in a worker thread, on the
-version the request started with (a hot reload mid-generation does not switch models).
+"top_k": 40, "top_p": 0.95, "seed": 1, "stream": false}}`. `temperature` 0 (the default) is greedy
+decoding. Caps (`stratus serve --generate-max-tokens/--generate-timeout/
+--generate-max-concurrency`): a request asking for more tokens than the cap is refused (422), as
+is one whose prompt and max_tokens do not fit the context of a model that cannot slide its window
+(onnxruntime-genai); generation stops at the time cap with `finish_reason: "time_limit"` and
+returns what it has (for a stream: a final event). Other finish reasons: `stop` (end-of-text
+token), `length` (max_tokens reached). A request uses the version it started with (a hot reload
+mid-generation does not switch models).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
-import numpy as np
 import orjson
 
+from runtime.serve.generation import Backend, Finish, GenerationLimits, Generations, Piece, Relay, Sampling, merged
 from runtime.serve.model import LoadedModel
 from runtime.serve.protocol import RequestError
 
 MAX_PROMPT_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
-class GenerateLimits:
-    max_tokens: int = 256
-    """Most new tokens one request may ask for."""
-    timeout: float = 30.0
-    """Seconds one request may generate for; then it ends with finish_reason `time_limit`."""
+GenerateLimits = GenerationLimits
+"""The caps of the generate extension (`runtime.serve.generation.GenerationLimits`)."""
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    prompt_ids: list[int]
+    """A parsed /generate request (the prompt not yet tokenized: that is the model's)."""
+
+    prompt: str
     max_tokens: int
     temperature: float
     top_k: int
+    top_p: float
     seed: int | None
     stream: bool
 
@@ -73,8 +74,6 @@ def _number(params: dict, key: str, default, kind, low, high):
 
 def parse_request(body: bytes, limits: GenerateLimits, stream_route: bool) -> GenerateRequest:
     """Validate a generate request body; RequestError (400/422) names the field and the fix."""
-    from runtime.common.tokens import encode
-
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -100,121 +99,127 @@ def parse_request(body: bytes, limits: GenerateLimits, stream_route: bool) -> Ge
     if not isinstance(stream, bool):
         raise RequestError(400, "parameters.stream must be true or false")
     return GenerateRequest(
-        prompt_ids=encode(prompt),
+        prompt=prompt,
         max_tokens=_number(params, "max_tokens", min(64, limits.max_tokens), int, 1, limits.max_tokens),
         temperature=_number(params, "temperature", 0.0, float, 0.0, 10.0),
         top_k=_number(params, "top_k", 0, int, 0, 1 << 16),
+        top_p=_number(params, "top_p", 1.0, float, 1e-6, 1.0),
         seed=seed,
         stream=stream or stream_route,
     )
 
 
-def language_model_info(model: LoadedModel) -> dict:
-    info = model.manifest.get("language_model")
-    if not isinstance(info, dict) or "max_seq_len" not in info:
+def backend_of(model: LoadedModel) -> Backend:
+    """The model's generation backend, or RequestError 400 when it is not a language model."""
+    if model.generator is None:
         raise RequestError(
             400,
             f"model {model.name!r} version {model.version} is not a language model "
             "(its manifest has no language_model section); use /infer",
         )
-    return info
+    return model.generator
 
 
-def next_token(logits: np.ndarray, req: GenerateRequest, rng: np.random.Generator) -> int:
-    """Greedy at temperature 0, else sampling from softmax(logits / temperature), optionally top-k."""
-    if req.temperature == 0.0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / req.temperature
-    if req.top_k and req.top_k < scaled.size:
-        cutoff = np.partition(scaled, -req.top_k)[-req.top_k]
-        scaled = np.where(scaled >= cutoff, scaled, -np.inf)
-    probs = np.exp(scaled - scaled.max())
-    return int(rng.choice(scaled.size, p=probs / probs.sum()))
+def context_problem(backend: Backend, num_prompt: int, max_tokens: int) -> str | None:
+    """Why `num_prompt` prompt tokens and `max_tokens` new ones do not fit the model's context
+    (None when they do, or when the model slides its window and starts an empty prompt itself)."""
+    if backend.slides:
+        return None
+    if num_prompt == 0:
+        return "the prompt is empty (no tokens); send some text"
+    if num_prompt + max_tokens <= backend.max_seq_len:
+        return None
+    return (
+        f"the prompt has {num_prompt} tokens and max_tokens is {max_tokens}: {num_prompt + max_tokens} tokens, "
+        f"over the model's context of {backend.max_seq_len}; shorten the prompt or ask for fewer tokens"
+    )
 
 
-async def tokens(model: LoadedModel, req: GenerateRequest, limits: GenerateLimits) -> AsyncIterator[int | str]:
-    """Yield new token ids, then one finish reason (`stop`, `length` or `time_limit`)."""
-    info = language_model_info(model)
-    context, eot = int(info["max_seq_len"]), int(info.get("eot_id", 256))
-    ids = list(req.prompt_ids) or [eot]  # an empty prompt starts a new document
-    rng = np.random.default_rng(req.seed)
-    deadline = time.monotonic() + limits.timeout
-    loop = asyncio.get_running_loop()
-    for _ in range(req.max_tokens):
-        if time.monotonic() >= deadline:
-            yield "time_limit"
-            return
-        window = np.asarray([ids[-context:]], dtype=np.int64)
-        (logits,) = await loop.run_in_executor(None, model.session.run, ["logits"], {"input_ids": window})
-        token = next_token(logits[0, -1], req, rng)
-        if token == eot:
-            yield "stop"
-            return
-        ids.append(token)
-        yield token
-    yield "length"
-
-
-async def _events(model: LoadedModel, req: GenerateRequest, limits: GenerateLimits) -> AsyncIterator[dict]:
-    from runtime.common.tokens import StreamDecoder
-
-    decoder, count = StreamDecoder(), 0
-    async for item in tokens(model, req, limits):
-        if isinstance(item, str):
-            tail = decoder.flush()
-            if tail:
-                yield {"text_output": tail}
-            yield {
-                "text_output": "",
-                "finish_reason": item,
-                "generated_tokens": count,
-                "model_name": model.name,
-                "model_version": model.version_str,
-            }
-            return
-        count += 1
-        piece = decoder.feed([item])
-        if piece:
-            yield {"text_output": piece}
+async def _events(model: LoadedModel, relay: Relay) -> AsyncIterator[dict]:
+    async with aclosing(relay):
+        while items := await relay.batch():
+            text, finish = merged(items)
+            if text:
+                yield {"text_output": text}
+            if finish is not None:
+                yield {
+                    "text_output": "",
+                    "finish_reason": finish.reason,
+                    "generated_tokens": finish.completion_tokens,
+                    "model_name": model.name,
+                    "model_version": model.version_str,
+                }
 
 
 class Generate:
-    """The "generate" extension of the data plane, under `GenerateLimits`."""
+    """The "generate" extension of the data plane, under `GenerateLimits`.
+
+    Args:
+        limits: the caps on tokens, time and concurrent generations.
+    """
 
     name = "generate"
 
     def __init__(self, limits: GenerateLimits):
         self.limits = limits
+        self.generations = Generations(limits)
 
     @staticmethod
-    def check(model: LoadedModel) -> dict:
-        """The model's language_model section, or RequestError 400 when it is not a language model."""
-        return language_model_info(model)
+    def check(model: LoadedModel) -> Backend:
+        """The model's generation backend, or RequestError 400 when it is not a language model."""
+        return backend_of(model)
 
     def parse(self, body: bytes, stream: bool = False) -> GenerateRequest:
         """The request in `body` (`stream`: streaming unless it says otherwise); RequestError 400/413/422."""
         return parse_request(body, self.limits, stream)
 
-    async def complete(self, model: LoadedModel, req: GenerateRequest) -> dict:
-        """Generate to the end; the result object."""
-        from runtime.common.tokens import decode
+    async def start(self, model: LoadedModel, req: GenerateRequest) -> Relay:
+        """Tokenize the prompt, check it fits the context (422), and start generating once a
+        generation slot is free (503 after the queue timeout)."""
+        backend = backend_of(model)
+        prompt_ids = backend.encode(req.prompt)
+        problem = context_problem(backend, len(prompt_ids), req.max_tokens)
+        if problem:
+            raise RequestError(422, problem)
+        sampling = Sampling(
+            prompt_ids=tuple(prompt_ids),
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            top_k=req.top_k,
+            top_p=req.top_p,
+            seed=req.seed,
+        )
+        return await self.generations.start(backend, sampling)
 
-        new, reason = [], "length"
-        async for item in tokens(model, req, self.limits):
-            if isinstance(item, str):
-                reason = item
-            else:
-                new.append(item)
+    def stop(self) -> None:
+        """Stop the worker threads (the server is shutting down)."""
+        self.generations.stop()
+
+    async def complete(self, model: LoadedModel, relay: Relay) -> dict:
+        """Generate to the end; the result object."""
+        pieces, finish = await collect(relay)
         return {
             "model_name": model.name,
             "model_version": model.version_str,
-            "text_output": decode(new),
-            "finish_reason": reason,
-            "prompt_tokens": len(req.prompt_ids),
-            "generated_tokens": len(new),
+            "text_output": "".join(pieces),
+            "finish_reason": finish.reason,
+            "prompt_tokens": finish.prompt_tokens,
+            "generated_tokens": finish.completion_tokens,
         }
 
-    def events(self, model: LoadedModel, req: GenerateRequest) -> AsyncIterator[dict]:
+    def events(self, model: LoadedModel, relay: Relay) -> AsyncIterator[dict]:
         """Event objects as text is decoded (`{"text_output": piece}`), then one with
         `finish_reason`; `aclose()` on the iterator stops generation."""
-        return _events(model, req, self.limits)
+        return _events(model, relay)
+
+
+async def collect(relay: Relay) -> tuple[list[str], Finish]:
+    """All pieces of a generation and its finish."""
+    pieces: list[str] = []
+    async with aclosing(relay):
+        async for item in relay:
+            if isinstance(item, Piece):
+                pieces.append(item.text)
+            else:
+                return pieces, item
+    raise AssertionError("a generation ends with its Finish")

@@ -3,7 +3,11 @@
 Lifecycle of a version N (all off the event loop, in a worker thread):
 fetch `<repo>/<model>/<N>/` into a private temp dir -> `verify_artifact` -> check the manifest's
 io spec against the ONNX graph -> create the ONNX Runtime session -> warm-up at batch 1 and at
-the batch cap -> atomic swap (one reference assignment). A request holds the `LoadedModel` it
+the batch cap -> atomic swap (one reference assignment). A language model also gets its
+generation backend (`LoadedModel.generator`, `runtime.serve.generation`); an artifact of the
+onnxruntime-genai runtime (`language_model.runtime`) gets only that: its `og.Model` is loaded
+and warmed by `runtime.serve.genai.load` instead of an ONNX Runtime session, and its io spec is
+not checked against the graph (whose inputs also hold the key/value cache). A request holds the `LoadedModel` it
 started with, so in-flight requests finish on their version. A version that fails verification
 is remembered and not retried (versions are immutable); other failures (network) are retried on
 the next poll. Either way the old version keeps serving and the failure is logged and counted.
@@ -20,13 +24,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from runtime.repository.artifact import ArtifactError, verify_artifact
 from runtime.repository.store import PublishError, Repo
-from runtime.serve.protocol import TensorSpec
+from runtime.serve import genai
+from runtime.serve.generation import WindowedBackend
+from runtime.serve.protocol import RequestError, TensorSpec
 
 log = logging.getLogger("stratus.serve")
 
@@ -59,17 +66,24 @@ class LoadedModel:
 
     name: str
     version: int
-    session: ort.InferenceSession
+    session: ort.InferenceSession | None
+    """The ONNX Runtime session (None for an onnxruntime-genai artifact: see `generator`)."""
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
     manifest: dict
     inline: bool
+    generator: Any = None
+    """A language model's generation backend (`runtime.serve.generation.Backend`), else None."""
 
     @property
     def version_str(self) -> str:
         return str(self.version)
 
     def run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.session is None:
+            raise RequestError(
+                400, f"model {self.name!r} version {self.version} is served for generation only; use /generate or /v1"
+            )
         names = list(self.outputs)
         return dict(zip(names, self.session.run(names, arrays, _RUN_OPTIONS), strict=True))
 
@@ -116,6 +130,12 @@ def load_version(
         manifest = verify_artifact(local)
         if MODEL_FILE not in manifest["files"] or not manifest.get("inputs") or not manifest.get("outputs"):
             raise ArtifactError(f"{local}: manifest needs {MODEL_FILE}, 'inputs' and 'outputs'")
+        language_model = manifest.get("language_model")
+        if isinstance(language_model, dict) and language_model.get("runtime") == genai.RUNTIME:
+            backend = genai.load(local, manifest, intra_op_threads)
+            log.info("loaded %s version %d (%s)", model, version, genai.RUNTIME)
+            inputs, outputs = _specs(manifest, "inputs"), _specs(manifest, "outputs")
+            return LoadedModel(model, version, None, inputs, outputs, manifest, inline=False, generator=backend)
         # ONNX and JSON only: the session reads protobuf, nothing is unpickled.
         session = ort.InferenceSession(
             str(local / MODEL_FILE), session_options(intra_op_threads), providers=["CPUExecutionProvider"]
@@ -140,7 +160,10 @@ def load_version(
                 raise ArtifactError(f"warm-up output {name!r} is {results[name].dtype}, manifest says {spec.datatype}")
     inline = elapsed < INLINE_MAX_SECONDS
     log.info("loaded %s version %d (warm-up at batch %d: %.2f ms)", model, version, max_batch_size, elapsed * 1e3)
-    return LoadedModel(model, version, session, inputs, outputs, manifest, inline=inline)
+    generator = None
+    if isinstance(language_model, dict) and "max_seq_len" in language_model:
+        generator = WindowedBackend(session, language_model)
+    return LoadedModel(model, version, session, inputs, outputs, manifest, inline=inline, generator=generator)
 
 
 class ModelManager:
