@@ -138,8 +138,8 @@ def write_chat_jsonl(path: Path, num: int = 240, seed: int = 0) -> Path:
     return path
 
 
-# hf-tiny: the tiny Llama fine-tuned on 2 ranks with ZeRO-3 (no offload), a few steps.
-HF_RUN = ["max_steps=6", "eval_every=3", "checkpoint_every=6"]
+# hf-tiny: the tiny Llama fine-tuned on 2 ranks with ZeRO-3 (no offload) and activation checkpointing.
+HF_RUN = ["max_steps=6", "eval_every=3", "checkpoint_every=6", "model.activation_checkpointing=true"]
 
 
 @pytest.fixture(scope="session")

@@ -61,7 +61,7 @@ def _finish(module: nn.Module, model: ModelConfig) -> nn.Module:
     """Activation checkpointing and LoRA, the same for training and for export."""
     module.config.use_cache = False
     if model.activation_checkpointing:
-        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if model.lora_rank > 0:
         from peft import get_peft_model
 

@@ -177,3 +177,13 @@ def test_lora_model_merges_to_base_plus_scaled_b_a(tiny_llama_dir, tmp_path):
     assert hf_model.merged_model(hf_model.model_for_weights(plain, {}, tmp_path / "tag")).__class__.__name__ == (
         "LlamaForCausalLM"
     )
+
+
+def test_train_command_refuses_a_bad_model_dir_with_exit_code_2(model_copy, tmp_path, caplog):
+    from runtime.train.command import main
+
+    (model_copy / "model.safetensors").unlink()
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", 20)
+    argv = ["--preset", "hf-tiny", "--model-dir", str(model_copy), "--data", str(data), "--dry-run"]
+    assert main(argv) == 2
+    assert f"{model_copy}: no *.safetensors weights" in caplog.text
