@@ -65,13 +65,20 @@ class CausalLMTask:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.tokens_per_sample = cfg.model.seq_len
-        self.model_path: Path | None = None
+        self.model_path: Path | None = None  # the checked local directory, once resolved
         self.hf_config: Any = None
+        self._has_weights = False
         self._ds_config_ref: Any = None  # transformers' HfDeepSpeedConfig, weakly held by it
 
-    def _resolve(self) -> Path:
-        if self.model_path is None:
-            self.model_path = resolve_model_dir(self.cfg.model.model_dir, self.cfg.run_dir / MODEL_CACHE)
+    def _resolve(self, *, weights: bool = False) -> Path:
+        """The model directory; without `weights`, an `s3://` one's config and tokenizer only (what
+        data loading and a launch's validation need), so a launching machine never downloads the
+        model; `build_model` asks for the whole directory."""
+        if self.model_path is None or (weights and not self._has_weights):
+            self.model_path = resolve_model_dir(
+                self.cfg.model.model_dir, self.cfg.run_dir / MODEL_CACHE, weights=weights
+            )
+            self._has_weights = weights or not self.cfg.model.model_dir.startswith("s3://")
             self.hf_config = hf_model.load_config(self.model_path)
             limit = getattr(self.hf_config, "max_position_embeddings", None)
             if limit is not None and self.cfg.model.seq_len > limit:
@@ -93,7 +100,9 @@ class CausalLMTask:
         device = "cuda" if get_accelerator().device_name() == "cuda" else "cpu"
         ds_config = deepspeed_config(self.cfg, world_size=dist.get_world_size(), device=device)
         dtype = torch.bfloat16 if resolve_precision(self.cfg, device) == "bf16" else torch.float32
-        module, self._ds_config_ref = hf_model.load_for_training(self._resolve(), self.cfg.model, ds_config, dtype)
+        module, self._ds_config_ref = hf_model.load_for_training(
+            self._resolve(weights=True), self.cfg.model, ds_config, dtype
+        )
         return module
 
     def flops_per_sample(self, num_params: int) -> float:

@@ -130,8 +130,10 @@ def _check_safetensors(path: Path) -> None:
         )
 
 
-def check_model_dir(root: Path) -> Path:
-    """`root` if it is a loadable Hugging Face directory (see the module docstring).
+def check_model_dir(root: Path, *, weights: bool = True) -> Path:
+    """`root` if it is a loadable Hugging Face directory (see the module docstring); with
+    `weights=False`, a copy of everything but the weights (config and tokenizer: enough to
+    validate a launch and tokenize its data).
 
     Raises:
         ModelDirError: a missing file, pickle weights, a bad safetensors file, or a file that
@@ -148,8 +150,8 @@ def check_model_dir(root: Path) -> Path:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelDirError(f"{root}/{MODEL_MANIFEST}: not JSON ({e}); push the directory again") from None
         verify_against_manifest(root, manifest)
-    weights = sorted(root.glob("*.safetensors"))
-    if not weights:
+    found = sorted(root.glob("*.safetensors")) if weights else []
+    if weights and not found:
         pickles = sorted(p.name for p in root.glob("*.bin")) + sorted(p.name for p in root.glob("*.pt"))
         hint = f" ({', '.join(pickles)} are pickle files, which are not accepted: loading them runs code)"
         raise ModelDirError(
@@ -161,12 +163,12 @@ def check_model_dir(root: Path) -> Path:
             f"{root}/tokenizer.json: missing (nor tokenizer.model, nor vocab.json + merges.txt); "
             "save the tokenizer into the directory with `tokenizer.save_pretrained(dir)`"
         )
-    for path in weights:
+    for path in found:
         _check_safetensors(path)
     return root
 
 
-def _download(uri: str, dest: Path) -> None:
+def _download(uri: str, dest: Path, weights: bool) -> None:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -188,6 +190,13 @@ def _download(uri: str, dest: Path) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelDirError(f"s3://{bucket}/{prefix}{MODEL_MANIFEST}: not JSON ({e}); push again") from None
     files = _manifest_files(manifest, f"s3://{bucket}/{prefix}{MODEL_MANIFEST}")
+    if not any(rel.endswith(".safetensors") for rel in files):
+        raise ModelDirError(
+            f"{uri}: no *.safetensors weights listed in {MODEL_MANIFEST}; push a directory that has them"
+        )
+    if not weights:
+        files = {rel: entry for rel, entry in files.items() if not rel.endswith(".safetensors")}
+        body = json.dumps({**manifest, "files": files}).encode()
     try:
         for rel in files:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -197,26 +206,28 @@ def _download(uri: str, dest: Path) -> None:
     (dest / MODEL_MANIFEST).write_bytes(body)
 
 
-def resolve_model_dir(model_dir: str, cache_root: Path) -> Path:
+def resolve_model_dir(model_dir: str, cache_root: Path, *, weights: bool = True) -> Path:
     """The checked local directory of `model.model_dir`, downloading an `s3://` one first.
 
     Args:
         model_dir: a local path or `s3://bucket/prefix/`.
         cache_root: where `s3://` directories are downloaded (one subdirectory per URI).
+        weights: False: an `s3://` directory without its weights (config and tokenizer files,
+            for validating a launch without downloading the model to the launching machine).
 
     Raises:
         ModelDirError: see `check_model_dir`, or the download failed.
     """
     if not model_dir.startswith("s3://"):
         return check_model_dir(Path(model_dir))
-    final = Path(cache_root) / hashlib.sha256(model_dir.encode()).hexdigest()[:16]
+    final = Path(cache_root) / (hashlib.sha256(model_dir.encode()).hexdigest()[:16] + ("" if weights else "-meta"))
     if final.is_dir():
-        return check_model_dir(final)  # an earlier process's copy: verified again before use
+        return check_model_dir(final, weights=weights)  # an earlier process's copy: verified again
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=final.parent))
     try:
-        _download(model_dir, partial)
-        check_model_dir(partial)
+        _download(model_dir, partial, weights)
+        check_model_dir(partial, weights=weights)
         try:
             os.rename(partial, final)
         except OSError:

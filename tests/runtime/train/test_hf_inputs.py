@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from runtime.common.log import get_logger
 from runtime.train.config import ConfigError, DataConfig, ModelConfig
 from runtime.train.data import DataError
 from runtime.train.families import family_of
@@ -185,5 +186,10 @@ def test_train_command_refuses_a_bad_model_dir_with_exit_code_2(model_copy, tmp_
     (model_copy / "model.safetensors").unlink()
     data = write_chat_jsonl(tmp_path / "chat.jsonl", 20)
     argv = ["--preset", "hf-tiny", "--model-dir", str(model_copy), "--data", str(data), "--dry-run"]
-    assert main(argv) == 2
+    logger = get_logger()  # does not propagate: listen to it directly
+    logger.addHandler(caplog.handler)
+    try:
+        assert main(argv) == 2
+    finally:
+        logger.removeHandler(caplog.handler)
     assert f"{model_copy}: no *.safetensors weights" in caplog.text

@@ -44,6 +44,8 @@ def test_push_uploads_with_sse_kms_and_training_loads_it_back(tiny_llama_dir, ou
         head = s3.head_object(Bucket=bucket, Key=key)
         assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", outputs["kms_key_arn"]), key
 
+    meta = resolve_model_dir(uri, tmp_path / "cache", weights=False)  # what a launching machine fetches
+    assert (meta / "tokenizer.json").is_file() and not (meta / "model.safetensors").exists()
     local = resolve_model_dir(uri, tmp_path / "cache")
     assert (local / "model.safetensors").read_bytes() == (tiny_llama_dir / "model.safetensors").read_bytes()
     assert resolve_model_dir(uri, tmp_path / "cache") == local  # the cached copy, verified again
