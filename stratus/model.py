@@ -72,6 +72,7 @@ def _parse(cls: type, argv: list[str], name: str):
 
 
 def push(argv: list[str]) -> int:
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
     from runtime.remote.outputs import RemoteError, read_outputs
@@ -87,7 +88,7 @@ def push(argv: list[str]) -> int:
     except (ModelDirError, RemoteError) as e:
         print(f"push refused: {e}", file=sys.stderr)
         return ExitCode.BAD_INPUT
-    except (ClientError, BotoCoreError) as e:
+    except (ClientError, BotoCoreError, S3UploadFailedError) as e:
         print(f"push failed: {e}; check the bucket, the key and the credentials", file=sys.stderr)
         return ExitCode.FAILED
     print(f"pushed {root} to {uri}\ntrain with: --model-dir {uri}")
