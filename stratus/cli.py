@@ -11,6 +11,7 @@ ALL_COMMANDS = {
     # the runtime's launcher with the simulator's transport injected for --sim-dir (stratus.remote)
     "remote": ("stratus.remote", f"{COMMANDS['remote'][1]} (or simulated ones: --sim-dir DIR)"),
     "plan": ("infra.tools.plan", "offline plan of a stack: resources, policy verdicts, hourly cost"),
+    "model": ("stratus.model", "push a Hugging Face model directory to a stack (or make a tiny one)"),
 }
 
 

@@ -179,6 +179,26 @@ def plan(code: ExitCode, tmp_path: Path, request, monkeypatch) -> int:
     return _code(plan_tool.main, [str(EXAMPLE)])
 
 
+def model(code: ExitCode, tmp_path: Path, request) -> int:
+    import boto3
+    import torch
+    from safetensors.torch import save_file
+
+    from stratus.model import main
+
+    request.getfixturevalue("aws_env")
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    if code != ExitCode.BAD_INPUT:  # BAD_INPUT: no config.json
+        (model_dir / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(model_dir / "model.safetensors"))
+    (model_dir / "tokenizer.json").write_text("{}")
+    bucket = f"stratus-model-{tmp_path.name.lower()[-20:]}"
+    if code == ExitCode.OK:  # FAILED: the bucket does not exist
+        boto3.client("s3").create_bucket(Bucket=bucket)
+    return _code(main, ["push", str(model_dir), "--bucket", bucket])
+
+
 SCENARIOS = {
     "train": train,
     "export": export,
@@ -187,6 +207,7 @@ SCENARIOS = {
     "remote": remote,
     "sync": sync,
     "plan": plan,
+    "model": model,
 }
 PAIRS = [(cmd, code) for cmd, codes in COMMAND_EXIT_CODES.items() for code in codes]
 

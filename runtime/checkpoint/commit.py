@@ -130,7 +130,8 @@ def commit(
     if rank == 0:
         atomic_write(tag_dir / CONFIG, json.dumps(config, indent=1, sort_keys=True).encode())
         atomic_write(tag_dir / STATE, json.dumps(state, indent=1, sort_keys=True).encode())
-        for name, content in (extra_files or {}).items():  # e.g. the feature statistics of tabular runs
+        for name, content in (extra_files or {}).items():  # e.g. feature statistics, a model's hf/ files
+            (tag_dir / name).parent.mkdir(parents=True, exist_ok=True)
             atomic_write(tag_dir / name, content)
         write_manifest(tag_dir, step=step, world_size=world, zero_stage=zero_stage, config_digest=config_digest)
         atomic_write(ckpt_dir / LATEST, tag.encode())

@@ -44,7 +44,8 @@ class TrainOptions:
     """The options of `stratus train`; `runtime.remote` rebuilds the nodes' command line from them."""
 
     preset: str = option("mlp-binary", metavar="NAME")
-    """Named preset to start from (mlp-binary, mlp-large, gpt-tiny, gpt-small, gpt-350m, gpt-1.3b)."""
+    """Named preset to start from (mlp-binary, mlp-large, gpt-tiny, gpt-small, gpt-350m, gpt-1.3b,
+    hf-tiny, hf-1b-g5, hf-8b-p5)."""
 
     config: str | None = option(None, metavar="FILE")
     """YAML/JSON file overriding preset fields (unknown keys are errors)."""
@@ -55,9 +56,14 @@ class TrainOptions:
     run_name: str | None = option(None, metavar="NAME")
     """Run directory name under output_dir (default: the preset's)."""
 
+    model_dir: str | None = option(None, metavar="PATH")
+    """Hugging Face model directory to fine-tune (sets model.model_dir; hf-* presets): a local
+    path or s3://bucket/prefix/ (`stratus model push` uploads one)."""
+
     data: str | None = option(None, metavar="PATH")
     """Dataset (sets data.source): a .npz/.csv path or s3://bucket/key; for gpt presets a directory
-    of text files, a .txt/.jsonl file or s3://bucket/prefix/."""
+    of text files, a .txt/.jsonl file or s3://bucket/prefix/; for hf presets a .jsonl of text or chat
+    lines."""
 
     resume: bool = False
     """Continue from the newest verified checkpoint of the run."""
@@ -85,6 +91,8 @@ class TrainOptions:
         overrides = list(self.overrides)
         if self.run_name:
             overrides.append(f"run_name={self.run_name}")
+        if self.model_dir:
+            overrides.append(f"model.model_dir={json.dumps(self.model_dir)}")
         if self.data:
             overrides.append(f"data.source={json.dumps(self.data)}")
         return load_config(self.preset, config_file=self.config, overrides=overrides)

@@ -26,6 +26,9 @@ standard library, found at run time (see `runtime.train.text`)."""
 
 TABULAR_SUFFIXES = (".npz", ".csv")
 
+HF_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The attention and MLP projections of Llama-architecture models: the default LoRA targets."""
+
 
 class ConfigError(ValueError):
     """A user mistake in the training config: the message names the key, the value and the fix."""
@@ -40,8 +43,9 @@ def fail(key: str, value: Any, fix: str) -> None:
 class ModelConfig:
     kind: str = "mlp"
     """The model family (`runtime.train.families.FAMILIES`): `mlp` (binary classifier on feature
-    rows) or `gpt` (decoder-only language model on byte tokens). Each family validates its own keys
-    below (marked `mlp:` or `gpt:`) and the data sources it reads."""
+    rows), `gpt` (decoder-only language model on byte tokens) or `hf-causal-lm` (a Hugging Face
+    causal language model fine-tuned from `model_dir`). Each family validates its own keys below
+    (marked `mlp:`, `gpt:` or `hf-causal-lm:`) and the data sources it reads."""
 
     hidden_sizes: tuple[int, ...] = (100,)
     """mlp: widths of the hidden Dense+ReLU layers; the input width follows the data."""
@@ -62,14 +66,34 @@ class ModelConfig:
     """gpt: hidden units of each feed-forward block (0: 4 x embed_dim)."""
 
     seq_len: int = 128
-    """gpt: tokens per training sequence (the context length; packed, no padding)."""
+    """gpt, hf-causal-lm: tokens per training sequence (the context length; packed, no padding);
+    hf-causal-lm: at most the model's `max_position_embeddings`."""
 
     activation_checkpointing: bool = False
-    """gpt: recompute each block's activations in the backward pass instead of keeping them
-    (less memory, about one more forward pass of compute)."""
+    """gpt, hf-causal-lm: recompute each block's activations in the backward pass instead of
+    keeping them (less memory, about one more forward pass of compute)."""
+
+    model_dir: str = ""
+    """hf-causal-lm: the Hugging Face model directory to fine-tune (`config.json`, `*.safetensors`,
+    tokenizer files): a local path or `s3://bucket/prefix/` (`stratus model push` uploads one).
+    Nothing is ever downloaded from a model hub."""
+
+    lora_rank: int = 0
+    """hf-causal-lm: rank of the LoRA adapters (`peft`); 0 fine-tunes every weight."""
+
+    lora_alpha: float = 16.0
+    """hf-causal-lm: LoRA scaling numerator (the adapter's update is B @ A x lora_alpha / lora_rank)."""
+
+    lora_dropout: float = 0.0
+    """hf-causal-lm: dropout on the LoRA adapters' input while training."""
+
+    lora_targets: tuple[str, ...] = HF_LORA_TARGETS
+    """hf-causal-lm: names of the linear layers that get adapters (default: the attention and MLP
+    projections of Llama, Mistral and Qwen models)."""
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(self.hidden_sizes)
+        self.lora_targets = tuple(self.lora_targets)
 
     @property
     def ffn_width(self) -> int:
@@ -82,7 +106,8 @@ class DataConfig:
     """Dataset. mlp: `builtin:mlp-binary`, a `.npz`/`.csv` path or `s3://bucket/key.(npz|csv)`.
     gpt: `builtin:python-stdlib`, a directory of UTF-8 text files, a `.txt` file, a `.jsonl` file
     (one JSON object per line with a `text_field`), or the same on S3 (`s3://bucket/prefix/` for
-    every object under a prefix)."""
+    every object under a prefix). hf-causal-lm: a `.jsonl` file (local or `s3://bucket/key.jsonl`)
+    of `{"text": ...}` or `{"messages": [{"role": ..., "content": ...}, ...]}` lines."""
 
     label_column: str = "label"
     """For `.csv`: the header name of the 0/1 label column; every other column is a feature."""
@@ -108,7 +133,7 @@ class DataConfig:
     """gpt: read at most this many bytes of text (files in sorted order; 0: no limit)."""
 
     val_max_sequences: int = 64
-    """gpt: validation sequences scored per evaluation (0: the whole validation split)."""
+    """gpt, hf-causal-lm: validation sequences scored per evaluation (0: the whole validation split)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:

@@ -123,8 +123,10 @@ class Trainer:
         random.seed(self.cfg.seed)
         np.random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed)
-        # Under ZeRO-3 every parameter is partitioned as it is created: no rank holds the whole model.
-        with deepspeed.zero.Init(enabled=self.cfg.parallel.zero_stage == 3, config_dict_or_path=self.ds_config):
+        # Under ZeRO-3 every parameter is partitioned as it is created: no rank holds the whole model
+        # (a task that loads a pretrained model partitions it itself, as it loads).
+        zero_init = self.cfg.parallel.zero_stage == 3 and not self.task.partitions_own_model
+        with deepspeed.zero.Init(enabled=zero_init, config_dict_or_path=self.ds_config):
             model = self.task.build_model(self.data)
         self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=self.ds_config)
         self.x_all, self.y_all = torch.from_numpy(self.data.x), torch.from_numpy(self.data.y)

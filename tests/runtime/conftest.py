@@ -118,3 +118,37 @@ def gpt_export(gpt_run, tmp_path_factory):
         run_dir=gpt_run, out_dir=root / "export", latency_iters=2, publish=str(root / "repo"), model_name="gpt"
     )
     return run_export(cfg), root / "repo"
+
+
+def write_chat_jsonl(path: Path, num: int = 240, seed: int = 0) -> Path:
+    """A small arithmetic chat dataset (`{"messages": [...]}` lines), deterministic."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(num):
+        a, b = rng.randint(0, 50), rng.randint(0, 50)
+        messages = [
+            {"role": "system", "content": "Answer with the sum."},
+            {"role": "user", "content": f"What is {a} plus {b}?"},
+            {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
+        ]
+        lines.append(json.dumps({"messages": messages}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# hf-tiny: the tiny Llama fine-tuned on 2 ranks with ZeRO-3 (no offload) and activation checkpointing.
+HF_RUN = ["max_steps=6", "eval_every=3", "checkpoint_every=6", "model.activation_checkpointing=true"]
+
+
+@pytest.fixture(scope="session")
+def hf_run(tiny_llama_dir, tmp_path_factory) -> Path:
+    """The run directory of hf-tiny fine-tuned once per session on a chat JSONL (2 ranks, ZeRO-3)."""
+    root = tmp_path_factory.mktemp("hf-runs")
+    data = write_chat_jsonl(root / "chat.jsonl")
+    args = ("--preset", "hf-tiny", "--model-dir", str(tiny_llama_dir), "--data", str(data))
+    result = run_train(root, "hf-tiny", *HF_RUN, args=args)
+    if result.returncode != 0:
+        pytest.fail(f"training hf-tiny failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return root / "hf-tiny"

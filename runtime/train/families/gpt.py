@@ -51,6 +51,7 @@ class LanguageModelTask:
     """Next-token prediction on packed byte-token windows (model.kind=gpt)."""
 
     metric_name = "val_perplexity"
+    partitions_own_model = False
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

@@ -46,6 +46,7 @@ class BinaryTask:
 
     metric_name = "val_accuracy"
     tokens_per_sample = 0
+    partitions_own_model = False
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

@@ -36,6 +36,11 @@ class Task(Protocol):
     tokens_per_sample: int
     """Tokens in one training sample (0: the samples are not token sequences)."""
 
+    partitions_own_model: bool
+    """True: `build_model` partitions the parameters itself under ZeRO-3 (a Hugging Face model
+    loaded with `HfDeepSpeedConfig`, which runs its own `deepspeed.zero.Init`); False: the
+    Trainer builds the model inside `deepspeed.zero.Init`."""
+
     def load_data(self) -> Dataset: ...
 
     def build_model(self, data: Dataset) -> nn.Module: ...
@@ -96,8 +101,9 @@ class Family:
     name: str
     """`model.kind`, e.g. `mlp`; also the key of its exporter in `runtime.export.families`."""
 
-    builtin_source: str
-    """`data.source` of the family's embedded dataset (e.g. `builtin:mlp-binary`)."""
+    builtin_source: str | None
+    """`data.source` of the family's embedded dataset (e.g. `builtin:mlp-binary`); None: the
+    family has none (its data is always the user's)."""
 
     check_config: Callable[[TrainConfig], None]
     """Validate the family's keys and that `data.source` fits it; ConfigError names key, value, fix."""

@@ -14,10 +14,12 @@ from runtime.train.loading import load_config
 
 
 def test_every_family_has_an_exporter_and_names_its_serving_extension():
-    assert list(FAMILIES) == ["mlp", "gpt"] and set(EXPORTERS) == set(FAMILIES)
-    assert {name: f.serving_extension for name, f in FAMILIES.items()} == {"mlp": None, "gpt": "generate"}
+    assert list(FAMILIES) == ["mlp", "gpt", "hf-causal-lm"] and set(EXPORTERS) == set(FAMILIES)
+    extensions = {name: f.serving_extension for name, f in FAMILIES.items()}
+    assert extensions == {"mlp": None, "gpt": "generate", "hf-causal-lm": "generate"}
     for name, f in FAMILIES.items():
-        assert f.name == name and f.builtin_source.startswith("builtin:")
+        assert f.name == name and (f.builtin_source is None or f.builtin_source.startswith("builtin:"))
+    assert FAMILIES["hf-causal-lm"].builtin_source is None  # its data is always the user's
 
 
 def test_presets_select_their_family_and_its_task():

@@ -180,6 +180,7 @@ def test_node_args_parse_back_into_the_same_options_for_every_field():
         "overrides": ("epochs=2", "seed=3"),
         "run_name": "r1",
         "data": "s3://ds/x.csv",
+        "model_dir": "s3://ds/models/m/",
         "resume": True,
     }
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
