@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -142,13 +143,40 @@ def write_chat_jsonl(path: Path, num: int = 240, seed: int = 0) -> Path:
 HF_RUN = ["max_steps=6", "eval_every=3", "checkpoint_every=6", "model.activation_checkpointing=true"]
 
 
+@dataclass(frozen=True)
+class HfLaunch:
+    """What `scripts/launch.sh --preset hf-tiny --model-dir ... --data chat.jsonl` left behind."""
+
+    run_dir: Path
+    """The run: checkpoints, metrics.csv, summary.json, `export/` (the staged int4 artifact)."""
+    repo: Path
+    """The local model repository it published `hf-tiny` version 1 to."""
+    output: str
+    """launch.sh's stdout and stderr."""
+
+
 @pytest.fixture(scope="session")
-def hf_run(tiny_llama_dir, tmp_path_factory) -> Path:
-    """The run directory of hf-tiny fine-tuned once per session on a chat JSONL (2 ranks, ZeRO-3)."""
+def hf_launch(tiny_llama_dir, tmp_path_factory) -> HfLaunch:
+    """The bring-your-own-model path once per session, as a user runs it: `scripts/launch.sh`
+    fine-tunes the tiny Llama on a chat JSONL (2 ranks, ZeRO-3), exports int4 with a KV cache,
+    gates it on validation perplexity and publishes it to `<root>/model-repo`."""
     root = tmp_path_factory.mktemp("hf-runs")
     data = write_chat_jsonl(root / "chat.jsonl")
-    args = ("--preset", "hf-tiny", "--model-dir", str(tiny_llama_dir), "--data", str(data))
-    result = run_train(root, "hf-tiny", *HF_RUN, args=args)
+    args = ["--preset", "hf-tiny", "--model-dir", str(tiny_llama_dir), "--data", str(data)]
+    args += ["--output-dir", str(root), "--run-name", "hf-tiny", "--"]
+    for s in HF_RUN:
+        args += ["--set", s]
+    env = {k: v for k, v in os.environ.items() if k != "STRATUS_MODEL_REPO"}
+    env["DS_ACCELERATOR"] = "cpu"
+    launch = [str(ROOT / "scripts" / "launch.sh"), *args]
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    output = result.stdout + result.stderr
     if result.returncode != 0:
-        pytest.fail(f"training hf-tiny failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return root / "hf-tiny"
+        pytest.fail(f"launch.sh --preset hf-tiny failed ({result.returncode}):\n{output[-8000:]}")
+    return HfLaunch(run_dir=root / "hf-tiny", repo=root / "model-repo", output=output)
+
+
+@pytest.fixture(scope="session")
+def hf_run(hf_launch) -> Path:
+    """The run directory of hf-tiny fine-tuned once per session (see `hf_launch`)."""
+    return hf_launch.run_dir

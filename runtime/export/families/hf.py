@@ -28,11 +28,15 @@ from runtime.export.consolidate import Consolidated
 from runtime.export.families.spec import Built, Compressed, Measured
 from runtime.export.hf import evaluate, layers
 from runtime.export.hf.build import build_genai
-from runtime.export.hf.hfdir import TextWindows, merged_model, save_hf_dir, text_windows, weights_bytes
+from runtime.export.hf.hfdir import TextWindows, merged_model, save_hf_dir, weights_bytes
+from runtime.train.data import DataError
+from runtime.train.hf.data import load_jsonl_dataset
+from runtime.train.hf.model import HF_DIR, load_tokenizer
 from runtime.train.models import count_parameters
 
-HF_SOURCE = "hf"
-"""The checkpoint's sub-directory holding `config.json` and the tokenizer files."""
+DEFAULT_EVAL_SEQUENCES = 64
+"""Validation windows the gate scores when the run set no `data.val_max_sequences`."""
+
 LATENCY_PROMPT_TOKENS = 32
 LATENCY_NEW_TOKENS = 32
 LATENCY_MAX_ITERS = 5
@@ -40,17 +44,16 @@ SERVED = "served"
 
 
 def read_windows(ckpt: Consolidated, tokenizer, seq_len: int) -> TextWindows:
-    """The checkpoint's training and validation text as token windows (the exporter's only reader)."""
+    """The checkpoint's training and validation windows, packed and split as training split them
+    (`load_jsonl_dataset` with the run's seed), validation capped at `data.val_max_sequences`
+    (default 64). The exporter's only reader of data."""
     data = ckpt.config.data
-    return text_windows(
-        data.source,
-        tokenizer,
-        seq_len,
-        seed=ckpt.config.seed,
-        val_fraction=data.val_fraction,
-        text_field=data.text_field,
-        val_max_sequences=data.val_max_sequences,
-    )
+    try:
+        dataset = load_jsonl_dataset(data, tokenizer, seq_len, ckpt.config.seed)
+    except DataError as e:
+        raise ExportError(f"validation text of the checkpoint's config: {e}") from None
+    val = dataset.val_idx[: data.val_max_sequences or DEFAULT_EVAL_SEQUENCES]
+    return TextWindows(train=dataset.x[dataset.train_idx], val=dataset.x[val])
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
@@ -67,8 +70,6 @@ class HfCausalLmExporter:
     """The `hf-causal-lm` family's `runtime.export.families.spec.Exporter`."""
 
     def __init__(self, cfg: ExportConfig, ckpt: Consolidated):
-        from transformers import AutoTokenizer
-
         if cfg.quantization != "dynamic" or cfg.per_channel:
             raise ExportError(
                 "--quantization/--per-channel select onnxruntime.quantization int8 (mlp, gpt); hf-causal-lm "
@@ -77,8 +78,8 @@ class HfCausalLmExporter:
         if cfg.ffn_prune_fraction:
             raise ExportError("--ffn-prune-fraction is for gpt models; hf-causal-lm models prune with --prune-layers")
         self.cfg, self.ckpt = cfg, ckpt
-        self.source = ckpt.tag_dir / HF_SOURCE
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+        self.source = ckpt.tag_dir / HF_DIR
+        self.tokenizer = load_tokenizer(self.source)
         self.model = merged_model(ckpt.model)
         self.num_layers = len(layers.decoder_layers(self.model))
         if cfg.prune_layers >= self.num_layers:

@@ -8,16 +8,14 @@ The directory is what any Hugging Face tool reads (`config.json`, `model.safeten
 `hf/`), and it is the input of onnxruntime-genai's model builder. It is written into a temp
 sibling and swapped in, so a failed export never leaves half a directory.
 
-`text_windows` reads the validation and training text of the checkpoint's `data.source` (a
-`.jsonl` of `text` records or chat `messages`, rendered with the tokenizer's chat template),
-packs it into windows of `seq_len + 1` tokens and splits them by `seed`. It is the one place the
-exporter reads data, so that it can follow the training half's loader.
+`TextWindows` holds the checkpoint's training and validation windows as the training half's
+loader (`runtime.train.hf.data.load_jsonl_dataset`) packs and splits them: the gate measures
+text the model never trained on.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import tempfile
@@ -33,7 +31,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WRITTEN_BY_SAVE = ("config.json",)
 """Files `save_pretrained` writes from the model itself (never copied from the checkpoint)."""
-DEFAULT_EVAL_SEQUENCES = 64
 
 
 def merged_model(module: nn.Module) -> nn.Module:
@@ -74,6 +71,7 @@ def save_hf_dir(model: nn.Module, source_dir: Path, out_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     try:
+        model.config.use_cache = True  # the served model generates with a key/value cache
         model.save_pretrained(staging, safe_serialization=True)
         for path in sorted(source_dir.iterdir()):
             if path.is_file() and not _is_weight_file(path.name):
@@ -102,60 +100,3 @@ class TextWindows:
 
     train: np.ndarray
     val: np.ndarray
-
-
-def _record_text(record: object, text_field: str, tokenizer, where: str) -> str:
-    if isinstance(record, dict) and isinstance(record.get(text_field), str):
-        return record[text_field]
-    if isinstance(record, dict) and isinstance(record.get("messages"), list):
-        try:
-            return tokenizer.apply_chat_template(record["messages"], tokenize=False)
-        except Exception as e:  # jinja errors and malformed turns alike
-            raise ExportError(f"{where}: its messages do not render with the chat template ({e})") from None
-    raise ExportError(f"{where}: needs a string {text_field!r} or a list 'messages'")
-
-
-def text_windows(
-    source: str,
-    tokenizer,
-    seq_len: int,
-    *,
-    seed: int,
-    val_fraction: float,
-    text_field: str = "text",
-    val_max_sequences: int = DEFAULT_EVAL_SEQUENCES,
-) -> TextWindows:
-    """Tokenize a local `.jsonl` (one record a line: `text_field`, or chat `messages`), append
-    the end-of-sequence token to each record, pack into windows of `seq_len + 1` tokens, and split
-    them (a `seed` permutation; `val_fraction` of them, at most `val_max_sequences`, validate).
-
-    Raises:
-        ExportError: not a local `.jsonl`, a malformed line, or too little text for two windows.
-    """
-    path = Path(source)
-    if source.startswith("s3://") or path.suffix != ".jsonl" or not path.is_file():
-        raise ExportError(
-            f"data.source {source!r}: the hf-causal-lm export reads a local .jsonl of text or chat messages; "
-            "export on a machine that has the training data at that path"
-        )
-    ids: list[int] = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except ValueError as e:
-                raise ExportError(f"{where}: not JSON ({e})") from None
-            text = _record_text(record, text_field, tokenizer, where)
-            ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    width = seq_len + 1
-    count = len(ids) // width
-    if count < 2:
-        raise ExportError(f"{path}: {len(ids)} tokens make fewer than 2 windows of {width}; give more text")
-    windows = np.asarray(ids[: count * width], dtype=np.int64).reshape(count, width)
-    order = np.random.default_rng(seed).permutation(count)
-    num_val = min(max(1, round(val_fraction * count)), count - 1)
-    val = order[: min(num_val, val_max_sequences or num_val)]
-    return TextWindows(train=windows[order[num_val:]], val=windows[val])

@@ -9,14 +9,13 @@ loading, outside `zero.Init`, so peft's own initialisation (B = 0: the adapted m
 to the base) runs on whole tensors; DeepSpeed partitions them when the engine is created.
 
 Export: `model_for_weights` builds the same module shape from the checkpoint's `hf/config.json`
-(random init; consolidated weights are then loaded with strict=True), `merged_model` folds LoRA
-adapters into the base weights, and `save_hf_dir` writes a Hugging Face directory any tool reads.
+(random init; consolidated weights are then loaded with strict=True); the export half
+(`runtime.export.hf.hfdir`) merges LoRA adapters and writes the Hugging Face directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -94,26 +93,3 @@ def model_for_weights(model: ModelConfig, state: dict[str, torch.Tensor], tag_di
     config = load_config(Path(tag_dir) / HF_DIR)
     module = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return _finish(module, dataclasses.replace(model, activation_checkpointing=False))
-
-
-def merged_model(module: nn.Module) -> nn.Module:
-    """The plain `PreTrainedModel` of a trained module: LoRA adapters merged into the base weights
-    (W + B @ A x alpha / r) for a peft model, the module itself otherwise."""
-    from peft import PeftModel
-
-    return module.merge_and_unload() if isinstance(module, PeftModel) else module
-
-
-def save_hf_dir(model: nn.Module, tag_dir: Path, out_dir: Path) -> Path:
-    """Write `model` (see `merged_model`) as a Hugging Face directory: `save_pretrained`
-    safetensors and config, plus the tokenizer and generation files committed in `<tag>/hf/`.
-    Returns `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.config.use_cache = True  # the served model generates with a key/value cache
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    for name in CHECKPOINT_FILES:
-        src = Path(tag_dir) / HF_DIR / name
-        if src.is_file() and name != "config.json":
-            shutil.copyfile(src, out_dir / name)
-    return out_dir

@@ -1,16 +1,12 @@
 """The `hf-causal-lm` export: a Hugging Face model -> pruned -> onnxruntime-genai build -> gate -> artifact.
 
-The model is the session's tiny Llama (`tiny_llama_dir`), loaded through `from_pretrained` and
-handed to the pipeline as the consolidated checkpoint (`consolidate.load` is the one seam
-replaced: the family's training half, which writes real ZeRO-3 checkpoints of it, is tested in
-tests/runtime/train); every later stage, the builder, the runtimes and the repository are real.
+The checkpoint is the session's hf-tiny run (`hf_run`: the tiny Llama fine-tuned on 2 ranks under
+ZeRO-3 by scripts/launch.sh); every stage, from `consolidate.load` through the builder, the
+runtimes and the repository, is the real one.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -18,85 +14,42 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.export import pipeline
+from runtime.export import consolidate, pipeline
 from runtime.export.command import main
 from runtime.export.config import ExportConfig, ExportError, GateError
 from runtime.export.consolidate import Consolidated
 from runtime.export.families import exporter_for
-from runtime.export.families.hf import HfCausalLmExporter
+from runtime.export.families.hf import HfCausalLmExporter, read_windows
 from runtime.export.families.spec import refuse_flags
 from runtime.export.hf import evaluate, layers
-from runtime.export.hf.hfdir import save_hf_dir, text_windows
+from runtime.export.hf.hfdir import save_hf_dir
 from runtime.repository.artifact import ArtifactError, verify_artifact
-from runtime.train.config import DataConfig, ModelConfig, TrainConfig
 from runtime.train.families import FAMILIES
-from runtime.train.text import stdlib_files
 
-SEQ_LEN = 64
-TAG = "global_step10"
-
-
-def _write_data(path: Path) -> Path:
-    """Text the tiny model was not pre-trained on (it saw the first 150 stdlib files), plus chats."""
-    lines = []
-    for file in stdlib_files()[300:330]:
-        text = file.read_text("utf-8", errors="replace")
-        lines += [json.dumps({"text": text[i : i + 1500]}) for i in range(0, min(len(text), 6000), 1500)]
-    chat = [{"role": "user", "content": "What does len do?"}, {"role": "assistant", "content": "It counts."}]
-    lines += [json.dumps({"messages": chat})] * 4
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _family():
-    """The family as the training half registers it (its name and serving extension)."""
-    hf = FAMILIES.get("hf-causal-lm")
-    return hf if hf is not None else dataclasses.replace(FAMILIES["gpt"], name="hf-causal-lm")
+SEQ_LEN = 64  # the hf-tiny preset's
 
 
 @pytest.fixture(scope="module")
-def hf_run(tiny_llama_dir, tmp_path_factory) -> tuple[Path, Consolidated]:
-    """A run directory whose checkpoint is the tiny Llama, consolidated (no DeepSpeed)."""
-    from transformers import AutoModelForCausalLM
-
-    run_dir = tmp_path_factory.mktemp("hf-run")
-    tag_dir = run_dir / "checkpoints" / TAG
-    shutil.copytree(tiny_llama_dir, tag_dir / "hf", ignore=shutil.ignore_patterns("*.safetensors"))
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).float().eval()
-    config = TrainConfig(
-        preset="hf-tiny",
-        model=ModelConfig(kind="hf-causal-lm", seq_len=SEQ_LEN),
-        data=DataConfig(source=str(_write_data(run_dir / "data.jsonl")), val_max_sequences=16),
-    )
-    manifest = {"step": 10, "zero_stage": 3, "world_size": 2, "config_digest": config.digest()}
-    ckpt = Consolidated(
-        tag_dir=tag_dir,
-        manifest=manifest,
-        manifest_sha256=hashlib.sha256(json.dumps(manifest).encode()).hexdigest(),
-        config=config,
-        family=_family(),
-        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-        model=model,
-    )
-    return run_dir, ckpt
+def hf_ckpt(hf_run) -> tuple[Path, Consolidated]:
+    """The session's hf-tiny run (a real 2-rank ZeRO-3 fine-tune) and its consolidated checkpoint."""
+    return hf_run, consolidate.load(hf_run / "checkpoints", None)
 
 
-def _export(hf_run, out: Path, **settings):
-    run_dir, ckpt = hf_run
+def _export(hf_ckpt, out: Path, **settings):
+    run_dir, _ = hf_ckpt
     cfg = ExportConfig(run_dir=run_dir, out_dir=out, model_name="tiny-llama", latency_iters=2, **settings)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline.consolidate, "load", lambda checkpoints_dir, tag: dataclasses.replace(ckpt))
-        return pipeline.run_export(cfg)
+    return pipeline.run_export(cfg)
 
 
 @pytest.fixture(scope="module")
-def exported(hf_run, tmp_path_factory):
-    """The default export (int4, no pruning), published into a local repository."""
+def exported(hf_ckpt, tmp_path_factory):
+    """The default export (int4, no pruning) with the other precisions compared, published into a
+    local repository."""
     root = tmp_path_factory.mktemp("hf-export")
-    return _export(hf_run, root / "export", publish=str(root / "repo"), compare=True), root
+    return _export(hf_ckpt, root / "export", publish=str(root / "repo"), compare=True), root
 
 
-def test_int4_export_meets_the_gate_and_the_size_target(exported, hf_run):
+def test_int4_export_meets_the_gate_and_the_size_target(exported, hf_ckpt):
     result, _ = exported
     m = result.manifest
     metrics, sizes = m["metrics"], m["size_bytes"]
@@ -126,14 +79,14 @@ def test_int4_export_meets_the_gate_and_the_size_target(exported, hf_run):
     }
     assert m["inputs"] == [{"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]}]
     assert m["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, -1, 2048]}]
-    assert m["provenance"]["checkpoint_tag"] == TAG
+    assert m["provenance"]["checkpoint_tag"] == hf_ckpt[1].tag
 
 
-def test_the_hf_directory_is_written_for_other_tools(exported, hf_run, tiny_llama_dir):
+def test_the_hf_directory_is_written_for_other_tools(exported, hf_ckpt, tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run_dir, ckpt = hf_run
-    hf_dir = run_dir / "hf-export" / TAG
+    run_dir, ckpt = hf_ckpt
+    hf_dir = run_dir / "hf-export" / ckpt.tag
     names = {p.name for p in hf_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
     model = AutoModelForCausalLM.from_pretrained(hf_dir)
@@ -163,13 +116,13 @@ def test_the_directory_artifact_verifies_refuses_tampering_and_publishes_every_f
         verify_artifact(tampered)
 
 
-def test_int4_greedy_generation_follows_torch(exported, hf_run):
+def test_int4_greedy_generation_follows_torch(exported, hf_ckpt):
     """The served graph with its key/value cache generates what `transformers` generates."""
     from transformers import AutoModelForCausalLM
 
-    run_dir, ckpt = hf_run
-    torch_model = AutoModelForCausalLM.from_pretrained(run_dir / "hf-export" / TAG).eval()
-    windows = text_windows(ckpt.config.data.source, _tokenizer(ckpt), SEQ_LEN, seed=0, val_fraction=0.2)
+    run_dir, ckpt = hf_ckpt
+    torch_model = AutoModelForCausalLM.from_pretrained(run_dir / "hf-export" / ckpt.tag).eval()
+    windows = read_windows(ckpt, _tokenizer(ckpt), SEQ_LEN)
     model = evaluate.genai_model(exported[0].out_dir)
     matched = []
     for window in windows.val[:3]:
@@ -186,12 +139,12 @@ def _tokenizer(ckpt):
     return AutoTokenizer.from_pretrained(ckpt.tag_dir / "hf")
 
 
-def test_the_layer_criterion_removes_the_block_that_changes_least(hf_run, tmp_path):
+def test_the_layer_criterion_removes_the_block_that_changes_least(hf_ckpt, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    _, ckpt = hf_run
-    windows = text_windows(ckpt.config.data.source, _tokenizer(ckpt), SEQ_LEN, seed=0, val_fraction=0.2).val[:4]
-    model = AutoModelForCausalLM.from_pretrained(ckpt.tag_dir.parent.parent / "hf-export" / TAG).eval()
+    _, ckpt = hf_ckpt
+    windows = read_windows(ckpt, _tokenizer(ckpt), SEQ_LEN).val[:4]
+    model = AutoModelForCausalLM.from_pretrained(ckpt.tag_dir.parent.parent / "hf-export" / ckpt.tag).eval()
     similarity = layers.layer_similarity(model, windows)
     assert len(similarity) == 4 and all(-1 <= s <= 1 for s in similarity)
     assert layers.layers_to_remove(similarity, 1) == [int(np.argmax(similarity))]
@@ -221,16 +174,16 @@ def test_the_layer_criterion_removes_the_block_that_changes_least(hf_run, tmp_pa
     assert any(not torch.equal(a, b) for a, b in zip(before, pruned.parameters(), strict=True))
 
 
-def test_the_gate_refuses_a_pruned_model_beyond_tolerance_and_stages_nothing(hf_run, tmp_path):
+def test_the_gate_refuses_a_pruned_model_beyond_tolerance_and_stages_nothing(hf_ckpt, tmp_path):
     out, repo = tmp_path / "export", tmp_path / "repo"
     with pytest.raises(GateError, match=r"gate failed: .* -> served int4 .*--prune-layers"):
-        _export(hf_run, out, prune_layers=3, perplexity_tolerance=0.0001, publish=str(repo))
+        _export(hf_ckpt, out, prune_layers=3, perplexity_tolerance=0.0001, publish=str(repo))
     assert not out.exists() and not repo.exists()
     assert not list(tmp_path.glob(".export*"))  # no staging left behind
 
 
-def test_settings_that_do_not_apply_are_refused_with_the_fix(hf_run, tmp_path):
-    run_dir, ckpt = hf_run
+def test_settings_that_do_not_apply_are_refused_with_the_fix(hf_ckpt, tmp_path):
+    run_dir, ckpt = hf_ckpt
     for settings, message in [
         ({"prune_layers": 4}, r"--prune-layers 4 is invalid: the model has 4 decoder layers; remove at most 3"),
         ({"heal_steps": 5}, r"--heal-steps 5 heals a pruned model; add --prune-layers N"),
@@ -246,7 +199,7 @@ def test_settings_that_do_not_apply_are_refused_with_the_fix(hf_run, tmp_path):
     assert cfg.hf_flags_set() == ["--prune-layers", "--precision"]
     with pytest.raises(ExportError, match=r"--prune-layers, --precision: not used for gpt models"):
         refuse_flags(cfg.hf_flags_set(), "gpt", "why")
-    assert exporter_for(_family()) is HfCausalLmExporter
+    assert exporter_for(FAMILIES["hf-causal-lm"]) is HfCausalLmExporter
 
 
 def test_export_help_explains_the_new_flags(capsys):

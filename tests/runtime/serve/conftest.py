@@ -186,47 +186,17 @@ def server(tmp_path_factory, artifacts) -> Server:
         stop_server(srv)
 
 
-GENAI_MODEL = "chat"
+GENAI_MODEL = "hf-tiny"
+"""The name `scripts/launch.sh --preset hf-tiny` publishes its model under."""
 GENAI_MAX_TOKENS = 64
 """--generate-max-tokens of the language-model server."""
 
 
-def genai_manifest_info(version_dir: Path, model_name: str) -> dict:
-    """The manifest of an onnxruntime-genai version directory (the keys the export writes)."""
-    config = json.loads((version_dir / "genai_config.json").read_text())["model"]
-    eos = config["eos_token_id"]
-    vocab = int(config["vocab_size"])
-    return {
-        "model_name": model_name,
-        "serving_extension": "generate",
-        "inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, -1, vocab]}],
-        "language_model": {
-            "runtime": "onnxruntime-genai",
-            "tokenizer": "huggingface",
-            "max_seq_len": int(config["context_length"]),
-            "eos_token_ids": eos if isinstance(eos, list) else [eos],
-            "chat_template": (version_dir / "chat_template.jinja").is_file(),
-            "precision": "int4",
-            "vocab_size": vocab,
-        },
-    }
-
-
 @pytest.fixture(scope="session")
-def genai_artifact(tiny_llama_dir, tmp_path_factory) -> Path:
-    """An int4 onnxruntime-genai version directory (KV cache) of the session's tiny Llama, with its
-    manifest: what the hf-causal-lm export publishes."""
-    from onnxruntime_genai.models.builder import create_model, parse_extra_options
-
-    from runtime.repository.artifact import write_manifest
-
-    root = tmp_path_factory.mktemp("genai")
-    out = root / "int4"
-    args = ("tiny", str(tiny_llama_dir), str(out), "int4", "cpu", str(root / "cache"))
-    create_model(*args, **parse_extra_options(*args, []))
-    write_manifest(out, genai_manifest_info(out, GENAI_MODEL))
-    return out
+def genai_artifact(hf_launch) -> Path:
+    """The int4 onnxruntime-genai artifact (KV cache) that `scripts/launch.sh --preset hf-tiny`
+    exported, gated and staged: the session's tiny Llama after its ZeRO-3 fine-tune."""
+    return hf_launch.run_dir / "export"
 
 
 @pytest.fixture(scope="session")

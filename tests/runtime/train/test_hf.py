@@ -11,6 +11,7 @@ import torch
 
 from runtime.checkpoint.local import MANIFEST
 from runtime.export import consolidate
+from runtime.export.hf.hfdir import merged_model, save_hf_dir
 from runtime.train.families import family_of
 from runtime.train.hf import model as hf_model
 from tests.runtime.conftest import read_metrics
@@ -51,5 +52,5 @@ def test_consolidated_weights_give_the_perplexity_training_measured(hf_run, tiny
         loss_sum, _, count = task.eval_sums(ckpt.model, x, y, "cpu", torch.float32)
     summary = json.loads((hf_run / "summary.json").read_text())
     assert np.isclose(math.exp(loss_sum / count), summary["val_perplexity"], rtol=1e-3)
-    out = hf_model.save_hf_dir(hf_model.merged_model(ckpt.model), ckpt.tag_dir, tmp_path / "hf")
+    out = save_hf_dir(merged_model(ckpt.model), ckpt.tag_dir / "hf", tmp_path / "hf")
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}

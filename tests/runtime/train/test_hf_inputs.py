@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from runtime.common.log import get_logger
+from runtime.export.hf.hfdir import merged_model, save_hf_dir
 from runtime.train.config import ConfigError, DataConfig, ModelConfig
 from runtime.train.data import DataError
 from runtime.train.families import family_of
@@ -165,17 +166,18 @@ def test_lora_model_merges_to_base_plus_scaled_b_a(tiny_llama_dir, tmp_path):
     w = module.get_parameter(f"{base_q}.base_layer.weight").detach().clone()
     # the export half rebuilds the same names from the checkpoint's hf/config.json
     (tmp_path / "tag" / "hf").mkdir(parents=True)
-    shutil.copy(tiny_llama_dir / "config.json", tmp_path / "tag" / "hf" / "config.json")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama_dir / name, tmp_path / "tag" / "hf" / name)
     rebuilt = hf_model.model_for_weights(cfg, state, tmp_path / "tag")
     rebuilt.load_state_dict(module.state_dict(), strict=True)
-    merged = hf_model.merged_model(rebuilt)
+    merged = merged_model(rebuilt)
     assert type(merged).__name__ == "LlamaForCausalLM"
     expected = w + (b @ a) * (8.0 / 4)
     torch.testing.assert_close(merged.model.layers[0].self_attn.q_proj.weight, expected)
-    out = hf_model.save_hf_dir(merged, tmp_path / "tag", tmp_path / "out")
+    out = save_hf_dir(merged, tmp_path / "tag" / "hf", tmp_path / "out")
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     plain = dataclasses.replace(cfg, lora_rank=0)
-    assert hf_model.merged_model(hf_model.model_for_weights(plain, {}, tmp_path / "tag")).__class__.__name__ == (
+    assert merged_model(hf_model.model_for_weights(plain, {}, tmp_path / "tag")).__class__.__name__ == (
         "LlamaForCausalLM"
     )
 

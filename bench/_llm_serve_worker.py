@@ -1,0 +1,223 @@
+"""One row of `bench/llm_serve.py`, in its own process (so its peak RSS is its own). Not run by hand.
+
+    python bench/_llm_serve_worker.py ENGINE MODEL_PATH OUT.json --threads 2 --prompt 128 --new 128
+
+Engines (all greedy, the same prompt token ids, `--new` new tokens forced by ignoring end-of-text):
+- `hf-eager`: `transformers` `generate` on the fp32 Hugging Face directory, eager mode, KV cache on;
+- `genai`: `onnxruntime-genai` on a built model directory (int4/int8/fp32), the library and files
+  `stratus serve` runs;
+- `llamacpp`: `llama-cpp-python` on a GGUF file.
+
+Per engine: time to first token (prompt processing + one token) over `--repeats` runs, decode
+tokens/s of one stream (tokens after the first over the time after the first), aggregate tokens/s
+of 1 and of `--streams` concurrent streams (one generator each, in threads, prompt included),
+peak RSS of the process, and
+perplexity on `--eval` token windows (a .npy of int64 [n, len]) where the engine exposes logits.
+Each engine's token timestamps come from a per-token callback inside its own loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _nll(logits: np.ndarray, targets: np.ndarray) -> float:
+    logits = logits.astype(np.float64)
+    top = logits.max(axis=-1, keepdims=True)
+    logz = np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]
+    return float((logz - np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]).sum())
+
+
+class HfEager:
+    def __init__(self, path: str, threads: int):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+
+    def stream(self, prompt: list[int], new: int) -> list[float]:
+        torch = self.torch
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        stamps: list[float] = []
+
+        class Stamp(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                stamps.append(time.perf_counter())
+                return scores
+
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                logits_processor=LogitsProcessorList([Stamp()]),
+                pad_token_id=0,
+            )
+        return stamps
+
+    def perplexity(self, windows: np.ndarray) -> float:
+        torch = self.torch
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for w in windows:
+                logits = self.model(torch.from_numpy(w[None, :-1])).logits[0].numpy()
+                total += _nll(logits, w[1:])
+                count += len(w) - 1
+        return math.exp(total / count)
+
+
+class Genai:
+    def __init__(self, path: str, threads: int):
+        import onnxruntime_genai as og
+
+        self.og = og
+        config = og.Config(path)
+        config.clear_providers()
+        self.model = og.Model(config)
+        self.path = path
+        self.threads = threads
+
+    def stream(self, prompt: list[int], new: int) -> list[float]:
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, max_length=len(prompt) + new, min_length=len(prompt) + new)
+        gen = og.Generator(self.model, params)
+        gen.append_tokens(np.asarray(prompt, dtype=np.int32))
+        stamps = []
+        while not gen.is_done():
+            gen.generate_next_token()
+            stamps.append(time.perf_counter())
+        return stamps
+
+    def perplexity(self, windows: np.ndarray) -> float | None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        sess = ort.InferenceSession(str(Path(self.path) / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        decoder = json.loads((Path(self.path) / "genai_config.json").read_text())["model"]["decoder"]
+        kv_heads, head_size = decoder["num_key_value_heads"], decoder["head_size"]
+        total, count = 0.0, 0
+        for w in windows:
+            ids = w[None, :-1].astype(np.int64)
+            feeds: dict[str, np.ndarray] = {}
+            for inp in sess.get_inputs():
+                if inp.name == "input_ids":
+                    feeds[inp.name] = ids
+                elif inp.name == "attention_mask":
+                    feeds[inp.name] = np.ones_like(ids)
+                elif inp.name == "position_ids":
+                    feeds[inp.name] = np.arange(ids.shape[1], dtype=np.int64)[None]
+                elif inp.name.startswith("past_key_values"):
+                    dtype = np.float16 if "float16" in inp.type else np.float32
+                    feeds[inp.name] = np.zeros((1, kv_heads, 0, head_size), dtype=dtype)
+            logits = sess.run(["logits"], feeds)[0][0]
+            total += _nll(logits, w[1:])
+            count += len(w) - 1
+        return math.exp(total / count)
+
+
+class LlamaCpp:
+    def __init__(self, path: str, threads: int):
+        import llama_cpp
+
+        self.path, self.threads, self.llama_cpp = path, threads, llama_cpp
+        self.llm = self._new()
+
+    def _new(self, logits_all: bool = False):
+        return self.llama_cpp.Llama(
+            model_path=self.path, n_threads=self.threads, n_ctx=512, logits_all=logits_all, verbose=False
+        )
+
+    def stream(self, prompt: list[int], new: int, llm=None) -> list[float]:
+        llm = llm or self._new()  # one context per stream: a Llama object is not thread-safe
+        stamps = []
+        for _ in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            stamps.append(time.perf_counter())
+            if len(stamps) >= new:
+                break
+        return stamps
+
+    def perplexity(self, windows: np.ndarray) -> float:
+        llm = self._new(logits_all=True)
+        total, count = 0.0, 0
+        for w in windows:
+            llm.reset()
+            llm.eval(w[:-1].tolist())
+            logits = np.asarray(llm.scores[: len(w) - 1])
+            total += _nll(logits, w[1:])
+            count += len(w) - 1
+        return math.exp(total / count)
+
+
+ENGINES = {"hf-eager": HfEager, "genai": Genai, "llamacpp": LlamaCpp}
+
+
+def _aggregate(engine, prompt: list[int], new: int, streams: int) -> tuple[float, list[int]]:
+    """Tokens/s of `streams` concurrent streams, each from its request to its last token
+    (prompt processing included), started together, one thread each."""
+    counts: list[int] = []
+
+    def one() -> None:
+        counts.append(len(engine.stream(prompt, new)))
+
+    threads = [threading.Thread(target=one) for _ in range(streams)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start), counts
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("engine", choices=ENGINES)
+    p.add_argument("model")
+    p.add_argument("out")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt-ids", required=True, help="a .npy of the prompt's int64 token ids")
+    p.add_argument("--new", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--streams", type=int, default=4)
+    p.add_argument("--eval", help="a .npy of int64 token windows for perplexity")
+    args = p.parse_args()
+    prompt = np.load(args.prompt_ids).astype(np.int64).tolist()
+    engine = ENGINES[args.engine](args.model, args.threads)
+    engine.stream(prompt, 8)  # warm-up
+    ttft, decode = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        stamps = engine.stream(prompt, args.new)
+        ttft.append(1000 * (stamps[0] - start))
+        decode.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    aggregate = {n: _aggregate(engine, prompt, args.new, n) for n in (1, args.streams)}
+    ppl = engine.perplexity(np.load(args.eval)) if args.eval else None
+    result = {
+        "engine": args.engine,
+        "ttft_ms": ttft,
+        "decode_tok_s": decode,
+        "aggregate_tok_s": {str(n): rate for n, (rate, _) in aggregate.items()},
+        "tokens_per_stream": {str(n): counts for n, (_, counts) in aggregate.items()},
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "perplexity": ppl,
+    }
+    Path(args.out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
