@@ -157,11 +157,11 @@ class HfLaunch:
 
 @pytest.fixture(scope="session")
 def hf_launch(tiny_llama_dir, tmp_path_factory) -> HfLaunch:
-    """The bring-your-own-model path once per session, as a user runs it: `scripts/launch.sh`
-    fine-tunes the tiny Llama on a chat JSONL (2 ranks, ZeRO-3), exports int4 with a KV cache,
-    gates it on validation perplexity and publishes it to `<root>/model-repo`."""
+    """The bring-your-own-model path once per session, as the README runs it: `scripts/launch.sh`
+    fine-tunes the tiny Llama on `examples/chat.jsonl` (2 ranks, ZeRO-3), exports int4 with a KV
+    cache, gates it on validation perplexity and publishes it to `<root>/model-repo`."""
     root = tmp_path_factory.mktemp("hf-runs")
-    data = write_chat_jsonl(root / "chat.jsonl")
+    data = ROOT / "examples" / "chat.jsonl"  # the README's example data (write_chat_jsonl made it)
     args = ["--preset", "hf-tiny", "--model-dir", str(tiny_llama_dir), "--data", str(data)]
     args += ["--output-dir", str(root), "--run-name", "hf-tiny", "--"]
     for s in HF_RUN:
