@@ -4,7 +4,8 @@ The server runs the published int4 artifact (`--intra-op-threads` = the bench's 
 concurrent generations); the client is the stock `openai` package streaming completions, one
 thread per stream. Token counts come from the stream's usage chunk; time to first token is the
 first chunk with text; decode tokens/s is (tokens - 1) over the time from that chunk to the last.
-Peak RSS is the server process's VmHWM.
+Peak RSS is the server process's VmHWM. While the 4 streams run, a fifth client polls liveness
+(`GET /v2/health/live`) every 20 ms and records each answer's latency.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _llm_serve_worker import concurrent_rate  # noqa: E402
+
 TOKEN = secrets.token_hex(16)
 
 
@@ -48,19 +53,23 @@ def _stream(client, model: str, prompt: str, new: int) -> tuple[float, float, fl
     return start, first, last, tokens
 
 
-def _aggregate(client, model: str, prompt: str, new: int, streams: int) -> tuple[float, list[int]]:
-    counts: list[int] = []
+def _liveness_while(work, url: str) -> tuple[threading.Event, list[float], threading.Thread]:
+    """Poll GET /v2/health/live every 20 ms until the event is set; the latencies in ms."""
+    import httpx
 
-    def one() -> None:
-        counts.append(_stream(client, model, prompt, new)[3])
+    done, latencies = threading.Event(), []
 
-    threads = [threading.Thread(target=one) for _ in range(streams)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - start), counts
+    def poll() -> None:
+        with httpx.Client(timeout=5) as http:
+            while not done.is_set() and len(latencies) < 5000:
+                start = time.perf_counter()
+                http.get(f"{url}/v2/health/live").raise_for_status()
+                latencies.append(1000 * (time.perf_counter() - start))
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    return done, latencies, thread
 
 
 def http_row(paths: dict, work: Path, args, prompt_ids: Path) -> dict:
@@ -101,7 +110,13 @@ def http_row(paths: dict, work: Path, args, prompt_ids: Path) -> dict:
             start, first, last, tokens = _stream(client, "bench-int4", prompt, args.new)
             ttft.append(1000 * (first - start))
             decode.append((tokens - 1) / (last - first) if last > first else float("nan"))
-        aggregate = {n: _aggregate(client, "bench-int4", prompt, args.new, n) for n in (1, 4)}
+        aggregate = {1: concurrent_rate(lambda: _stream(client, "bench-int4", prompt, args.new)[3], 1)}
+        done, liveness, poller = _liveness_while(work, f"http://127.0.0.1:{port}")
+        try:
+            aggregate[4] = concurrent_rate(lambda: _stream(client, "bench-int4", prompt, args.new)[3], 4)
+        finally:
+            done.set()
+            poller.join()
         rss = _peak_rss(server.pid)
     finally:
         server.terminate()
@@ -117,4 +132,5 @@ def http_row(paths: dict, work: Path, args, prompt_ids: Path) -> dict:
         "tokens_per_stream": {str(n): counts for n, (_, counts) in aggregate.items()},
         "peak_rss_bytes": rss,
         "perplexity": ppl,
+        "liveness_ms_during_4_streams": sorted(liveness),
     }

@@ -167,15 +167,11 @@ class LlamaCpp:
 ENGINES = {"hf-eager": HfEager, "genai": Genai, "llamacpp": LlamaCpp}
 
 
-def _aggregate(engine, prompt: list[int], new: int, streams: int) -> tuple[float, list[int]]:
-    """Tokens/s of `streams` concurrent streams, each from its request to its last token
-    (prompt processing included), started together, one thread each."""
+def concurrent_rate(one_stream, streams: int) -> tuple[float, list[int]]:
+    """Tokens/s of `streams` concurrent calls of `one_stream()` (each returns its token count),
+    started together, one thread each, timed from the start to the last one's end."""
     counts: list[int] = []
-
-    def one() -> None:
-        counts.append(len(engine.stream(prompt, new)))
-
-    threads = [threading.Thread(target=one) for _ in range(streams)]
+    threads = [threading.Thread(target=lambda: counts.append(one_stream())) for _ in range(streams)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -205,7 +201,7 @@ def main() -> None:
         stamps = engine.stream(prompt, args.new)
         ttft.append(1000 * (stamps[0] - start))
         decode.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    aggregate = {n: _aggregate(engine, prompt, args.new, n) for n in (1, args.streams)}
+    aggregate = {n: concurrent_rate(lambda: len(engine.stream(prompt, args.new)), n) for n in (1, args.streams)}
     ppl = engine.perplexity(np.load(args.eval)) if args.eval else None
     result = {
         "engine": args.engine,

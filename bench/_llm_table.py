@@ -43,4 +43,11 @@ def render(saved: dict[str, Any]) -> str:
             f"{one:,.0f} / {four:,.0f} | {four / one:.2f}x | {r['peak_rss_bytes'] / MIB:,.0f} | "
             f"{r['artifact_bytes'] / MIB:,.2f} | {ppl} |"
         )
+    for r in saved["rows"]:
+        live = r.get("liveness_ms_during_4_streams")
+        if live:
+            lines.append(
+                f"\n{r['model']}: liveness while 4 streams generate over HTTP ({len(live)} polls): "
+                f"p50 {_pct(live, 0.5):.1f} ms, p99 {_pct(live, 0.99):.1f} ms, max {max(live):.1f} ms."
+            )
     return "\n".join(lines)

@@ -11,14 +11,13 @@ delete a directory of other files.
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from runtime.common.fsutil import replaced_dir
 from runtime.contract import MODEL_FILE
 from runtime.export.config import check_out_dir
 from runtime.repository.artifact import MANIFEST, ArtifactError, verify_artifact, write_manifest
@@ -43,23 +42,10 @@ def stage_artifact(out_dir: Path, model_path: Path, info: dict[str, Any]) -> dic
             or what `write_manifest` / `verify_artifact` refuse (e.g. a symlink inside it).
     """
     check_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    try:
-        staging.chmod(0o755)
+    with replaced_dir(out_dir) as staging:
         _copy_model(Path(model_path), staging)
         manifest = write_manifest(staging, info)
         verify_artifact(staging)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old.exists() and not out_dir.exists():
-            os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return manifest
 
 

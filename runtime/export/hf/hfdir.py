@@ -16,15 +16,14 @@ text the model never trained on.
 from __future__ import annotations
 
 import copy
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
+from runtime.common.fsutil import replaced_dir
 from runtime.export.config import ExportError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -67,25 +66,12 @@ def save_hf_dir(model: nn.Module, source_dir: Path, out_dir: Path) -> Path:
         raise ExportError(
             f"{source_dir}: no tokenizer_config.json; the checkpoint must hold the model's tokenizer files"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    try:
+    with replaced_dir(out_dir) as staging:
         model.config.use_cache = True  # the served model generates with a key/value cache
         model.save_pretrained(staging, safe_serialization=True)
         for path in sorted(source_dir.iterdir()):
             if path.is_file() and not _is_weight_file(path.name):
                 shutil.copyfile(path, staging / path.name)
-        staging.chmod(0o755)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old.exists() and not out_dir.exists():
-            os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return out_dir
 
 

@@ -7,9 +7,7 @@ with the `generate` extension.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +16,7 @@ from torch import nn
 from runtime.common.tokens import VOCAB_SIZE
 from runtime.train.config import BUILTIN_SOURCE, BUILTIN_TEXT_SOURCE, TABULAR_SUFFIXES, ModelConfig, TrainConfig, fail
 from runtime.train.data import Dataset
+from runtime.train.families.perplexity import PerplexityReport
 from runtime.train.families.spec import Family
 from runtime.train.gpt import build_gpt, ffn_sizes_of, flops_per_token
 from runtime.train.text import load_text_dataset
@@ -47,10 +46,9 @@ def model_for_weights(model: ModelConfig, state: dict[str, torch.Tensor], tag_di
     return build_gpt(model, ffn_sizes_of(state, model.num_layers))
 
 
-class LanguageModelTask:
+class LanguageModelTask(PerplexityReport):
     """Next-token prediction on packed byte-token windows (model.kind=gpt)."""
 
-    metric_name = "val_perplexity"
     partitions_own_model = False
 
     def __init__(self, cfg: TrainConfig):
@@ -65,13 +63,6 @@ class LanguageModelTask:
 
     def flops_per_sample(self, num_params: int) -> float:
         return float(flops_per_token(self.cfg.model) * self.cfg.model.seq_len)
-
-    def eval_batch_size(self, micro_batch: int) -> int:
-        return max(1, micro_batch)
-
-    def val_indices(self, data: Dataset):
-        cap = self.cfg.data.val_max_sequences
-        return data.val_idx[:cap] if cap else data.val_idx
 
     def checkpoint_files(self) -> dict[str, bytes]:
         return {}
@@ -88,39 +79,12 @@ class LanguageModelTask:
         count = float(x.shape[0] * (x.shape[1] - 1))
         return self._token_loss(engine, x, device, "sum").item(), 0.0, count
 
-    def finish_eval(self, loss_sum: float, metric_sum: float, count: float) -> tuple[float, float]:
-        loss = loss_sum / count
-        return loss, math.exp(min(loss, 50.0))
-
     def data_line(self, data: Dataset) -> str:
         return f"sequences of {self.cfg.model.seq_len + 1} tokens"
 
     def announce_line(self, flops_per_sample: float) -> str | None:
         batch, seq = self.cfg.global_batch_size, self.cfg.model.seq_len
         return f"tokens/step {batch * seq} ({batch} x seq_len {seq}); {flops_per_sample / seq:.3g} FLOPs per token"
-
-    def metric_text(self, value: float) -> str:
-        return f"val_ppl {value:.3f}"
-
-    def metric_csv(self, value: float) -> str:
-        return f"{value:.4f}"
-
-    def speed_text(self, samples_per_s: float) -> str:
-        return f"{samples_per_s * self.tokens_per_sample:.0f} tokens/s"
-
-    def summary_facts(self, metric: float, samples_per_s: float) -> dict[str, Any]:
-        return {
-            "val_accuracy": float("nan"),  # the key every summary.json has had
-            "val_perplexity": metric,
-            "seq_len": self.cfg.model.seq_len,
-            "tokens_per_s": samples_per_s * self.cfg.model.seq_len,
-        }
-
-    def done_line(self, steps: int, summary: dict[str, Any], run_dir: Path) -> str:
-        return (
-            f"done: {steps} steps, val perplexity {summary['val_perplexity']:.3f}, "
-            f"{summary['tokens_per_s']:.0f} tokens/s, MFU {100 * summary['mfu']:.2f}%, {run_dir}"
-        )
 
 
 FAMILY = Family(

@@ -12,7 +12,6 @@ OpenAI-compatible routes).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from torch import nn
 
 from runtime.train.config import TrainConfig, fail
 from runtime.train.data import Dataset
+from runtime.train.families.perplexity import PerplexityReport
 from runtime.train.families.spec import Family
 from runtime.train.hf import model as hf_model
 from runtime.train.hf.data import load_jsonl_dataset
@@ -56,10 +56,9 @@ def check_config(cfg: TrainConfig) -> None:
         fail("data.source", cfg.data.source, fix)
 
 
-class CausalLMTask:
+class CausalLMTask(PerplexityReport):
     """Next-token prediction on masked, packed windows of a Hugging Face model (model.kind=hf-causal-lm)."""
 
-    metric_name = "val_perplexity"
     partitions_own_model = True
 
     def __init__(self, cfg: TrainConfig):
@@ -111,13 +110,6 @@ class CausalLMTask:
         seq, layers, hidden = self.cfg.model.seq_len, self.hf_config.num_hidden_layers, self.hf_config.hidden_size
         return float((6 * num_params + 12 * layers * seq * hidden) * seq)
 
-    def eval_batch_size(self, micro_batch: int) -> int:
-        return max(1, micro_batch)
-
-    def val_indices(self, data: Dataset):
-        cap = self.cfg.data.val_max_sequences
-        return data.val_idx[:cap] if cap else data.val_idx
-
     def checkpoint_files(self) -> dict[str, bytes]:
         root = self._resolve()
         return {
@@ -141,10 +133,6 @@ class CausalLMTask:
         total, count = self._sums(engine, x, y, device)
         return total.item(), 0.0, count.item()
 
-    def finish_eval(self, loss_sum: float, metric_sum: float, count: float) -> tuple[float, float]:
-        loss = loss_sum / max(count, 1.0)
-        return loss, math.exp(min(loss, 50.0))
-
     def data_line(self, data: Dataset) -> str:
         targets = int(data.y[:, 1:].sum())
         return f"windows of {self.cfg.model.seq_len + 1} tokens ({targets} target tokens)"
@@ -157,30 +145,8 @@ class CausalLMTask:
             f"{flops_per_sample / seq:.3g} FLOPs per token"
         )
 
-    def metric_text(self, value: float) -> str:
-        return f"val_ppl {value:.3f}"
-
-    def metric_csv(self, value: float) -> str:
-        return f"{value:.4f}"
-
-    def speed_text(self, samples_per_s: float) -> str:
-        return f"{samples_per_s * self.tokens_per_sample:.0f} tokens/s"
-
-    def summary_facts(self, metric: float, samples_per_s: float) -> dict[str, Any]:
-        return {
-            "val_accuracy": float("nan"),  # the key every summary.json has had
-            "val_perplexity": metric,
-            "seq_len": self.cfg.model.seq_len,
-            "tokens_per_s": samples_per_s * self.cfg.model.seq_len,
-            "model_dir": self.cfg.model.model_dir,
-            "lora_rank": self.cfg.model.lora_rank,
-        }
-
-    def done_line(self, steps: int, summary: dict[str, Any], run_dir: Path) -> str:
-        return (
-            f"done: {steps} steps, val perplexity {summary['val_perplexity']:.3f}, "
-            f"{summary['tokens_per_s']:.0f} tokens/s, MFU {100 * summary['mfu']:.2f}%, {run_dir}"
-        )
+    def extra_summary(self) -> dict[str, Any]:
+        return {"model_dir": self.cfg.model.model_dir, "lora_rank": self.cfg.model.lora_rank}
 
 
 FAMILY = Family(
