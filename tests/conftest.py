@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from runtime.common.net import free_port  # also imported from here by other tests
+from tests import hf_chain
 from tests.layout import ROOT
 from tests.support import aws_test_env
 
@@ -96,12 +97,36 @@ def preempted_run(tmp_path_factory) -> tuple[int, str, Path]:
     return proc.returncode, out, root / "pre"
 
 
-# The bring-your-own-model tests (tests/runtime/train, export and serve, tests/e2e) share one
-# small Llama-architecture Hugging Face directory, made once per session (stratus.tinyllm).
+# The bring-your-own-model tests (tests/runtime/train, export and serve) share one small
+# Llama-architecture Hugging Face directory and one launch.sh run on it, made in the background
+# from the end of collection (tests/hf_chain.py).
+def pytest_collection_finish(session):
+    if any(hf_chain.FIXTURES & set(getattr(item, "fixturenames", ())) for item in session.items):
+        hf_chain.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    hf_chain.close()
+
+
 @pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory) -> Path:
+def tiny_llama_dir() -> Path:
     """A pre-trained ~1.3M-parameter Llama-architecture HF directory with a BPE tokenizer and a
     chat template, made here (no download); tests must copy it before changing anything in it."""
-    from stratus.tinyllm import make_tiny_llama
+    return hf_chain.start().model.result()
 
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model", log=lambda line: None)
+
+@pytest.fixture(scope="session")
+def hf_launch() -> hf_chain.HfLaunch:
+    """`scripts/launch.sh --preset hf-tiny --model-dir <tiny_llama_dir> --data examples/chat.jsonl`
+    as the README runs it: fine-tuned (2 ranks, ZeRO-3), exported int4, gated, published."""
+    result = hf_chain.start().launch.result()
+    if result.returncode != 0:
+        pytest.fail(f"launch.sh --preset hf-tiny failed ({result.returncode}):\n{result.output[-8000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def hf_run(hf_launch) -> Path:
+    """The run directory of hf-tiny fine-tuned once per session (see `hf_launch`)."""
+    return hf_launch.run_dir

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -137,46 +136,3 @@ def write_chat_jsonl(path: Path, num: int = 240, seed: int = 0) -> Path:
         lines.append(json.dumps({"messages": messages}))
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-# hf-tiny: the tiny Llama fine-tuned on 2 ranks with ZeRO-3 (no offload) and activation checkpointing.
-HF_RUN = ["max_steps=6", "eval_every=3", "checkpoint_every=6", "model.activation_checkpointing=true"]
-
-
-@dataclass(frozen=True)
-class HfLaunch:
-    """What `scripts/launch.sh --preset hf-tiny --model-dir ... --data chat.jsonl` left behind."""
-
-    run_dir: Path
-    """The run: checkpoints, metrics.csv, summary.json, `export/` (the staged int4 artifact)."""
-    repo: Path
-    """The local model repository it published `hf-tiny` version 1 to."""
-    output: str
-    """launch.sh's stdout and stderr."""
-
-
-@pytest.fixture(scope="session")
-def hf_launch(tiny_llama_dir, tmp_path_factory) -> HfLaunch:
-    """The bring-your-own-model path once per session, as the README runs it: `scripts/launch.sh`
-    fine-tunes the tiny Llama on `examples/chat.jsonl` (2 ranks, ZeRO-3), exports int4 with a KV
-    cache, gates it on validation perplexity and publishes it to `<root>/model-repo`."""
-    root = tmp_path_factory.mktemp("hf-runs")
-    data = ROOT / "examples" / "chat.jsonl"  # the README's example data (write_chat_jsonl made it)
-    args = ["--preset", "hf-tiny", "--model-dir", str(tiny_llama_dir), "--data", str(data)]
-    args += ["--output-dir", str(root), "--run-name", "hf-tiny", "--"]
-    for s in HF_RUN:
-        args += ["--set", s]
-    env = {k: v for k, v in os.environ.items() if k != "STRATUS_MODEL_REPO"}
-    env["DS_ACCELERATOR"] = "cpu"
-    launch = [str(ROOT / "scripts" / "launch.sh"), *args]
-    result = subprocess.run(launch, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        pytest.fail(f"launch.sh --preset hf-tiny failed ({result.returncode}):\n{output[-8000:]}")
-    return HfLaunch(run_dir=root / "hf-tiny", repo=root / "model-repo", output=output)
-
-
-@pytest.fixture(scope="session")
-def hf_run(hf_launch) -> Path:
-    """The run directory of hf-tiny fine-tuned once per session (see `hf_launch`)."""
-    return hf_launch.run_dir

@@ -53,7 +53,13 @@ def _venv_site(box: Sandbox):
 
 
 def test_trainer_user_data_installs_python_and_the_cuda_torch_offline_and_starts_its_units(tmp_path, aws_env):
-    _upload(aws_env, bundle_bytes(fake_wheel(tmp_path, "2.13.0+cu128", "12.8")))
+    # GPU hosts also swap onnxruntime-genai for its CUDA build of the pinned version
+    genai = [
+        fake_package_wheel(tmp_path, name, "0.18.0", "onnxruntime_genai")
+        for name in ("onnxruntime-genai", "onnxruntime-genai-cuda")
+    ]
+    requirements = "torch==2.13.0\nonnxruntime-genai==0.18.0\n"
+    _upload(aws_env, bundle_bytes(fake_wheel(tmp_path, "2.13.0+cu128", "12.8"), requirements, tuple(genai)))
     box = _node(tmp_path)
     (tmp_path / "ami").mkdir()  # the DLAMI's own torch is another version: left alone
     box.ami_framework_python(fake_wheel(tmp_path / "ami", "2.12.0+cu128", "12.8"))
@@ -73,6 +79,10 @@ def test_trainer_user_data_installs_python_and_the_cuda_torch_offline_and_starts
     assert "its torch 2.12.0+cu128 is not the pinned torch==2.13.0" in result.stderr
     assert "installing the CUDA build of torch==2.13.0" in result.stderr
     assert not (_venv_site(box) / "stratus-ami-torch.pth").exists()
+    assert "installing onnxruntime-genai-cuda==0.18.0" in result.stderr
+    python = box.root / "opt/stratus/venv/bin/python"
+    which = box.run(f'"{python}" -c "import onnxruntime_genai as og; print(og.DISTRIBUTION)"')
+    assert which.stdout.strip() == "onnxruntime-genai-cuda", which.stderr
     (torch_init,) = (box.root / "opt/stratus/venv/lib").glob("python3.11/site-packages/torch/__init__.py")
     assert (box.root / "opt/stratus/.ready").exists()
     # GPUs not visible yet (driver still loading): a failure systemd retries, not exit 78
@@ -117,31 +127,6 @@ def test_no_cuda_torch_of_the_pinned_version_anywhere_fails_loudly(tmp_path, aws
     assert result.returncode == userdata.EX_CONFIG, result.stderr
     assert "its torch 2.12.0+cu128 is not the pinned torch==2.13.0" in result.stderr
     assert "torch 2.13.0+cpu is a CPU-only build; GPU hosts need the CUDA build" in result.stderr
-    assert not (box.root / "opt/stratus/.ready").exists()
-
-
-def test_a_gpu_host_swaps_in_the_cuda_build_of_the_pinned_onnxruntime_genai(tmp_path, aws_env):
-    genai = [
-        fake_package_wheel(tmp_path, name, "0.18.0", "onnxruntime_genai")
-        for name in ("onnxruntime-genai", "onnxruntime-genai-cuda")
-    ]
-    requirements = "torch==2.13.0\nonnxruntime-genai==0.18.0\n"
-    torch_wheel = fake_wheel(tmp_path, "2.13.0+cu128", "12.8")
-    _upload(aws_env, bundle_bytes(torch_wheel, requirements, extra_wheels=tuple(genai)))
-    box = _node(tmp_path)
-    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
-    assert result.returncode == 0, result.stderr
-    assert "installing onnxruntime-genai-cuda==0.18.0" in result.stderr
-    python = box.root / "opt/stratus/venv/bin/python"
-    which = box.run(f'"{python}" -c "import onnxruntime_genai as og; print(og.DISTRIBUTION)"')
-    assert which.stdout.strip() == "onnxruntime-genai-cuda", which.stderr
-    # the bundle lacks the CUDA build: refused with the download command, not retried
-    _upload(aws_env, bundle_bytes(torch_wheel, requirements, extra_wheels=tuple(genai[:1])))
-    (tmp_path / "again").mkdir()
-    box = _node(tmp_path / "again")
-    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
-    assert result.returncode == userdata.EX_CONFIG, result.stderr
-    assert "pip download" in result.stderr and "onnxruntime-genai-cuda==0.18.0" in result.stderr
     assert not (box.root / "opt/stratus/.ready").exists()
 
 
