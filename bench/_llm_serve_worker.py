@@ -132,25 +132,37 @@ class Genai:
 
 
 class LlamaCpp:
+    STREAMS = 4
+    """Contexts made before timing: a Llama object is not thread-safe, so each concurrent stream
+    takes one of its own from the pool (its load is not counted in any stream's time)."""
+
     def __init__(self, path: str, threads: int):
+        import queue
+
         import llama_cpp
 
         self.path, self.threads, self.llama_cpp = path, threads, llama_cpp
-        self.llm = self._new()
+        self.pool: queue.Queue = queue.Queue()
+        for _ in range(self.STREAMS):
+            self.pool.put(self._new())
 
     def _new(self, logits_all: bool = False):
         return self.llama_cpp.Llama(
             model_path=self.path, n_threads=self.threads, n_ctx=512, logits_all=logits_all, verbose=False
         )
 
-    def stream(self, prompt: list[int], new: int, llm=None) -> list[float]:
-        llm = llm or self._new()  # one context per stream: a Llama object is not thread-safe
-        stamps = []
-        for _ in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-            stamps.append(time.perf_counter())
-            if len(stamps) >= new:
-                break
-        return stamps
+    def stream(self, prompt: list[int], new: int) -> list[float]:
+        llm = self.pool.get()
+        try:
+            stamps = []
+            llm.reset()  # no reuse of the previous call's prompt cache: every stream reads its prompt
+            for _ in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+                stamps.append(time.perf_counter())
+                if len(stamps) >= new:
+                    break
+            return stamps
+        finally:
+            self.pool.put(llm)
 
     def perplexity(self, windows: np.ndarray) -> float:
         llm = self._new(logits_all=True)

@@ -69,7 +69,8 @@ def cpu_line() -> str:
 
 def run(cmd: list[str], **kw) -> None:
     print("$", " ".join(cmd), flush=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DS_ACCELERATOR": "cpu"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "DS_ACCELERATOR": "cpu"}
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, **kw)
 
 
@@ -91,7 +92,7 @@ def prepare(name: str, args: argparse.Namespace) -> dict:
     for precision in ("int4", "int8"):
         out = work / precision
         if not (out / "manifest.json").is_file():
-            export = [sys.executable, "-m", "runtime", "export", "--run-dir", str(run_dir), "--out-dir", str(out)]
+            export = [sys.executable, "-m", "runtime", "export", "--run-dir", str(run_dir), "--out", str(out)]
             export += ["--precision", precision, "--model-name", f"bench-{precision}"]
             run([*export, "--publish", str(work / "repo")])
         paths[precision] = out
