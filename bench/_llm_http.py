@@ -72,6 +72,23 @@ def _liveness_while(work, url: str) -> tuple[threading.Event, list[float], threa
     return done, latencies, thread
 
 
+def _wait_ready(server: subprocess.Popen, url: str, work: Path) -> None:
+    """Until GET /v2/health/ready answers 200 (the model loaded and warmed), at most 300 s."""
+    import httpx
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", headers=auth).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"stratus serve did not become ready: {(work / 'serve.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
 def http_row(paths: dict, work: Path, args, prompt_ids: Path) -> dict:
     import numpy as np
     import openai
@@ -93,17 +110,7 @@ def http_row(paths: dict, work: Path, args, prompt_ids: Path) -> dict:
         server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TOKEN, max_retries=0, timeout=120)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client.models.list()
-                break
-            except openai.APIConnectionError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"stratus serve did not start: {(work / 'serve.log').read_text()[-2000:]}"
-                    ) from None
-                time.sleep(0.5)
+        _wait_ready(server, f"http://127.0.0.1:{port}", work)
         _stream(client, "bench-int4", prompt, 8)  # warm-up
         ttft, decode = [], []
         for _ in range(args.repeats):
