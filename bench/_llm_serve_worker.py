@@ -144,7 +144,10 @@ class LlamaCpp:
         self.path, self.threads, self.llama_cpp = path, threads, llama_cpp
         self.pool: queue.Queue = queue.Queue()
         for _ in range(self.STREAMS):
-            self.pool.put(self._new())
+            llm = self._new()
+            for _ in zip(range(4), llm.generate([1, 2, 3, 4], temp=0.0, top_k=1), strict=False):
+                pass  # warm each context: its first call allocates its compute buffers
+            self.pool.put(llm)
 
     def _new(self, logits_all: bool = False):
         return self.llama_cpp.Llama(
