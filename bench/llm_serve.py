@@ -200,9 +200,13 @@ def main() -> None:
     args.rows = args.rows.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
     saved = {"machine": cpu_line(), "threads": args.threads, "prompt": args.prompt, "new": args.new, "rows": []}
+    results = args.work / "results.json"
+    if results.is_file():  # a partial rerun (--models, --rows) replaces its rows, keeps the others
+        saved["rows"] = json.loads(results.read_text())["rows"]
     for name in args.models.split(","):
-        saved["rows"] += bench_model(name, args)
-        (args.work / "results.json").write_text(json.dumps(saved, indent=1))
+        for row in bench_model(name, args):
+            saved["rows"] = [r for r in saved["rows"] if (r["model"], r["row"]) != (name, row["row"])] + [row]
+            results.write_text(json.dumps(saved, indent=1))
     print(render(saved))
 
 
