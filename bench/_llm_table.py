@@ -31,8 +31,11 @@ def render(saved: dict[str, Any]) -> str:
         "1 / 4 streams | 4 vs 1 | peak RSS MiB | artifact MiB | perplexity |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    peer = {r["model"]: statistics.median(r["decode_tok_s"]) for r in saved["rows"] if r["row"] == "hf-eager"}
-    for r in saved["rows"]:
+    models = list(dict.fromkeys(r["model"] for r in saved["rows"]))
+    order = list(LABELS)
+    rows = sorted(saved["rows"], key=lambda r: (models.index(r["model"]), order.index(r["row"])))
+    peer = {r["model"]: statistics.median(r["decode_tok_s"]) for r in rows if r["row"] == "hf-eager"}
+    for r in rows:
         decode = statistics.median(r["decode_tok_s"])
         base = peer.get(r["model"])
         one, four = r["aggregate_tok_s"]["1"], r["aggregate_tok_s"]["4"]
@@ -43,7 +46,7 @@ def render(saved: dict[str, Any]) -> str:
             f"{one:,.0f} / {four:,.0f} | {four / one:.2f}x | {r['peak_rss_bytes'] / MIB:,.0f} | "
             f"{r['artifact_bytes'] / MIB:,.2f} | {ppl} |"
         )
-    for r in saved["rows"]:
+    for r in rows:
         live = r.get("liveness_ms_during_4_streams")
         if live:
             lines.append(
