@@ -4,7 +4,7 @@ The server runs the published int4 artifact (`--intra-op-threads` = the bench's 
 concurrent generations); the client is the stock `openai` package streaming completions, one
 thread per stream. Token counts come from the stream's usage chunk; time to first token is the
 first chunk with text; decode tokens/s is (tokens - 1) over the time from that chunk to the last.
-Peak RSS is the server process's VmHWM. While the 4 streams run, a fifth client polls liveness
+Peak RSS is the server process's VmHWM. While the 4 streams run, another process polls liveness
 (`GET /v2/health/live`) every 20 ms and records each answer's latency.
 """
 
@@ -16,7 +16,6 @@ import secrets
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -53,23 +52,37 @@ def _stream(client, model: str, prompt: str, new: int) -> tuple[float, float, fl
     return start, first, last, tokens
 
 
-def _liveness_while(work, url: str) -> tuple[threading.Event, list[float], threading.Thread]:
-    """Poll GET /v2/health/live every 20 ms until the event is set; the latencies in ms."""
-    import httpx
+POLLER = """
+import json, sys, time, urllib.request
+url, stop, out = sys.argv[1:4]
+latencies = []
+while len(latencies) < 5000:
+    start = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        answer.read()
+    latencies.append(1000 * (time.perf_counter() - start))
+    try:
+        open(stop).close()
+        break
+    except FileNotFoundError:
+        time.sleep(0.02)
+open(out, "w").write(json.dumps(latencies))
+"""
+"""A separate process polling liveness every 20 ms (so the client's own threads do not delay it)."""
 
-    done, latencies = threading.Event(), []
 
-    def poll() -> None:
-        with httpx.Client(timeout=5) as http:
-            while not done.is_set() and len(latencies) < 5000:
-                start = time.perf_counter()
-                http.get(f"{url}/v2/health/live").raise_for_status()
-                latencies.append(1000 * (time.perf_counter() - start))
-                time.sleep(0.02)
+def _liveness_while(work: Path, url: str):
+    """Start polling GET /v2/health/live; returns a function that stops it and gives the latencies (ms)."""
+    stop, out = work / "liveness.stop", work / "liveness.json"
+    stop.unlink(missing_ok=True)
+    poller = subprocess.Popen([sys.executable, "-c", POLLER, f"{url}/v2/health/live", str(stop), str(out)])
 
-    thread = threading.Thread(target=poll)
-    thread.start()
-    return done, latencies, thread
+    def finish() -> list[float]:
+        stop.touch()
+        poller.wait(timeout=30)
+        return json.loads(out.read_text())
+
+    return finish
 
 
 def _wait_ready(server: subprocess.Popen, url: str, work: Path) -> None:
@@ -118,12 +131,11 @@ def http_row(paths: dict, work: Path, args, prompt_ids: Path) -> dict:
             ttft.append(1000 * (first - start))
             decode.append((tokens - 1) / (last - first) if last > first else float("nan"))
         aggregate = {1: concurrent_rate(lambda: _stream(client, "bench-int4", prompt, args.new)[3], 1)}
-        done, liveness, poller = _liveness_while(work, f"http://127.0.0.1:{port}")
+        finish = _liveness_while(work, f"http://127.0.0.1:{port}")
         try:
             aggregate[4] = concurrent_rate(lambda: _stream(client, "bench-int4", prompt, args.new)[3], 4)
         finally:
-            done.set()
-            poller.join()
+            liveness = finish()
         rss = _peak_rss(server.pid)
     finally:
         server.terminate()
