@@ -8,8 +8,8 @@ offload; the numbers are the run's own `summary.json`: tokens/s (the last `log_e
 MFU against the matmul peak the ranks measured at start, and the parameters each rank holds
 (`params_held_per_rank`: under ZeRO-3 its shard). Model state per rank is the ZeRO paper's
 formula for fp32 Adam (`bench/_model_state.py: paper_bytes`) at the measured parameter count;
-ZeRO-3 + offload keeps the optimizer state and the fp32 parameters in host memory, so its
-accelerator-side state is the parameter shard only (on this CPU machine, host and device are one).
+ZeRO-3 + offload holds the same state per rank, but in host memory (the accelerator keeps only
+working buffers; on this CPU machine host and device are one).
 The `DDP` row is ZeRO stage 0: DeepSpeed's plain data parallelism (every rank holds everything).
 """
 
@@ -66,7 +66,7 @@ def render(rows: list[dict]) -> str:
         s = r["summary"]
         state, formula = paper_bytes(s["num_parameters"], s["world_size"], r["stage"], "fp32")
         if r["offload"] == "all":
-            state, formula = s["num_parameters"] * 4 // s["world_size"], "4Psi/N on the device; the rest in host memory"
+            formula += ", all of it in host memory"
         ddp = state if r["row"] == "ddp" else ddp
         held = " / ".join(f"{h:,}" for h in s["params_held_per_rank"])
         ratio = f"{state / ddp:.2f}x" if ddp else "-"
