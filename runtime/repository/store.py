@@ -44,9 +44,9 @@ def _parse_version(data: bytes, where: str) -> int:
     value = data.strip(b" \t\r\n")
     text = value.decode("ascii", errors="replace")
     if not is_version_name(text) or int(text) < 1:
+        size = f"{len(data)}{'+' if len(data) >= _LATEST_READ_BYTES else ''} bytes"
         raise PublishError(
-            f"{where}: does not hold a positive version number of at most {MAX_VERSION_DIGITS} ASCII "
-            f"digits ({len(data)}{'+' if len(data) >= _LATEST_READ_BYTES else ''} bytes); "
+            f"{where}: holds {size}, not a positive version number (1 to {MAX_VERSION_DIGITS} ASCII digits); "
             "publish again to rewrite it"
         )
     return int(text)

@@ -51,7 +51,7 @@ def repo(tmp_path: Path) -> LocalRepo:
 )
 def test_latest_that_is_not_a_version_number_is_refused(repo: LocalRepo, content: bytes):
     (repo.root / "tiny" / "LATEST").write_bytes(content)
-    with pytest.raises(PublishError, match="does not hold a positive version number"):
+    with pytest.raises(PublishError, match="not a positive version number"):
         repo.read_latest("tiny")
 
 
