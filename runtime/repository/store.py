@@ -16,24 +16,40 @@ from pathlib import Path
 
 from runtime.common.fsutil import atomic_write, sha256_file
 from runtime.common.s3 import child_names, delete_prefix, parse_s3_uri, sse_kms_args
-from runtime.repository.artifact import MANIFEST, check_relpath
+from runtime.repository.artifact import MANIFEST, ArtifactError, check_relpath
 
 log = logging.getLogger("stratus.repo")
 
 LATEST = "LATEST"
 MAX_FETCH_BYTES = 8 << 30  # refuse to download a "version" bigger than this (8 GiB)
+MAX_VERSION_DIGITS = 18
+"""A version number has at most this many ASCII digits (fits an int64); LATEST is read up to a
+few bytes more than that, never whole."""
+_LATEST_READ_BYTES = MAX_VERSION_DIGITS + 8
 
 
 class PublishError(RuntimeError):
     """Uploading, verifying or reading the repository failed; the message says what and where."""
 
 
-def _parse_version(text: str | bytes, where: str) -> int:
-    raw = text.decode(errors="replace") if isinstance(text, bytes) else text
-    value = raw.strip()
-    if not value.isdigit() or int(value) < 1:
-        raise PublishError(f"{where}: holds {raw[:40]!r}, not a positive version number")
-    return int(value)
+def is_version_name(name: str) -> bool:
+    """Whether `name` is a version number as written by publish: 1 to MAX_VERSION_DIGITS ASCII
+    digits (`str.isdigit` alone also accepts superscripts and other digits that `int` refuses)."""
+    return 0 < len(name) <= MAX_VERSION_DIGITS and name.isascii() and name.isdigit()
+
+
+def _parse_version(data: bytes, where: str) -> int:
+    """The version LATEST names. Its content is never quoted in the error: a LATEST that is not a
+    version number may be anything (a link to a secret, say), so only its size is reported."""
+    value = data.strip(b" \t\r\n")
+    text = value.decode("ascii", errors="replace")
+    if not is_version_name(text) or int(text) < 1:
+        size = f"{len(data)}{'+' if len(data) >= _LATEST_READ_BYTES else ''} bytes"
+        raise PublishError(
+            f"{where}: holds {size}, not a positive version number (1 to {MAX_VERSION_DIGITS} ASCII digits); "
+            "publish again to rewrite it"
+        )
+    return int(text)
 
 
 class LocalRepo:
@@ -48,13 +64,23 @@ class LocalRepo:
         model_dir = self.root / model
         if not model_dir.is_dir():
             return []
-        return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+        return sorted(int(p.name) for p in model_dir.iterdir() if is_version_name(p.name))
 
     def read_latest(self, model: str) -> int | None:
+        """The version LATEST names (None: no LATEST). Raises PublishError for a LATEST that is a
+        symlink or not a version number."""
         path = self.root / model / LATEST
-        if not path.exists():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
             return None
-        return _parse_version(path.read_bytes(), str(path))
+        except OSError as e:
+            if path.is_symlink():
+                raise PublishError(f"{path}: is a symlink; publish writes LATEST as a file") from None
+            raise PublishError(f"{path}: cannot be read ({e.strerror})") from None
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(_LATEST_READ_BYTES)
+        return _parse_version(data, str(path))
 
     def next_version(self, model: str) -> int:
         return max([0, self.read_latest(model) or 0, *self.versions(model)]) + 1
@@ -108,6 +134,8 @@ class LocalRepo:
         """Copy `<model>/<version>/` into the empty/nonexistent `dest` (symlinks kept as links, so
         that verification rejects them); return `dest`."""
         src = self.root / model / str(version)
+        if src.is_symlink():  # copytree would follow it, and verification would never see the link
+            raise ArtifactError(f"{src}: the version directory is a symlink; copy it instead")
         if not src.is_dir():
             raise PublishError(f"{src}: version directory not found")
         shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
@@ -140,12 +168,12 @@ class S3Repo:
             names = child_names(self.client, self.bucket, self.key(f"{model}/"))
         except Exception as e:  # botocore ClientError/EndpointConnectionError and friends
             raise self._error("listing", f"{model}/", e) from e
-        return sorted({int(name) for name in names if name.isdigit()})
+        return sorted({int(name) for name in names if is_version_name(name)})
 
     def read_latest(self, model: str) -> int | None:
         rel = f"{model}/{LATEST}"
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"].read()
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"].read(_LATEST_READ_BYTES)
         except self.client.exceptions.NoSuchKey:
             return None
         except Exception as e:

@@ -38,7 +38,7 @@ from runtime.serve.body import BodyReader, Disconnected, Refused
 from runtime.serve.dataplane import DataPlane
 from runtime.serve.model import LoadedModel
 from runtime.serve.protocol import RequestError, encode_infer_response
-from runtime.serve.stream import send_stream
+from runtime.serve.stream import send_stream, until_disconnected
 
 log = logging.getLogger("stratus.serve")
 
@@ -217,7 +217,9 @@ class ServeApp:
             status, body = 500, b'{"error":"internal server error"}'
         try:
             if status != 499 and not isinstance(body, bytes):  # a stream (server-sent events)
-                body_size = await send_stream(send, status, headers, body)
+                body_size, complete = await send_stream(send, status, headers, body, receive)
+                if not complete:
+                    status = 499  # the client went away: the generation behind the stream was stopped
             elif status != 499:
                 await send(
                     {
@@ -289,7 +291,7 @@ async def _infer(app: ServeApp, call: Call) -> Response:
     header_length = None
     raw = call.headers.get(b"inference-header-content-length")
     if raw is not None:
-        if not raw.strip().isdigit():
+        if not raw.strip().isdigit() or len(raw.strip()) > 18:
             raise RequestError(400, "Inference-Header-Content-Length must be a non-negative integer")
         header_length = int(raw)
     body = await call.body.read(call.headers, call.receive)
@@ -343,7 +345,8 @@ def _generate_route(stream_route: bool) -> Handler:
         relay = await extension.start(model, req)
         if req.stream:
             return 200, _sse(extension.events(model, relay)), _SSE_HEADERS
-        return 200, orjson.dumps(await extension.complete(model, relay)), _JSON
+        result = await until_disconnected(call.receive, extension.complete(model, relay), relay.aclose)
+        return 200, orjson.dumps(result), _JSON
 
     return generate
 

@@ -106,7 +106,8 @@ class ServeConfig:
     """Also serve the protocol over gRPC on this port (0: off)."""
 
     grpc_max_concurrent_rpcs: int = option(64, metavar="N")
-    """gRPC calls in progress before RESOURCE_EXHAUSTED (bounds gRPC memory: N x --max-body-bytes)."""
+    """Authenticated gRPC calls whose message arrived that may run at once; beyond it
+    RESOURCE_EXHAUSTED (anonymous calls and calls still waiting for their message hold no slot)."""
 
     generate_max_tokens: int = option(256, metavar="N")
     """Language models: most new tokens one request may ask for (more is refused: 422 on /generate,

@@ -21,7 +21,8 @@ liveness), following Triton's generate extension:
 
 Request: `{"text_input": "def main(", "parameters": {"max_tokens": 64, "temperature": 0.8,
 "top_k": 40, "top_p": 0.95, "seed": 1, "stream": false}}`. `temperature` 0 (the default) is greedy
-decoding. Caps (`stratus serve --generate-max-tokens/--generate-timeout/
+decoding, and so is a positive temperature below 1e-3 (`generation.MIN_TEMPERATURE`). A client
+that goes away stops its generation (at the next token). Caps (`stratus serve --generate-max-tokens/--generate-timeout/
 --generate-max-concurrency`): a request asking for more tokens than the cap is refused (422), as
 is one whose prompt and max_tokens do not fit the context of a model that cannot slide its window
 (onnxruntime-genai); generation stops at the time cap with `finish_reason: "time_limit"` and

@@ -24,6 +24,7 @@ held back until it can no longer be the start of one; `finish_reason` `stop`), t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,10 @@ from runtime.serve.body import Refused
 
 MAX_STOP_STRINGS = 4
 """Most stop strings one request may give (OpenAI's cap)."""
+MIN_TEMPERATURE = 1e-3
+"""A positive temperature below this decodes greedily, as 0 does: logits divided by a temperature
+such as 5e-324 overflow to infinity (no distribution left to sample), and below ~1e-3 sampling
+already picks the most likely token except for near-ties."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +53,8 @@ class Sampling:
     max_tokens: int
     """New tokens at most; then `finish_reason` `length`."""
     temperature: float = 0.0
-    """0 is greedy decoding; otherwise sampling from softmax(logits / temperature)."""
+    """0 is greedy decoding; otherwise sampling from softmax(logits / temperature) (below
+    MIN_TEMPERATURE: greedy, see `Generations.start`)."""
     top_p: float = 1.0
     """Nucleus sampling: the smallest set of tokens whose probabilities add up to this (1: all)."""
     top_k: int = 0
@@ -257,7 +263,8 @@ class Generations:
         self._pool = ThreadPoolExecutor(limits.max_concurrency, thread_name_prefix="stratus-generate")
 
     async def start(self, backend: Backend, req: Sampling) -> Relay:
-        """A relay over a new generation once a slot is free.
+        """A relay over a new generation once a slot is free (a temperature below MIN_TEMPERATURE
+        decodes greedily).
 
         Raises:
             Refused: 503 (with Retry-After) when no slot frees up within the queue timeout.
@@ -273,6 +280,8 @@ class Generations:
                 "generate_busy",
                 retry_after=True,
             ) from None
+        if 0.0 < req.temperature < MIN_TEMPERATURE:
+            req = dataclasses.replace(req, temperature=0.0)
         deadline = time.monotonic() + limits.timeout
         return Relay(self._pool, lambda cancelled: steps(backend, req, deadline, cancelled), self._slots.release)
 

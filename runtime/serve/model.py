@@ -205,6 +205,10 @@ class ModelManager:
             log.warning("reading LATEST of %s failed: %s", self.model, e)
             self.on_event("reload_failed", version=None, reason="latest")
             return
+        except Exception as e:  # may carry what the file holds: log its type only
+            log.warning("reading LATEST of %s failed (%s)", self.model, type(e).__name__)
+            self.on_event("reload_failed", version=None, reason="latest")
+            return
         if latest is None or latest in self.rejected:
             return
         if self.current is not None and latest == self.current.version:
@@ -236,7 +240,11 @@ class ModelManager:
 
     async def _run(self) -> None:
         while True:
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception as e:  # a poller that died would leave the server on this version for good
+                log.error("polling %s failed (%s); polling again", self.model, type(e).__name__)
+                self.on_event("reload_failed", version=None, reason="poll")
             await asyncio.sleep(self.poll_interval)
 
     def start(self) -> None:

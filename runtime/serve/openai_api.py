@@ -17,9 +17,9 @@ only when the data plane holds that extension, and answer only for models whose 
 it (`serving_extension`).
 
 Parameters: `max_tokens` (chat also `max_completion_tokens`; default: completions 16, chat what
-is left of the context, both within --generate-max-tokens), `temperature` (0-2, 0 greedy),
-`top_p`, `top_k` (an extension, as vLLM's), `seed`, `stop` (a string or up to 4), `n` (1 only),
-`stream`, `stream_options.include_usage`. Other sampling options that change the output
+is left of the context, both within --generate-max-tokens), `temperature` (0-2; 0, and anything
+below 1e-3, greedy), `top_p`, `top_k` (an extension, as vLLM's), `seed`, `stop` (a string or up
+to 4), `n` (1 only), `stream`, `stream_options.include_usage`. Other sampling options that change the output
 (`logprobs`, `echo`, `suffix`, `tools`, penalties, ...) are refused rather than ignored. A
 prompt whose tokens and `max_tokens` exceed the model's context is refused
 (`context_length_exceeded`), never truncated. `finish_reason`: `stop` (end-of-sequence token or
@@ -59,6 +59,7 @@ from runtime.serve.openai_schema import (
     parse_prompt,
 )
 from runtime.serve.protocol import RequestError
+from runtime.serve.stream import until_disconnected
 
 PREFIX = "/v1/"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -168,7 +169,7 @@ class OpenAIRoutes:
         head["model"] = model.name
         if options.stream:
             return 200, _stream(relay, head, options, chat=False), _SSE
-        pieces, finish = await collect(relay)
+        pieces, finish = await until_disconnected(call.receive, collect(relay), relay.aclose)
         choice = {"index": 0, "text": "".join(pieces), "logprobs": None, "finish_reason": _reason(finish)}
         return 200, orjson.dumps({**head, "choices": [choice], "usage": _usage(finish)}), _JSON
 
@@ -190,7 +191,7 @@ class OpenAIRoutes:
         head["model"] = model.name
         if options.stream:
             return 200, _stream(relay, {**head, "object": "chat.completion.chunk"}, options, chat=True), _SSE
-        pieces, finish = await collect(relay)
+        pieces, finish = await until_disconnected(call.receive, collect(relay), relay.aclose)
         message = {"role": "assistant", "content": "".join(pieces)}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _reason(finish)}
         return 200, orjson.dumps({**head, "choices": [choice], "usage": _usage(finish)}), _JSON

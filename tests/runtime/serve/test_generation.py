@@ -9,6 +9,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import orjson
 import pytest
 
@@ -21,7 +22,7 @@ from runtime.serve.auth import Authenticator
 from runtime.serve.body import Refused
 from runtime.serve.dataplane import DataPlane
 from runtime.serve.generate import Generate
-from runtime.serve.generation import Finish, GenerationLimits, Generations, Piece, Sampling, steps
+from runtime.serve.generation import Finish, GenerationLimits, Generations, Piece, Sampling, next_token, steps
 from runtime.serve.metrics import Metrics
 from runtime.serve.model import load_version
 from runtime.serve.protocol import Limits
@@ -166,3 +167,104 @@ def test_a_tampered_or_missing_weight_file_is_refused_at_load(loaded, tmp_path, 
 def test_a_genai_manifest_without_a_context_length_is_refused(genai_artifact, tmp_path):
     with pytest.raises(ArtifactError, match="max_seq_len"):
         genai.load(genai_artifact, {"language_model": {"runtime": genai.RUNTIME}, "files": {}})
+
+
+class Sampled(Scripted):
+    """A backend that samples each token from fixed logits with the server's own sampler."""
+
+    def tokens(self, req: Sampling):
+        rng = np.random.default_rng(req.seed)
+        logits = np.linspace(-3.0, 3.0, 16)
+        for _ in range(req.max_tokens):
+            yield 1, str(next_token(logits, req, rng)), False
+
+
+def _plane(backend, limits: GenerationLimits) -> ServeApp:
+    model = SimpleNamespace(name="m", version=1, version_str="1", manifest={}, generator=backend, session=None)
+    plane = DataPlane(
+        SimpleNamespace(model="m", current=model),
+        Authenticator(TOKEN),
+        Metrics(),
+        limits=Limits(),
+        max_body_bytes=1 << 16,
+    )
+    plane.add_extension(Generate.name, Generate(limits))
+    app = ServeApp(plane)
+    openai_api.mount(app)
+    return app
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-4])
+def test_a_tiny_positive_temperature_decodes_greedily(temperature):
+    """Logits divided by 5e-324 overflow: such a temperature is greedy decoding, not a 500."""
+    app = _plane(Sampled([]), GenerationLimits())
+    body = {"text_input": "abc", "parameters": {"max_tokens": 3, "temperature": temperature}}
+    status, out = _call(app, "/v2/models/m/generate", body)
+    assert status == 200, out
+    assert out["text_output"] == "15" * 3  # the argmax of the logits, every time
+    status, out = _call(
+        app, "/v1/completions", {"model": "m", "prompt": "abc", "max_tokens": 2, "temperature": temperature}
+    )
+    assert status == 200 and out["choices"][0]["text"] == "15" * 2, out
+
+
+class Counting(Scripted):
+    """A slow backend that counts the tokens it produced (from its worker thread)."""
+
+    max_seq_len = 1000
+
+    def __init__(self):
+        super().__init__(["x"] * 1000, delay=0.01)
+        self.produced = 0
+
+    def tokens(self, req: Sampling):
+        for item in super().tokens(req):
+            self.produced += 1
+            yield item
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v2/models/m/generate", {"text_input": "abc", "parameters": {"max_tokens": 500}}),
+        ("/v2/models/m/generate_stream", {"text_input": "abc", "parameters": {"max_tokens": 500}}),
+        ("/v1/completions", {"model": "m", "prompt": "abc", "max_tokens": 500}),
+        ("/v1/completions", {"model": "m", "prompt": "abc", "max_tokens": 500, "stream": True}),
+    ],
+    ids=["generate", "generate_stream", "completions", "completions_stream"],
+)
+def test_a_client_that_goes_away_stops_its_generation(path, body):
+    """The client disconnects 0.3 s into a 5 s generation: the answer ends at once (499, no
+    more bytes) and the backend stops producing tokens."""
+    backend = Counting()
+    app = _plane(backend, GenerationLimits(max_tokens=500, timeout=3.0))
+    sent = []
+
+    async def main() -> float:
+        start = time.monotonic()
+        calls = 0
+
+        async def receive():
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return {"type": "http.request", "body": orjson.dumps(body), "more_body": False}
+            await asyncio.sleep(max(0.0, start + 0.3 - time.monotonic()))
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [(b"authorization", b"Bearer " + TOKEN.encode()), (b"content-type", b"application/json")]
+        scope = {"type": "http", "method": "POST", "path": path, "client": ("127.0.0.1", 1), "headers": headers}
+        await app(scope, receive, send)
+        return time.monotonic() - start
+
+    seconds = asyncio.run(main())
+    assert seconds < 1.5, f"the answer went on for {seconds:.1f} s after the client left"
+    time.sleep(0.1)  # the worker stops at its next token
+    produced = backend.produced
+    time.sleep(0.3)
+    assert backend.produced == produced < 150, (produced, backend.produced)
+    assert all(m.get("more_body") for m in sent if m["type"] == "http.response.body"), sent[-1:]  # never ended
+    app.plane.extension("generate").stop()

@@ -160,3 +160,23 @@ def test_s3_ready_only_after_a_verified_version_then_hot_reload(s3_server, artif
             lambda: c.post(f"/v2/models/{MODEL}/infer", json=BODY).json()["model_version"] == "2", "S3 hot reload"
         )
     assert "token from SSM parameter" in server.log_path.read_text()
+
+
+def test_a_latest_the_poller_cannot_parse_is_counted_and_polling_goes_on(server, artifacts):
+    """LATEST holding "\u00b2" (a digit to `str.isdigit`, not to `int`) or 5,000 digits: each poll
+    counts a `latest` reload failure and keeps serving; once LATEST is fixed, a new version is
+    picked up (the poller is still running)."""
+    latest = os.path.join(server.repo, MODEL, "LATEST")
+    with open(latest, "rb") as f:
+        original = f.read()
+    metric = r'^stratus_model_reload_failures_total\{reason="latest"\}'
+    for content in ("\u00b2\n".encode(), b"9" * 5000):
+        before = _metric(server, metric)
+        atomic_write(latest, content)
+        server.wait_for(lambda b=before: _metric(server, metric) > b, f"a failed poll of LATEST = {content[:8]!r}")
+        assert server.is_ready()
+    atomic_write(latest, original)
+    new = publish(artifacts[2], server.repo, model_name=MODEL)
+    server.wait_for(lambda: _metric(server, r"^stratus_model_version") == new, f"version {new} served")
+    server.serving_version, server.artifacts[new] = new, artifacts[2]
+    assert "9999999999" not in server.log_path.read_text()  # LATEST's content is never logged
