@@ -98,10 +98,18 @@ def preempted_run(tmp_path_factory) -> tuple[int, str, Path]:
 
 
 # The bring-your-own-model tests (tests/runtime/train, export and serve) share one small
-# Llama-architecture Hugging Face directory and one launch.sh run on it, made in the background
-# from the end of collection (tests/hf_chain.py).
+# Llama-architecture Hugging Face directory and one launch.sh run on it (tests/hf_chain.py), made
+# in the background while the single-threaded infra and policy tests run, when a collected test
+# needs them (else on first use).
+_chain_needed: list[bool] = []
+
+
 def pytest_collection_finish(session):
-    if any(hf_chain.FIXTURES & set(getattr(item, "fixturenames", ())) for item in session.items):
+    _chain_needed.append(any(hf_chain.FIXTURES & set(getattr(i, "fixturenames", ())) for i in session.items))
+
+
+def pytest_runtest_logstart(nodeid, location):
+    if nodeid.startswith(hf_chain.OVERLAP_WITH) and any(_chain_needed):
         hf_chain.start()
 
 

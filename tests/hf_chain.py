@@ -1,10 +1,11 @@
 """The bring-your-own-model chain the tests share, started in the background once collected.
 
 Making the tiny Llama (`stratus.tinyllm`) and running `scripts/launch.sh --preset hf-tiny` on it
-take about a minute of both cores; most of the suite before the first test that needs them
-(the infra and policy tests) is single-threaded, so `start` runs the chain in a thread from the
-end of collection and the fixtures (`tiny_llama_dir`, `hf_launch` in tests/conftest.py) wait for
-its results. Nothing starts when no collected test uses them.
+take about a minute of both cores; the infra and policy tests, which run before the first test
+that needs them, are single-threaded, so tests/conftest.py starts the chain in a thread when the
+first of them starts (`OVERLAP_WITH`), and the fixtures (`tiny_llama_dir`, `hf_launch`) wait for
+its results (or start it, when those tests were not collected). Nothing starts when no collected
+test uses them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from tests.layout import ROOT
 
 FIXTURES = {"tiny_llama_dir", "hf_launch", "hf_run", "genai_artifact", "genai_server"}
 """A collected test using any of these needs the chain."""
+OVERLAP_WITH = ("tests/infra/", "tests/policy/")
+"""The chain starts with the first of these tests: Pulumi programs under mocks, one core's work,
+run before the first test that needs the chain (tests/e2e before them trains on both cores)."""
 HF_RUN = ["max_steps=6", "eval_every=3", "checkpoint_every=6", "model.activation_checkpointing=true"]
 """hf-tiny: the tiny Llama fine-tuned on 2 ranks with ZeRO-3 (no offload) and activation checkpointing."""
 
