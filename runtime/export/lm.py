@@ -95,16 +95,23 @@ def _batches(windows: np.ndarray, batch: int):
         yield windows[i : i + batch]
 
 
-def perplexity_torch(model: GPT, windows: np.ndarray, batch: int = 8) -> float:
-    """exp(mean next-token cross-entropy) of `model` over packed windows [n, seq_len + 1]."""
+def perplexity(logits_of, windows: np.ndarray, batch: int = 8) -> float:
+    """exp(mean next-token cross-entropy) over packed windows [n, seq_len + 1] of any language
+    model: `logits_of(ids)` maps int64 inputs [b, seq_len] to logits [b, seq_len, vocab] (a torch
+    tensor or a numpy array)."""
     total = count = 0.0
     with torch.inference_mode():
         for w in _batches(windows, batch):
-            ids = torch.from_numpy(w)
-            logits = model(ids[:, :-1])
-            total += F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), ids[:, 1:].reshape(-1), reduction="sum").item()
-            count += ids[:, 1:].numel()
+            logits = torch.as_tensor(logits_of(w[:, :-1])).float()
+            targets = torch.from_numpy(w[:, 1:])
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
+            count += targets.numel()
     return math.exp(total / count)
+
+
+def perplexity_torch(model: GPT, windows: np.ndarray, batch: int = 8) -> float:
+    """exp(mean next-token cross-entropy) of `model` over packed windows [n, seq_len + 1]."""
+    return perplexity(lambda ids: model(torch.from_numpy(ids)), windows, batch)
 
 
 def onnx_logits(sess: ort.InferenceSession, ids: np.ndarray) -> np.ndarray:
@@ -112,13 +119,7 @@ def onnx_logits(sess: ort.InferenceSession, ids: np.ndarray) -> np.ndarray:
 
 
 def perplexity_onnx(sess: ort.InferenceSession, windows: np.ndarray, batch: int = 8) -> float:
-    total = count = 0.0
-    for w in _batches(windows, batch):
-        logits = torch.from_numpy(onnx_logits(sess, w[:, :-1]))
-        targets = torch.from_numpy(w[:, 1:])
-        total += F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), targets.reshape(-1), reduction="sum").item()
-        count += targets.numel()
-    return math.exp(total / count)
+    return perplexity(lambda ids: onnx_logits(sess, ids), windows, batch)
 
 
 def logit_agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from runtime.export.lm import perplexity
 
 PPL_BATCH = 8
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -31,15 +31,7 @@ ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 def perplexity_torch(model: nn.Module, windows: np.ndarray, batch: int = PPL_BATCH) -> float:
     """exp(mean next-token cross-entropy) of a `transformers` causal LM over `windows`."""
-    total = count = 0.0
-    with torch.inference_mode():
-        for i in range(0, len(windows), batch):
-            ids = torch.from_numpy(windows[i : i + batch])
-            logits = model(input_ids=ids[:, :-1], use_cache=False).logits.float()
-            targets = ids[:, 1:]
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
-            count += targets.numel()
-    return math.exp(total / count)
+    return perplexity(lambda ids: model(input_ids=torch.from_numpy(ids), use_cache=False).logits, windows, batch)
 
 
 @dataclass
@@ -89,14 +81,7 @@ def onnx_logits(scorer: OnnxScorer, ids: np.ndarray) -> np.ndarray:
 
 def perplexity_onnx(scorer: OnnxScorer, windows: np.ndarray, batch: int = PPL_BATCH) -> float:
     """exp(mean next-token cross-entropy) of the built graph over `windows`."""
-    total = count = 0.0
-    for i in range(0, len(windows), batch):
-        w = windows[i : i + batch]
-        logits = torch.from_numpy(onnx_logits(scorer, w[:, :-1]))
-        targets = torch.from_numpy(w[:, 1:])
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
-        count += targets.numel()
-    return math.exp(total / count)
+    return perplexity(lambda ids: onnx_logits(scorer, ids), windows, batch)
 
 
 def genai_model(model_dir: Path, threads: int = 1):

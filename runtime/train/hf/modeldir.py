@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from runtime.common.fsutil import sha256_file
 from runtime.common.s3 import parse_s3_uri
 from runtime.train.data import DataError
 
@@ -50,14 +51,6 @@ class ModelDirError(DataError):
     """A model directory that cannot be loaded: the message names the file and what to do."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(root: Path) -> list[str]:
     """Relative paths of the directory's regular files, hidden ones and the manifest excluded."""
     found = []
@@ -71,7 +64,10 @@ def _files(root: Path) -> list[str]:
 def model_manifest(root: Path) -> dict[str, Any]:
     """The `stratus-model.json` document of a local directory: sha256 and size of every file."""
     root = Path(root)
-    files = {rel: {"sha256": _sha256(root / rel), "size": (root / rel).stat().st_size} for rel in _files(root)}
+    files = {}
+    for rel in _files(root):
+        digest, size = sha256_file(root / rel)
+        files[rel] = {"sha256": digest, "size": size}
     return {"format": MANIFEST_FORMAT, "files": files}
 
 
@@ -97,7 +93,7 @@ def verify_against_manifest(root: Path, manifest: dict[str, Any]) -> None:
         path = root / rel
         if not path.is_file():
             raise ModelDirError(f"{path}: listed in {MODEL_MANIFEST} but missing; copy the model directory again")
-        if path.stat().st_size != entry.get("size") or _sha256(path) != entry.get("sha256"):
+        if path.stat().st_size != entry.get("size") or sha256_file(path)[0] != entry.get("sha256"):
             raise ModelDirError(
                 f"{path}: does not match its sha256/size in {MODEL_MANIFEST} (changed or corrupted); "
                 "restore the file or push the directory again"
