@@ -13,8 +13,10 @@ A backend turns a `Sampling` request into a blocking iterator of `Piece`s and on
 most `--generate-max-concurrency` generations run at once; a request over the cap waits up to
 `--generate-queue-timeout` seconds for a slot, then is refused (503, `Retry-After`, naming the
 flag). `Relay` hands the pieces to the event loop as they come, so the loop (health checks,
-other requests) never waits for a generation step; closing the relay (a client that went away)
-stops the generator at its next token.
+other requests) never waits for a generation to finish; closing the relay (a client that went
+away) stops the generator at its next token. A step itself can still hold the loop: onnxruntime-genai
+0.18's binding keeps the interpreter lock while it computes (a whole prompt pass included), so
+its generations take turns and the loop waits out the step under way (docs/benchmarks.md).
 
 Everything about a generation that is the same for every backend is here: the deadline
 (`finish_reason` `time_limit`), stop strings (the text is cut before the first match, which is
