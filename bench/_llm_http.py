@@ -130,12 +130,19 @@ def http_row(paths: dict, work: Path, args, prompt_ids: Path) -> dict:
             start, first, last, tokens = _stream(client, "bench-int4", prompt, args.new)
             ttft.append(1000 * (first - start))
             decode.append((tokens - 1) / (last - first) if last > first else float("nan"))
-        aggregate = {1: concurrent_rate(lambda: _stream(client, "bench-int4", prompt, args.new)[3], 1)}
-        finish = _liveness_while(work, f"http://127.0.0.1:{port}")
-        try:
-            aggregate[4] = concurrent_rate(lambda: _stream(client, "bench-int4", prompt, args.new)[3], 4)
-        finally:
-            liveness = finish()
+        one = lambda: _stream(client, "bench-int4", prompt, args.new)[3]  # noqa: E731
+        runs: dict[int, list] = {1: [], 4: []}
+        for i in range(args.rounds):  # 1 then 4 streams per round; the last round's 4 under liveness polls
+            runs[1].append(concurrent_rate(one, 1))
+            if i < args.rounds - 1:
+                runs[4].append(concurrent_rate(one, 4))
+                continue
+            finish = _liveness_while(work, f"http://127.0.0.1:{port}")
+            try:
+                runs[4].append(concurrent_rate(one, 4))
+            finally:
+                liveness = finish()
+        aggregate = {n: sorted(r, key=lambda x: x[0])[len(r) // 2] for n, r in runs.items()}
         rss = _peak_rss(server.pid)
     finally:
         server.terminate()

@@ -24,7 +24,8 @@ of `--prompt` tokens from held-out standard-library text, `--new` new tokens, gr
   `llama_cpp` imports (`bench/llamacpp-requirements.txt`).
 
 Columns: time to first token p50/p99 (`--repeats` runs), decode tokens/s of one stream, aggregate
-tokens/s of 1 and 4 concurrent streams (prompt included), peak RSS of the row's process, artifact
+tokens/s of 1 and 4 concurrent streams (prompt included; median of `--rounds` rounds, each
+running 1 then 4 streams), peak RSS of the row's process, artifact
 bytes, and perplexity on 16 held-out windows of 128 tokens (HTTP row: the int4 artifact's).
 """
 
@@ -149,7 +150,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
     results = []
     for row in args.rows:
         common = ["--threads", str(args.threads), "--prompt-ids", str(prompt), "--new", str(args.new)]
-        common += ["--repeats", str(args.repeats), "--eval", str(windows)]
+        common += ["--repeats", str(args.repeats), "--rounds", str(args.rounds), "--eval", str(windows)]
         out = work / f"{row}.json"
         if row == "int4-http":
             result = http_row(paths, work, args, prompt)
@@ -189,6 +190,7 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the 1- and 4-stream runs (median kept)")
     p.add_argument("--big-steps", type=int, default=20, help="pre-training steps of the 110m model")
     p.add_argument("--ft-steps", type=int, default=6, help="ZeRO-3 fine-tuning steps (hf-tiny preset)")
     p.add_argument("--llamacpp-src", type=Path, help="llama.cpp's source tree (convert_hf_to_gguf.py, gguf-py)")

@@ -118,9 +118,9 @@ class ServeConfig:
     far and finish_reason `time_limit` (/generate) or `length` (/v1)."""
 
     generate_max_concurrency: int = option(4, metavar="N")
-    """Language models: generations in flight at once (each in its own worker thread, with its own
-    key/value cache), for /generate and the OpenAI routes together. onnxruntime-genai computes
-    one step at a time per process (its binding holds the interpreter lock), so they take turns."""
+    """Language models: generations in flight at once, for /generate and the OpenAI routes
+    together, each with its own key/value cache; an onnxruntime-genai model decodes them together
+    in one batched step (up to 8)."""
 
     generate_queue_timeout: float = option(10.0, metavar="SECONDS")
     """Language models: seconds a request waits for one of the --generate-max-concurrency slots;

@@ -4,7 +4,8 @@ A served language model carries a `Backend` (`LoadedModel.generator`), chosen at
 its manifest's `language_model.runtime`:
 
 - `"onnxruntime-genai"` (`runtime.serve.genai.GenaiBackend`): the model builder's graph with a
-  key/value cache, the model's own tokenizer and chat template; one `og.Generator` per request.
+  key/value cache, the model's own tokenizer and chat template; concurrent requests are decoded
+  together by the library's batching engine (one thread per version drives it).
 - otherwise (`WindowedBackend` here): the byte-level `gpt` family's `input_ids -> logits` graph,
   run once per new token on the last `max_seq_len` tokens (no cache: small models, CPU).
 
@@ -14,9 +15,8 @@ most `--generate-max-concurrency` generations run at once; a request over the ca
 `--generate-queue-timeout` seconds for a slot, then is refused (503, `Retry-After`, naming the
 flag). `Relay` hands the pieces to the event loop as they come, so the loop (health checks,
 other requests) never waits for a generation to finish; closing the relay (a client that went
-away) stops the generator at its next token. A step itself can still hold the loop: onnxruntime-genai
-0.18's binding keeps the interpreter lock while it computes (a whole prompt pass included), so
-its generations take turns and the loop waits out the step under way (docs/benchmarks.md).
+away) stops the generator at its next token. The genai engine computes its steps without the
+interpreter lock, so the loop goes on during a step too.
 
 Everything about a generation that is the same for every backend is here: the deadline
 (`finish_reason` `time_limit`), stop strings (the text is cut before the first match, which is
