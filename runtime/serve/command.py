@@ -105,6 +105,7 @@ def build_app(cfg: ServeConfig, token: str):
         poll_interval=cfg.poll_interval,
         max_batch_size=cfg.max_batch_size,
         intra_op_threads=cfg.intra_op_threads,
+        generate_batch=cfg.generate_max_concurrency,
         on_event=metrics.on_model_event,
     )
     plane = DataPlane(

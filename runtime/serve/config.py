@@ -120,7 +120,7 @@ class ServeConfig:
     generate_max_concurrency: int = option(4, metavar="N")
     """Language models: generations in flight at once, for /generate and the OpenAI routes
     together, each with its own key/value cache; an onnxruntime-genai model decodes them together
-    in one batched step (up to 8)."""
+    in one batched step."""
 
     generate_queue_timeout: float = option(10.0, metavar="SECONDS")
     """Language models: seconds a request waits for one of the --generate-max-concurrency slots;

@@ -6,9 +6,9 @@ directory as the library's model builder writes it (`model.onnx` + `model.onnx.d
 `og.Model` and `og.Tokenizer` are loaded once per version (`load`) and shared by its requests.
 
 Requests are batched: one `og.Engine` per version (the library's scheduler) decodes every
-running request in one forward pass per step, up to `MAX_BATCH` at a time (more wait in its
-queue). One thread per version (`EngineLoop`) owns the engine: it adds new requests, runs the
-steps and hands each token to its request's queue, where the request's worker thread
+running request in one forward pass per step, up to `--generate-max-concurrency` at a time.
+One thread per version (`EngineLoop`) owns the engine: it adds new requests, runs the steps and
+hands each token to its request's queue, where the request's worker thread
 (`runtime.serve.generation`) decodes it to text. `Engine.run` computes without the interpreter
 lock, so the event loop, health checks and other requests go on during a step. A request with
 a `seed` (reproducible sampling) runs on its own `og.Generator` instead: the library's engine
@@ -44,9 +44,10 @@ log = logging.getLogger("stratus.serve")
 RUNTIME = "onnxruntime-genai"
 """`language_model.runtime` of the artifacts this backend serves."""
 CONFIG_FILE = "genai_config.json"
-MAX_BATCH = 8
-"""Requests one engine step decodes together (the static engine's batch); more wait their turn.
-The server's `--generate-max-concurrency` (default 4) caps what reaches it."""
+MAX_BATCH = 4
+"""Requests one engine step decodes together by default (the static engine's batch); more wait
+their turn. The server passes its `--generate-max-concurrency`. The key/value cache grows with
+the tokens each request holds, not with this number."""
 
 _EOS = object()
 """Queue item: the request ended on an end-of-sequence token."""
@@ -190,7 +191,7 @@ class GenaiBackend:
 
     slides = False
 
-    def __init__(self, version_dir: Path, info: dict, intra_op_threads: int = 1):
+    def __init__(self, version_dir: Path, info: dict, intra_op_threads: int = 1, max_batch: int = MAX_BATCH):
         import onnxruntime_genai as og
 
         self._og = og
@@ -199,10 +200,10 @@ class GenaiBackend:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": threads}}}))
         # the engine decodes one sequence per request and takes its minimum length per request
         config.overlay(json.dumps({"search": {"num_beams": 1, "min_length": 0}}))
-        config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": MAX_BATCH}}}))
+        config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": max_batch}}}))
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
-        self.engine = EngineLoop(og, self.model)
+        self.engine = EngineLoop(og, self.model, max_batch)
         weakref.finalize(self, self.engine.close)
         self.max_seq_len = int(info["max_seq_len"])
         self.chat_template = bool(info.get("chat_template", False))
@@ -275,7 +276,7 @@ class GenaiBackend:
             yield 1, stream.decode(token), False
 
 
-def load(version_dir: Path, manifest: dict, intra_op_threads: int = 1) -> GenaiBackend:
+def load(version_dir: Path, manifest: dict, intra_op_threads: int = 1, max_batch: int = MAX_BATCH) -> GenaiBackend:
     """Load a verified genai version directory and warm it up (a two-token greedy generation).
 
     Raises:
@@ -287,7 +288,7 @@ def load(version_dir: Path, manifest: dict, intra_op_threads: int = 1) -> GenaiB
         raise ArtifactError("manifest.json: language_model needs an integer 'max_seq_len' >= 2; re-export the model")
     if CONFIG_FILE not in manifest["files"]:
         raise ArtifactError(f"{CONFIG_FILE}: missing from the manifest of an {RUNTIME} artifact; re-export the model")
-    backend = GenaiBackend(version_dir, info, intra_op_threads)
+    backend = GenaiBackend(version_dir, info, intra_op_threads, max_batch)
     warm = Sampling(prompt_ids=tuple(backend.encode("warm-up")) or (0,), max_tokens=2)
     for _ in backend.tokens(warm):
         pass

@@ -115,9 +115,18 @@ def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
 
 
 def load_version(
-    store: Repo, model: str, version: int, *, max_batch_size: int, intra_op_threads: int = 1
+    store: Repo,
+    model: str,
+    version: int,
+    *,
+    max_batch_size: int,
+    intra_op_threads: int = 1,
+    generate_batch: int = genai.MAX_BATCH,
 ) -> LoadedModel:
     """Fetch, verify, load and warm one version. Blocking; call it from a worker thread.
+
+    `generate_batch`: requests an onnxruntime-genai model decodes in one step (the server passes
+    its --generate-max-concurrency).
 
     Raises:
         ArtifactError: the version does not verify or does not fit its manifest.
@@ -132,7 +141,7 @@ def load_version(
             raise ArtifactError(f"{local}: manifest needs {MODEL_FILE}, 'inputs' and 'outputs'")
         language_model = manifest.get("language_model")
         if isinstance(language_model, dict) and language_model.get("runtime") == genai.RUNTIME:
-            backend = genai.load(local, manifest, intra_op_threads)
+            backend = genai.load(local, manifest, intra_op_threads, generate_batch)
             log.info("loaded %s version %d (%s)", model, version, genai.RUNTIME)
             inputs, outputs = _specs(manifest, "inputs"), _specs(manifest, "outputs")
             return LoadedModel(model, version, None, inputs, outputs, manifest, inline=False, generator=backend)
@@ -185,6 +194,7 @@ class ModelManager:
         poll_interval: float,
         max_batch_size: int,
         intra_op_threads: int = 1,
+        generate_batch: int = genai.MAX_BATCH,
         on_event: Callable[..., None] = lambda event, **fields: None,
     ):
         self.store = store
@@ -192,6 +202,7 @@ class ModelManager:
         self.poll_interval = poll_interval
         self.max_batch_size = max_batch_size
         self.intra_op_threads = intra_op_threads
+        self.generate_batch = generate_batch
         self.on_event = on_event
         self.current: LoadedModel | None = None
         self.rejected: set[int] = set()
@@ -221,6 +232,7 @@ class ModelManager:
                 latest,
                 max_batch_size=self.max_batch_size,
                 intra_op_threads=self.intra_op_threads,
+                generate_batch=self.generate_batch,
             )
         except ArtifactError as e:
             self.rejected.add(latest)
