@@ -7,9 +7,7 @@ SSM Run Command (`AWS-RunShellScript`). Paths on the hosts come from `runtime.co
 from __future__ import annotations
 
 import base64
-import json
 import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,18 +26,7 @@ from runtime.contract import (
 )
 from runtime.remote.outputs import StackOutputs
 from runtime.remote.publish import PublishOptions
-from runtime.train.command import TrainOptions
-
-
-def encode_world_info(hosts: Sequence[str], slots_per_node: int) -> str:
-    """DeepSpeed's `--world_info`: urlsafe base64 of the JSON `{host: [0, .., slots-1], ..}`.
-
-    The same encoding as `deepspeed.launcher.runner.encode_world_info`. `deepspeed.launcher.launch`
-    decodes it and takes key number `--node_rank` as its own node, so the key order is the node
-    order and global ranks are numbered host by host in that order.
-    """
-    info = {host: list(range(slots_per_node)) for host in hosts}
-    return base64.urlsafe_b64encode(json.dumps(info).encode("utf-8")).decode("utf-8")
+from runtime.train.command import TrainOptions, encode_world_info
 
 
 def node_train_args(opts: TrainOptions, *, data: str | None, config_path: str | None) -> list[str]:

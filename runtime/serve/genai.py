@@ -133,13 +133,13 @@ class EngineLoop:
             except queue.Empty:
                 message = None
             while message is not None:
-                kind, out, args = message
-                if kind == "close":
+                op, out, args = message
+                if op == "close":
                     for request, waiting in running.items():
                         request.close()
                         waiting.put(_END)
                     return
-                if kind == "add":
+                if op == "add":
                     try:
                         running[self._add(out, args)] = out
                     except Exception as e:  # a request the engine refuses fails alone

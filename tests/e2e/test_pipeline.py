@@ -17,6 +17,8 @@ from runtime.train.data import load_dataset
 from tests.conftest import free_port
 from tests.runtime.conftest import ROOT
 
+WORLD_2 = "eyJsb2NhbGhvc3QiOiBbMCwgMV19"  # DeepSpeed's --world_info for 2 local ranks: base64 of {"localhost": [0, 1]}
+
 LAUNCH = str(ROOT / "scripts" / "launch.sh")
 
 
@@ -66,7 +68,7 @@ def test_dry_run_prints_generated_config_and_starts_nothing(tmp_path):
     ds = json.loads(result.stdout.split("DeepSpeed config:\n", 1)[1].split("\ncommand:", 1)[0])
     assert ds["zero_optimization"]["stage"] == 3 and "offload_param" in ds["zero_optimization"]
     assert ds["train_batch_size"] == 64 and ds["train_micro_batch_size_per_gpu"] == 32
-    assert "deepspeed.launcher.runner --num_gpus 2" in result.stdout
+    assert "deepspeed.launcher.launch --world_info=" + WORLD_2 in result.stdout
     assert f"python -m runtime export --run-dir {tmp_path}/mlp-binary" in result.stdout
     assert list(tmp_path.iterdir()) == []
 

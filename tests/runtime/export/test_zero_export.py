@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from runtime.common.net import free_port
 from runtime.contract import ExitCode
+from runtime.train.command import encode_world_info
 from runtime.train.shm import release_launch_buffers
 
 pytestmark = pytest.mark.deepspeed
@@ -49,12 +50,13 @@ def gathered(zero_runs, tmp_path_factory) -> dict[int, dict[str, torch.Tensor]]:
     port = free_port()
     cmd = [
         sys.executable,
+        "-u",
         "-m",
-        "deepspeed.launcher.runner",
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(port),
+        "deepspeed.launcher.launch",
+        f"--world_info={encode_world_info(['localhost'], 2)}",
+        "--node_rank=0",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
         str(Path(__file__)),
         "gather",
         *jobs,

@@ -11,6 +11,8 @@ from tests.runtime.conftest import SHORT_RUN, ZERO_MATRIX, read_metrics, run_tra
 
 pytestmark = pytest.mark.deepspeed
 
+WORLD_2 = "eyJsb2NhbGhvc3QiOiBbMCwgMV19"  # DeepSpeed's --world_info for 2 local ranks: base64 of {"localhost": [0, 1]}
+
 
 @pytest.mark.parametrize("run_id", list(ZERO_MATRIX))
 def test_zero_matrix_trains_two_ranks_with_falling_loss(zero_runs, run_id):
@@ -130,5 +132,5 @@ def test_bad_data_fails_before_any_process_group_starts(tmp_path):
 def test_dry_run_prints_config_and_command_and_starts_nothing(tmp_path):
     result = run_train(tmp_path, "dry", "parallel.zero_stage=3", args=("--dry-run",))
     assert result.returncode == 0, result.stderr
-    assert '"stage": 3' in result.stdout and "deepspeed.launcher.runner --num_gpus 2" in result.stdout
+    assert '"stage": 3' in result.stdout and "deepspeed.launcher.launch --world_info=" + WORLD_2 in result.stdout
     assert not (tmp_path / "dry").exists()
