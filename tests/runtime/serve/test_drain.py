@@ -1,11 +1,11 @@
 """SIGTERM drains a real `stratus serve` process under load (runtime.serve.drain).
 
-A bounded client loop (at most MAX_REQUESTS requests or MAX_SECONDS, 127.0.0.1 only) keeps
-inferring on kept-alive connections while a slow request (its body trickles in over a few seconds)
-is in flight; then SIGTERM. The slow request completes with the right answer, readiness says 503
-on a connection still open, every request sent before the signal succeeded, and the process exits
-0 within the drain bound. A request slower than --drain-timeout is cancelled at the deadline and
-the process still exits 0.
+Bounded client loops (at most MAX_REQUESTS requests or MAX_SECONDS each, 127.0.0.1 only) keep
+inferring on kept-alive HTTP connections and a gRPC channel while a slow request (its body
+trickles in over a few seconds) is in flight; then SIGTERM. The slow request completes with the
+right answer, readiness says 503 on a connection still open, every request sent before the signal
+succeeded, and the process exits 0 within the drain bound. A request slower than --drain-timeout
+is cancelled at the deadline and the process still exits 0.
 """
 
 from __future__ import annotations
@@ -70,6 +70,33 @@ class Load:
             client.close()
 
 
+@dataclass
+class GrpcLoad(Load):
+    """ModelInfer calls back to back on one channel (grpc's own client), bounded the same way."""
+
+    def run(self) -> None:
+        m = messages()
+        request = m.ModelInferRequest(model_name=MODEL)
+        request.inputs.add(name="input", datatype="FP32", shape=list(X.shape))
+        request.raw_input_contents.append(X.tobytes())
+        deadline = time.monotonic() + MAX_SECONDS
+        metadata = [("authorization", f"Bearer {TOKEN}")]
+        with grpc.insecure_channel(self.url) as channel:
+            call = channel.unary_unary(
+                f"/{SERVICE}/ModelInfer",
+                request_serializer=m.ModelInferRequest.SerializeToString,
+                response_deserializer=m.ModelInferResponse.FromString,
+            )
+            while not self.stop.is_set() and len(self.outcomes) < MAX_REQUESTS and time.monotonic() < deadline:
+                sent = time.monotonic()
+                try:
+                    call(request, metadata=metadata, timeout=30)
+                    self.outcomes.append(Outcome(sent, "200"))
+                except grpc.RpcError as e:
+                    self.outcomes.append(Outcome(sent, str(e.code())))
+                    time.sleep(0.05)
+
+
 def _slow_body(chunks: int, pause: float, started: threading.Event):
     """The infer body in `chunks` pieces, `pause` seconds apart."""
     size = -(-len(BODY) // chunks)
@@ -130,7 +157,7 @@ def _grpc_ready(target: str) -> bool:
 def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(draining_server, artifacts):
     server = draining_server("--drain-timeout", str(DRAIN_TIMEOUT))
     assert _grpc_ready(server.grpc_target)
-    loads = [Load(server.url) for _ in range(2)]
+    loads = [Load(server.url), Load(server.url), GrpcLoad(server.grpc_target)]
     threads = [threading.Thread(target=load.run) for load in loads]
     for thread in threads:
         thread.start()
