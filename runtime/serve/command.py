@@ -64,7 +64,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
 import sys
 import time
 
@@ -229,7 +228,7 @@ async def reload(cfg: ServeConfig, app, certificates: Certificates | None) -> No
     try:
         material = await asyncio.to_thread(load_material, certificates.source)
         certificates.install(material)
-    except (TlsError, ssl.SSLError) as e:  # never quotes the key's bytes (runtime.serve.tls)
+    except (TlsError, OSError) as e:  # ssl.SSLError is an OSError; none quotes the key's bytes
         log.error("TLS reload failed, keeping the current certificate: %s", e)
     else:
         log.info("TLS %s reloaded from %s (new connections use it)", material.summary(), certificates.source.describe())
