@@ -26,7 +26,7 @@ Routes: GET /v2/health/live (the only one without the token), /v2/health/ready, 
 extension), GET /metrics (Prometheus); HEAD wherever GET. Language models add POST
 /v2/models/{name}/generate and .../generate_stream (server-sent events) and the OpenAI API
 (runtime.serve.openai_api: GET /v1/models, POST /v1/completions, POST /v1/chat/completions; point
-an OpenAI client at base_url http://HOST:PORT/v1 with the token as its API key), capped by
+an OpenAI client at base_url https://HOST:PORT/v1 with the token as its API key), capped by
 --generate-max-tokens, --generate-timeout and --generate-max-concurrency (a request waits up to
 --generate-queue-timeout for a slot, then 503). Every route but liveness needs exactly one
 `Authorization: Bearer` header.
