@@ -118,6 +118,7 @@ def http_row(paths: dict, work: Path, args, prompt_ids: Path) -> dict:
     cmd = [sys.executable, "-m", "runtime", "serve", "--repo", str(work / "repo"), "--model", "bench-int4"]
     cmd += ["--port", str(port), "--token-file", str(token_file), "--intra-op-threads", str(args.threads)]
     cmd += ["--generate-max-tokens", str(max(256, args.new)), "--generate-max-concurrency", "4", "--no-access-log"]
+    cmd += ["--insecure-plain-http"]  # 127.0.0.1 only
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(work / "serve.log", "wb") as log:
         server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

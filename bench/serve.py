@@ -90,6 +90,7 @@ def _start_all(args, repo: str, root: Path, log) -> dict[str, servers.Running]:
     running: dict[str, servers.Running] = {}
     port, gport = free_port(), free_port()
     cmd = [py, "-m", "runtime", "serve", *common, "--port", str(port), "--grpc-port", str(gport)]
+    cmd.append("--insecure-plain-http")  # the plaintext rows (the code of --before has no such flag)
     running["stratus"] = servers.start("stratus", cmd, log, port, gport)
     if args.before:
         before = servers.checkout(args.before, root / "before")

@@ -96,7 +96,7 @@ def serve(code: ExitCode, tmp_path: Path, request) -> int:
     from runtime.serve.command import main
 
     if code == ExitCode.BAD_INPUT:
-        return _code(main, ["--repo", str(tmp_path), "--model", "tiny"])  # no token source
+        return _code(main, ["--repo", str(tmp_path), "--model", "tiny", "--insecure-plain-http"])  # no token source
     token = tmp_path / "token"
     token.write_text("exit-code-token-0123456789abcdef")
     token.chmod(0o600)
@@ -113,6 +113,7 @@ def serve(code: ExitCode, tmp_path: Path, request) -> int:
         str(free_port()),
         "--token-file",
         str(token),
+        "--insecure-plain-http",
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -155,6 +155,47 @@ def trainer_user_data(*, region: str, buckets: dict[str, str], instance_type: In
     return _host(env, ("prepare.sh", "scratch.sh"), units, node_env)
 
 
+def _serve_args(
+    models_bucket: str,
+    model_name: str,
+    port: int,
+    grpc_port: int,
+    token_parameter: str,
+    tls_cert_parameter: str | None,
+    tls_key_parameter: str | None,
+) -> str:
+    """The flags of `stratus serve` on the serving host (after `--host`), shell-quoted:
+    `--repo s3://<models_bucket>/models --model <name> --port <port> [--grpc-port <grpc port>]
+    --token-ssm-parameter <name> --tls-cert-ssm-parameter <name> --tls-key-ssm-parameter <name>`.
+
+    With both TLS parameters the server serves HTTPS and gRPC over TLS. With neither (a stack
+    without a certificate yet) the flags say `--insecure-plain-http`, visibly, and the server logs
+    a warning at every start. Raises ValueError when only one is given.
+    """
+    grpc = ["--grpc-port", str(grpc_port)] if grpc_port else []
+    if bool(tls_cert_parameter) != bool(tls_key_parameter):
+        raise ValueError("serving_user_data: give tls_cert_parameter and tls_key_parameter together")
+    if tls_cert_parameter:
+        tls = ["--tls-cert-ssm-parameter", tls_cert_parameter, "--tls-key-ssm-parameter", tls_key_parameter]
+    else:
+        tls = ["--insecure-plain-http"]
+    repo = model_repository_uri(models_bucket)
+    return shlex.join(
+        [
+            "--repo",
+            repo,
+            "--model",
+            model_name,
+            "--port",
+            str(port),
+            *grpc,
+            "--token-ssm-parameter",
+            token_parameter,
+            *tls,
+        ]
+    )
+
+
 def serving_user_data(
     *,
     region: str,
@@ -164,14 +205,14 @@ def serving_user_data(
     token_parameter: str,
     gpu: bool = False,
     grpc_port: int = 0,
+    tls_cert_parameter: str | None = None,
+    tls_key_parameter: str | None = None,
 ) -> str:
     """User data of the serving host: runtime install plus `SERVE_UNIT` (`stratus-serve.service`).
 
-    The unit runs `python -m runtime serve --repo s3://<models_bucket>/models --model <name>
-    --host <private ip> --port <port> [--grpc-port <grpc port>] --token-ssm-parameter <name>` as an
-    unprivileged user,
-    restarting on failure. The private IP comes from IMDSv2 at start, so the unit survives an
-    instance replacement.
+    The unit runs `python -m runtime serve --host <private ip>` with `_serve_args` as an
+    unprivileged user, restarting on failure; the private IP comes from IMDSv2 at start. `systemctl
+    stop` (SIGTERM) drains it within --drain-timeout (30 s), inside TimeoutStopSec (90 s).
 
     Args:
         region: the stack's region.
@@ -181,12 +222,11 @@ def serving_user_data(
         token_parameter: SSM parameter NAME of the bearer token (never its value).
         gpu: a GPU host (torch must then be the CUDA build).
         grpc_port: Open Inference Protocol gRPC port (`--grpc-port`, same address); 0: HTTP only.
+        tls_cert_parameter, tls_key_parameter: SSM parameter NAMEs of the PEM certificate and
+            of its key (a SecureString); see `_serve_args`.
     """
-    repo = model_repository_uri(models_bucket)
-    grpc = ["--grpc-port", str(grpc_port)] if grpc_port else []
-    serve_args = shlex.join(
-        ["--repo", repo, "--model", model_name, "--port", str(port), *grpc, "--token-ssm-parameter", token_parameter]
-    )
+    tls = (tls_cert_parameter, tls_key_parameter)
+    serve_args = _serve_args(models_bucket, model_name, port, grpc_port, token_parameter, *tls)
     env = {
         "AWS_REGION": region,
         "STRATUS_MODELS_BUCKET": models_bucket,

@@ -254,6 +254,8 @@ async def _live(app: ServeApp, call: Call) -> Response:
 
 
 async def _ready(app: ServeApp, call: Call) -> Response:
+    if app.plane.draining:
+        return 503, b'{"error":"draining: this server is shutting down"}', _JSON
     if call.model is None:
         return 503, b'{"error":"no verified model has been loaded yet"}', _JSON
     return 200, b"", _JSON

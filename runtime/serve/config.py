@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from runtime.common.options import option
 from runtime.contract import model_name_problem
+from runtime.serve.tls import TlsSource
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -34,6 +35,7 @@ _POSITIVE = (
     "header_timeout",
     "keepalive_timeout",
     "grpc_max_concurrent_rpcs",
+    "drain_timeout",
 )
 _NOT_ABOVE = (
     ("max_connections_per_client", "max_connections"),
@@ -61,6 +63,26 @@ class ServeConfig:
 
     token_ssm_parameter: str | None = option(None, metavar="NAME")
     """SSM SecureString parameter holding the bearer token."""
+
+    tls_cert: str | None = option(None, metavar="PATH")
+    """PEM certificate of the server (its chain may follow), for HTTPS and gRPC over TLS; with --tls-key."""
+
+    tls_key: str | None = option(None, metavar="PATH")
+    """PEM private key of --tls-cert, unencrypted, not readable by other users (mode 600 or 640)."""
+
+    tls_cert_ssm_parameter: str | None = option(None, metavar="NAME")
+    """SSM parameter holding the PEM certificate (the stack's way); with --tls-key-ssm-parameter."""
+
+    tls_key_ssm_parameter: str | None = option(None, metavar="NAME")
+    """SSM SecureString parameter holding the PEM private key, read with decryption."""
+
+    insecure_plain_http: bool = False
+    """Serve plain HTTP and plaintext gRPC, without TLS: for local use only (the token and every
+    request cross the network in clear). Without it, TLS material is required."""
+
+    drain_timeout: float = option(30.0, metavar="SECONDS")
+    """On SIGTERM: seconds in-flight requests (streams included) may take to finish; the rest are
+    then cancelled and the server exits."""
 
     poll_interval: float = option(10.0, metavar="SECONDS")
     """Seconds between checks of <repo>/<model>/LATEST."""
@@ -150,5 +172,48 @@ class ServeConfig:
                 )
         if not 0 < self.port < 65536 or not 0 <= self.grpc_port < 65536 or self.grpc_port == self.port:
             raise ValueError(f"--port {self.port} / --grpc-port {self.grpc_port}: use 1-65535, two different ports")
+        _check_tls_flags(self)
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"--log-level {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+
+    def tls_source(self) -> TlsSource | None:
+        """Where the certificate and key come from; None with --insecure-plain-http."""
+        if self.insecure_plain_http:
+            return None
+        return TlsSource(
+            cert_file=self.tls_cert,
+            key_file=self.tls_key,
+            cert_parameter=self.tls_cert_ssm_parameter,
+            key_parameter=self.tls_key_ssm_parameter,
+        )
+
+
+_NO_TLS = (
+    "no TLS certificate: pass --tls-cert PATH --tls-key PATH (or, on the stack, --tls-cert-ssm-parameter NAME "
+    "--tls-key-ssm-parameter NAME); for local use only, --insecure-plain-http serves plain HTTP and gRPC"
+)
+
+
+def _check_tls_flags(cfg: ServeConfig) -> None:
+    """Exactly one of: the two files, the two parameters, --insecure-plain-http."""
+    files, parameters = (cfg.tls_cert, cfg.tls_key), (cfg.tls_cert_ssm_parameter, cfg.tls_key_ssm_parameter)
+    for (a, b), (name_a, name_b) in (
+        (files, ("--tls-cert", "--tls-key")),
+        (parameters, ("--tls-cert-ssm-parameter", "--tls-key-ssm-parameter")),
+    ):
+        if bool(a) != bool(b):
+            given, missing = (name_a, name_b) if a else (name_b, name_a)
+            raise ValueError(f"{given} needs {missing}: give the certificate and its key together")
+    chosen = [
+        name
+        for name, given in (
+            ("--tls-cert/--tls-key", all(files)),
+            ("--tls-cert-ssm-parameter/--tls-key-ssm-parameter", all(parameters)),
+            ("--insecure-plain-http", cfg.insecure_plain_http),
+        )
+        if given
+    ]
+    if not chosen:
+        raise ValueError(_NO_TLS)
+    if len(chosen) > 1:
+        raise ValueError(f"{' and '.join(chosen)} given together: choose one")

@@ -8,7 +8,7 @@ and the answers (or `RequestError`s) back; a new protocol is a new adapter over 
 - authentication: `plane.auth` (`runtime.serve.auth.Authenticator`: the bearer token, one
   Authorization per request);
 - model lookup and readiness: `model(name, version, current)` (404 unknown model or version,
-  503 nothing loaded yet), `ready()`, `model_ready(name, version)`; a request uses the version
+  503 nothing loaded yet), `ready()` (false while draining), `model_ready(name, version)`; a request uses the version
   that was current when it started (`current`), so a hot reload never switches it mid-request;
 - metadata: `server_metadata`, `model_metadata`, `model_config`;
 - inference: `infer(model, body, header_length)` (the binary-extension form of the REST body:
@@ -87,6 +87,8 @@ class DataPlane:
         self.access_log = access_log
         self.sweep = sweep or Sweep()
         self.extensions: dict[str, Any] = {}
+        self.draining = False
+        """Set on SIGTERM (`runtime.serve.drain`): the server is shutting down and is not ready."""
         self._observe = metrics.stats.observe  # Metrics.observe without its extra call
         # A request's body reader (size cap, deadline, budget; the adapter calls `release()` once
         # the response is sent): a C-level partial, not a method call per request.
@@ -142,7 +144,8 @@ class DataPlane:
     # --- lookup and readiness -------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return self.manager.current is not None
+        """Whether a verified version is loaded and the server is not draining."""
+        return self.manager.current is not None and not self.draining
 
     def model(self, name: str, version: str, current: LoadedModel | None) -> LoadedModel:
         """The model a request addresses (`version` "" for any), given the version `current` when

@@ -23,6 +23,11 @@ what the client still sends for `linger_seconds` before closing, so the client r
 instead of a reset. Body limits (size, timeout, the global in-flight budget) are the app's, since
 only authenticated requests get as far as their body (`runtime.serve.app`).
 
+Drain (SIGTERM, `runtime.serve.drain`): uvicorn calls `shutdown()` on every connection. A request
+in progress finishes and its response closes the connection; an idle connection stays open for
+DRAIN_IDLE_SECONDS in case a request is already on its way (one that starts is served with
+`Connection: close`), then is closed without counting a rejection.
+
 Bytes of the next request head that arrive in the same read as the end of the previous message
 are parsed without being counted (at most one read, 256 KiB with uvloop); every later read is.
 """
@@ -38,7 +43,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from runtime.serve.body import SWEEP_SECONDS, Sweep
 
-__all__ = ["SWEEP_SECONDS", "Front", "FrontLimits", "FrontProtocol"]
+__all__ = ["DRAIN_IDLE_SECONDS", "SWEEP_SECONDS", "Front", "FrontLimits", "FrontProtocol"]
+
+DRAIN_IDLE_SECONDS = 1.0
+"""On drain, how long an idle keep-alive connection stays open for a request already sent on it."""
 
 _PHRASES = {
     400: "Bad Request",
@@ -136,7 +144,7 @@ class FrontProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         self.address = self.client[0] if self.client else ""
-        self._counted = self._rejected = False
+        self._counted = self._rejected = self._draining = False
         self.deadline: float | None = None
         self._start_head(after_response=False)
         refused = self.front.admit(self)
@@ -199,6 +207,8 @@ class FrontProtocol(HttpToolsProtocol):
         self._cancel_timer()
         self._set_idle(False)
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # the response says `Connection: close`
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -223,6 +233,15 @@ class FrontProtocol(HttpToolsProtocol):
         self._rejected = True
         super().send_400_response(msg)
 
+    def shutdown(self) -> None:
+        """The server drains (called by uvicorn on every open connection; module docstring)."""
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+        elif self._head_bytes == 0 and not self._rejected:
+            self._arm(DRAIN_IDLE_SECONDS)
+        # a head partly received keeps its header deadline; the request is then served with close
+
     # limits
     def _set_idle(self, idle: bool) -> None:
         self.front.idle.pop(self, None)
@@ -243,7 +262,7 @@ class FrontProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._rejected:
             return
         if self._head_bytes == 0:
-            if not self._after_response:  # a keep-alive connection expiring is no rejection
+            if not self._after_response and not self._draining:  # keep-alive or drain: no rejection
                 self.front.on_reject("idle_timeout", self.address)
             self._rejected = True
             self.transport.close()

@@ -1,6 +1,8 @@
 """The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`), beside the HTTP port.
 
-`stratus serve --grpc-port N` starts a `grpc.aio` server in the same event loop as the HTTP one:
+`stratus serve --grpc-port N` starts a `grpc.aio` server in the same event loop as the HTTP one,
+over TLS with the HTTP port's certificate (`runtime.serve.tls`; plaintext only with
+--insecure-plain-http):
 an adapter of the same data plane (`runtime.serve.dataplane`) as the HTTP port, so the same
 token (metadata `authorization: Bearer ...`, ServerLive the only call without it, a repeated
 `authorization` refused), the same model manager (readiness, hot reload: a call uses the version
@@ -251,10 +253,11 @@ def _contents_bytes(tensor) -> bytes:
         raise RequestError(422, f"input {tensor.name[:64]!r}: values outside the {tensor.datatype} range") from None
 
 
-async def start_grpc(plane: DataPlane, host: str, port: int, *, limits: dict) -> grpc.aio.Server:
+async def start_grpc(plane: DataPlane, host: str, port: int, *, limits: dict, credentials=None) -> grpc.aio.Server:
     """Start the gRPC server on host:port. `limits`: max_body_bytes, max_header_bytes,
-    header_timeout, keepalive_timeout, max_concurrent_rpcs, max_connections. Raises RuntimeError
-    if it cannot bind."""
+    header_timeout, keepalive_timeout, max_concurrent_rpcs, max_connections. `credentials`: TLS
+    server credentials (`runtime.serve.tls.Certificates.grpc_credentials`; None: plaintext, only
+    with --insecure-plain-http). Raises RuntimeError if it cannot bind."""
     options = [
         ("grpc.max_receive_message_length", limits["max_body_bytes"]),
         ("grpc.max_send_message_length", 4 * limits["max_body_bytes"]),
@@ -271,7 +274,9 @@ async def start_grpc(plane: DataPlane, host: str, port: int, *, limits: dict) ->
     service = InferenceService(plane, limits["max_concurrent_rpcs"])
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((service.handler(),))
-    if server.add_insecure_port(f"{host}:{port}") == 0:
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if bound == 0:
         raise RuntimeError(f"gRPC: cannot bind {host}:{port}")
     await server.start()
     return server

@@ -114,6 +114,7 @@ def test_launch_trains_exports_publishes_and_the_server_answers(tmp_path):
             str(port),
             "--token-file",
             str(token),
+            "--insecure-plain-http",  # 127.0.0.1; TLS is tests/runtime/serve/test_tls.py's
         ],
         cwd=ROOT,
         env=dict(os.environ),

@@ -217,10 +217,15 @@ def test_serving_user_data_creates_its_user_and_starts_prepare_then_serve(tmp_pa
     assert "--token-ssm-parameter /o/p/s/token" in (box.root / "opt/stratus/serve.sh").read_text()
 
 
-@pytest.mark.parametrize("grpc_port", [8001, 0], ids=["grpc", "http-only"])
-def test_the_serve_script_starts_stratus_serve_with_flags_it_accepts(tmp_path, grpc_port):
+@pytest.mark.parametrize(
+    ("grpc_port", "tls"),
+    [(8001, True), (0, True), (8001, False)],
+    ids=["grpc-tls", "http-only-tls", "grpc-no-certificate"],
+)
+def test_the_serve_script_starts_stratus_serve_with_flags_it_accepts(tmp_path, grpc_port, tls):
     box = Sandbox(tmp_path)
     box.stand_in("curl", 'case " $* " in *" -X PUT "*) echo session;; *) echo 10.42.1.7;; esac')
+    parameters = {"tls_cert_parameter": "/o/p/s/tls-cert", "tls_key_parameter": "/o/p/s/tls-key"} if tls else {}
     text = userdata.serving_user_data(
         region="us-east-1",
         models_bucket="m",
@@ -228,6 +233,7 @@ def test_the_serve_script_starts_stratus_serve_with_flags_it_accepts(tmp_path, g
         port=8000,
         token_parameter="/o/p/s/token",
         grpc_port=grpc_port,
+        **parameters,
     )
     assert box.run(text).returncode == 0
     # serve.sh as written, its absolute paths moved into the sysroot; the venv's python records argv.
@@ -246,6 +252,23 @@ def test_the_serve_script_starts_stratus_serve_with_flags_it_accepts(tmp_path, g
     assert (cfg.host, cfg.port, cfg.grpc_port) == ("10.42.1.7", 8000, grpc_port)
     assert (cfg.repo, cfg.model, cfg.token_ssm_parameter) == ("s3://m/models", "mlp-binary", "/o/p/s/token")
     assert ("--grpc-port" in argv) == bool(grpc_port)
+    if tls:
+        assert (cfg.tls_cert_ssm_parameter, cfg.tls_key_ssm_parameter) == ("/o/p/s/tls-cert", "/o/p/s/tls-key")
+        assert not cfg.insecure_plain_http
+    else:  # no certificate parameters: plain HTTP, said on the command line (and logged by the server)
+        assert cfg.insecure_plain_http and cfg.tls_source() is None
+
+
+def test_serving_user_data_refuses_half_a_certificate():
+    with pytest.raises(ValueError, match="tls_cert_parameter and tls_key_parameter together"):
+        userdata.serving_user_data(
+            region="us-east-1",
+            models_bucket="m",
+            model_name="mlp-binary",
+            port=8000,
+            token_parameter="/o/p/s/token",
+            tls_cert_parameter="/o/p/s/tls-cert",
+        )
 
 
 def test_the_launch_command_exports_the_nodes_nccl_settings(tmp_path):

@@ -58,6 +58,7 @@ def serving(repo: Path, model: str, work: Path, *extra: str) -> Iterator[Served]
         str(port),
         "--token-file",
         str(token_file),
+        "--insecure-plain-http",  # 127.0.0.1; TLS is tests/runtime/serve/test_tls.py's
         *extra,
     ]
     env = {k: v for k, v in os.environ.items() if k != "STRATUS_SERVE_TOKEN"}

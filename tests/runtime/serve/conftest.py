@@ -1,7 +1,9 @@
 """Fixtures for the serving end-to-end tests: real artifacts, a real server process over HTTP.
 
 The server under test is `python -m runtime serve` (uvicorn on 127.0.0.1, a free port), started
-once per session; tests talk to it with httpx and with the stock Triton client.
+once per session; tests talk to it with httpx and with the stock Triton client. It serves plain
+HTTP (`--insecure-plain-http`, on 127.0.0.1 only) unless `start_server` is given TLS files
+(tests/runtime/serve/test_tls.py).
 """
 
 from __future__ import annotations
@@ -53,13 +55,20 @@ class Server:
     serving_version: int = 1
     token_file: Path | None = None
     artifacts: dict[int, Path] = field(default_factory=dict)
+    ca: Path | None = None
+    """The CA file that verifies the server's certificate (None: plain HTTP)."""
+
+    @property
+    def verify(self) -> str | bool:
+        """httpx's `verify=` for this server."""
+        return str(self.ca) if self.ca else True
 
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
     def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10, **kwargs)
+        return httpx.Client(base_url=self.url, timeout=10, **{"verify": self.verify, **kwargs})
 
     def log_records(self) -> list[dict]:
         records = []
@@ -81,7 +90,8 @@ class Server:
 
     def is_ready(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/v2/health/ready", headers=self.auth, timeout=2).status_code == 200
+            response = httpx.get(f"{self.url}/v2/health/ready", headers=self.auth, timeout=2, verify=self.verify)
+            return response.status_code == 200
         except httpx.TransportError:
             return False
 
@@ -104,13 +114,23 @@ class Server:
 
     def is_live(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/v2/health/live", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}/v2/health/live", timeout=2, verify=self.verify).status_code == 200
         except httpx.TransportError:
             return False
 
 
-def start_server(repo: str, log_path: Path, extra_args: list[str], env: dict[str, str], preexec_fn=None) -> Server:
+def start_server(
+    repo: str,
+    log_path: Path,
+    extra_args: list[str],
+    env: dict[str, str],
+    preexec_fn=None,
+    tls: tuple[Path, Path, Path] | None = None,
+) -> Server:
+    """Start a server and wait for liveness. `tls`: (certificate, key, CA) files; None: plain HTTP."""
     port = free_port()
+    # plain HTTP on 127.0.0.1 only
+    security = ["--insecure-plain-http"] if tls is None else ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     args = [
         sys.executable,
         "-m",
@@ -136,13 +156,16 @@ def start_server(repo: str, log_path: Path, extra_args: list[str], env: dict[str
         str(INFLIGHT_BODY),
         "--offload-json-bytes",
         str(OFFLOAD_JSON),
+        *security,
         *extra_args,
     ]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             args, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
         )
-    server = Server(url=f"http://127.0.0.1:{port}", token=TOKEN, proc=proc, log_path=log_path, repo=repo)
+    scheme = "http" if tls is None else "https"
+    server = Server(url=f"{scheme}://127.0.0.1:{port}", token=TOKEN, proc=proc, log_path=log_path, repo=repo)
+    server.ca = None if tls is None else tls[2]
     server.wait_for(server.is_live, "liveness")
     return server
 

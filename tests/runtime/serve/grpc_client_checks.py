@@ -6,6 +6,7 @@ protobuf 5.29). Imports nothing from the project, so the versions cannot mix.
 
     python grpc_client_checks.py checks HOST:PORT TOKEN MODEL X.npy MAX_BATCH
     python grpc_client_checks.py load HOST:PORT TOKEN MODEL X.npy STOP_FILE MAX_SECONDS
+    python grpc_client_checks.py tls HOST:PORT TOKEN MODEL X.npy CA_FILE
 """
 
 from __future__ import annotations
@@ -103,10 +104,29 @@ def load(url: str, token: str, model: str, x: np.ndarray, stop_file: str, max_se
     return {"versions": versions, "outputs": outputs, "failures": failures[:5], "num_failures": len(failures)}
 
 
+def tls(url: str, token: str, model: str, x: np.ndarray, ca_file: str) -> dict:
+    """Over TLS: `ssl=True` with the CA answers; `ssl=True` with the system's roots only fails."""
+    auth = {"authorization": f"Bearer {token}"}
+    client = grpcclient.InferenceServerClient(url, ssl=True, root_certificates=ca_file)
+    try:
+        result = client.infer(model, [_input(x)], outputs=[grpcclient.InferRequestedOutput("output")], headers=auth)
+        out: dict = {"ready": client.is_server_ready(headers=auth), "output": result.as_numpy("output").tolist()}
+    finally:
+        client.close()
+    stranger = grpcclient.InferenceServerClient(url, ssl=True)
+    try:
+        out["without_ca"] = _error(lambda: stranger.is_server_ready(headers=auth, client_timeout=10))
+    finally:
+        stranger.close()
+    return out
+
+
 if __name__ == "__main__":
     mode, url, token, model, x_path, *rest = sys.argv[1:]
     x = np.load(x_path)
     if mode == "checks":
         print(json.dumps(checks(url, token, model, x, int(rest[0]))))
+    elif mode == "tls":
+        print(json.dumps(tls(url, token, model, x, rest[0])))
     else:
         print(json.dumps({"done": load(url, token, model, x, rest[0], float(rest[1]))}))

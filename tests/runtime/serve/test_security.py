@@ -125,7 +125,19 @@ def test_token_rotation_on_sighup(server):
 def test_server_refuses_to_start_without_token(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "STRATUS_SERVE_TOKEN"}
     proc = subprocess.run(
-        [sys.executable, "-m", "runtime", "serve", "--repo", str(tmp_path), "--model", MODEL, "--port", "1"],
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "serve",
+            "--repo",
+            str(tmp_path),
+            "--model",
+            MODEL,
+            "--port",
+            "1",
+            "--insecure-plain-http",
+        ],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

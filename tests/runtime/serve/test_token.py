@@ -61,6 +61,7 @@ def test_start_up_refuses_a_bom_token_file(tmp_path):
     path.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if k != "STRATUS_SERVE_TOKEN"}
     cmd = [sys.executable, "-m", "runtime", "serve", "--repo", str(tmp_path), "--model", MODEL, "--port", "1"]
+    cmd.append("--insecure-plain-http")
     proc = subprocess.run([*cmd, "--token-file", str(path)], cwd=REPO_ROOT, env=env, capture_output=True, timeout=60)
     assert proc.returncode == 2
     assert b"byte-order mark" in proc.stderr
