@@ -49,6 +49,9 @@ NODE_ENV = NODE_ENV_FILE
 HOST_DIR = Path(__file__).with_name("host")
 """The host scripts, installed as `<APP_DIR>/<name>`."""
 EX_CONFIG = 78
+TLS_CERT_FLAG = "--tls-cert-ssm-parameter"
+TLS_KEY_FLAG = "--tls-key-ssm-parameter"
+"""`stratus serve` options naming the SSM parameters of the server certificate and key."""
 
 
 def nccl_env(instance_type: InstanceType) -> dict[str, str]:
@@ -164,12 +167,14 @@ def serving_user_data(
     token_parameter: str,
     gpu: bool = False,
     grpc_port: int = 0,
+    tls_cert_parameter: str | None = None,
+    tls_key_parameter: str | None = None,
 ) -> str:
     """User data of the serving host: runtime install plus `SERVE_UNIT` (`stratus-serve.service`).
 
     The unit runs `python -m runtime serve --repo s3://<models_bucket>/models --model <name>
-    --host <private ip> --port <port> [--grpc-port <grpc port>] --token-ssm-parameter <name>` as an
-    unprivileged user,
+    --host <private ip> --port <port> [--grpc-port <grpc port>] --token-ssm-parameter <name>
+    [--tls-cert-ssm-parameter <name> --tls-key-ssm-parameter <name>]` as an unprivileged user,
     restarting on failure. The private IP comes from IMDSv2 at start, so the unit survives an
     instance replacement.
 
@@ -181,11 +186,22 @@ def serving_user_data(
         token_parameter: SSM parameter NAME of the bearer token (never its value).
         gpu: a GPU host (torch must then be the CUDA build).
         grpc_port: Open Inference Protocol gRPC port (`--grpc-port`, same address); 0: HTTP only.
+        tls_cert_parameter: SSM parameter NAME of the server certificate (PEM), read by the server.
+        tls_key_parameter: SSM parameter NAME of the server key (PEM, a SecureString); with
+            `tls_cert_parameter`, the server speaks HTTPS and gRPC over TLS. Both or neither.
     """
+    if (tls_cert_parameter is None) != (tls_key_parameter is None):
+        raise ValueError("serving_user_data: give both TLS parameter names or neither")
     repo = model_repository_uri(models_bucket)
     grpc = ["--grpc-port", str(grpc_port)] if grpc_port else []
+    tls = []
+    if tls_cert_parameter is not None:
+        tls = [TLS_CERT_FLAG, tls_cert_parameter, TLS_KEY_FLAG, str(tls_key_parameter)]
     serve_args = shlex.join(
-        ["--repo", repo, "--model", model_name, "--port", str(port), *grpc, "--token-ssm-parameter", token_parameter]
+        [
+            *("--repo", repo, "--model", model_name, "--port", str(port), *grpc),
+            *("--token-ssm-parameter", token_parameter, *tls),
+        ]
     )
     env = {
         "AWS_REGION": region,
