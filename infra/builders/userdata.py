@@ -158,6 +158,19 @@ def trainer_user_data(*, region: str, buckets: dict[str, str], instance_type: In
     return _host(env, ("prepare.sh", "scratch.sh"), units, node_env)
 
 
+def _serve_args(models_bucket, model_name, port, grpc_port, token_parameter, tls_cert, tls_key) -> list[str]:
+    """`stratus serve` options after `--host` (see `serving_user_data`)."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("serving_user_data: give both TLS parameter names or neither")
+    grpc = ["--grpc-port", str(grpc_port)] if grpc_port else []
+    tls = [TLS_CERT_FLAG, tls_cert, TLS_KEY_FLAG, str(tls_key)] if tls_cert is not None else []
+    repo = model_repository_uri(models_bucket)
+    return [
+        *("--repo", repo, "--model", model_name, "--port", str(port), *grpc),
+        *("--token-ssm-parameter", token_parameter, *tls),
+    ]
+
+
 def serving_user_data(
     *,
     region: str,
@@ -190,18 +203,8 @@ def serving_user_data(
         tls_key_parameter: SSM parameter NAME of the server key (PEM, a SecureString); with
             `tls_cert_parameter`, the server speaks HTTPS and gRPC over TLS. Both or neither.
     """
-    if (tls_cert_parameter is None) != (tls_key_parameter is None):
-        raise ValueError("serving_user_data: give both TLS parameter names or neither")
-    repo = model_repository_uri(models_bucket)
-    grpc = ["--grpc-port", str(grpc_port)] if grpc_port else []
-    tls = []
-    if tls_cert_parameter is not None:
-        tls = [TLS_CERT_FLAG, tls_cert_parameter, TLS_KEY_FLAG, str(tls_key_parameter)]
     serve_args = shlex.join(
-        [
-            *("--repo", repo, "--model", model_name, "--port", str(port), *grpc),
-            *("--token-ssm-parameter", token_parameter, *tls),
-        ]
+        _serve_args(models_bucket, model_name, port, grpc_port, token_parameter, tls_cert_parameter, tls_key_parameter)
     )
     env = {
         "AWS_REGION": region,

@@ -233,6 +233,8 @@ class Registered:
     custom: bool
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)
     ignore_changes: list[str] = field(default_factory=list)
+    dependencies: list[str] = field(default_factory=list)
+    """URNs the resource depends on (`depends_on` and its inputs' resources)."""
 
 
 class RecordingMonitor(MockMonitor):
@@ -261,6 +263,7 @@ class RecordingMonitor(MockMonitor):
                     bool(request.custom),
                     deps,
                     list(request.ignoreChanges),
+                    list(request.dependencies),
                 )
             )
         return response
