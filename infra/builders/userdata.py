@@ -111,6 +111,23 @@ EnvironmentFile={STACK_ENV}
 ExecStart={APP_DIR}/scratch.sh
 """
 
+SERVE_SERVICE = f"""\
+User=stratus
+EnvironmentFile={STACK_ENV}
+# Writable state/cache for downloaded model versions; the rest of the system is read-only.
+StateDirectory=stratus-serve
+CacheDirectory=stratus-serve
+Environment=HOME=/var/lib/stratus-serve
+ExecStartPre=/usr/bin/test -f {APP_DIR}/.ready
+ExecStart={APP_DIR}/serve.sh
+Restart=on-failure
+RestartSec=15
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+"""
+
 
 def _host(env: dict[str, str], scripts: tuple[str, ...], units: dict[str, str], extra: str = "") -> str:
     parts = [
@@ -222,22 +239,6 @@ PRIVATE_IP=$(curl -sf -H "X-aws-ec2-metadata-token: $IMDS_SESSION" \\
 cd {APP_DIR}/app
 exec {HOST_PYTHON} -m runtime serve --host "$PRIVATE_IP" {serve_args}
 """
-    serve_service = f"""\
-User=stratus
-EnvironmentFile={STACK_ENV}
-# Writable state/cache for downloaded model versions; the rest of the system is read-only.
-StateDirectory=stratus-serve
-CacheDirectory=stratus-serve
-Environment=HOME=/var/lib/stratus-serve
-ExecStartPre=/usr/bin/test -f {APP_DIR}/.ready
-ExecStart={APP_DIR}/serve.sh
-Restart=on-failure
-RestartSec=15
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-"""
     units = {
         PREPARE_UNIT: unit(
             "stratus: install the runtime bundle from S3",
@@ -247,7 +248,7 @@ PrivateTmp=yes
         ),
         SERVE_UNIT: unit(
             "stratus: Open Inference Protocol server",
-            serve_service,
+            SERVE_SERVICE,
             after=f"network-online.target {PREPARE_UNIT}",
             wants=f"network-online.target {PREPARE_UNIT}",
         ),
