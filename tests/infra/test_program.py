@@ -166,3 +166,24 @@ def test_the_program_runs_after_an_asyncio_run_left_no_current_loop():
         asyncio.get_event_loop()  # the state the plan must cope with
     run = run_program(example_config())
     assert "serving_url" in run.outputs
+
+
+def test_serving_keys_reach_the_group_the_target_groups_and_the_scaling_policy():
+    run = run_program(
+        example_config(
+            **{
+                "serving-count": 3,
+                "serving-max-count": 6,
+                "serving-scale-cpu-percent": 55,
+                "serving-drain-seconds": 300,
+                "max-hourly-usd": None,
+            }
+        )
+    )
+    group = run.named("serving-hosts").inputs
+    assert (group["minSize"], group["desiredCapacity"], group["maxSize"]) == (3, 3, 6)
+    assert len(group["vpcZoneIdentifiers"]) == 2  # every private subnet of the stack's zones
+    for label in ("https", "grpc"):
+        assert run.named(f"serving-lb-{label}-tg").inputs["deregistrationDelay"] == 300
+    (policy,) = run.of_type("aws:autoscaling/policy:Policy")
+    assert policy.inputs["targetTrackingConfiguration"]["targetValue"] == 55
