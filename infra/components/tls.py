@@ -104,7 +104,9 @@ class StackTls(pulumi.ComponentResource):
             dns_names=pulumi.Output.from_input(args.load_balancer_dns).apply(
                 lambda dns: server_dns_names(dns, args.region)
             ),
-            subject={"common_name": args.load_balancer_dns, "organization": args.organization},
+            # Clients match the subject alternative names; the common name is a label (X.509 caps it
+            # at 64 characters, shorter than a load balancer's DNS name can be).
+            subject={"common_name": "stratus serving", "organization": args.organization},
             opts=child(self),
         )
         server = tls.LocallySignedCert(

@@ -75,7 +75,10 @@ def test_the_ca_signs_a_server_certificate_for_the_load_balancer_and_the_hosts()
     assert server["allowedUses"] == ["digital_signature", "key_encipherment", "server_auth"]
     assert server["earlyRenewalHours"] < server["validityPeriodHours"]
     dns = result.named("serving-lb-nlb").state["dnsName"]
-    assert result.named("serving-tls-server-csr").inputs["dnsNames"] == [dns, f"*.{dns}", "*.ec2.internal"]
+    csr = result.named("serving-tls-server-csr").inputs
+    assert csr["dnsNames"] == [dns, f"*.{dns}", "*.ec2.internal"]
+    assert csr["privateKeyPem"] == result.named("serving-tls-server-key").state["privateKeyPem"]
+    assert len(csr["subject"]["commonName"]) <= 64
     # The CA's key reaches no parameter: it stays in Pulumi state.
     values = " ".join(p.inputs["value"] for p in result.of_type(checks.PARAMETER))
     assert ca_key.state["privateKeyPem"].splitlines()[1] not in values
