@@ -13,13 +13,20 @@ Reads the config once, builds one component per concern, and exports the outputs
 import pulumi
 import pulumi_aws as aws
 
-from infra.builders.policies import token_parameter_arn, token_parameter_name
+from infra.builders.policies import tls_parameter_names, token_parameter_arn, token_parameter_name
 from infra.builders.userdata import trainer_user_data
 from infra.components.base import base_tags
 from infra.components.iam import Iam, IamArgs
 from infra.components.network import Network, NetworkArgs, lookup_zones
 from infra.components.quotas import check_quotas
-from infra.components.serving import Serving, ServingArgs
+from infra.components.serving import (
+    OUTPUT_SERVING_AUTOSCALING_GROUP,
+    OUTPUT_SERVING_CA_CERTIFICATE,
+    OUTPUT_SERVING_TLS_CERT_PARAMETER,
+    OUTPUT_SERVING_TLS_KEY_PARAMETER,
+    Serving,
+    ServingArgs,
+)
 from infra.components.storage import Storage, StorageArgs
 from infra.components.training import Training, TrainingArgs
 from infra.config.catalog import CATALOG
@@ -91,6 +98,13 @@ network = Network(
     ),
 )
 token_name = token_parameter_name(qualified)
+tls_cert_name, tls_key_name = tls_parameter_names(qualified)
+
+
+def parameter_arn(name: str) -> str:
+    return token_parameter_arn(partition=partition, region=cfg.region, account_id=account_id, name=name)
+
+
 iam = Iam(
     "iam",
     IamArgs(
@@ -99,9 +113,8 @@ iam = Iam(
         region=cfg.region,
         partition=partition,
         tags=tags,
-        token_parameter_arn=token_parameter_arn(
-            partition=partition, region=cfg.region, account_id=account_id, name=token_name
-        ),
+        token_parameter_arn=parameter_arn(token_name),
+        tls_parameter_arns=(parameter_arn(tls_cert_name), parameter_arn(tls_key_name)),
     ),
 )
 bucket_names = pulumi.Output.all(**{p: b.bucket for p, b in buckets.items()})
@@ -140,11 +153,16 @@ serving = Serving(
     "serving",
     ServingArgs(
         instance_type=server_type,
-        subnet_id=network.training_subnet_id,
+        vpc_id=network.vpc_id,
+        subnet_ids=list(network.private_subnet_ids.values()),
         security_group_id=network.serving_sg_id,
+        lb_security_group_id=network.lb_sg_id,
         key_arn=storage.key_arn,
         instance_profile_name=iam.server.instance_profile.name,
         token_parameter_name=token_name,
+        tls_cert_parameter_name=tls_cert_name,
+        tls_key_parameter_name=tls_key_name,
+        organization=qualified,
         models_bucket=buckets["models"].bucket,
         model_name=cfg.model_name,
         port=cfg.serving_port,
@@ -153,6 +171,10 @@ serving = Serving(
         tags=tags,
         ami_id=cfg.serving_ami,
         root_volume_gb=cfg.serving_root_volume_gb,
+        num_hosts=cfg.num_serving,
+        max_hosts=cfg.serving_ceiling,
+        scale_cpu_percent=cfg.serving_scale_cpu_percent,
+        drain_seconds=cfg.serving_drain_seconds,
     ),
 )
 
@@ -164,10 +186,16 @@ for purpose in contract.BUCKET_PURPOSES:
 pulumi.export(contract.OUTPUT_TRAINER_INSTANCE_IDS, training.instance_ids)
 pulumi.export(contract.OUTPUT_TRAINER_PRIVATE_IPS, training.private_ips)
 pulumi.export(contract.OUTPUT_TRAINER_SLOTS_PER_NODE, training.slots_per_node)
-pulumi.export(contract.OUTPUT_SERVING_INSTANCE_ID, serving.instance_id)
-pulumi.export(contract.OUTPUT_SERVING_PRIVATE_IP, serving.private_ip)
+# null: the serving hosts are an Auto Scaling group behind the load balancer (`serving_url`);
+# `serving_autoscaling_group` names the group that lists them.
+pulumi.export(contract.OUTPUT_SERVING_INSTANCE_ID, None)
+pulumi.export(contract.OUTPUT_SERVING_PRIVATE_IP, None)
 pulumi.export(contract.OUTPUT_SERVING_URL, serving.url)
 pulumi.export(contract.OUTPUT_SERVING_GRPC_TARGET, serving.grpc_target)
 pulumi.export(contract.OUTPUT_SERVING_TOKEN_PARAMETER, serving.token_parameter_name)
 # null where the catalog lacks a price and no price key supplies it: a partial sum is no estimate.
 pulumi.export(contract.OUTPUT_ESTIMATED_HOURLY_USD, float(estimate.total_usd_per_hour) if estimate.complete else None)
+pulumi.export(OUTPUT_SERVING_CA_CERTIFICATE, serving.ca_certificate_pem)
+pulumi.export(OUTPUT_SERVING_TLS_CERT_PARAMETER, serving.tls_cert_parameter_name)
+pulumi.export(OUTPUT_SERVING_TLS_KEY_PARAMETER, serving.tls_key_parameter_name)
+pulumi.export(OUTPUT_SERVING_AUTOSCALING_GROUP, serving.group_name)

@@ -7,7 +7,10 @@ in `stack_rules.py`. `ALL_POLICIES` lists both; `__main__.py` builds the pack fr
 
 from __future__ import annotations
 
+import re
+
 import rulekit as k
+import serving_rules
 import stack_rules
 from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, StackValidationPolicy
 
@@ -42,6 +45,10 @@ TAGGABLE = frozenset(
         "aws:iam/policy:Policy",
         "aws:ssm/parameter:Parameter",
         "aws:cloudwatch/logGroup:LogGroup",
+        "aws:lb/loadBalancer:LoadBalancer",
+        "aws:lb/targetGroup:TargetGroup",
+        "aws:lb/listener:Listener",
+        "aws:autoscaling/group:Group",
     }
 )
 """Resource types that accept tags and so must carry the stratus tags."""
@@ -177,9 +184,22 @@ def default_security_group_empty(args, report_violation) -> None:
         report_violation(f"{_where(args)} has rules. Declare aws.ec2.DefaultSecurityGroup with no ingress or egress.")
 
 
+def _public_certificates(value) -> bool:
+    """PEM certificates and nothing else (unknown during preview counts: checked again at update)."""
+    if value is k.UNKNOWN:
+        return True
+    if not isinstance(value, str) or "PRIVATE KEY" in value:
+        return False
+    blocks = re.findall(r"-----BEGIN ([A-Z ]+)-----", value)
+    return bool(blocks) and set(blocks) == {"CERTIFICATE"}
+
+
 def ssm_parameter_secure(args, report_violation) -> None:
-    """SSM parameters are SecureStrings encrypted with a customer-managed key."""
+    """SSM parameters are SecureStrings encrypted with a customer-managed key; a plain String may
+    hold public certificates only."""
     if args.resource_type != "aws:ssm/parameter:Parameter":
+        return
+    if k.get(args.props, "type") == "String" and _public_certificates(k.get(args.props, "value")):
         return
     if k.get(args.props, "type") != "SecureString" or not k.get(args.props, "keyId"):
         report_violation(
@@ -195,6 +215,8 @@ def required_tags(args, report_violation) -> None:
     tags = k.get(args.props, "tags", default={})
     if tags is k.UNKNOWN:
         return
+    if args.resource_type == "aws:autoscaling/group:Group":  # tag blocks, not a map
+        tags = {k.get(t, "key"): k.get(t, "value") for t in k.items(args.props, "tags")}
     missing = [t for t in k.REQUIRED_TAGS if not k.get(tags, t)]
     if missing:
         report_violation(f"{_where(args)} lacks the tags {missing}. Add project, stack and component tags.")
@@ -257,7 +279,11 @@ RESOURCE_POLICIES = [
         "The default security group has no rules.",
         default_security_group_empty,
     ),
-    _resource("aws-ssm-parameter-secure-string", "SSM parameters are SecureStrings under a CMK.", ssm_parameter_secure),
+    _resource(
+        "aws-ssm-parameter-secure-string",
+        "SSM parameters are SecureStrings under a CMK (a String holds public certificates only).",
+        ssm_parameter_secure,
+    ),
     _resource("aws-tagging-resource-required-tags", "Taggable resources carry project/stack/component.", required_tags),
     _resource(
         "aws-ec2-securitygroup-rule-description", "Every security group rule has a description.", rule_description
@@ -271,7 +297,7 @@ RESOURCE_POLICIES = [
 
 STACK_POLICIES = [
     StackValidationPolicy(name=name, description=description, validate=validate, enforcement_level=MANDATORY)
-    for name, description, validate in stack_rules.RULES
+    for name, description, validate in stack_rules.RULES + serving_rules.RULES
 ]
 
 ALL_POLICIES = RESOURCE_POLICIES + STACK_POLICIES

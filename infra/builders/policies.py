@@ -57,12 +57,14 @@ KEY_USE_ACTIONS = [
     "kms:ReEncryptFrom",
     "kms:ReEncryptTo",
 ]
-TOKEN_READ_ACTIONS = [
+PARAMETER_READ_ACTIONS = [
     "ssm:GetParameter",
     "ssm:GetParameters",
     "ssm:GetParameterHistory",
     "ssm:GetParametersByPath",
 ]
+"""Every SSM action that returns a parameter's value."""
+TOKEN_READ_ACTIONS = PARAMETER_READ_ACTIONS
 
 
 def _statement(sid: str, effect: str, actions: list[str], resources: Any, **extra: Any) -> dict:
@@ -236,6 +238,12 @@ def token_parameter_name(qualified_stack: str) -> str:
     return f"/{qualified_stack}/serving-token"
 
 
+def tls_parameter_names(qualified_stack: str) -> tuple[str, str]:
+    """SSM parameter names of the serving certificate and key of `<organization>/<project>/<stack>`,
+    beside the token: (`/acme/stratus/dev/serving-tls-cert`, `/acme/stratus/dev/serving-tls-key`)."""
+    return f"/{qualified_stack}/serving-tls-cert", f"/{qualified_stack}/serving-tls-key"
+
+
 def token_parameter_arn(*, partition: str, region: str, account_id: str, name: str) -> str:
     """ARN of the SSM parameter `name` (which starts with a slash)."""
     return f"arn:{partition}:ssm:{region}:{account_id}:parameter{name}"
@@ -307,18 +315,34 @@ def trainer_policy(
     }
 
 
-def server_policy(*, bucket_arns: dict[str, str], key_arn: str, token_parameter_arn: str, region: str) -> Document:
-    """Server role: read the models and runtime prefixes, read and decrypt the token; no writes.
+def server_policy(
+    *,
+    bucket_arns: dict[str, str],
+    key_arn: str,
+    token_parameter_arn: str,
+    tls_cert_parameter_arn: str,
+    tls_key_parameter_arn: str,
+    region: str,
+) -> Document:
+    """Server role: read the models and runtime prefixes and its own three parameters; no writes.
+
+    The AWS managed policy AmazonSSMManagedInstanceCore (attached for Session Manager) allows
+    `ssm:GetParameter(s)` on every parameter of the account; `DenyOtherParameters` takes that
+    back for everything but the token, the TLS certificate and the TLS key. KMS decrypts only
+    through SSM for the two SecureStrings (the certificate is a String) and through S3.
 
     Args:
         bucket_arns: ARNs of the stack buckets by purpose (`datasets`, `checkpoints`,
             `models`, `logs`); only `models` is readable, every bucket is write-denied.
         key_arn: the stack key.
         token_parameter_arn: ARN of the serving token parameter.
+        tls_cert_parameter_arn: ARN of the server certificate parameter.
+        tls_key_parameter_arn: ARN of the server key parameter.
         region: the stack's region (for `kms:ViaService`).
     """
     models_arn = bucket_arns["models"]
     readable = [f"{models_arn}/{MODELS_PREFIX}*", f"{models_arn}/{RUNTIME_PREFIX}*"]
+    own_parameters = [token_parameter_arn, tls_cert_parameter_arn, tls_key_parameter_arn]
     return {
         "Version": VERSION,
         "Statement": [
@@ -330,20 +354,26 @@ def server_policy(*, bucket_arns: dict[str, str], key_arn: str, token_parameter_
                 Condition={"StringLike": {"s3:prefix": [MODELS_PREFIX + "*", RUNTIME_PREFIX + "*"]}},
             ),
             _statement("ReadModels", "Allow", ["s3:GetObject"], readable),
-            _statement("ReadServingToken", "Allow", ["ssm:GetParameter"], token_parameter_arn),
+            _statement("ReadServingParameters", "Allow", ["ssm:GetParameter"], own_parameters),
             _statement("DecryptModels", "Allow", ["kms:Decrypt"], key_arn, Condition=_via("s3", region)),
             _statement(
-                "DecryptServingToken",
+                "DecryptServingSecrets",
                 "Allow",
                 ["kms:Decrypt"],
                 key_arn,
                 Condition={
                     "StringEquals": {
                         "kms:ViaService": f"ssm.{region}.amazonaws.com",
-                        "kms:EncryptionContext:PARAMETER_ARN": token_parameter_arn,
+                        "kms:EncryptionContext:PARAMETER_ARN": [token_parameter_arn, tls_key_parameter_arn],
                     },
                 },
             ),
+            {
+                "Sid": "DenyOtherParameters",
+                "Effect": "Deny",
+                "Action": PARAMETER_READ_ACTIONS,
+                "NotResource": own_parameters,
+            },
             _statement(
                 "DenyWritesToStackBuckets",
                 "Deny",

@@ -49,6 +49,9 @@ NODE_ENV = NODE_ENV_FILE
 HOST_DIR = Path(__file__).with_name("host")
 """The host scripts, installed as `<APP_DIR>/<name>`."""
 EX_CONFIG = 78
+TLS_CERT_FLAG = "--tls-cert-ssm-parameter"
+TLS_KEY_FLAG = "--tls-key-ssm-parameter"
+"""`stratus serve` options naming the SSM parameters of the server certificate and key."""
 
 
 def nccl_env(instance_type: InstanceType) -> dict[str, str]:
@@ -106,6 +109,23 @@ Type=oneshot
 RemainAfterExit=yes
 EnvironmentFile={STACK_ENV}
 ExecStart={APP_DIR}/scratch.sh
+"""
+
+SERVE_SERVICE = f"""\
+User=stratus
+EnvironmentFile={STACK_ENV}
+# Writable state/cache for downloaded model versions; the rest of the system is read-only.
+StateDirectory=stratus-serve
+CacheDirectory=stratus-serve
+Environment=HOME=/var/lib/stratus-serve
+ExecStartPre=/usr/bin/test -f {APP_DIR}/.ready
+ExecStart={APP_DIR}/serve.sh
+Restart=on-failure
+RestartSec=15
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
 """
 
 
@@ -176,7 +196,7 @@ def _serve_args(
     if bool(tls_cert_parameter) != bool(tls_key_parameter):
         raise ValueError("serving_user_data: give tls_cert_parameter and tls_key_parameter together")
     if tls_cert_parameter:
-        tls = ["--tls-cert-ssm-parameter", tls_cert_parameter, "--tls-key-ssm-parameter", tls_key_parameter]
+        tls = [TLS_CERT_FLAG, tls_cert_parameter, TLS_KEY_FLAG, tls_key_parameter]
     else:
         tls = ["--insecure-plain-http"]
     repo = model_repository_uri(models_bucket)
@@ -243,22 +263,6 @@ PRIVATE_IP=$(curl -sf -H "X-aws-ec2-metadata-token: $IMDS_SESSION" \\
 cd {APP_DIR}/app
 exec {HOST_PYTHON} -m runtime serve --host "$PRIVATE_IP" {serve_args}
 """
-    serve_service = f"""\
-User=stratus
-EnvironmentFile={STACK_ENV}
-# Writable state/cache for downloaded model versions; the rest of the system is read-only.
-StateDirectory=stratus-serve
-CacheDirectory=stratus-serve
-Environment=HOME=/var/lib/stratus-serve
-ExecStartPre=/usr/bin/test -f {APP_DIR}/.ready
-ExecStart={APP_DIR}/serve.sh
-Restart=on-failure
-RestartSec=15
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-"""
     units = {
         PREPARE_UNIT: unit(
             "stratus: install the runtime bundle from S3",
@@ -268,7 +272,7 @@ PrivateTmp=yes
         ),
         SERVE_UNIT: unit(
             "stratus: Open Inference Protocol server",
-            serve_service,
+            SERVE_SERVICE,
             after=f"network-online.target {PREPARE_UNIT}",
             wants=f"network-online.target {PREPARE_UNIT}",
         ),

@@ -25,6 +25,8 @@ class IamArgs:
     """The stack key."""
     token_parameter_arn: pulumi.Input[str]
     """ARN of the serving token's SSM parameter (the parameter itself is made by `Serving`)."""
+    tls_parameter_arns: tuple[pulumi.Input[str], pulumi.Input[str]]
+    """ARNs of the serving certificate's and key's SSM parameters (made by `StackTls`)."""
     region: str
     """The stack's region (`kms:ViaService` conditions)."""
     partition: str
@@ -68,11 +70,15 @@ class Iam(pulumi.ComponentResource):
             )
         )
         purposes = sorted(b)
-        server_doc = pulumi.Output.all(args.key_arn, args.token_parameter_arn, *(b[p] for p in purposes)).apply(
+        server_doc = pulumi.Output.all(
+            args.key_arn, args.token_parameter_arn, *args.tls_parameter_arns, *(b[p] for p in purposes)
+        ).apply(
             lambda v: policies.server_policy(
-                bucket_arns=dict(zip(purposes, v[2:], strict=True)),
+                bucket_arns=dict(zip(purposes, v[4:], strict=True)),
                 key_arn=v[0],
                 token_parameter_arn=v[1],
+                tls_cert_parameter_arn=v[2],
+                tls_key_parameter_arn=v[3],
                 region=args.region,
             )
         )

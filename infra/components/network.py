@@ -59,13 +59,13 @@ class NetworkArgs:
     vpc_cidr: str
     """IPv4 range of the VPC."""
     zones: ZonePlan
-    """Zones to span; `zones.training_zone` hosts the training nodes and serving host."""
+    """Zones to span; `zones.training_zone` hosts the training nodes; serving hosts use every zone."""
     region: str
     """The stack's region (endpoint service names)."""
     serving_port: int
-    """Inference port opened on the serving security group."""
+    """Inference port (HTTPS) of the load balancer and the hosts."""
     serving_allowed_cidrs: tuple[str, ...]
-    """IPv4 ranges allowed to reach the inference ports (HTTP and gRPC)."""
+    """IPv4 ranges allowed to reach the load balancer's inference ports (HTTPS and gRPC)."""
     flow_log_bucket_arn: pulumi.Input[str]
     """ARN of the logs bucket that receives the VPC flow logs."""
     tags: dict[str, str]
@@ -84,8 +84,9 @@ class Network(pulumi.ComponentResource):
     """VPC with private subnets only (plus public/NAT when egress is on), endpoints, SGs.
 
     The default security group is stripped of all rules. The training group admits all traffic
-    only from itself (NCCL, EFA, rendezvous); the serving group admits only the inference ports
-    (HTTP, and gRPC when configured) from the configured ranges. No rule opens SSH; operators use Session Manager.
+    only from itself (NCCL, EFA, rendezvous); the load balancer's group admits the inference ports
+    (HTTPS, and gRPC when configured) from the configured ranges, and the serving group admits
+    them only from the load balancer's group. No rule opens SSH; operators use Session Manager.
     """
 
     vpc_id: pulumi.Output[str]
@@ -93,6 +94,7 @@ class Network(pulumi.ComponentResource):
     training_subnet_id: pulumi.Output[str]
     training_sg_id: pulumi.Output[str]
     serving_sg_id: pulumi.Output[str]
+    lb_sg_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("stratus:infra:Network", name, None, opts)
@@ -183,29 +185,26 @@ class Network(pulumi.ComponentResource):
         return s3_endpoint.prefix_list_id
 
     def _security_groups(self, vpc: aws.ec2.Vpc, s3_prefix_list: pulumi.Output[str]) -> None:
-        """Training group (cluster traffic only) and serving group (inference port only)."""
+        """Training group (cluster traffic only), load balancer and serving groups (inference ports only)."""
         args = self._args
         training_sg = self._security_group("training", vpc.id, "Training nodes: cluster only")
         cluster = "all traffic between training nodes (NCCL, EFA, rendezvous)"
         self._ingress("training-from-self", training_sg, None, cluster, source=training_sg)
         self._egress("training-to-self", training_sg, None, cluster, target=training_sg)
-        serving_sg = self._security_group("serving", vpc.id, "Serving host: inference port")
-        for i, cidr in enumerate(args.serving_allowed_cidrs):
-            self._ingress(
-                f"serving-inference-{i}",
-                serving_sg,
-                args.serving_port,
-                f"inference port from an allowed range ({cidr})",
-                cidr=cidr,
+        serving_sg = self._security_group("serving", vpc.id, "Serving hosts: inference ports from the load balancer")
+        lb_sg = self._security_group("lb", vpc.id, "Serving load balancer: inference ports from the allowed ranges")
+        ports = [("inference", args.serving_port, "inference port (HTTPS)")]
+        if args.serving_grpc_port:
+            ports.append(("grpc", args.serving_grpc_port, "inference gRPC port (Open Inference Protocol over TLS)"))
+        for label, port, what in ports:
+            for i, cidr in enumerate(args.serving_allowed_cidrs):
+                self._ingress(f"lb-{label}-{i}", lb_sg, port, f"{what} from an allowed range ({cidr})", cidr=cidr)
+            # The load balancer's group, not a range: with client IP preservation the hosts see the
+            # clients' addresses, and the reference still admits exactly what the load balancer forwards.
+            self._ingress(f"serving-{label}-from-lb", serving_sg, port, f"{what} from the load balancer", source=lb_sg)
+            self._egress(
+                f"lb-{label}-to-serving", lb_sg, port, f"{what} and health checks to the hosts", target=serving_sg
             )
-            if args.serving_grpc_port:
-                self._ingress(
-                    f"serving-grpc-{i}",
-                    serving_sg,
-                    args.serving_grpc_port,
-                    f"inference gRPC port (Open Inference Protocol) from an allowed range ({cidr})",
-                    cidr=cidr,
-                )
         for role, sg in (("training", training_sg), ("serving", serving_sg)):
             self._egress(
                 f"{role}-https-s3", sg, HTTPS, "HTTPS to S3 through the gateway endpoint", prefix_list=s3_prefix_list
@@ -219,7 +218,7 @@ class Network(pulumi.ComponentResource):
                     "HTTPS to the internet through the NAT gateway",
                     cidr="0.0.0.0/0",  # egress, not ingress; only with egress-enabled (docs/security.md)
                 )
-        self.training_sg_id, self.serving_sg_id = training_sg.id, serving_sg.id
+        self.training_sg_id, self.serving_sg_id, self.lb_sg_id = training_sg.id, serving_sg.id, lb_sg.id
 
     def _tagged(self, label: str, **extra: str) -> dict[str, str]:
         return {**self._tags, "Name": f"{self._name}-{label}", **extra}

@@ -222,6 +222,8 @@ class RegionPrices:
     """Interface VPC endpoint per AZ per hour."""
     kms_key_month: Decimal
     """Customer-managed KMS key per month (requests are usage-dependent and left out)."""
+    nlb_hour: Decimal
+    """Network Load Balancer per hour (its capacity units, NLCU, are usage-dependent and left out)."""
 
 
 REGION_PRICES: dict[str, RegionPrices] = {
@@ -234,6 +236,7 @@ REGION_PRICES: dict[str, RegionPrices] = {
         public_ipv4_hour=Decimal("0.005"),
         interface_endpoint_az_hour=Decimal("0.01"),
         kms_key_month=Decimal("1"),
+        nlb_hour=Decimal("0.0225"),
     ),
     "us-west-2": RegionPrices(
         gp3_gb_month=Decimal("0.08"),
@@ -244,6 +247,7 @@ REGION_PRICES: dict[str, RegionPrices] = {
         public_ipv4_hour=Decimal("0.005"),
         interface_endpoint_az_hour=Decimal("0.01"),
         kms_key_month=Decimal("1"),
+        nlb_hour=Decimal("0.0225"),
     ),
     "eu-west-1": RegionPrices(
         gp3_gb_month=Decimal("0.088"),
@@ -254,6 +258,7 @@ REGION_PRICES: dict[str, RegionPrices] = {
         public_ipv4_hour=Decimal("0.005"),
         interface_endpoint_az_hour=Decimal("0.011"),
         kms_key_month=Decimal("1"),
+        nlb_hour=Decimal("0.0252"),
     ),
 }
 """Non-instance prices of the regions the catalog has them for; elsewhere the estimate marks

@@ -62,7 +62,7 @@ class CostEstimate:
         rows += [f"no price: {note}" for note in self.missing]
         rows.append(
             f"prices: AWS on-demand list prices as of {PRICES_AS_OF}; data transfer, NAT data "
-            "processing and API requests are usage-dependent and not included"
+            "processing, load-balancer capacity units and API requests are usage-dependent and not included"
         )
         return "\n".join(rows)
 
@@ -114,7 +114,7 @@ def _missing(cfg: StackConfig, trainer_price: Decimal | None, server_price: Deci
         notes.append(f"{cfg.serving_instance_type} in {cfg.region}: set `serving-on-demand-usd-per-hour`; {tool}")
     if cfg.region not in REGION_PRICES:
         notes.append(
-            f"EBS, S3, endpoint, KMS and NAT prices of {cfg.region}: add its `REGION_PRICES` row to "
+            f"EBS, S3, endpoint, KMS, NAT and load-balancer prices of {cfg.region}: add its `REGION_PRICES` row to "
             "infra/config/catalog.py (from the AWS pricing pages named there)"
         )
     return tuple(notes)
@@ -171,13 +171,15 @@ def estimate_cost(cfg: StackConfig) -> CostEstimate:
     trainer_gb = cfg.trainer_root_volume_gb + scratch_gb
     lines = [
         _line(f"training node {trainer.name} ({market})", cfg.num_trainers, trainer_price),
+        # Serving hosts at the group's ceiling: CPU scaling may run that many, so the guard's bound holds.
         _line(
             f"serving host {server.name}" + (" (configured price)" if cfg.serving_on_demand_usd_per_hour else ""),
-            1,
+            cfg.serving_ceiling,
             server_price,
         ),
         _line("EBS gp3 GB, training nodes", cfg.num_trainers * trainer_gb, gp3_hour),
-        _line("EBS gp3 GB, serving host", cfg.serving_root_volume_gb, gp3_hour),
+        _line("EBS gp3 GB, serving hosts", cfg.serving_ceiling * cfg.serving_root_volume_gb, gp3_hour),
+        _line("network load balancer (internal)", 1, _hourly(region, "nlb_hour", per_month=False)),
         *_scratch_performance(cfg, scratch_mode),
         _line("S3 Standard GB (estimated-s3-gb)", cfg.estimated_s3_gb, _hourly(region, "s3_standard_gb_month")),
         _line(

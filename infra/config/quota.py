@@ -44,7 +44,9 @@ def quota_needs(cfg: Any) -> list[QuotaNeed]:
     spot = cfg.trainer_market == "spot"
     entries = [
         (trainer.quota[2:] if spot else trainer.quota[:2], cfg.num_trainers, trainer, "trainer-count"),
-        (server.quota[:2], 1, server, "serving-instance-type"),
+        # An instance refresh launches each replacement before draining the host it replaces:
+        # up to twice the group's ceiling runs for a while.
+        (server.quota[:2], 2 * cfg.serving_ceiling, server, "serving-instance-type"),
     ]
     needs: dict[str, QuotaNeed] = {}
     for (code, name), count, itype, key in entries:

@@ -111,6 +111,19 @@ class StackConfig:
     serving_allowed_cidrs: tuple[str, ...] = _key("serving-allowed-cidrs", ())
     """IPv4 ranges allowed to reach the inference ports (HTTP and gRPC); default: the VPC's own
     range."""
+    num_serving: int = _key("serving-count", 2)
+    """Serving hosts the Auto Scaling group keeps running (1-20; its minimum and desired size),
+    spread over the stack's private subnets (one per zone) behind the internal load balancer."""
+    serving_max_count: int | None = _key("serving-max-count")
+    """Most serving hosts CPU scaling may run (`serving-count` to 20); unset: `serving-count`.
+    Above `serving-count` only with `serving-scale-cpu-percent`."""
+    serving_scale_cpu_percent: float | None = _key("serving-scale-cpu-percent")
+    """Opt-in target tracking: keep the hosts' average CPU near this percentage (10-90) by scaling
+    between `serving-count` and `serving-max-count`; unset: a fixed `serving-count`."""
+    serving_drain_seconds: int = _key("serving-drain-seconds", 120)
+    """Deregistration delay of the load balancer's target groups (0-3600 s): a host leaving the
+    group (scale-in, instance refresh) gets no new connections and this long to finish the
+    requests in flight before it is terminated."""
     model_name: str = _key("model-name", "mlp-binary")
     """Model the serving host serves from `s3://<models_bucket>/models/<model-name>/`; the
     name rule is `runtime.contract.MODEL_NAME_RE` (at most 64 characters, no `..`)."""
@@ -165,6 +178,12 @@ class StackConfig:
             allowed_cidrs=self.serving_allowed_cidrs,
             model_name=self.model_name,
         )
+        validate.check_serving_group(
+            count=self.num_serving,
+            max_count=self.serving_max_count,
+            scale_cpu_percent=self.serving_scale_cpu_percent,
+            drain_seconds=self.serving_drain_seconds,
+        )
         validate.check_operations(
             kms_deletion_window_days=self.kms_deletion_window_days,
             checkpoint_noncurrent_days=self.checkpoint_noncurrent_days,
@@ -190,6 +209,12 @@ class StackConfig:
         if self.trainer_placement_group is not None:
             return self.trainer_placement_group
         return self.reservation_target is None
+
+    @property
+    def serving_ceiling(self) -> int:
+        """Most serving hosts in service outside an instance refresh (`serving-max-count`, else
+        `serving-count`)."""
+        return self.serving_max_count if self.serving_max_count is not None else self.num_serving
 
     @property
     def scratch(self) -> tuple[str, int]:

@@ -24,6 +24,7 @@ ZONE_NAME = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
 MIN_GPU_ROOT_GB = 100  # Deep Learning AMI root snapshot plus the runtime venv and caches.
 MIN_CPU_ROOT_GB = 20
 MAX_VOLUME_GB = 16384  # the gp3 size limit
+MAX_SERVING_HOSTS = 20
 
 
 def _in_range(key: str, value: float, low: float, high: float, unit: str = "") -> None:
@@ -218,6 +219,24 @@ def check_serving(
     problem = model_name_problem(model_name)
     if problem is not None:
         raise ConfigError("model-name", problem, f"pick a name matching {MODEL_NAME_RE.pattern}, e.g. mlp-binary")
+
+
+def check_serving_group(
+    *, count: int, max_count: int | None, scale_cpu_percent: float | None, drain_seconds: int
+) -> None:
+    """The serving Auto Scaling group: its size, the opt-in CPU scaling and the drain time."""
+    _in_range("serving-count", count, 1, MAX_SERVING_HOSTS)
+    if max_count is not None:
+        _in_range("serving-max-count", max_count, count, MAX_SERVING_HOSTS)
+        if max_count > count and scale_cpu_percent is None:
+            raise ConfigError(
+                "serving-max-count",
+                f"{max_count} is above `serving-count` ({count}) but nothing scales the group",
+                "set `serving-scale-cpu-percent` too, or unset `serving-max-count`",
+            )
+    if scale_cpu_percent is not None:
+        _in_range("serving-scale-cpu-percent", scale_cpu_percent, 10, 90, " %")
+    _in_range("serving-drain-seconds", drain_seconds, 0, 3600, " s")
 
 
 def check_operations(

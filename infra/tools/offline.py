@@ -66,6 +66,23 @@ def _az_id_prefix(region: str) -> str:
     return area + "".join(_DIRECTIONS.get(word, word[0]) for word in middle) + number
 
 
+def _pem(label: str, name: str) -> str:
+    return f"-----BEGIN {label}-----\nmock{_tag(name, 40)}\n-----END {label}-----\n"
+
+
+def _tls_outputs(typ: str, name: str) -> dict[str, str]:
+    """PEM-shaped values the TLS provider computes (not real keys or certificates)."""
+    if typ == "tls:index/privateKey:PrivateKey":
+        return {
+            "privateKeyPem": _pem("EC PRIVATE KEY", name),
+            "privateKeyPemPkcs8": _pem("PRIVATE KEY", name),
+            "publicKeyPem": _pem("PUBLIC KEY", name),
+        }
+    if typ == "tls:index/certRequest:CertRequest":
+        return {"certRequestPem": _pem("CERTIFICATE REQUEST", name)}
+    return {"certPem": _pem("CERTIFICATE", name)}
+
+
 class StratusMocks(pulumi.runtime.Mocks):
     """AWS-like answers for resources and invokes.
 
@@ -135,6 +152,17 @@ class StratusMocks(pulumi.runtime.Mocks):
             out = {"allocationId": f"eipalloc-{_tag(name)}", "publicIp": "203.0.113.10"}
         elif typ == "random:index/randomPassword:RandomPassword":
             rid, out = "none", {"result": f"mock-secret-{_tag(name, 32)}"}
+        elif typ.startswith("tls:"):
+            rid, out = _tag(name, 20), _tls_outputs(typ, name)
+        elif typ == "aws:lb/loadBalancer:LoadBalancer":
+            rid = f"{arn_base}:loadbalancer/net/{name}/{_tag(name, 16)}"
+            out = {"arn": rid, "dnsName": f"{name}-{_tag(name, 16)}.elb.{self.region}.amazonaws.com"}
+        elif typ == "aws:lb/targetGroup:TargetGroup":
+            rid = f"{arn_base}:targetgroup/{name}/{_tag(name, 16)}"
+            out = {"arn": rid}
+        elif typ == "aws:autoscaling/group:Group":
+            rid = f"{name}-{_tag(name, 8)}"
+            out = {"name": rid, "arn": f"{arn_base}:autoScalingGroup:{_tag(name, 8)}:autoScalingGroupName/{rid}"}
         elif typ.startswith("aws:ec2/"):
             prefix = {"vpc": "vpc", "subnet": "subnet", "securityGroup": "sg"}.get(typ.split("/")[1].split(":")[0], "r")
             rid = f"{prefix}-{_tag(name)}"
@@ -205,6 +233,8 @@ class Registered:
     custom: bool
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)
     ignore_changes: list[str] = field(default_factory=list)
+    dependencies: list[str] = field(default_factory=list)
+    """URNs the resource depends on (`depends_on` and its inputs' resources)."""
 
 
 class RecordingMonitor(MockMonitor):
@@ -233,6 +263,7 @@ class RecordingMonitor(MockMonitor):
                     bool(request.custom),
                     deps,
                     list(request.ignoreChanges),
+                    list(request.dependencies),
                 )
             )
         return response

@@ -41,7 +41,9 @@ def _n(value) -> str:
 
 def _rule(i: dict) -> str:
     proto = "all" if str(i.get("ipProtocol")) == "-1" else f"{i.get('ipProtocol')} {_n(i.get('fromPort'))}"
-    source = i.get("cidrIpv4") or i.get("prefixListId") or "its own group"
+    peer = i.get("referencedSecurityGroupId")
+    group = "its own group" if peer in (None, i.get("securityGroupId")) else f"the group {peer}"
+    source = i.get("cidrIpv4") or i.get("prefixListId") or group
     return f"{proto} {'from' if 'Ingress' in i.get('_kind', '') else 'to'} {source}"
 
 
@@ -135,6 +137,39 @@ def summarize(r: Registered, run: ProgramRun, keys: set[str]) -> str:
         return i.get("description", "")
     if short == "RolePolicyAttachment":
         return i.get("policyArn", "").rsplit("/", 1)[-1]
+    return _serving_summary(short, i)
+
+
+def _serving_summary(short: str, i: dict) -> str:
+    """The load balancer, the host group and the certificates, in a few words."""
+    if short == "LoadBalancer":
+        scheme = "internal" if i.get("internal") else "INTERNET-FACING"
+        return f"{scheme} {i.get('loadBalancerType')}, {len(i.get('subnets', []))} zones, cross-zone"
+    if short == "Listener":
+        return f"{i.get('protocol')} {_n(i.get('port'))}" + (
+            " (TLS passed through)" if i.get("protocol") == "TCP" else ""
+        )
+    if short == "TargetGroup":
+        h = i.get("healthCheck") or {}
+        return (
+            f"{i.get('protocol')} {_n(i.get('port'))}, health {h.get('protocol')} :{h.get('port')}{h.get('path', '')}, "
+            f"drain {_n(i.get('deregistrationDelay'))} s"
+        )
+    if short == "Group":
+        prefs = (i.get("instanceRefresh") or {}).get("preferences") or {}
+        return (
+            f"{_n(i.get('minSize'))}-{_n(i.get('maxSize'))} hosts over {len(i.get('vpcZoneIdentifiers', []))} subnets, "
+            f"{i.get('healthCheckType')} health, rolling refresh keeping {_n(prefs.get('minHealthyPercentage'))}%"
+        )
+    if short == "Policy":
+        tracking = i.get("targetTrackingConfiguration") or {}
+        return f"target tracking: average CPU {_n(tracking.get('targetValue'))}%"
+    if short == "PrivateKey":
+        return f"{i.get('algorithm')} {i.get('ecdsaCurve', '')} (in Pulumi state only)".replace("  ", " ")
+    if short in ("SelfSignedCert", "LocallySignedCert"):
+        kind = "CA" if i.get("isCaCertificate") else "server"
+        hours, early = _n(i.get("validityPeriodHours")), _n(i.get("earlyRenewalHours"))
+        return f"{kind}, valid {hours} h, re-issued by `pulumi up` in its last {early} h"
     return ""
 
 
@@ -161,14 +196,21 @@ def _ami(run: ProgramRun, label: str, key: str, pinned: str | None, image: str |
 
 
 def serving_ports_line(cfg: StackConfig) -> str:
-    """Which ports the serving host listens on and who may reach them."""
+    """How many serving hosts run, which ports the load balancer passes to them, and who may reach them."""
     grpc = (
-        f"gRPC (Open Inference Protocol) {cfg.serving_grpc_port}"
+        f"gRPC (Open Inference Protocol, TLS) {cfg.serving_grpc_port}"
         if cfg.serving_grpc_port
         else "gRPC off (stratus:serving-grpc-port 0)"
     )
     sources = ", ".join(cfg.serving_allowed_cidrs)
-    return f"serving host ports: HTTP {cfg.serving_port}, {grpc}; reachable from {sources} only"
+    hosts = f"serving hosts: {cfg.num_serving} x {cfg.serving_instance_type}"
+    if cfg.serving_scale_cpu_percent is not None:
+        hosts += f", scaling to {cfg.serving_ceiling} at {_n(cfg.serving_scale_cpu_percent)}% average CPU"
+    return (
+        f"{hosts}, behind an internal network load balancer (drain {cfg.serving_drain_seconds} s)\n"
+        f"serving ports: HTTPS {cfg.serving_port}, {grpc}; TLS passed through to the hosts; "
+        f"reachable from {sources} only"
+    )
 
 
 def capacity_section(cfg: StackConfig, run: ProgramRun) -> str:
@@ -189,8 +231,9 @@ def capacity_section(cfg: StackConfig, run: ProgramRun) -> str:
         "none": "none",
     }[mode]
     lt = run.of_type("aws:ec2/launchTemplate:LaunchTemplate")
-    host = run.of_type("aws:ec2/instance:Instance")
-    server_ami = next((h.inputs.get("ami") for h in host if h.name == "serving-host"), None)
+    server_lt = [t for t in lt if t.name == "serving-launch-template"]
+    server_ami = server_lt[0].inputs.get("imageId") if server_lt else None
+    lt = [t for t in lt if t.name != "serving-launch-template"]
     lines = [
         f"training nodes: {cfg.num_trainers} x {trainer.name}, market {cfg.trainer_market}, reservation: {reservation}",
         f"placement group: {'cluster' if cfg.use_placement_group else 'none'}; scratch: {scratch}",

@@ -36,6 +36,11 @@ ROLE = "aws:iam/role:Role"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 PARAMETER = "aws:ssm/parameter:Parameter"
 PASSWORD = "random:index/randomPassword:RandomPassword"
+TLS_KEY = "tls:index/privateKey:PrivateKey"
+NLB = "aws:lb/loadBalancer:LoadBalancer"
+LISTENER = "aws:lb/listener:Listener"
+TARGET_GROUP = "aws:lb/targetGroup:TargetGroup"
+ASG = "aws:autoscaling/group:Group"
 OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
 SECRET_PATTERNS = [re.compile(p) for p in (r"AKIA[0-9A-Z]{16}", r"PRIVATE KEY", r"(?i)secret_access_key")]
 
@@ -139,9 +144,19 @@ def volume_encryption(run: ProgramRun, keys: set[str] | None = None) -> list[str
             if dev.get("encrypted") is not True or dev.get("kmsKeyId") not in keys:
                 violations.append(f"{inst.urn}: volume not encrypted by the stack key: {dev}")
     for param in run.of_type(PARAMETER):
+        if param.inputs.get("type") == "String" and _public_certificate(param.inputs.get("value")):
+            continue
         if param.inputs.get("type") != "SecureString" or param.inputs.get("keyId") not in keys:
             violations.append(f"{param.urn}: not a SecureString under the stack key")
     return violations
+
+
+def _public_certificate(value) -> bool:
+    """PEM certificates and nothing else: the one kind of value a plain String parameter may hold."""
+    if not isinstance(value, str) or "PRIVATE KEY" in value:
+        return False
+    blocks = re.findall(r"-----BEGIN ([A-Z ]+)-----", value)
+    return bool(blocks) and set(blocks) == {"CERTIFICATE"}
 
 
 def imdsv2(run: ProgramRun) -> list[str]:
@@ -279,6 +294,9 @@ def no_wildcard_iam(run: ProgramRun) -> list[str]:
 def no_secret_in_user_data(run: ProgramRun) -> list[str]:
     """User data holds no generated secret and nothing that looks like a credential."""
     secrets = [p.state["result"] for p in run.of_type(PASSWORD)]
+    # Each line of a key's PEM body: a leak need not carry the armour.
+    pems = [k.state[f] for k in run.of_type(TLS_KEY) for f in ("privateKeyPem", "privateKeyPemPkcs8")]
+    secrets += [line for pem in pems for line in pem.splitlines() if line and not line.startswith("-----")]
     violations = []
     for r in run.of_type(LT) + run.of_type(INSTANCE):
         text = _user_data(r)
@@ -301,7 +319,10 @@ def tags_present(run: ProgramRun) -> list[str]:
     violations = []
     for r in run.resources:
         if r.custom and _supports_tags(r.type):
-            missing = {"project", "stack", "component"} - set(r.inputs.get("tags") or {})
+            tags = r.inputs.get("tags") or {}
+            if isinstance(tags, list):  # an Auto Scaling group's tag blocks
+                tags = {t["key"]: t["value"] for t in tags}
+            missing = {"project", "stack", "component"} - set(tags)
             if missing:
                 violations.append(f"{r.urn}: missing tags {sorted(missing)}")
     return violations
@@ -315,6 +336,41 @@ def kms_key_hygiene(run: ProgramRun) -> list[str]:
             violations.append(f"{key.urn}: rotation off")
         if not 7 <= key.inputs.get("deletionWindowInDays", 30) <= 30:
             violations.append(f"{key.urn}: deletion window outside 7-30 days")
+    return violations
+
+
+def internal_tls_passthrough(run: ProgramRun) -> list[str]:
+    """Load balancers are internal, and each listener passes TLS through: a TCP listener to a TCP
+    target group whose health check speaks HTTPS to the hosts (their port is a TLS port)."""
+    violations = [
+        f"{lb.urn}: load balancer is not internal" for lb in run.of_type(NLB) if lb.inputs.get("internal") is not True
+    ]
+    groups = {g.urn: g for g in run.of_type(TARGET_GROUP)}
+    for listener in run.of_type(LISTENER):
+        targets = [groups[u] for u in listener.property_dependencies.get("defaultActions", []) if u in groups]
+        if listener.inputs.get("protocol") != "TCP" or not targets:
+            violations.append(f"{listener.urn}: not a TCP pass-through listener to a target group")
+        for group in targets:
+            health = group.inputs.get("healthCheck") or {}
+            if group.inputs.get("protocol") != "TCP" or health.get("protocol") != "HTTPS":
+                violations.append(f"{listener.urn}: forwards to {group.urn}, whose hosts are not checked over HTTPS")
+    return violations
+
+
+def hosts_behind_the_load_balancer(run: ProgramRun) -> list[str]:
+    """Serving groups register in target groups, replace unhealthy hosts and roll launch-template
+    changes (rolling refresh keeping every host in service); target groups drain leaving hosts."""
+    violations = []
+    for group in run.of_type(ASG):
+        refresh = group.inputs.get("instanceRefresh") or {}
+        preferences = refresh.get("preferences") or {}
+        if not group.inputs.get("targetGroupArns") or group.inputs.get("healthCheckType") != "ELB":
+            violations.append(f"{group.urn}: hosts not registered in target groups with ELB health checks")
+        if refresh.get("strategy") != "Rolling" or preferences.get("minHealthyPercentage", 90) < 100:
+            violations.append(f"{group.urn}: no rolling instance refresh keeping every host in service")
+    for target_group in run.of_type(TARGET_GROUP):
+        if not target_group.inputs.get("deregistrationDelay"):
+            violations.append(f"{target_group.urn}: no deregistration delay for requests in flight")
     return violations
 
 
@@ -333,4 +389,6 @@ ALL_CHECKS = [
     no_secret_in_user_data,
     tags_present,
     kms_key_hygiene,
+    internal_tls_passthrough,
+    hosts_behind_the_load_balancer,
 ]

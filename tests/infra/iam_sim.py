@@ -1,7 +1,7 @@
 """A small IAM policy evaluator for the trainer/server allow-deny matrix.
 
 Implements the parts of AWS's evaluation logic the stack's documents use: explicit Deny wins,
-then any Allow, else implicit deny; `Action`/`Resource` with `*`/`?` wildcards; conditions
+then any Allow, else implicit deny; `Action`/`Resource`/`NotResource` with `*`/`?` wildcards; conditions
 with StringEquals, StringLike, StringNotEquals, ArnLike, Bool and Null against a request context
 (a missing key fails positive operators, as in AWS).
 """
@@ -58,9 +58,13 @@ def _conditions_hold(condition: Mapping | None, context: Mapping[str, str]) -> b
 
 
 def _applies(statement: Mapping, action: str, resource: str, context: Mapping[str, str]) -> bool:
+    if "NotResource" in statement:
+        resource_matches = not _match(statement["NotResource"], resource)
+    else:
+        resource_matches = _match(statement["Resource"], resource)
     return (
         _match(statement["Action"], action, case_insensitive=True)
-        and _match(statement["Resource"], resource)
+        and resource_matches
         and _conditions_hold(statement.get("Condition"), context)
     )
 

@@ -27,7 +27,7 @@ def block_run():
 
 
 def test_capacity_block_launches_into_the_block_without_a_placement_group(block_run):
-    (lt,) = block_run.of_type(LT)
+    lt = block_run.named("training-launch-template")
     assert lt.inputs["instanceMarketOptions"] == {"marketType": "capacity-block"}
     assert lt.inputs["capacityReservationSpecification"] == {
         "capacityReservationTarget": {"capacityReservationId": RID}
@@ -53,13 +53,13 @@ def cfg_raw() -> dict:
 
 def test_open_and_targeted_reservations_and_the_placement_group_rule():
     plain = run_program(example_config())
-    (lt,) = plain.of_type(LT)
+    lt = plain.named("training-launch-template")
     assert lt.inputs["capacityReservationSpecification"] == {"capacityReservationPreference": "open"}
     assert "instanceMarketOptions" not in lt.inputs and len(plain.of_type(PG)) == 1
     targeted = run_program(
         example_config(**{"trainer-capacity-reservation-group-arn": GROUP, "training-availability-zone": "us-east-1b"})
     )
-    (lt,) = targeted.of_type(LT)
+    lt = targeted.named("training-launch-template")
     assert lt.inputs["capacityReservationSpecification"] == {
         "capacityReservationTarget": {"capacityReservationResourceGroupArn": GROUP}
     }
@@ -69,7 +69,7 @@ def test_open_and_targeted_reservations_and_the_placement_group_rule():
 
 
 def test_spot_nodes_carry_no_reservation_settings(efa_spot_run):
-    (lt,) = efa_spot_run.of_type(LT)
+    lt = efa_spot_run.named("training-launch-template")
     assert lt.inputs["instanceMarketOptions"]["marketType"] == "spot"
     assert "capacityReservationSpecification" not in lt.inputs
 
@@ -173,17 +173,22 @@ def test_quota_needs_add_up_per_family_and_spot_uses_the_spot_quota():
         }
     )
     needs = {n.code: n for n in quota_needs(cfg)}
-    assert needs["L-3819A6DF"].vcpus == 144 and needs["L-DB2E81BA"].vcpus == 4
-    check_quota(needs["L-DB2E81BA"], 4, "us-east-1")
+    # Serving: 2 hosts (serving-count) x 2 during an instance refresh x 4 vCPUs of g5.xlarge.
+    assert needs["L-3819A6DF"].vcpus == 144 and needs["L-DB2E81BA"].vcpus == 16
+    check_quota(needs["L-DB2E81BA"], 16, "us-east-1")
     with pytest.raises(QuotaError, match="serving-instance-type"):
-        check_quota(needs["L-DB2E81BA"], 0, "us-east-1")
+        check_quota(needs["L-DB2E81BA"], 15, "us-east-1")
+    scaled = parse_config(
+        {"aws:region": "us-east-1", "serving-count": 1, "serving-max-count": 3, "serving-scale-cpu-percent": 60}
+    )
+    assert {n.code: n for n in quota_needs(scaled)}["L-1216C47A"].usage[-1] == "6 x c7i.xlarge"
     off = StratusMocks(quotas={"L-DB2E81BA": 0})
     run_program(example_config(**{"quota-check": False}), mocks=off)
     assert not [t for t, _ in off.invokes if t.endswith("getServiceQuota")]
 
 
 def _lt_inputs(run):
-    (lt,) = run.of_type(LT)
+    lt = run.named("training-launch-template")
     return {k: v for k, v in lt.inputs.items() if k != "userData"}
 
 
@@ -191,12 +196,18 @@ def test_a_pinned_ami_keeps_the_plan_when_aws_publishes_a_newer_image():
     pinned = example_config(**{"trainer-ami": "ami-0123456789abcdef0", "serving-ami": "ami-0fedcba9876543210"})
     old, new = (run_program(pinned, mocks=StratusMocks(ami_generation=g)) for g in (1, 2))
     assert _lt_inputs(old) == _lt_inputs(new) and _lt_inputs(old)["imageId"] == "ami-0123456789abcdef0"
-    assert old.named("serving-host").inputs["ami"] == new.named("serving-host").inputs["ami"]
-    # unpinned, the template follows the newest image but running nodes and the host ignore it
+    serving = "serving-launch-template"
+    assert old.named(serving).inputs["imageId"] == new.named(serving).inputs["imageId"] == "ami-0fedcba9876543210"
+    assert "imageId" not in old.named(serving).ignore_changes  # a pinned AMI's change rolls the hosts
+    # unpinned, the templates follow the newest image but running nodes and hosts ignore it
     old, new = (run_program(example_config(), mocks=StratusMocks(ami_generation=g)) for g in (1, 2))
     assert _lt_inputs(old)["imageId"] != _lt_inputs(new)["imageId"]
     for node in new.of_type("aws:ec2/instance:Instance"):
         assert {"launchTemplate", "ami"} & set(node.ignore_changes), node.name
+    assert (
+        old.named("serving-launch-template").inputs["imageId"] != new.named("serving-launch-template").inputs["imageId"]
+    )
+    assert "imageId" in new.named("serving-launch-template").ignore_changes  # the hosts do not roll for it
     following = run_program(example_config(**{"trainer-follow-launch-template": True}))
     assert following.named("training-node-0").ignore_changes == []
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from decimal import Decimal
 
 import pytest
 
+from infra.components.serving import SERVING_OUTPUTS
 from infra.config.catalog import CATALOG
 from infra.config.cost import estimate_cost
 from infra.config.errors import BudgetExceededError, ConfigError
@@ -30,6 +32,10 @@ OUTPUTS = {
     "serving_grpc_target",
     "serving_token_parameter",
     "estimated_hourly_usd",
+    "serving_ca_certificate",
+    "serving_tls_cert_parameter",
+    "serving_tls_key_parameter",
+    "serving_autoscaling_group",
 }
 
 
@@ -40,33 +46,47 @@ def test_exports_exactly_the_architecture_outputs(example_run):
     assert out["kms_key_arn"] == example_run.of_type("aws:kms/key:Key")[0].state["arn"]
     assert len(out["trainer_instance_ids"]) == len(out["trainer_private_ips"]) == 2
     assert out["trainer_slots_per_node"] == CATALOG["g5.12xlarge"].gpus == 4
-    assert out["serving_url"] == f"http://{out['serving_private_ip']}:8000"
-    assert out["serving_grpc_target"] == f"{out['serving_private_ip']}:8001"
+    nlb = example_run.named("serving-lb-nlb").state["dnsName"]
+    assert out["serving_url"] == f"https://{nlb}:8000"
+    assert out["serving_grpc_target"] == f"{nlb}:8001"
+    # No single serving host any more: the group lists them.
+    assert out["serving_instance_id"] is None and out["serving_private_ip"] is None
+    assert out["serving_autoscaling_group"] == example_run.named("serving-hosts").state["name"]
+    assert out["serving_ca_certificate"] == example_run.named("serving-tls-ca").state["certPem"]
     assert out["serving_token_parameter"] == "/organization/stratus/dev/serving-token"
+    assert out["serving_tls_cert_parameter"] == "/organization/stratus/dev/serving-tls-cert"
+    assert out["serving_tls_key_parameter"] == "/organization/stratus/dev/serving-tls-key"
     for purpose in ("datasets", "checkpoints", "models", "logs"):
         assert out[f"{purpose}_bucket"].startswith(f"stratus-dev-{purpose}-")
 
 
 def test_grpc_off_opens_no_grpc_port_and_exports_a_null_target(example_run, efa_spot_run):
     def serving_ports(run):
-        sg = run.named("network-serving-sg").id
+        sg = run.named("network-lb-sg").id
         ingress = run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
         return sorted({r.inputs["fromPort"] for r in ingress if r.inputs["securityGroupId"] == sg})
 
     assert serving_ports(example_run) == [8000, 8001]
     assert serving_ports(efa_spot_run) == [8000]
     assert efa_spot_run.outputs["serving_grpc_target"] is None
-    assert "--grpc-port" not in efa_spot_run.named("serving-host").inputs["userData"]
+    assert (
+        "--grpc-port" not in base64.b64decode(efa_spot_run.named("serving-launch-template").inputs["userData"]).decode()
+    )
+    assert [r.name for r in efa_spot_run.of_type("aws:lb/listener:Listener")] == ["serving-lb-https-listener"]
 
 
 def test_outputs_are_the_contract_outputs_in_its_order(example_run):
-    assert set(STACK_OUTPUTS) == OUTPUTS
-    assert list(example_run.outputs) == list(STACK_OUTPUTS)
+    assert set(STACK_OUTPUTS) | set(SERVING_OUTPUTS) == OUTPUTS
+    # The contract's outputs first, in its order; the serving half's after them.
+    assert list(example_run.outputs) == list(STACK_OUTPUTS) + list(SERVING_OUTPUTS)
 
 
-def test_no_output_carries_the_serving_token(example_run):
+def test_no_output_carries_the_serving_token_or_a_private_key(example_run):
     token = example_run.named("serving-token").state["result"]
     assert token not in repr(example_run.outputs)
+    for key in example_run.of_type("tls:index/privateKey:PrivateKey"):
+        body = key.state["privateKeyPem"].splitlines()[1]
+        assert body not in repr(example_run.outputs), key.urn
 
 
 def test_estimated_cost_output_matches_the_estimator(example_run):
@@ -78,7 +98,10 @@ def test_every_resource_is_tagged_with_this_project_and_stack(example_run):
     tagged = [r for r in example_run.resources if r.inputs.get("tags")]
     assert len(tagged) > 30
     for r in tagged:
-        assert (r.inputs["tags"]["project"], r.inputs["tags"]["stack"]) == ("stratus", "dev"), r.urn
+        tags = r.inputs["tags"]
+        if isinstance(tags, list):  # an Auto Scaling group's tag blocks
+            tags = {t["key"]: t["value"] for t in tags}
+        assert (tags["project"], tags["stack"]) == ("stratus", "dev"), r.urn
 
 
 def test_budget_guard_fails_with_the_breakdown_when_exceeded():
@@ -143,3 +166,24 @@ def test_the_program_runs_after_an_asyncio_run_left_no_current_loop():
         asyncio.get_event_loop()  # the state the plan must cope with
     run = run_program(example_config())
     assert "serving_url" in run.outputs
+
+
+def test_serving_keys_reach_the_group_the_target_groups_and_the_scaling_policy():
+    run = run_program(
+        example_config(
+            **{
+                "serving-count": 3,
+                "serving-max-count": 6,
+                "serving-scale-cpu-percent": 55,
+                "serving-drain-seconds": 300,
+                "max-hourly-usd": None,
+            }
+        )
+    )
+    group = run.named("serving-hosts").inputs
+    assert (group["minSize"], group["desiredCapacity"], group["maxSize"]) == (3, 3, 6)
+    assert len(group["vpcZoneIdentifiers"]) == 2  # every private subnet of the stack's zones
+    for label in ("https", "grpc"):
+        assert run.named(f"serving-lb-{label}-tg").inputs["deregistrationDelay"] == 300
+    (policy,) = run.of_type("aws:autoscaling/policy:Policy")
+    assert policy.inputs["targetTrackingConfiguration"]["targetValue"] == 55

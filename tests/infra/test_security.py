@@ -44,9 +44,24 @@ def _drop_statement(sid: str):
     return _edit_json("policy", edit)
 
 
-def _leak_token(resource, run):
-    """Put the real generated token into the user data: the leak the check is about."""
-    resource.inputs["userData"] += f"\nTOKEN={run.named('serving-token').state['result']}\n"
+def _leak(secret):
+    """Put a real generated secret into the (base64) user data of a launch template: the leak the check is about."""
+
+    def mutate(resource, run):
+        text = base64.b64decode(resource.inputs["userData"]).decode() + f"\nSECRET={secret(run)}\n"
+        resource.inputs["userData"] = base64.b64encode(text.encode()).decode()
+
+    return mutate
+
+
+_leak_token = _leak(lambda run: run.named("serving-token").state["result"])
+# The key without its PEM armour: the check must know the generated key, not only the pattern.
+_leak_tls_key = _leak(lambda run: run.named("serving-tls-server-key").state["privateKeyPemPkcs8"].split("\n")[1])
+
+
+def _cert_with_its_key(resource, run):
+    key = run.named("serving-tls-server-key").state["privateKeyPemPkcs8"]
+    resource.inputs["value"] += key
 
 
 OTHER_KEY = "arn:aws:kms:us-east-1:123456789012:key/other"
@@ -70,11 +85,20 @@ BREAKS = [
     ("tls_only_and_key_only_policy", "storage-models-policy", _drop_statement("DenyOtherKmsKeys")),
     ("tls_only_and_key_only_policy", "storage-models-policy", _drop_statement("DenyKmsWithoutKeyId")),
     ("volume_encryption", "training-launch-template", _set(["blockDeviceMappings", 0, "ebs", "encrypted"], "false")),
-    ("volume_encryption", "serving-host", _set(["rootBlockDevice", "kmsKeyId"], "alias/aws/ebs")),
+    (
+        "volume_encryption",
+        "serving-launch-template",
+        _set(["blockDeviceMappings", 0, "ebs", "kmsKeyId"], "alias/aws/ebs"),
+    ),
     ("volume_encryption", "serving-token-parameter", _set(["type"], "String")),
+    ("volume_encryption", "serving-tls-key-parameter", _set(["keyId"], OTHER_KEY)),
+    ("volume_encryption", "serving-tls-key-parameter", _set(["type"], "String")),
+    ("volume_encryption", "serving-tls-cert-parameter", _cert_with_its_key),
     ("imdsv2", "training-launch-template", _set(["metadataOptions", "httpTokens"], "optional")),
     ("imdsv2", "training-node-1", _set(["metadataOptions", "httpPutResponseHopLimit"], 2)),
-    ("no_internet_ingress", "network-serving-inference-0", _set(["cidrIpv4"], "0.0.0.0/0")),
+    ("imdsv2", "serving-launch-template", _set(["metadataOptions", "httpTokens"], "optional")),
+    ("no_internet_ingress", "network-lb-inference-0", _set(["cidrIpv4"], "0.0.0.0/0")),
+    ("no_internet_ingress", "network-serving-grpc-from-lb", _set(["cidrIpv4"], "0.0.0.0/0")),
     (
         "no_internet_ingress",
         "network-endpoints-sg",
@@ -91,7 +115,11 @@ BREAKS = [
     ("flow_logs", "network-flow-log", None),
     ("no_public_ips", "training-launch-template", _set(["networkInterfaces", 0, "associatePublicIpAddress"], "true")),
     ("no_public_ips", "network-private-us-east-1a", _set(["mapPublicIpOnLaunch"], True)),
-    ("no_public_ips", "serving-host", _set(["associatePublicIpAddress"], True)),
+    (
+        "no_public_ips",
+        "serving-launch-template",
+        _set(["networkInterfaces", 0, "associatePublicIpAddress"], "true"),
+    ),
     (
         "no_wildcard_iam",
         "iam-trainer-policy",
@@ -104,12 +132,26 @@ BREAKS = [
         _edit_json("assumeRolePolicy", lambda d: d["Statement"][0].update(Principal={"AWS": "*"})),
     ),
     ("no_wildcard_iam", "storage-key", _edit_json("policy", lambda d: d["Statement"][1].update(Principal="*"))),
-    ("no_secret_in_user_data", "serving-host", _leak_token),
+    ("no_secret_in_user_data", "serving-launch-template", _leak_token),
+    ("no_secret_in_user_data", "serving-launch-template", _leak_tls_key),
     ("no_secret_in_user_data", "training-node-0", _set(["userData"], "AKIAABCDEFGHIJKLMNOP")),
     ("tags_present", "network-vpc", _set(["tags"], {"project": "stratus", "stack": "dev"})),
     ("tags_present", "iam-trainer-profile", _set(["tags"], None)),
     ("kms_key_hygiene", "storage-key", _set(["enableKeyRotation"], False)),
     ("kms_key_hygiene", "storage-key", _set(["deletionWindowInDays"], 60)),
+    ("tags_present", "serving-hosts", _set(["tags"], [{"key": "project", "value": "stratus"}])),
+    ("internal_tls_passthrough", "serving-lb-nlb", _set(["internal"], False)),
+    ("internal_tls_passthrough", "serving-lb-https-listener", _set(["protocol"], "TLS")),
+    ("internal_tls_passthrough", "serving-lb-grpc-tg", _set(["healthCheck", "protocol"], "TCP")),
+    ("internal_tls_passthrough", "serving-lb-https-tg", _set(["protocol"], "TLS")),
+    ("hosts_behind_the_load_balancer", "serving-hosts", _set(["healthCheckType"], "EC2")),
+    ("hosts_behind_the_load_balancer", "serving-hosts", _set(["targetGroupArns"], [])),
+    (
+        "hosts_behind_the_load_balancer",
+        "serving-hosts",
+        _set(["instanceRefresh", "preferences", "minHealthyPercentage"], 50),
+    ),
+    ("hosts_behind_the_load_balancer", "serving-lb-grpc-tg", _set(["deregistrationDelay"], 0)),
 ]
 
 

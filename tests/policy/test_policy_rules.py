@@ -93,6 +93,12 @@ def _detach_from_key(run, resource):
     resource.property_dependencies["rules"] = []
 
 
+def _cert_with_a_key(run, resource):
+    key = run.named("serving-tls-server-key").state["privateKeyPemPkcs8"]
+    for props in _both(resource):
+        props["value"] = props["value"] + key
+
+
 def _launch_without_template(run, resource):
     resource.property_dependencies.pop("launchTemplate")
     for props in _both(resource):
@@ -106,8 +112,12 @@ MUTATIONS = [
         "training-launch-template",
         _set(["metadataOptions", "httpTokens"], "optional"),
     ),
-    ("aws-ec2-instance-imdsv2-required", "serving-host", _set(["metadataOptions", "httpPutResponseHopLimit"], 2)),
-    ("aws-ec2-securitygroup-no-internet-ingress", "network-serving-inference-0", _set(["cidrIpv4"], "0.0.0.0/0")),
+    (
+        "aws-ec2-instance-imdsv2-required",
+        "serving-launch-template",
+        _set(["metadataOptions", "httpPutResponseHopLimit"], 2),
+    ),
+    ("aws-ec2-securitygroup-no-internet-ingress", "network-lb-inference-0", _set(["cidrIpv4"], "0.0.0.0/0")),
     (
         "aws-ec2-securitygroup-no-internet-ingress",
         "network-endpoints-sg",
@@ -134,13 +144,24 @@ MUTATIONS = [
         _set(["networkInterfaces", 0, "associatePublicIpAddress"], "true"),
     ),
     ("aws-ec2-instance-no-public-ip", "network-private-us-east-1b", _set(["mapPublicIpOnLaunch"], True)),
-    ("aws-ec2-instance-no-public-ip", "serving-host", _set(["associatePublicIpAddress"], True)),
+    (
+        "aws-ec2-instance-no-public-ip",
+        "serving-launch-template",
+        _set(["networkInterfaces", 0, "associatePublicIpAddress"], "true"),
+    ),
     (
         "aws-ec2-defaultsecuritygroup-no-rules",
         "network-default-sg",
         _set(["egress"], [{"protocol": "-1", "fromPort": 0, "toPort": 0, "cidrBlocks": ["10.0.0.0/8"]}]),
     ),
     ("aws-ssm-parameter-secure-string", "serving-token-parameter", _set(["type"], "String")),
+    ("aws-ssm-parameter-secure-string", "serving-tls-key-parameter", _set(["type"], "String")),
+    ("aws-ssm-parameter-secure-string", "serving-tls-cert-parameter", _cert_with_a_key),
+    (
+        "aws-tagging-resource-required-tags",
+        "serving-hosts",
+        _set(["tags"], [{"key": "project", "value": "stratus"}, {"key": "stack", "value": "dev"}]),
+    ),
     ("aws-tagging-resource-required-tags", "network-vpc", _set(["tags"], {"project": "stratus", "stack": "dev"})),
     (
         "aws-s3-bucket-sse-kms-stack-key",
@@ -162,7 +183,11 @@ MUTATIONS = [
         "training-launch-template",
         _set(["blockDeviceMappings", 0, "ebs", "encrypted"], "false"),
     ),
-    ("aws-ec2-volume-encrypted-stack-key", "serving-host", _set(["rootBlockDevice", "encrypted"], False)),
+    (
+        "aws-ec2-volume-encrypted-stack-key",
+        "serving-launch-template",
+        _set(["blockDeviceMappings", 0, "ebs", "encrypted"], "false"),
+    ),
     ("aws-ec2-volume-encrypted-stack-key", "training-node-0", _launch_without_template),
     ("aws-ec2-volume-encrypted-stack-key", "training-node-1", _set(["rootBlockDevice"], None)),
     ("aws-ec2-securitygroup-rule-description", "network-training-to-self", _set(["description"], "")),
@@ -172,11 +197,35 @@ MUTATIONS = [
         _set(["egress"], [{"protocol": "tcp", "fromPort": 443, "toPort": 443, "cidrBlocks": ["10.0.0.0/8"]}]),
     ),
     ("aws-ec2-instance-explicit-settings", "training-node-0", _set(["monitoring"], False)),
-    ("aws-ec2-instance-explicit-settings", "serving-host", _set(["ebsOptimized"], None)),
+    ("aws-ec2-instance-explicit-settings", "training-node-0", _set(["ebsOptimized"], None)),
     ("aws-ec2-instance-explicit-settings", "training-node-1", _set(["iamInstanceProfile"], None)),
     ("aws-ec2-vpc-flow-logs-enabled", "network-flow-log", _set(["trafficType"], "REJECT")),
     ("aws-ec2-vpc-flow-logs-enabled", "network-flow-log", _remove),
+    ("aws-lb-listener-tls-to-targets", "serving-lb-https-listener", _set(["protocol"], "TLS")),
+    ("aws-lb-listener-tls-to-targets", "serving-lb-grpc-listener", _set(["protocol"], "UDP")),
+    ("aws-lb-listener-tls-to-targets", "serving-lb-grpc-tg", _set(["healthCheck", "protocol"], "TCP")),
+    ("aws-lb-listener-tls-to-targets", "serving-lb-https-tg", _set(["healthCheck", "protocol"], "HTTP")),
+    (
+        "aws-iam-role-own-ssm-parameters",
+        "iam-server-policy",
+        _edit_policy(
+            "policy", lambda d: d.update(Statement=[s for s in d["Statement"] if s["Sid"] != "DenyOtherParameters"])
+        ),
+    ),
+    (
+        "aws-iam-role-own-ssm-parameters",
+        "iam-server-policy",
+        _edit_policy(
+            "policy", lambda d: d["Statement"][2]["Resource"].append("arn:aws:ssm:us-east-1:123456789012:parameter/x")
+        ),
+    ),
 ]
+OWNERS = {
+    "serving-lb-grpc-tg": "serving-lb-grpc-listener",
+    "serving-lb-https-tg": "serving-lb-https-listener",
+    "iam-server-policy": "iam-server-role",
+}
+"""Resources whose violation a stack rule reports on another resource (the listener, the role)."""
 
 
 @pytest.mark.parametrize(
@@ -192,6 +241,8 @@ def test_rule_reports_exactly_the_broken_field(example_run, policy, resource, mu
         owner = next(r for r in run.resources if r.urn == target.property_dependencies["bucket"][0])
     if target.property_dependencies.get("vpcId") and policy.endswith("flow-logs-enabled"):
         owner = next(r for r in run.resources if r.urn == target.property_dependencies["vpcId"][0])
+    if resource in OWNERS and policy in ("aws-lb-listener-tls-to-targets", "aws-iam-role-own-ssm-parameters"):
+        owner = run.named(OWNERS[resource])
     mutate(run, target)
     violations = _all_violations(run)
     assert [v.policy for v in violations] == [policy], violations

@@ -11,7 +11,10 @@ from tests.infra.iam_sim import SSM_CORE_PARAMETER_STATEMENT, is_allowed
 
 REGION = "us-east-1"
 KEY = "arn:aws:kms:us-east-1:123456789012:key/stack"
-TOKEN = "arn:aws:ssm:us-east-1:123456789012:parameter/organization/stratus/dev/serving-token"
+PARAMETERS = "arn:aws:ssm:us-east-1:123456789012:parameter/organization/stratus/dev"
+TOKEN = f"{PARAMETERS}/serving-token"
+TLS_CERT = f"{PARAMETERS}/serving-tls-cert"
+TLS_KEY = f"{PARAMETERS}/serving-tls-key"
 S3_VIA = {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}
 SSM_VIA = {"kms:ViaService": f"ssm.{REGION}.amazonaws.com", "kms:EncryptionContext:PARAMETER_ARN": TOKEN}
 
@@ -31,6 +34,24 @@ def _matrix(arns: dict[str, str], key: str, token: str) -> list[tuple[str, str, 
         ("server", "s3:GetObject", f"{c}/run/latest", {}, False),
         ("server", "ssm:GetParameter", token, {}, True),
         ("server", "kms:Decrypt", key, ssm_via, True),
+        ("server", "ssm:GetParameter", TLS_CERT, {}, True),
+        ("server", "ssm:GetParameter", TLS_KEY, {}, True),
+        ("server", "kms:Decrypt", key, {**ssm_via, "kms:EncryptionContext:PARAMETER_ARN": TLS_KEY}, True),
+        # The certificate is a String: nothing to decrypt, so no KMS grant for it.
+        ("server", "kms:Decrypt", key, {**ssm_via, "kms:EncryptionContext:PARAMETER_ARN": TLS_CERT}, False),
+        # Its own three and nothing else, though SSM core allows GetParameter(s) on every parameter.
+        ("server", "ssm:GetParameter", f"{PARAMETERS}/other", {}, False),
+        ("server", "ssm:GetParameters", "arn:aws:ssm:us-east-1:123456789012:parameter/unrelated", {}, False),
+        ("server", "ssm:GetParametersByPath", PARAMETERS, {}, False),
+        (
+            "server",
+            "kms:Decrypt",
+            key,
+            {**ssm_via, "kms:EncryptionContext:PARAMETER_ARN": f"{PARAMETERS}/other"},
+            False,
+        ),
+        ("trainer", "ssm:GetParameter", TLS_KEY, {}, False),
+        ("trainer", "kms:Decrypt", key, {**ssm_via, "kms:EncryptionContext:PARAMETER_ARN": TLS_KEY}, False),
         ("server", "kms:Decrypt", key, S3_VIA, True),
         ("server", "kms:Decrypt", key, {}, False),
         ("server", "kms:GenerateDataKey", key, S3_VIA, False),
@@ -70,7 +91,14 @@ def _pure_documents() -> tuple[dict[str, list], dict[str, str]]:
         token_parameter_arn=TOKEN,
         region=REGION,
     )
-    server = policies.server_policy(bucket_arns=arns, key_arn=KEY, token_parameter_arn=TOKEN, region=REGION)
+    server = policies.server_policy(
+        bucket_arns=arns,
+        key_arn=KEY,
+        token_parameter_arn=TOKEN,
+        tls_cert_parameter_arn=TLS_CERT,
+        tls_key_parameter_arn=TLS_KEY,
+        region=REGION,
+    )
     return {"trainer": trainer["Statement"], "server": server["Statement"]}, arns
 
 
@@ -91,6 +119,8 @@ def test_pure_documents_follow_the_matrix():
 def test_registered_roles_follow_the_matrix(example_run):
     docs, arns, key = _registered_documents(example_run)
     assert example_run.outputs["serving_token_parameter"] == "/organization/stratus/dev/serving-token"
+    assert example_run.outputs["serving_tls_cert_parameter"] == "/organization/stratus/dev/serving-tls-cert"
+    assert example_run.outputs["serving_tls_key_parameter"] == "/organization/stratus/dev/serving-tls-key"
     assert matrix_violations(docs, arns, key, TOKEN) == []
 
 
@@ -117,6 +147,22 @@ BREAKAGES = {
         lambda s: _edit(s, "ReadModels", Resource=["arn:aws:s3:::stratus-dev-datasets/*"]),
     ),
     "server-lists-whole-bucket": ("server", lambda s: _edit(s, "ListModelRepository", Condition={})),
+    # SSM core's GetParameter(s) on `*` is back without the Deny: every parameter of the account.
+    "server-reads-other-parameters": ("server", lambda s: _drop(s, "DenyOtherParameters")),
+    "server-decrypts-any-parameter": (
+        "server",
+        lambda s: _edit(
+            s, "DecryptServingSecrets", Condition={"StringEquals": {"kms:ViaService": SSM_VIA["kms:ViaService"]}}
+        ),
+    ),
+    "server-cannot-decrypt-its-key": (
+        "server",
+        lambda s: _edit(
+            s,
+            "DecryptServingSecrets",
+            Condition={"StringEquals": {**SSM_VIA, "kms:EncryptionContext:PARAMETER_ARN": TOKEN}},
+        ),
+    ),
 }
 
 

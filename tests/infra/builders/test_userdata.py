@@ -31,6 +31,8 @@ def _server() -> str:
         port=8000,
         token_parameter="/o/s/dev/token",
         grpc_port=8001,
+        tls_cert_parameter="/o/s/dev/serving-tls-cert",
+        tls_key_parameter="/o/s/dev/serving-tls-key",
     )
 
 
@@ -43,6 +45,8 @@ def test_user_data_follows_the_runtime_contract_and_fits_ec2():
     assert f'{NODE_ENV_FILE}"' in trainer and "STRATUS_DATASETS_BUCKET=d" in trainer
     assert f"exec {HOST_PYTHON} -m runtime serve" in server and f"--repo {model_repository_uri('m')} " in server
     assert "--port 8000 --grpc-port 8001 " in server
+    tls = "--tls-cert-ssm-parameter /o/s/dev/serving-tls-cert --tls-key-ssm-parameter /o/s/dev/serving-tls-key"
+    assert tls in server
 
 
 def test_nccl_settings_follow_the_instance_type():

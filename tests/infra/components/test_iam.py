@@ -12,7 +12,13 @@ def test_iam_roles_trust_ec2_and_get_ssm_core():
     arns = {p: f"arn:aws:s3:::b-{p}" for p in ("datasets", "checkpoints", "models", "logs")}
     token = "arn:aws:ssm:us-east-1:1:parameter/t"
     args = IamArgs(
-        bucket_arns=arns, key_arn=KEY, token_parameter_arn=token, region="us-east-1", partition="aws", tags=TAGS
+        bucket_arns=arns,
+        key_arn=KEY,
+        token_parameter_arn=token,
+        tls_parameter_arns=("arn:aws:ssm:us-east-1:1:parameter/c", "arn:aws:ssm:us-east-1:1:parameter/k"),
+        region="us-east-1",
+        partition="aws",
+        tags=TAGS,
     )
     result = run(lambda: {"iam": Iam("iam", args)})
     assert checks.no_wildcard_iam(result) == []

@@ -45,12 +45,23 @@ def test_network_is_private_with_endpoints_and_tight_groups(egress):
         "com.amazonaws.us-east-1.s3": "Gateway",
         **{f"com.amazonaws.us-east-1.{s}": "Interface" for s in ("ssm", "ssmmessages", "ec2messages")},
     }
-    serving_sg = result.named("network-serving-sg").id
-    serving_rules = [r.inputs for r in result.of_type(checks.INGRESS) if r.inputs["securityGroupId"] == serving_sg]
-    assert sorted((r["ipProtocol"], r["fromPort"], r["toPort"], r["cidrIpv4"]) for r in serving_rules) == [
+    serving_sg, lb_sg = result.named("network-serving-sg").id, result.named("network-lb-sg").id
+    lb_rules = [r.inputs for r in result.of_type(checks.INGRESS) if r.inputs["securityGroupId"] == lb_sg]
+    assert sorted((r["ipProtocol"], r["fromPort"], r["toPort"], r["cidrIpv4"]) for r in lb_rules) == [
         ("tcp", 8000, 8000, "10.42.0.0/16"),
         ("tcp", 8000, 8000, "172.16.0.0/12"),
     ]
+    # The hosts take the inference port from the load balancer's group only, from no range.
+    serving_rules = [r.inputs for r in result.of_type(checks.INGRESS) if r.inputs["securityGroupId"] == serving_sg]
+    assert [(r["fromPort"], r.get("referencedSecurityGroupId"), r.get("cidrIpv4")) for r in serving_rules] == [
+        (8000, lb_sg, None)
+    ]
+    lb_egress = [
+        (r.inputs["fromPort"], r.inputs.get("referencedSecurityGroupId"))
+        for r in result.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+        if r.inputs["securityGroupId"] == lb_sg
+    ]
+    assert lb_egress == [(8000, serving_sg)]
     internet = {"aws:ec2/natGateway:NatGateway", "aws:ec2/internetGateway:InternetGateway", "aws:ec2/eip:Eip"}
     present = {r.type for r in result.resources} & internet
     assert present == (internet if egress else set())
@@ -71,8 +82,10 @@ def test_training_subnet_is_in_the_training_zone():
 
 def test_grpc_port_is_open_to_exactly_the_http_ports_sources_with_a_description():
     result = network_run(serving_grpc_port=8001)
-    serving_sg = result.named("network-serving-sg").id
-    rules = [r.inputs for r in result.of_type(checks.INGRESS) if r.inputs["securityGroupId"] == serving_sg]
+    serving_sg, lb_sg = result.named("network-serving-sg").id, result.named("network-lb-sg").id
+    from_lb = [r.inputs for r in result.of_type(checks.INGRESS) if r.inputs["securityGroupId"] == serving_sg]
+    assert sorted((r["fromPort"], r["referencedSecurityGroupId"]) for r in from_lb) == [(8000, lb_sg), (8001, lb_sg)]
+    rules = [r.inputs for r in result.of_type(checks.INGRESS) if r.inputs["securityGroupId"] == lb_sg]
     by_port = {port: sorted(r["cidrIpv4"] for r in rules if r["fromPort"] == port) for port in (8000, 8001)}
     assert by_port[8001] == by_port[8000] == ["10.42.0.0/16", "172.16.0.0/12"]
     assert len(rules) == 4 and all(r["ipProtocol"] == "tcp" and r["toPort"] == r["fromPort"] for r in rules)

@@ -28,23 +28,24 @@ def test_two_nodes_for_ten_hours_plus_serving_host_and_nat():
         }
     )
     estimate = estimate_cost(cfg)
-    # By hand, us-east-1: 2 x 5.672 = 11.344; c7i.xlarge 0.1785; NAT 0.045 + its IPv4 0.005;
-    # 3 endpoints (ssm, ssmmessages, ec2messages) x 2 AZ x 0.01 = 0.06;
-    # gp3 0.08/730 per GB-h: 2 x (200+500) GB -> 0.15342 ~ 0.1534, 50 GB -> 0.00548 ~ 0.0055;
-    # S3 100 GB x 0.023/730 -> 0.00315 ~ 0.0032; KMS 1/730 ~ 0.0014.
+    # By hand, us-east-1: 2 x 5.672 = 11.344; 2 serving hosts x c7i.xlarge 0.1785 = 0.357;
+    # NLB 0.0225; NAT 0.045 + its IPv4 0.005; 3 endpoints (ssm, ssmmessages, ec2messages) x 2 AZ
+    # x 0.01 = 0.06; gp3 0.08/730 per GB-h: 2 x (200+500) GB -> 0.15342 ~ 0.1534, 2 x 50 GB ->
+    # 0.01096 ~ 0.0110; S3 100 GB x 0.023/730 -> 0.00315 ~ 0.0032; KMS 1/730 ~ 0.0014.
     assert _lines(estimate) == {
         "training node g5.12xlarge (on-demand)": Decimal("11.3440"),
-        "serving host c7i.xlarge": Decimal("0.1785"),
+        "serving host c7i.xlarge": Decimal("0.3570"),
         "EBS gp3 GB, training nodes": Decimal("0.1534"),
-        "EBS gp3 GB, serving host": Decimal("0.0055"),
+        "EBS gp3 GB, serving hosts": Decimal("0.0110"),
+        "network load balancer (internal)": Decimal("0.0225"),
         "S3 Standard GB (estimated-s3-gb)": Decimal("0.0032"),
         "interface endpoint x AZ": Decimal("0.0600"),
         "KMS customer-managed key": Decimal("0.0014"),
         "NAT gateway": Decimal("0.0450"),
         "public IPv4 (NAT Elastic IP)": Decimal("0.0050"),
     }
-    assert estimate.total_usd_per_hour == Decimal("11.7960")
-    assert estimate.run_usd == Decimal("117.96")
+    assert estimate.total_usd_per_hour == Decimal("12.0025")
+    assert estimate.run_usd == Decimal("120.03")
 
 
 def test_spot_nodes_are_priced_at_their_cap_in_the_chosen_region():
@@ -65,10 +66,10 @@ def test_spot_nodes_are_priced_at_their_cap_in_the_chosen_region():
         }
     )
     estimate = estimate_cost(cfg)
-    # 4 x 12 = 48; g5.xlarge eu-west-1 1.123; 3 x 3 x 0.011 = 0.099; gp3 0.088/730:
-    # 400 GB -> 0.04822 ~ 0.0482, 100 GB -> 0.01205 ~ 0.0121; S3 0; KMS 0.0014; no NAT.
+    # 4 x 12 = 48; 2 x g5.xlarge eu-west-1 1.123 = 2.246; NLB 0.0252; 3 x 3 x 0.011 = 0.099;
+    # gp3 0.088/730: 400 GB -> 0.04822 ~ 0.0482, 2 x 100 GB -> 0.02411 ~ 0.0241; S3 0; KMS 0.0014; no NAT.
     assert _lines(estimate)["training node p4d.24xlarge (spot cap)"] == Decimal("48.0000")
-    assert estimate.total_usd_per_hour == Decimal("49.2837")
+    assert estimate.total_usd_per_hour == Decimal("50.4439")
     assert estimate.run_usd is None
 
 
@@ -84,8 +85,8 @@ def test_budget_guard_raises_above_the_cap_and_passes_at_or_below_it():
     estimate = estimate_cost(parse_config({"aws:region": "us-east-1", "trainer-scratch-volume-gb": 500}))
     enforce_budget(estimate, None)
     enforce_budget(estimate, float(estimate.total_usd_per_hour))
-    with pytest.raises(BudgetExceededError, match=r"(?s)max-hourly-usd.*Breakdown:.*total\s+11\.7460"):
-        enforce_budget(estimate, 11.74)
+    with pytest.raises(BudgetExceededError, match=r"(?s)max-hourly-usd.*Breakdown:.*total\s+11\.9525"):
+        enforce_budget(estimate, 11.95)
 
 
 P5_US_EAST_2 = {
@@ -124,8 +125,8 @@ def test_price_keys_price_the_instances_where_the_catalog_cannot_and_override_it
     estimate = estimate_cost(parse_config(keyed))
     lines = _lines(estimate)
     assert lines["training node p5.48xlarge (on-demand, configured price)"] == Decimal("220.1600")
-    assert lines["serving host c7i.xlarge (configured price)"] == Decimal("0.1785")
-    assert estimate.total_usd_per_hour == Decimal("220.3385") and estimate.run_usd == Decimal("2203.39")
+    assert lines["serving host c7i.xlarge (configured price)"] == Decimal("0.3570")  # 2 hosts
+    assert estimate.total_usd_per_hour == Decimal("220.5170") and estimate.run_usd == Decimal("2205.17")
     assert len(estimate.missing) == 1 and "REGION_PRICES" in estimate.missing[0]  # storage/network still unknown
     # where the catalog has a price, the key wins (a negotiated rate)
     discounted = estimate_cost(parse_config({"aws:region": "us-east-1", "trainer-on-demand-usd-per-hour": 4}))
@@ -137,7 +138,7 @@ def test_budget_guard_refuses_an_incomplete_estimate_under_the_cap_and_fails_one
     keyed = {**P5_US_EAST_2, "trainer-on-demand-usd-per-hour": 55.04, "serving-on-demand-usd-per-hour": 0.1785}
     estimate = estimate_cost(parse_config(keyed))
     enforce_budget(estimate, None)
-    with pytest.raises(BudgetExceededError, match=r"its priced lines alone\) 220\.3385 USD/h is above the cap"):
+    with pytest.raises(BudgetExceededError, match=r"its priced lines alone\) 220\.5170 USD/h is above the cap"):
         enforce_budget(estimate, 200)
     with pytest.raises(ConfigError) as raised:
         enforce_budget(estimate, 300)
@@ -145,3 +146,14 @@ def test_budget_guard_refuses_an_incomplete_estimate_under_the_cap_and_fails_one
     message = str(raised.value)
     assert "config `stratus:max-hourly-usd`: cannot be checked" in message and "REGION_PRICES" in message
     assert "unset `max-hourly-usd`" in message
+
+
+def test_serving_hosts_are_priced_at_the_groups_ceiling():
+    scaled = parse_config(
+        {"aws:region": "us-east-1", "serving-count": 2, "serving-max-count": 5, "serving-scale-cpu-percent": 60}
+    )
+    lines = {line.item: line for line in estimate_cost(scaled).lines}
+    # CPU scaling may run 5 hosts: 5 x 0.1785 = 0.8925; 5 x 50 GB x 0.08/730 = 0.0274.
+    assert lines["serving host c7i.xlarge"].quantity == 5
+    assert lines["serving host c7i.xlarge"].usd_per_hour == Decimal("0.8925")
+    assert lines["EBS gp3 GB, serving hosts"].usd_per_hour == Decimal("0.0274")

@@ -32,14 +32,24 @@ def test_plan_of_the_example_prints_resources_verdicts_and_a_cost_that_adds_up()
     verdicts, cost = rest.split("== estimated cost (USD) ==", 1)
     assert "s3.Bucket" in resources and "aws:kms stack key + bucket key, public access blocked, TLS-only" in resources
     assert re.search(r"ec2\.LaunchTemplate\s+training-launch-template\s+g5\.12xlarge, IMDSv2, no public IP", resources)
-    assert "16 passed, 0 failed" in verdicts and "FAIL" not in verdicts
-    assert "serving host ports: HTTP 8000, gRPC (Open Inference Protocol) 8001; reachable from 10.42.0.0/16 only" in out
+    assert "18 passed, 0 failed" in verdicts and "FAIL" not in verdicts
+    assert "PASS  aws-lb-listener-tls-to-targets" in verdicts and "PASS  aws-iam-role-own-ssm-parameters" in verdicts
+    assert re.search(r"lb\.LoadBalancer\s+serving-lb-nlb\s+internal network, 2 zones", resources)
+    assert re.search(r"lb\.Listener\s+serving-lb-grpc-listener\s+TCP 8001 \(TLS passed through\)", resources)
+    assert re.search(r"serving-lb-https-tg\s+TCP 8000, health HTTPS :8000/v2/health/ready, drain 120 s", resources)
+    assert re.search(r"autoscaling\.Group\s+serving-hosts\s+2-2 hosts over 2 subnets, ELB health", resources)
+    assert "serving hosts: 2 x c7i.xlarge, behind an internal network load balancer (drain 120 s)" in out
+    assert (
+        "serving ports: HTTPS 8000, gRPC (Open Inference Protocol, TLS) 8001; TLS passed through to the hosts; "
+        "reachable from 10.42.0.0/16 only"
+    ) in out
     lines = cost.strip().splitlines()
     items = [line for line in lines[1:] if re.search(r"\d+\.\d{4}$", line) and not line.startswith("total")]
     total = next(line for line in lines if line.startswith("total"))
-    assert len(items) == 7
-    assert sum(Decimal(line.split()[-1]) for line in items) == Decimal(total.split()[-1]) == Decimal("11.6364")
-    assert "estimated run cost for 10 h: 116.36 USD" in cost
+    assert len(items) == 8
+    assert re.search(r"serving host c7i\.xlarge\s+2\s", cost) and "network load balancer (internal)" in cost
+    assert sum(Decimal(line.split()[-1]) for line in items) == Decimal(total.split()[-1]) == Decimal("11.8429")
+    assert "estimated run cost for 10 h: 118.43 USD" in cost
 
 
 def test_plan_stops_with_the_breakdown_when_over_budget(tmp_path):
@@ -56,7 +66,7 @@ def test_plan_reports_a_violated_rule_and_exits_1(monkeypatch, capsys):
     monkeypatch.setattr(plan, "run_program", with_unrotated_key(run_program))
     assert plan.main([str(EXAMPLE)]) == 1 == ExitCode.FAILED
     out = capsys.readouterr().out
-    assert "FAIL  aws-kms-key-rotation-enabled" in out and "15 passed, 1 failed" in out
+    assert "FAIL  aws-kms-key-rotation-enabled" in out and "17 passed, 1 failed" in out
 
 
 def test_plan_names_the_key_of_a_config_error(tmp_path, capsys):
