@@ -228,6 +228,9 @@ def _gather_main(args: list[str]) -> None:
         if torch.distributed.get_rank() == 0:
             save_file(state, out)
         torch.distributed.barrier()
+    # As runtime.train.loop.run does: a rank that reaches interpreter exit while its peer is still
+    # inside gloo can abort ("terminate called without an active exception").
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
