@@ -117,6 +117,35 @@ class EngineLoop:
         request.begin_turn(prompt, options)
         return request
 
+    def _take(self, *, block: bool):
+        """The next message of the inbox (waiting for one if `block`), or None."""
+        try:
+            return self._inbox.get(block=block)
+        except queue.Empty:
+            return None
+
+    def _handle(self, message) -> bool:
+        """Apply one message; False once the loop is to stop."""
+        op, out, args = message
+        running = self._running
+        if op == "close":
+            for request, waiting in running.items():
+                request.close()
+                waiting.put(_END)
+            return False
+        if op == "add":
+            try:
+                running[self._add(out, args)] = out
+            except Exception as e:  # a request the engine refuses fails alone
+                out.put(e)
+            return True
+        # cancel: a request that already ended is not running any more
+        for request in [r for r, waiting in running.items() if waiting is out]:
+            request.close()
+            del running[request]
+            out.put(_END)
+        return True
+
     def _run(self, model, capacity: int, started: queue.SimpleQueue) -> None:
         try:
             self._engine = self._og.Engine(model)
@@ -128,32 +157,11 @@ class EngineLoop:
         running = self._running
         while True:
             # wait for work when idle; otherwise take what came in since the last step
-            try:
-                message = self._inbox.get() if not running else self._inbox.get_nowait()
-            except queue.Empty:
-                message = None
+            message = self._take(block=not running)
             while message is not None:
-                op, out, args = message
-                if op == "close":
-                    for request, waiting in running.items():
-                        request.close()
-                        waiting.put(_END)
+                if not self._handle(message):
                     return
-                if op == "add":
-                    try:
-                        running[self._add(out, args)] = out
-                    except Exception as e:  # a request the engine refuses fails alone
-                        out.put(e)
-                else:  # cancel: a request that already ended is not running any more
-                    for request, waiting in list(running.items()):
-                        if waiting is out:
-                            request.close()
-                            del running[request]
-                            out.put(_END)
-                try:
-                    message = self._inbox.get_nowait()
-                except queue.Empty:
-                    message = None
+                message = self._take(block=False)
             if not running:
                 continue
             self.steps += 1
@@ -236,19 +244,22 @@ class GenaiBackend:
         """A request on the batching engine, as `tokens` yields them (closing the iterator cancels it)."""
         out = self.engine.submit(prompt_ids, sampling, max_tokens, min_tokens)
         stream = self.tokenizer.create_stream()
+        ended = False  # the engine let go of the request by itself
         try:
             while True:
                 item = out.get()
-                if item is _END:
-                    return
-                if item is _EOS or item in self.eos:
-                    yield 0, "", True
-                    return
+                ended = item is _END or item is _EOS or isinstance(item, BaseException)
                 if isinstance(item, BaseException):
                     raise item
+                if item is _END:
+                    return
+                if item is _EOS or item in self.eos:  # an end token by id: the engine may go on
+                    yield 0, "", True
+                    return
                 yield 1, stream.decode(item), False
         finally:
-            self.engine.cancel(out)
+            if not ended:  # the consumer stopped first: free the request's place in the batch
+                self.engine.cancel(out)
 
     def _seeded(self, req: Sampling) -> Iterator[tuple[int, str, bool]]:
         """Seeded sampling on its own `og.Generator`: the same seed gives the same text."""

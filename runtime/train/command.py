@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import shlex
 import sys
@@ -223,14 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(preflight(opts))
         from runtime.train.loop import run
 
-        code = int(run(opts.train_config(), resume=opts.resume))
+        return int(run(opts.train_config(), resume=opts.resume))
     except (ConfigError, DataError) as e:
         log.error("%s", e)
         return ExitCode.BAD_INPUT
-    # A rank that finished: every file it wrote is closed and the process group is gone. Leave
-    # without the interpreter's teardown of torch and DeepSpeed (about 1 s per rank, while the
-    # whole job waits for its slowest rank).
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
