@@ -113,13 +113,19 @@ def load_token(token_file: str | None, ssm_parameter: str | None, environ=os.env
     return token, source
 
 
-def _ssm_token(name: str) -> str:
+def read_parameter(name: str, flag: str, error: type[Exception]) -> str:
+    """The value of SSM parameter `name`, read with decryption (the token, the TLS key and
+    certificate). Raises `error` naming `flag` and the parameter when the read fails."""
     import boto3
 
     try:
         return boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
     except Exception as e:  # botocore ClientError, NoCredentialsError, EndpointConnectionError
-        raise TokenError(f"--token-ssm-parameter {name}: GetParameter failed: {e}") from None
+        raise error(f"{flag} {name}: GetParameter failed: {e}") from None
+
+
+def _ssm_token(name: str) -> str:
+    return read_parameter(name, "--token-ssm-parameter", TokenError)
 
 
 def _file_token(path: Path) -> str:

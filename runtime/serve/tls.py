@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from runtime.serve.auth import read_parameter
+
 MAX_PEM_BYTES = 1 << 20
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!PSK"
 """OpenSSL cipher list for TLS 1.2: forward secrecy (ECDHE) and AEAD only."""
@@ -161,13 +163,7 @@ def _read_file(path: Path, flag: str, *, key: bool) -> tuple[bytes, int]:
 
 
 def _read_parameter(name: str | None, flag: str) -> bytes:
-    import boto3
-
-    try:
-        value = boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
-    except Exception as e:  # botocore ClientError, NoCredentialsError, EndpointConnectionError
-        raise TlsError(f"{flag} {name}: GetParameter failed: {e}") from None
-    return value.encode()
+    return read_parameter(name, flag, TlsError).encode()
 
 
 def server_context(material: TlsMaterial) -> ssl.SSLContext:
