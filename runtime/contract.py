@@ -32,6 +32,12 @@ OUTPUT_SERVING_GRPC_TARGET = "serving_grpc_target"
 """`<private ip>:<port>` of the server's gRPC endpoint; null when `serving-grpc-port` is 0."""
 OUTPUT_SERVING_TOKEN_PARAMETER = "serving_token_parameter"  # noqa: S105 (an output name, not a secret)
 OUTPUT_ESTIMATED_HOURLY_USD = "estimated_hourly_usd"
+OUTPUT_TRAINER_AUTOSCALING_GROUP = "trainer_autoscaling_group"
+"""Name of the training nodes' EC2 Auto Scaling group: the launcher reads the live instance ids and
+private IPs from it at launch time (a replaced node has a new id and address)."""
+OUTPUT_EGRESS_ENABLED = "egress_enabled"
+"""True when the stack's private subnets route to the internet (NAT); False: hosts reach only the
+VPC endpoints, so the runtime bundle must carry its wheels (`stratus wheels`, `--wheels`)."""
 
 BUCKET_PURPOSES = ("datasets", "checkpoints", "models", "logs")
 """The stack's buckets; each is exported as `<purpose>_bucket`."""
