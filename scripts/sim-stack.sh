@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# A simulated stratus stack on this machine (needs root): two training nodes and a serving host as
-# Linux network namespaces on a bridge, with an S3/KMS emulator that only the bridge reaches.
+# A simulated stratus stack on this machine (needs root): training nodes, serving hosts and a load
+# balancer stand-in as Linux network namespaces on a bridge, with an S3/KMS/SSM emulator that only
+# the bridge reaches.
 #
 #   sudo ./scripts/sim-stack.sh up /tmp/sim           # prints the stack outputs (also /tmp/sim/outputs.json)
-#   sudo ./scripts/sim-stack.sh serve /tmp/sim        # boot the serving host from its user data
 #   sudo ./scripts/launch.sh --sim-dir /tmp/sim -- --set max_steps=20   # train, export, publish
+#   sudo ./scripts/sim-stack.sh serve /tmp/sim        # boot 2 serving hosts behind the balancer
+#   sudo ./scripts/sim-stack.sh replace /tmp/sim ID   # replace serving host ID (launch, drain, terminate)
 #   sudo ./scripts/sim-stack.sh down /tmp/sim         # every process, namespace, link and the bridge: gone
 #
 # Env: SIM_NODES (training nodes, default 2). The emulator's endpoint and test credentials are in
 # /tmp/sim/sim.json ("env"); export them to look into its buckets with the AWS CLI or boto3.
 # The simulator is the development package sim/ (python -m sim.stack|sim.serve), never in the runtime bundle.
-# Exit status: 0 done, 1 the serving host's boot failed, 2 bad arguments or not root.
+# Exit status: 0 done, 1 a serving host's boot or replacement failed, 2 bad arguments or not root.
 set -euo pipefail
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
-[[ $# -eq 2 && ( "$1" == up || "$1" == down || "$1" == serve ) ]] || { usage >&2; exit 2; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+[[ ( $# -eq 2 && ( "$1" == up || "$1" == down || "$1" == serve ) ) || ( $# -eq 3 && "$1" == replace ) ]] ||
+  { usage >&2; exit 2; }
 cd "$(dirname "$0")/.."
-if [[ "$1" == serve ]]; then
+if [[ "$1" == serve || "$1" == replace ]]; then
   [[ ${EUID} -eq 0 ]] || { echo "sim-stack.sh: the simulated hosts need root" >&2; exit 2; }
-  exec .venv/bin/python -m sim.serve "$2"
+  [[ "$1" == serve ]] && exec .venv/bin/python -m sim.serve "$2"
+  exec .venv/bin/python -m sim.serve "$2" --replace "$3"
 fi
 exec .venv/bin/python -m sim.stack "$1" "$2" --nodes "${SIM_NODES:-2}"

@@ -17,16 +17,21 @@ systemctl ...`: `daemon-reload` does nothing; `restart stratus-prepare.service` 
 installed). Any other unit gets its `EnvironmentFile=` and `Environment=`, `StateDirectory=` and
 `CacheDirectory=` (under `<host root>/var-lib` and `var-cache`), `ExecStartPre=` (must succeed)
 and `ExecStart=`, whose process runs in the background with its output in
-`<host root>/journal/<unit>.log`. Not simulated: `User=` (units run as root), the sandboxing
-directives, `Restart=`. The environment of a unit also carries the stack's emulator endpoint and
+`<host root>/journal/<unit>.log`, under a supervisor that plays systemd's part (its parent; it
+records `$MAINPID` and the exit status in `<host root>/units/<unit>/`). `systemctl stop UNIT`
+sends SIGTERM and SIGKILL after `TimeoutStopSec=`; `systemctl reload UNIT` runs `ExecReload=`.
+Not simulated: `User=` (units run as root), the sandboxing directives, `Restart=`.
+The environment of a unit also carries the stack's emulator endpoint and
 credentials (`env` in sim.json), as the instance profile would give them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -107,16 +112,86 @@ def start_unit(name: str, root: Path) -> int:
                 print(f"{name}: ExecStartPre {pre} exited {code}; not started", file=sys.stderr)
                 return 1
         (main,) = service["ExecStart"]
+        state = unit_state(root, name)
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "exit").unlink(missing_ok=True)
+        (state / "main.pid").unlink(missing_ok=True)
+        # The supervisor plays systemd's part for the main process: it is its parent, records its
+        # pid ($MAINPID) and its exit status, and passes SIGTERM/SIGHUP on (`stop_unit`, `reload`).
+        supervisor = [sys.executable, "-m", "sim.host", "unit-main", "--state", str(state), "--", *shlex.split(main)]
         proc = subprocess.Popen(
-            shlex.split(main),
+            supervisor,
             env=env,
-            cwd="/",
+            cwd=Path(__file__).resolve().parents[1],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    print(f"[simulated systemd] {name} started (pid {proc.pid}); journal: {journal}", file=sys.stderr)
+    print(f"[simulated systemd] {name} started (supervisor pid {proc.pid}); journal: {journal}", file=sys.stderr)
+    return 0
+
+
+def unit_state(root: Path, name: str) -> Path:
+    """Where the supervisor of unit `name` keeps `main.pid` and, once it ended, `exit`."""
+    return root / "units" / name
+
+
+def supervise(state: Path, cmd: list[str]) -> int:
+    """Run a unit's main process (cwd /) as its parent; record its pid and exit status in `state`."""
+    proc = subprocess.Popen(cmd, cwd="/", stdin=subprocess.DEVNULL)
+    (state / "main.pid").write_text(str(proc.pid))
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+    code = proc.wait()
+    (state / "exit").write_text(str(code))
+    print(f"[simulated systemd] main process {proc.pid} exited, status={code}", flush=True)
+    return code
+
+
+def main_pid(root: Path, name: str, timeout_s: float = 10.0) -> int:
+    """$MAINPID of a started unit (waits for its supervisor to start it)."""
+    pid_file = unit_state(root, name) / "main.pid"
+    deadline = time.monotonic() + timeout_s
+    while not pid_file.is_file():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} has no main process (no {pid_file})")
+        time.sleep(0.05)
+    return int(pid_file.read_text())
+
+
+def stop_unit(name: str, root: Path) -> int | None:
+    """`systemctl stop`: SIGTERM to the main process, SIGKILL after `TimeoutStopSec=` (default 90 s);
+    the main process's exit status (None: it was not running)."""
+    state = unit_state(root, name)
+    if not (state / "main.pid").is_file():
+        return None
+    if not (state / "exit").is_file():
+        service = parse_service((root / "systemd" / name).read_text())
+        timeout = float(service.get("TimeoutStopSec", ["90"])[-1].rstrip("s"))
+        pid = main_pid(root, name)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while not (state / "exit").is_file():
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+            time.sleep(0.1)
+    return int((state / "exit").read_text())
+
+
+def reload_unit(name: str, root: Path) -> int:
+    """`systemctl reload`: run `ExecReload=` with $MAINPID set."""
+    service = parse_service((root / "systemd" / name).read_text())
+    if "ExecReload" not in service:
+        print(f"{name} has no ExecReload=; it cannot be reloaded", file=sys.stderr)
+        return 1
+    pid = str(main_pid(root, name))
+    for line in service["ExecReload"]:
+        if subprocess.run([w.replace("$MAINPID", pid) for w in shlex.split(line)]).returncode != 0:
+            return 1
     return 0
 
 
@@ -130,6 +205,11 @@ def systemctl(args: list[str]) -> int:
         for unit in units:
             if start_unit(unit, root) != 0:
                 return 1
+        return 0
+    if len(args) == 2 and args[0] in ("stop", "reload"):
+        if args[0] == "reload":
+            return reload_unit(args[1], root)
+        stop_unit(args[1], root)
         return 0
     print(f"simulated host: systemctl {shlex.join(args)} is not simulated", file=sys.stderr)
     return 1
@@ -233,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["systemctl"]:
         return systemctl(argv[1:])
+    if argv[:1] == ["unit-main"] and argv[2:4] and argv[3] == "--":
+        return supervise(Path(argv[2]), argv[4:])
     parser = argparse.ArgumentParser(
         prog="python -m sim.host",
         description=__doc__,

@@ -8,29 +8,29 @@ Runbook (as root; `scripts/sim-stack.sh` wraps it):
 What `up` makes: a bridge with an address of a free 10.231.X.0/24, one namespace per node (its own
 address on the bridge, loopback up, `eth0` inside), an AWS emulator (moto server, from the
 development requirements) bound to the bridge address only, the stack's KMS key and four buckets
-on it, `<dir>/outputs.json` in the shape of `pulumi stack output --json`, and `<dir>/sim.json`
+on it, the serving token and TLS pair in SSM (a CA made here, `sim.pki`: what the stack's
+pulumi-tls resources make), the load balancer stand-in (`sim.balancer`) in its own namespace,
+`<dir>/outputs.json` in the shape of `pulumi stack output --json`, and `<dir>/sim.json`
 for `sim.transport.LocalTransport`. Each node's root directory holds what is
 bind-mounted at the contract's host paths while its commands run: `scratch/` (`/scratch`),
 `opt-stratus/` (`/opt/stratus`: `venv/bin/python` runs this machine's interpreter), `etc-stratus/`
 (`/etc/stratus`, its `node.env` selects the CPU accelerator and gloo's interface) and `systemd/`
 (`/etc/systemd/system`). `systemctl` on a simulated host is `sim.host`'s stand-in:
 `restart stratus-prepare.service` fetches and unpacks the runtime bundle from the emulator as the
-real unit does; the serving host is booted from its user data by `sim.host.boot`
-(`scripts/sim-stack.sh serve DIR`), with a metadata service in its namespace. The serving token
-is an SSM SecureString under the stack key, as on the stack.
+real unit does. Serving hosts are launched later (`add_serving_host`, by `sim.serve`: the Auto
+Scaling group's part), each booted from its user data by `sim.host.boot` with a metadata
+service in its namespace. The serving token is an SSM SecureString under the stack key, as on the
+stack, and so is the server's TLS key.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import secrets
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -40,27 +40,24 @@ from pathlib import Path
 from typing import Any
 
 from runtime.contract import APP_DIR, ENV_BUNDLE_URI, HOST_BUNDLE, bundle_uri
+from sim import netns
 from sim.transport import SIM_FILE
 
-PREFIX = "stsim"
-NETNS_ETC = Path("/etc/netns")
+PREFIX = netns.PREFIX
 REGION = "us-east-1"
 TOKEN_PARAMETER = "/stratus/sim/serving-token"  # noqa: S105 - the parameter's name, not a token
-SERVING_ID = "sim-serving"
+TLS_CERT_PARAMETER = "/stratus/sim/serving-tls-cert"
+TLS_KEY_PARAMETER = "/stratus/sim/serving-tls-key"
+SERVING_GROUP = "sim-serving"
+"""The simulated serving hosts' "Auto Scaling group": hosts are `sim-serving<N>`, N counting up."""
+SERVING_PORT = 8080
+GRPC_PORT = 8001
+BALANCER_HOST = 19
+SERVING_HOSTS = range(20, 40)
+"""Host numbers of the bridge subnet: the load balancer's address, and the pool its serving hosts'
+addresses come from (the server certificate names all of them, as the stack's names the hosts'
+private DNS wildcard)."""
 _CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim", "AWS_SESSION_TOKEN": "sim"}
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-def _free_subnet() -> ipaddress.IPv4Network:
-    used = _ip("-4", "-o", "addr").stdout
-    for _ in range(50):
-        net = ipaddress.IPv4Network(f"10.231.{secrets.randbelow(250) + 1}.0/24")
-        if f" {str(net.network_address)[:-1]}" not in used:
-            return net
-    raise RuntimeError("no free 10.231.X.0/24 subnet for the simulated stack")
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -73,24 +70,6 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> Non
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the AWS emulator did not start at {url}") from None
             time.sleep(0.2)
-
-
-def _add_namespace(sim: dict[str, Any], name: str, ip: str, index: int) -> None:
-    bridge, sfx = sim["bridge"], sim["suffix"]
-    host_if = f"{PREFIX}{sfx}v{index}"
-    _ip("netns", "add", name)
-    sim["namespaces"].append(name)
-    _ip("link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", name)
-    _ip("link", "set", host_if, "master", bridge, "up")
-    _ip("-n", name, "addr", "add", f"{ip}/{sim['prefixlen']}", "dev", "eth0")
-    _ip("-n", name, "link", "set", "eth0", "up")
-    _ip("-n", name, "link", "set", "lo", "up")
-    # `ip netns exec` mounts /etc/netns/<name>/* over /etc: no DNS server is reachable from the
-    # bridge, so name lookups (gloo and c10d resolve peers) must fail fast, and names come from hosts.
-    etc = NETNS_ETC / name
-    etc.mkdir(parents=True, exist_ok=True)
-    (etc / "resolv.conf").write_text("# simulated node: no DNS\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-    (etc / "hosts").write_text(f"127.0.0.1 localhost\n{ip} {socket.gethostname()}\n")
 
 
 def _node_root(root: Path) -> None:
@@ -144,7 +123,20 @@ def client(sim_dir: Path, service: str) -> Any:
     )
 
 
-def _aws_resources(endpoint: str) -> dict[str, Any]:
+def _serving_tls(ssm: Any, key_arn: str, directory: Path, ips: list[str]) -> str:
+    """The stack's serving CA and server certificate (`infra/components/tls.py` on AWS): the
+    certificate in SSM as a String, its key as a SecureString under the stack key; the CA's PEM."""
+    from sim.pki import LocalCA
+
+    ca = LocalCA.create(directory, name="stratus simulated stack CA")
+    pair = ca.issue(directory / "server", common_name="stratus serving", ips=tuple(ips), dns_names=())
+    ssm.put_parameter(Name=TLS_CERT_PARAMETER, Value=pair.cert.read_text(), Type="String")
+    ssm.put_parameter(Name=TLS_KEY_PARAMETER, Value=pair.key.read_text(), Type="SecureString", KeyId=key_arn)
+    shutil.rmtree(directory / "server")  # the key lives in SSM only; the CA's key is not kept either
+    return ca.cert_path.read_text()
+
+
+def _aws_resources(endpoint: str, sim_dir: Path, serving_ips: list[str]) -> dict[str, Any]:
     import boto3
 
     kw = {
@@ -161,10 +153,39 @@ def _aws_resources(endpoint: str) -> dict[str, Any]:
     for b in buckets.values():
         s3.create_bucket(Bucket=b)
     # The serving token, as the stack's SSM SecureString under its key (the server reads it at start).
-    boto3.client("ssm", **kw).put_parameter(
-        Name=TOKEN_PARAMETER, Value=secrets.token_urlsafe(32), Type="SecureString", KeyId=key_arn
-    )
-    return {"kms_key_arn": key_arn, **{f"{p}_bucket": b for p, b in buckets.items()}}
+    ssm = boto3.client("ssm", **kw)
+    ssm.put_parameter(Name=TOKEN_PARAMETER, Value=secrets.token_urlsafe(32), Type="SecureString", KeyId=key_arn)
+    ca_pem = _serving_tls(ssm, key_arn, sim_dir / "serving-ca", serving_ips)
+    return {"kms_key_arn": key_arn, **{f"{p}_bucket": b for p, b in buckets.items()}, "ca": ca_pem}
+
+
+def _serving_front(sim: dict[str, Any], sim_dir: Path, lb_ip: str, pool: list[str]) -> None:
+    """The internal load balancer's stand-in (`sim.balancer`) in its own namespace, no targets yet:
+    serving hosts join it as `sim.serve` launches them (the Auto Scaling group's part)."""
+    from sim import balancer
+
+    sim["balancer"] = {"netns": f"{PREFIX}{sim['suffix']}lb", "ip": lb_ip, "dir": str(sim_dir / "balancer")}
+    sim["serving_pool"], sim["serving_hosts"], sim["serving_launched"] = pool, {}, 0
+    netns.add_namespace(sim, sim["balancer"]["netns"], lb_ip, 98)
+    directory = Path(sim["balancer"]["dir"])
+    pid = balancer.start(directory, sim["balancer"]["netns"], lb_ip, [SERVING_PORT, GRPC_PORT], SERVING_PORT)
+    sim["pids"].append(pid)
+
+
+def _serving_outputs(lb_ip: str, ca_pem: str) -> dict[str, Any]:
+    """The serving outputs of a stack whose hosts are an Auto Scaling group behind the load balancer."""
+    return {
+        "serving_instance_id": None,
+        "serving_private_ip": None,
+        "serving_url": f"https://{lb_ip}:{SERVING_PORT}",
+        "serving_grpc_target": f"{lb_ip}:{GRPC_PORT}",
+        "serving_token_parameter": TOKEN_PARAMETER,
+        "estimated_hourly_usd": 0.0,
+        "serving_ca_certificate": ca_pem,
+        "serving_tls_cert_parameter": TLS_CERT_PARAMETER,
+        "serving_tls_key_parameter": TLS_KEY_PARAMETER,
+        "serving_autoscaling_group": SERVING_GROUP,
+    }
 
 
 def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
@@ -175,7 +196,7 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
     sim_dir = Path(sim_dir).resolve()
     sim_dir.mkdir(parents=True, exist_ok=True)
     sfx = tag + secrets.token_hex(2)
-    net = _free_subnet()
+    net = netns.free_subnet()
     hosts = list(net.hosts())
     sim: dict[str, Any] = {
         "suffix": sfx,
@@ -189,9 +210,9 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
     }
     (sim_dir / SIM_FILE).write_text(json.dumps(sim))
     try:
-        _ip("link", "add", sim["bridge"], "type", "bridge")
-        _ip("addr", "add", f"{sim['gateway']}/{net.prefixlen}", "dev", sim["bridge"])
-        _ip("link", "set", sim["bridge"], "up")
+        netns.run_ip("link", "add", sim["bridge"], "type", "bridge")
+        netns.run_ip("addr", "add", f"{sim['gateway']}/{net.prefixlen}", "dev", sim["bridge"])
+        netns.run_ip("link", "set", sim["bridge"], "up")
         port = 4566
         log = open(sim_dir / "emulator.log", "wb")  # noqa: SIM115 - lives as long as the server
         moto = subprocess.Popen(
@@ -203,22 +224,16 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         sim["pids"].append(moto.pid)
         endpoint = f"http://{sim['gateway']}:{port}"
         _wait_http(f"{endpoint}/moto-api/", moto)
-        resources = _aws_resources(endpoint)
+        lb_ip, pool = str(hosts[BALANCER_HOST]), [str(hosts[i]) for i in SERVING_HOSTS]
+        resources = _aws_resources(endpoint, sim_dir, [lb_ip, *pool])
+        ca_pem = resources.pop("ca")
         ips = [str(hosts[10 + i]) for i in range(num_nodes)]
         for i, ip in enumerate(ips):
             iid = f"sim-node{i}"
             sim["nodes"][iid] = {"netns": f"{PREFIX}{sfx}n{i}", "ip": ip, "root": str(sim_dir / iid)}
-            _add_namespace(sim, sim["nodes"][iid]["netns"], ip, i)
+            netns.add_namespace(sim, sim["nodes"][iid]["netns"], ip, i)
             _node_root(sim_dir / iid)
-        serving_ip = str(hosts[19])
-        sim["serving"] = {
-            "id": SERVING_ID,
-            "netns": f"{PREFIX}{sfx}s",
-            "ip": serving_ip,
-            "root": str(sim_dir / SERVING_ID),
-        }
-        _add_namespace(sim, sim["serving"]["netns"], serving_ip, 99)
-        _node_root(sim_dir / SERVING_ID)
+        _serving_front(sim, sim_dir, lb_ip, pool)
         _stand_ins(sim_dir / "bin")
         sim["env"] = {
             "AWS_ENDPOINT_URL": endpoint,
@@ -232,11 +247,7 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
             "trainer_instance_ids": list(sim["nodes"]),
             "trainer_private_ips": ips,
             "trainer_slots_per_node": 1,
-            "serving_instance_id": SERVING_ID,
-            "serving_private_ip": serving_ip,
-            "serving_url": f"http://{serving_ip}:8080",
-            "serving_token_parameter": TOKEN_PARAMETER,
-            "estimated_hourly_usd": 0.0,
+            **_serving_outputs(lb_ip, ca_pem),
         }
         (sim_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
         (sim_dir / SIM_FILE).write_text(json.dumps(sim, indent=1))
@@ -247,36 +258,55 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         raise
 
 
-def _kill(pids: list[int]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = []
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-                alive.append(pid)
-            except ProcessLookupError:
-                continue
-        deadline = time.monotonic() + 5
-        while alive and time.monotonic() < deadline:
-            alive = [p for p in alive if Path(f"/proc/{p}").exists() and _not_zombie(p)]
-            time.sleep(0.1)
-        if not alive:
-            return
+def read_sim_file(sim_dir: Path) -> dict[str, Any]:
+    """`<sim_dir>/sim.json`: the simulated stack's description."""
+    return json.loads((Path(sim_dir) / SIM_FILE).read_text())
 
 
-def _not_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
+def update_sim(sim_dir: Path, change) -> Any:
+    """Apply `change(sim)` to `<sim_dir>/sim.json` under a file lock (hosts boot side by side); its result."""
+    import fcntl
+
+    with open(Path(sim_dir) / ".sim.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sim = json.loads((Path(sim_dir) / SIM_FILE).read_text())
+        result = change(sim)
+        tmp = Path(sim_dir) / f".{SIM_FILE}.tmp"
+        tmp.write_text(json.dumps(sim, indent=1))
+        tmp.replace(Path(sim_dir) / SIM_FILE)
+        return result
 
 
-def remove_namespace(name: str) -> None:
-    """Kill every process in the namespace, then delete it (its veth goes with it)."""
-    pids = [int(p) for p in _ip("netns", "pids", name, check=False).stdout.split()]
-    _kill(pids)
-    _ip("netns", "delete", name, check=False)
-    shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+def add_serving_host(sim_dir: Path) -> str:
+    """A new serving host (namespace, address from the pool, root directory), as the Auto Scaling
+    group launches an instance: a new instance id every time, never reused. Its id."""
+
+    def launch(sim: dict[str, Any]) -> str:
+        used = {h["ip"] for h in sim["serving_hosts"].values()}
+        free = [ip for ip in sim["serving_pool"] if ip not in used]
+        if not free:
+            raise RuntimeError(f"no free address left for a serving host ({len(used)} in use)")
+        n = sim["serving_launched"]
+        sim["serving_launched"] = n + 1
+        iid = f"{SERVING_GROUP}{n}"
+        host = {"netns": f"{PREFIX}{sim['suffix']}s{n}", "ip": free[0], "root": str(Path(sim_dir) / iid)}
+        sim["serving_hosts"][iid] = host
+        netns.add_namespace(sim, host["netns"], host["ip"], 100 + n)
+        _node_root(Path(host["root"]))
+        return iid
+
+    return update_sim(sim_dir, launch)
+
+
+def remove_serving_host(sim_dir: Path, instance_id: str) -> None:
+    """Terminate a serving host: every process in its namespace, the namespace, its entry."""
+
+    def terminate(sim: dict[str, Any]) -> None:
+        host = sim["serving_hosts"].pop(instance_id)
+        netns.remove_namespace(host["netns"])
+        sim["namespaces"].remove(host["netns"])
+
+    update_sim(sim_dir, terminate)
 
 
 def down(sim_dir: Path) -> None:
@@ -286,25 +316,10 @@ def down(sim_dir: Path) -> None:
         return
     sim = json.loads(path.read_text())
     for name in sim.get("namespaces", []):
-        remove_namespace(name)
-    _kill(sim.get("pids", []))
-    _ip("link", "delete", sim["bridge"], check=False)
+        netns.remove_namespace(name)
+    netns.kill(sim.get("pids", []))
+    netns.run_ip("link", "delete", sim["bridge"], check=False)
     path.rename(path.with_suffix(".down"))
-
-
-def remove_leftovers(prefix: str) -> list[str]:
-    """Delete every namespace and link whose name starts with `prefix` (left by a killed run)."""
-    gone = []
-    for name in _ip("netns", "list", check=False).stdout.split():
-        if name.startswith(prefix):
-            remove_namespace(name)
-            gone.append(name)
-    for line in _ip("-o", "link", "show", check=False).stdout.splitlines():
-        name = line.split(":")[1].strip().split("@")[0]
-        if name.startswith(prefix):
-            _ip("link", "delete", name, check=False)
-            gone.append(name)
-    return gone
 
 
 def prepare() -> int:

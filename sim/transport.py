@@ -54,8 +54,8 @@ class LocalTransport(NodeTransport):
     Each node of `<sim_dir>/sim.json` names its network namespace, its address on the stack's
     bridge and its root directory, whose `scratch/`, `opt-stratus/`, `etc-stratus/` and `systemd/`
     are bind-mounted at `/scratch`, `/opt/stratus`, `/etc/stratus` and `/etc/systemd/system` for
-    the script only (`unshare --mount`), so the node script runs unchanged. The serving host
-    (`serving` in sim.json) is reachable the same way by its instance id. The environment is the stack's
+    the script only (`unshare --mount`), so the node script runs unchanged. The serving hosts
+    (`serving_hosts` in sim.json) are reachable the same way by their instance ids. The environment is the stack's
     (`env` in sim.json: the emulator endpoint and credentials, as an instance profile would give).
     """
 
@@ -72,9 +72,7 @@ class LocalTransport(NodeTransport):
         self.procs: dict[str, tuple[subprocess.Popen, Path, float, int]] = {}
 
     def node(self, instance_id: str) -> dict[str, Any]:
-        node = self.sim["nodes"].get(instance_id)
-        if node is None and instance_id == self.sim.get("serving", {}).get("id"):
-            node = self.sim.get("serving")
+        node = self.sim["nodes"].get(instance_id) or self.sim.get("serving_hosts", {}).get(instance_id)
         if node is None:
             raise RemoteError(f"instance {instance_id} is not a node of the simulated stack in {self.sim_dir}")
         return node

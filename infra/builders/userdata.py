@@ -120,6 +120,10 @@ CacheDirectory=stratus-serve
 Environment=HOME=/var/lib/stratus-serve
 ExecStartPre=/usr/bin/test -f {APP_DIR}/.ready
 ExecStart={APP_DIR}/serve.sh
+# `systemctl reload stratus-serve`: the server reads its token and TLS pair again (SIGHUP).
+ExecReload=/usr/bin/kill -HUP $MAINPID
+# SIGTERM drains (--drain-timeout, 30 s) well inside this.
+TimeoutStopSec=90
 Restart=on-failure
 RestartSec=15
 NoNewPrivileges=yes

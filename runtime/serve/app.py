@@ -8,7 +8,7 @@ lookup, readiness, auth, inference, metrics and the access log) is `runtime.serv
 shared with the gRPC adapter (`runtime.serve.grpc_service`).
 
 Security model: the route table (`ROUTES` plus routes added with `ServeApp.add_route`) is the
-whole surface; only routes marked `public` (liveness) skip the bearer check, and the check runs
+whole surface; only routes marked `public` (liveness, server readiness) skip the bearer check, and the check runs
 before routing, so unknown paths also answer 401 without a valid token. A request with more than
 one Authorization header is refused (400) rather than picking one (`runtime.serve.auth`). HEAD
 is answered wherever GET is (same status and headers, no body).
@@ -64,7 +64,9 @@ def _segments(path: str) -> tuple[str, ...]:
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v2/health/live", "live", public=True),
-    Route("GET", "/v2/health/ready", "ready"),
+    # Public like liveness: the load balancer's health check carries no token (an NLB cannot send
+    # headers), and the answer says only "a verified model is loaded and the server is not draining".
+    Route("GET", "/v2/health/ready", "ready", public=True),
     Route("GET", "/v2", "server_metadata"),
     Route("GET", "/v2/models/{model}", "model_metadata"),
     Route("GET", "/v2/models/{model}/versions/{version}", "model_metadata"),

@@ -21,7 +21,8 @@ other users, key matching the certificate, certificate valid now): each problem 
 the file and the fix. Clients verify with the CA (`curl --cacert ca.pem`, tritonclient
 `ssl=True` with the CA file, grpc `ssl_channel_credentials(root_certificates=...)`).
 
-Routes: GET /v2/health/live (the only one without the token), /v2/health/ready, /v2,
+Routes: GET /v2/health/live and /v2/health/ready (the only ones without the token: the load
+balancer's health check sends none), /v2,
 /v2/models/{name}[/versions/{v}], .../ready, .../config, POST .../infer (JSON or the binary tensor
 extension), GET /metrics (Prometheus); HEAD wherever GET. Language models add POST
 /v2/models/{name}/generate and .../generate_stream (server-sent events) and the OpenAI API

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import sim.netns
 import sim.stack
 from tests.runtime.conftest import run_train
 from tests.sim.runs import E2E_SETS, launch_on
@@ -46,7 +47,7 @@ def leftovers(sim_json: dict) -> list[str]:
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     found = [n for n in sim_json["namespaces"] if n in names.split()]
     found += [f"link {sim_json['bridge']}"] if f" {sim_json['bridge']}:" in links else []
-    found += [f"pid {p}" for p in sim_json["pids"] if Path(f"/proc/{p}").exists() and sim.stack._not_zombie(p)]
+    found += [f"pid {p}" for p in sim_json["pids"] if Path(f"/proc/{p}").exists() and sim.netns.not_zombie(p)]
     return found
 
 
@@ -69,7 +70,7 @@ class SimStack:
 def sim_stack(tmp_path_factory):
     if not _have_namespaces():
         pytest.skip("simulated nodes need root, iproute2 and util-linux (ip netns, unshare)")
-    sim.stack.remove_leftovers(TEST_PREFIX)
+    sim.netns.remove_leftovers(TEST_PREFIX)
     root = tmp_path_factory.mktemp("sim")
     build = subprocess.Popen(
         [sys.executable, "-c", BUILD_OPS],

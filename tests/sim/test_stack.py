@@ -23,7 +23,15 @@ def test_up_makes_nodes_on_a_bridge_and_down_removes_everything(tmp_path, sim_st
     try:
         stack = read_outputs(outputs_file=tmp_path / "outputs.json")
         assert stack.num_nodes == 2 and stack.slots_per_node == 1
-        assert outputs["serving_private_ip"] not in stack.private_ips
+        lb = described["balancer"]["ip"]
+        assert outputs["serving_url"] == f"https://{lb}:{sim.stack.SERVING_PORT}" and lb not in stack.private_ips
+        assert outputs["serving_ca_certificate"].startswith("-----BEGIN CERTIFICATE-----")
+        ssm = sim.stack.client(tmp_path, "ssm")
+        key = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [sim.stack.TLS_KEY_PARAMETER]}])
+        assert (
+            key["Parameters"][0]["Type"] == "SecureString" and key["Parameters"][0]["KeyId"] == outputs["kms_key_arn"]
+        )
+        assert not list(tmp_path.rglob("*.key")), "the server key is kept in SSM only"
         assert len(described["namespaces"]) == 3 and all(n.startswith(TEST_PREFIX) for n in described["namespaces"])
         node1 = described["nodes"]["sim-node1"]["netns"]
         endpoint = described["env"]["AWS_ENDPOINT_URL"]

@@ -90,7 +90,8 @@ def test_systemd_analyze_verify_passes_on_every_unit_the_stack_writes(tmp_path, 
     box = Sandbox(tmp_path)
     shutil.copytree("/usr/lib/systemd/system", box.root / "usr/lib/systemd/system", symlinks=True)
     (box.root / "usr/bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy("/usr/bin/test", box.root / "usr/bin/test")
+    for tool in ("test", "kill"):  # ExecStartPre= and ExecReload= name them
+        shutil.copy(f"/usr/bin/{tool}", box.root / "usr/bin" / tool)
     result = box.run(_trainer() if host == "trainer" else _server())
     assert result.returncode == 0, result.stderr
     verified = _verify(box.root)

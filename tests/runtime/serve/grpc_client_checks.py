@@ -6,7 +6,7 @@ protobuf 5.29). Imports nothing from the project, so the versions cannot mix.
 
     python grpc_client_checks.py checks HOST:PORT TOKEN MODEL X.npy MAX_BATCH
     python grpc_client_checks.py load HOST:PORT TOKEN MODEL X.npy STOP_FILE MAX_SECONDS
-    python grpc_client_checks.py tls HOST:PORT TOKEN MODEL X.npy CA_FILE
+    python grpc_client_checks.py tls HOST:PORT TOKEN MODEL X.npy CA_FILE [OUTPUT_NAME]
 """
 
 from __future__ import annotations
@@ -104,13 +104,15 @@ def load(url: str, token: str, model: str, x: np.ndarray, stop_file: str, max_se
     return {"versions": versions, "outputs": outputs, "failures": failures[:5], "num_failures": len(failures)}
 
 
-def tls(url: str, token: str, model: str, x: np.ndarray, ca_file: str) -> dict:
-    """Over TLS: `ssl=True` with the CA answers; `ssl=True` with the system's roots only fails."""
+def tls(url: str, token: str, model: str, x: np.ndarray, ca_file: str, output: str = "output") -> dict:
+    """Over TLS: `ssl=True` with the CA answers; `ssl=True` with the system's roots only fails.
+    (Also run by tests/sim/test_serving.py through the simulated stack's load balancer.)"""
     auth = {"authorization": f"Bearer {token}"}
     client = grpcclient.InferenceServerClient(url, ssl=True, root_certificates=ca_file)
     try:
-        result = client.infer(model, [_input(x)], outputs=[grpcclient.InferRequestedOutput("output")], headers=auth)
-        out: dict = {"ready": client.is_server_ready(headers=auth), "output": result.as_numpy("output").tolist()}
+        result = client.infer(model, [_input(x)], outputs=[grpcclient.InferRequestedOutput(output)], headers=auth)
+        out: dict = {"ready": client.is_server_ready(headers=auth), "output": result.as_numpy(output).tolist()}
+        out["version"] = result.get_response().model_version
     finally:
         client.close()
     stranger = grpcclient.InferenceServerClient(url, ssl=True)
@@ -127,6 +129,6 @@ if __name__ == "__main__":
     if mode == "checks":
         print(json.dumps(checks(url, token, model, x, int(rest[0]))))
     elif mode == "tls":
-        print(json.dumps(tls(url, token, model, x, rest[0])))
+        print(json.dumps(tls(url, token, model, x, *rest[:2])))
     else:
         print(json.dumps({"done": load(url, token, model, x, rest[0], float(rest[1]))}))

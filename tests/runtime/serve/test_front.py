@@ -160,6 +160,14 @@ def test_huge_request_head_is_refused_fast_and_small(server, head, status, reaso
     assert _rejections(server).get(reason, 0) >= 1
 
 
+def test_server_readiness_answers_without_the_token_for_the_load_balancer_and_nothing_else_does(server):
+    # The NLB's HTTPS health check (infra/components/balancer.py) cannot send a bearer token.
+    with server.client() as c:
+        assert c.get("/v2/health/ready").status_code == 200
+        for path in ("/v2", "/v2/models/tiny", "/v2/models/tiny/ready", "/metrics"):
+            assert c.get(path).status_code == 401, path
+
+
 def test_head_works_wherever_get_does(server):
     with server.client() as c:
         r = c.head("/v2/health/live")

@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from runtime.repository.publish import publish
 from runtime.serve.grpc_proto import SERVICE, messages
 from runtime.serve.tls import TlsError, TlsSource, load_material
+from sim.pki import CertPair, LocalCA
 from tests.conftest import free_port
-from tests.runtime.serve.certs import CertPair, TestCA
 from tests.runtime.serve.conftest import MODEL, REPO_ROOT, TOKEN, reference_output, start_server, stop_server
 from tests.runtime.serve.test_grpc import CHECKS, client_env  # noqa: F401 (the fixture)
 from tests.support import NUM_FEATURES
@@ -44,9 +44,9 @@ X = np.random.default_rng(5).standard_normal((2, NUM_FEATURES)).astype(np.float3
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> tuple[TestCA, CertPair]:
+def pki(tmp_path_factory) -> tuple[LocalCA, CertPair]:
     root = tmp_path_factory.mktemp("pki")
-    ca = TestCA.create(root / "ca")
+    ca = LocalCA.create(root / "ca")
     return ca, ca.issue(root / "server")
 
 
@@ -213,7 +213,7 @@ def _hup_and_wait(server, marker: str) -> str:
 
 def test_sighup_reloads_the_certificate_for_new_connections_on_both_ports(tls_server, pki, tmp_path):
     ca, served = pki
-    assert _common_name(handshake(tls_server.port, ca.cert_path)[2]) == "stratus test server"
+    assert _common_name(handshake(tls_server.port, ca.cert_path)[2]) == "stratus server"
     renewed = ca.issue(tmp_path / "renewed", common_name="stratus renewed server")
     keep = tls_server.client()  # a connection opened before the reload keeps working
     assert keep.get("/v2/health/ready", headers=tls_server.auth).status_code == 200

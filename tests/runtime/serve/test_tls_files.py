@@ -11,12 +11,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from runtime.serve.config import ServeConfig
 from runtime.serve.tls import TlsError, TlsSource, load_material
-from tests.runtime.serve.certs import CertPair, TestCA
+from sim.pki import CertPair, LocalCA
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory) -> TestCA:
-    return TestCA.create(tmp_path_factory.mktemp("ca"))
+def ca(tmp_path_factory) -> LocalCA:
+    return LocalCA.create(tmp_path_factory.mktemp("ca"))
 
 
 def _files(pair: CertPair) -> TlsSource:

@@ -1,8 +1,12 @@
-"""A test certificate authority and server certificates, made at test time with `cryptography`.
+"""A local certificate authority and server certificates, made on the spot with `cryptography`.
 
-ca = TestCA.create(tmp_path / "ca")
-pair = ca.issue(tmp_path / "server")   # pair.cert, pair.key (PEM files, the key mode 600)
-httpx.get("https://127.0.0.1:PORT/...", verify=str(ca.cert_path))
+    ca = LocalCA.create(tmp_path / "ca")
+    pair = ca.issue(tmp_path / "server")   # pair.cert, pair.key (PEM files, the key mode 600)
+    httpx.get("https://127.0.0.1:PORT/...", verify=str(ca.cert_path))
+
+The simulated stack makes its serving CA with it (what the stack's pulumi-tls resources make on
+AWS, `infra/components/tls.py`), and the tests and benchmarks make theirs. EC P-256 keys, as the
+stack's.
 """
 
 from __future__ import annotations
@@ -35,16 +39,16 @@ class CertPair:
 
 
 @dataclass
-class TestCA:
-    """A self-signed CA (EC P-256) that issues server certificates for 127.0.0.1 and localhost."""
+class LocalCA:
+    """A self-signed CA (EC P-256) that issues server certificates (for 127.0.0.1 and localhost
+    unless told other names)."""
 
-    __test__ = False  # not a pytest class
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
     cert_path: Path
 
     @classmethod
-    def create(cls, directory: Path, name: str = "stratus test CA") -> TestCA:
+    def create(cls, directory: Path, name: str = "stratus local CA") -> LocalCA:
         directory.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -83,12 +87,14 @@ class TestCA:
         self,
         directory: Path,
         *,
-        common_name: str = "stratus test server",
+        common_name: str = "stratus server",
+        ips: tuple[str, ...] = (HOST,),
+        dns_names: tuple[str, ...] = ("localhost",),
         not_before: datetime | None = None,
         not_after: datetime | None = None,
         key: ec.EllipticCurvePrivateKey | None = None,
     ) -> CertPair:
-        """A server certificate for 127.0.0.1/localhost (valid yesterday to +30 days unless told)."""
+        """A server certificate for `ips` and `dns_names` (valid yesterday to +30 days unless told)."""
         directory.mkdir(parents=True, exist_ok=True)
         key = key or ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
@@ -101,7 +107,9 @@ class TestCA:
             .not_valid_before(not_before or now - timedelta(days=1))
             .not_valid_after(not_after or now + timedelta(days=30))
             .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST)), x509.DNSName("localhost")]),
+                x509.SubjectAlternativeName(
+                    [*(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips), *map(x509.DNSName, dns_names)]
+                ),
                 critical=False,
             )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
