@@ -24,6 +24,7 @@ class Served:
     url: str
     model: str
     log: Path
+    proc: subprocess.Popen | None = None
 
     @property
     def auth(self) -> dict[str, str]:
@@ -64,7 +65,7 @@ def serving(repo: Path, model: str, work: Path, *extra: str) -> Iterator[Served]
     env = {k: v for k, v in os.environ.items() if k != "STRATUS_SERVE_TOKEN"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    served = Served(url=f"http://127.0.0.1:{port}", model=model, log=log)
+    served = Served(url=f"http://127.0.0.1:{port}", model=model, log=log, proc=proc)
     try:
         deadline = time.monotonic() + 60
         while True:

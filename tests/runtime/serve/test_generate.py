@@ -6,6 +6,8 @@ here with ONNX Runtime and a plain greedy loop.
 
 from __future__ import annotations
 
+import signal
+
 import httpx
 import numpy as np
 import orjson
@@ -101,3 +103,23 @@ def test_generate_stops_at_the_time_cap(gpt_export, tmp_path):
     body = response.json()
     assert response.status_code == 200 and body["finish_reason"] == "time_limit", body
     assert 0 < body["generated_tokens"] < 2000
+
+
+def test_sigterm_during_a_streaming_generation_lets_it_finish_then_exits_0(gpt_export, session, tmp_path):
+    _, repo = gpt_export
+    tokens = 600
+    extra = ("--generate-max-tokens", str(tokens), "--generate-timeout", "60", "--drain-timeout", "30")
+    with serving(repo, "gpt", tmp_path, *extra) as server:
+        url = f"{server.url}/v2/models/gpt/generate_stream"
+        body = {"text_input": PROMPT, "parameters": {"max_tokens": tokens}}
+        with httpx.stream("POST", url, headers=server.auth, json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            server.proc.send_signal(signal.SIGTERM)  # mid-stream: the server drains
+            events = [orjson.loads(line[6:]) for line in [first, *lines] if line.startswith("data: ")]
+        code = server.proc.wait(timeout=60)
+        log = server.log.read_text()
+    assert code == 0, log[-3000:]
+    assert "1 HTTP requests in flight" in log and "0 HTTP requests cancelled" in log, log[-3000:]
+    assert events[-1]["finish_reason"] in ("length", "stop")
+    assert "".join(e["text_output"] for e in events) == greedy(session, PROMPT, tokens)[0]
