@@ -29,7 +29,7 @@ extension), GET /metrics (Prometheus); HEAD wherever GET. Language models add PO
 (runtime.serve.openai_api: GET /v1/models, POST /v1/completions, POST /v1/chat/completions; point
 an OpenAI client at base_url https://HOST:PORT/v1 with the token as its API key), capped by
 --generate-max-tokens, --generate-timeout and --generate-max-concurrency (a request waits up to
---generate-queue-timeout for a slot, then 503). Every route but liveness needs exactly one
+--generate-queue-timeout for a slot, then 503). Every route but liveness and readiness needs exactly one
 `Authorization: Bearer` header.
 
 Limits before authentication (runtime.serve.front): --header-timeout for a request's head,
