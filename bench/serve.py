@@ -1,8 +1,12 @@
-"""Serving benchmark: `stratus serve` vs KServe's own model server, over HTTP (JSON, binary) and gRPC.
+"""Serving benchmark: `stratus serve` vs KServe's own model server, over HTTP (JSON, binary) and gRPC,
+and what TLS costs stratus.
 
-    # the full table (~12 min); heavy, so take the shared CPU lock
+    # the full table (~14 min); heavy, so take the shared CPU lock
     flock /tmp/stratus-cpu.lock env PYTHONPATH=. .venv/bin/python bench/serve.py
     PYTHONPATH=. .venv/bin/python bench/serve.py --duration 1 --rounds 1    # quicker, noisier
+    # the TLS cost alone (plain and TLS stratus only, ~6 min)
+    flock /tmp/stratus-cpu.lock env PYTHONPATH=. .venv/bin/python bench/serve.py \
+        --servers stratus,stratus+tls --batches 1 --concurrency 1,16 --rounds 5
 
 Needs `wrk` and `h2load` (`apt-get install wrk nghttp2-client`). The KServe peer runs in its own virtualenv
 (.venv/bench-kserve, built from bench/kserve-requirements.txt on first use, a few minutes).
@@ -11,20 +15,28 @@ Model: the `mlp-binary` preset (1000 -> Dense(100, ReLU) -> Dense(1, sigmoid)) e
 (fp32, random weights: serving cost does not depend on the values) and published to a temporary
 local repository; `--repo DIR --model NAME` measures an existing one.
 
-Servers, each one process with one worker on 127.0.0.1 (bench/_serve_servers.py): `stratus`
-(`python -m runtime serve` as deployed, HTTP and `--grpc-port`), `kserve` (KServe's
-`ModelServer` + a `kserve.Model` on the same ONNX file, same ONNX Runtime threading, REST and
-gRPC), `bare` (the same ASGI stack and decoder returning a fixed tensor: the protocol's ceiling),
-`bare+model` (`bare` that also runs the model with stratus's ONNX Runtime options: the ceiling of
-a server that runs the model; both bare servers answer gRPC too, on the same `grpc.aio` stack and
-decoder as stratus; `bare+model/KServe` is the most any server on that stack could gain) and
-`before` (`stratus serve` from `--before REF`, the code before the HTTP front's limits: what the
-limits cost).
+Servers (`--servers`, default all), each one process with one worker on 127.0.0.1
+(bench/_serve_servers.py): `stratus` (`python -m runtime serve` as deployed, HTTP and
+`--grpc-port`, plaintext through `--insecure-plain-http`), `stratus+tls` (the same command and
+settings with `--tls-cert/--tls-key`: HTTPS and gRPC over TLS with a server certificate for
+127.0.0.1 from a throwaway CA made at bench time, tests/runtime/serve/certs.py, key mode 600),
+`kserve` (KServe's `ModelServer` + a `kserve.Model` on the same ONNX file, same ONNX Runtime
+threading, REST and gRPC), `bare` (the same ASGI stack and decoder returning a fixed tensor: the
+protocol's ceiling), `bare+model` (`bare` that also runs the model with stratus's ONNX Runtime
+options: the ceiling of a server that runs the model; both bare servers answer gRPC too, on the
+same `grpc.aio` stack and decoder as stratus; `bare+model/KServe` is the most any server on that
+stack could gain) and `before` (`stratus serve` from `--before REF`, the code before the HTTP
+front's limits: what the limits cost). A column shows when the servers it compares were selected;
+`tls/plain` is `stratus+tls` req/s over `stratus` req/s.
 
-Load (bench/_serve_load.py): HTTP through wrk, gRPC through h2load (`apt-get install
-nghttp2-client`), each with one thread and `conc` connections. For
-each cell the servers run back to back (their order rotating per round), `--rounds` times; the
-table shows the median. Load generator and servers share the machine's cores. Prints markdown.
+Load (bench/_serve_load.py): HTTP through wrk, gRPC through h2load, each with one thread and
+`conc` connections, kept open for the whole measurement (over TLS each connection's handshake is
+paid once, amortized over thousands of requests; h2load negotiates h2 through ALPN, checked).
+Before each gRPC measurement one call through a real gRPC client (TLS credentials with the CA for
+`stratus+tls`) checks that the server answers; the negotiated TLS version and cipher of both
+ports are printed. For each cell the servers run back to back (their order rotating per round),
+`--rounds` times; the table shows the median. Load generator and servers share the machine's
+cores. Prints markdown.
 """
 
 from __future__ import annotations
