@@ -1,4 +1,4 @@
-"""Load generators of bench/serve.py: wrk for HTTP, a small closed-loop client for gRPC.
+"""Load generators of bench/serve.py: wrk for HTTP, h2load for gRPC, plain or over TLS.
 
 HTTP: wrk (`apt-get install wrk`), one thread, `conc` keep-alive connections, the request body
 and headers set by a Lua script written per cell; its own latency histogram gives p50/p99.
@@ -6,12 +6,22 @@ gRPC: h2load (`apt-get install nghttp2-client`), one thread, `conc` HTTP/2 conne
 stream each, posting one pre-serialized ModelInferRequest (gRPC framing, `te: trailers`); one
 call through a real gRPC client first checks that the server answers it. Per-request latencies
 come from h2load's log. Both tools are C and run on the same cores as the servers.
+
+TLS (a server with a CA file): wrk and h2load take `https://` URLs and keep their connections
+for the whole measurement, so each connection's handshake is paid once, before or at the start
+of a run of thousands of requests. Neither tool verifies the certificate; the readiness check
+(bench/_serve_servers.py) and the one real-client gRPC call do, with the CA. h2load must
+negotiate HTTP/2 through ALPN (gRPC servers refuse a TLS connection without it): a run that
+reports another application protocol is an error. `tls_session` names the protocol version
+and cipher a port negotiates with a default client.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
+import ssl
 import statistics
 import subprocess
 from pathlib import Path
@@ -86,12 +96,32 @@ def grpc_request_bytes(model: str, batch: int, num_features: int) -> bytes:
     return request.SerializeToString()
 
 
-def check_grpc(port: int, token: str, payload: bytes) -> None:
-    """One ModelInfer call with a real gRPC client: h2load sees HTTP statuses, not grpc-status."""
+def tls_session(port: int, ca: Path, alpn: str | None = None) -> str:
+    """'TLSv1.3 TLS_AES_256_GCM_SHA384 (ALPN h2)': what a default client verifying with `ca` negotiates."""
+    context = ssl.create_default_context(cafile=ca)
+    if alpn:
+        context.set_alpn_protocols([alpn])
+    with (
+        socket.create_connection((HOST, port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=HOST) as tls,
+    ):
+        name, version, _ = tls.cipher()
+        chosen = tls.selected_alpn_protocol()
+    return f"{version} {name}" + (f" (ALPN {chosen})" if chosen else "")
+
+
+def check_grpc(port: int, token: str, payload: bytes, ca: Path | None = None) -> None:
+    """One ModelInfer call with a real gRPC client (over TLS, verifying with `ca`, when given):
+    h2load sees HTTP statuses, not grpc-status."""
     import grpc
 
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    with grpc.insecure_channel(f"{HOST}:{port}") as channel:
+    if ca:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+        channel = grpc.secure_channel(f"{HOST}:{port}", credentials)
+    else:
+        channel = grpc.insecure_channel(f"{HOST}:{port}")
+    with channel:
         reply = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
             payload, metadata=metadata, timeout=10
         )
@@ -100,11 +130,20 @@ def check_grpc(port: int, token: str, payload: bytes) -> None:
 
 
 def run_h2load(
-    port: int, token: str, model: str, batch: int, num_features: int, conc: int, warmup: int, duration: int, tmp: Path
+    port: int,
+    token: str,
+    model: str,
+    batch: int,
+    num_features: int,
+    conc: int,
+    warmup: int,
+    duration: int,
+    tmp: Path,
+    ca: Path | None = None,
 ) -> dict:
-    """gRPC ModelInfer through h2load: `conc` HTTP/2 connections with one stream each."""
+    """gRPC ModelInfer through h2load: `conc` HTTP/2 connections with one stream each (TLS with `ca`)."""
     payload = grpc_request_bytes(model, batch, num_features)
-    check_grpc(port, token, payload)
+    check_grpc(port, token, payload, ca)
     body, log = tmp / "grpc.bin", tmp / "h2load.log"
     body.write_bytes(b"\x00" + len(payload).to_bytes(4, "big") + payload)  # gRPC message framing
     log.unlink(missing_ok=True)
@@ -112,8 +151,10 @@ def run_h2load(
     cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
     cmd += ["--warm-up-time", f"{warmup}"] if warmup else []
     cmd += ["-H", f"authorization: Bearer {token}"] if token else []
-    url = f"http://{HOST}:{port}/inference.GRPCInferenceService/ModelInfer"
+    url = f"{'https' if ca else 'http'}://{HOST}:{port}/inference.GRPCInferenceService/ModelInfer"
     out = subprocess.run([*cmd, url], check=True, capture_output=True, text=True, timeout=warmup + duration + 60).stdout
+    if ca and not re.search(r"^Application protocol: h2$", out, re.M):
+        raise RuntimeError(f"h2load did not negotiate h2 over TLS with port {port}:\n{out}")
     rps = float(re.search(r"finished in [0-9.]+m?s, ([0-9.]+) req/s", out).group(1))
     failed, errored, timeouts = (int(g) for g in re.search(r"(\d+) failed, (\d+) errored, (\d+) timeout", out).groups())
     non_2xx = sum(int(g) for g in re.search(r"\d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out).groups())

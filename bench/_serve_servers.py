@@ -1,6 +1,9 @@
 """The servers bench/serve.py compares, each its own process on 127.0.0.1 with one worker.
 
-- `stratus`: `python -m runtime serve` as deployed (front limits, auth, metrics, JSON access log);
+- `stratus`: `python -m runtime serve` as deployed (front limits, auth, metrics, JSON access log),
+  plain HTTP and gRPC (`--insecure-plain-http`);
+- `stratus+tls`: the same over TLS on both ports (`--tls-cert/--tls-key`, a certificate from a CA
+  made at bench time; `Running.ca` is the CA file the clients trust);
 - `before`: the same command from an earlier commit (`git archive`), before the front's limits;
 - `bare`: the same ASGI stack decoding and validating the same request with the same code and
   returning a fixed tensor (no auth, no model, no metrics, no log): the protocol's ceiling;
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -40,17 +44,23 @@ class Running:
     proc: subprocess.Popen
     http_port: int
     grpc_port: int | None = None
+    ca: Path | None = None
+    """The CA certificate that verifies the server's TLS certificate on both ports; None: plaintext."""
+
+    def url(self, path: str) -> str:
+        return f"{'https' if self.ca else 'http'}://{HOST}:{self.http_port}{path}"
 
 
 def wait_ready(server: Running, path: str, token: str | None, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    context = ssl.create_default_context(cafile=server.ca) if server.ca else None
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(f"{server.name} exited with {server.proc.returncode}")
         try:
-            req = urllib.request.Request(f"http://{HOST}:{server.http_port}{path}", headers=headers)
-            urllib.request.urlopen(req, timeout=2)  # noqa: S310 (loopback URL built here)
+            req = urllib.request.Request(server.url(path), headers=headers)  # noqa: S310 (http/https only)
+            urllib.request.urlopen(req, timeout=2, context=context)  # noqa: S310 (loopback URL built here)
             return
         except OSError as e:
             if path == "/" and "HTTP Error" in str(e):
@@ -84,11 +94,13 @@ def checkout(ref: str, dest: Path) -> Path:
     return dest
 
 
-def start(name: str, cmd: list[str], log, http_port: int, grpc_port=None, cwd=ROOT, pythonpath=ROOT) -> Running:
+def start(
+    name: str, cmd: list[str], log, http_port: int, grpc_port=None, cwd=ROOT, pythonpath=ROOT, ca=None
+) -> Running:
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
     env.pop("STRATUS_SERVE_TOKEN", None)
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=log)
-    return Running(name, proc, http_port, grpc_port)
+    return Running(name, proc, http_port, grpc_port, ca)
 
 
 def stop(servers: list[Running]) -> None:
