@@ -19,7 +19,7 @@ Servers (`--servers`, default all), each one process with one worker on 127.0.0.
 (bench/_serve_servers.py): `stratus` (`python -m runtime serve` as deployed, HTTP and
 `--grpc-port`, plaintext through `--insecure-plain-http`), `stratus+tls` (the same command and
 settings with `--tls-cert/--tls-key`: HTTPS and gRPC over TLS with a server certificate for
-127.0.0.1 from a throwaway CA made at bench time, tests/runtime/serve/certs.py, key mode 600),
+127.0.0.1 from a throwaway CA made at bench time, sim/pki.py, key mode 600),
 `kserve` (KServe's `ModelServer` + a `kserve.Model` on the same ONNX file, same ONNX Runtime
 threading, REST and gRPC), `bare` (the same ASGI stack and decoder returning a fixed tensor: the
 protocol's ceiling), `bare+model` (`bare` that also runs the model with stratus's ONNX Runtime
@@ -53,7 +53,7 @@ import _serve_load as load  # bench/ is sys.path[0] when this file runs
 import _serve_servers as servers
 
 from runtime.common.net import free_port
-from tests.runtime.serve.certs import TestCA  # the throwaway CA of the TLS tests
+from sim.pki import LocalCA  # the throwaway CA of the TLS tests and the simulated stack
 
 TOKEN = "bench-token-0123456789abcdef0123456789"  # noqa: S105 (a throwaway loopback token)
 MODEL = "mlp-binary"
@@ -108,7 +108,7 @@ def _start_all(args, selected: list[str], repo: str, root: Path, log) -> dict[st
         if name == "stratus":  # the plaintext rows (the code of --before has no such flag)
             running[name] = servers.start(name, [*stratus, "--insecure-plain-http"], log, port, gport)
         elif name == "stratus+tls":  # the same process settings, TLS on both ports
-            ca = TestCA.create(root / "pki", name="stratus bench CA")
+            ca = LocalCA.create(root / "pki", name="stratus bench CA")
             pair = ca.issue(root / "pki" / "server", common_name="stratus bench server")  # key mode 600
             tls = ["--tls-cert", str(pair.cert), "--tls-key", str(pair.key)]
             running[name] = servers.start(name, [*stratus, *tls], log, port, gport, ca=ca.cert_path)
