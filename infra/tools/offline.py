@@ -88,7 +88,8 @@ class StratusMocks(pulumi.runtime.Mocks):
 
     What only AWS knows is not invented here: zone offerings default to every zone (the offline
     plan lists that check as one only a real preview makes), quotas to `UNLIMITED`, and the
-    newest AMI to one derived from `ami_generation`.
+    newest AMI (by name or by a Deep Learning AMI family's SSM public parameter) to one derived
+    from `ami_generation`.
 
     Args:
         region: region whose zones `getAvailabilityZones` returns.
@@ -204,6 +205,22 @@ class StratusMocks(pulumi.runtime.Mocks):
                 "rootDeviceName": "/dev/xvda",
                 "architecture": "x86_64",
                 "name": names[0] if names else "mock",
+            }
+        if invoke == "aws:ssm/getParameter:getParameter":
+            # The Deep Learning AMI families' public parameters: a family's newest image.
+            name = a["name"]
+            if not name.startswith("/aws/service/"):
+                raise NotImplementedError(f"the offline mocks know only public parameters, not {name}")
+            ami = f"ami-{_tag(name + str(self.ami_generation))}"
+            return {
+                "id": name,
+                "name": name,
+                "type": "String",
+                "value": ami,
+                "insecureValue": ami,
+                "version": 1,
+                "arn": f"arn:aws:ssm:{self.region}::parameter{name}",
+                "withDecryption": False,
             }
         if invoke == "aws:servicequotas/getServiceQuota:getServiceQuota":
             value = self.quotas.get(a["quotaCode"], self.UNLIMITED)
