@@ -16,7 +16,7 @@ import pulumi_aws as aws
 from infra.builders.policies import tls_parameter_names, token_parameter_arn, token_parameter_name
 from infra.builders.userdata import trainer_user_data
 from infra.components.base import base_tags
-from infra.components.iam import Iam, IamArgs
+from infra.components.iam import Iam, IamArgs, autoscaling_service_role
 from infra.components.network import Network, NetworkArgs, lookup_zones
 from infra.components.quotas import check_quotas
 from infra.components.serving import (
@@ -68,6 +68,10 @@ zones = lookup_zones(
     cfg.zone_offerings_lookup,
 )
 
+# Before the key: its policy lets EC2 Auto Scaling encrypt the groups' volumes with it.
+autoscaling_role, autoscaling_role_resources = autoscaling_service_role(
+    partition=partition, account_id=account_id, tags=tags
+)
 storage = Storage(
     "storage",
     StorageArgs(
@@ -81,6 +85,8 @@ storage = Storage(
         checkpoint_noncurrent_days=cfg.checkpoint_noncurrent_days,
         logs_expiration_days=cfg.logs_expiration_days,
         force_destroy=cfg.force_destroy_buckets,
+        autoscaling_role=autoscaling_role,
+        key_depends_on=autoscaling_role_resources,
     ),
 )
 buckets = storage.buckets

@@ -42,6 +42,7 @@ TAGGABLE = frozenset(
         k.BUCKET,
         "aws:iam/role:Role",
         "aws:iam/instanceProfile:InstanceProfile",
+        "aws:iam/serviceLinkedRole:ServiceLinkedRole",
         "aws:iam/policy:Policy",
         "aws:ssm/parameter:Parameter",
         "aws:cloudwatch/logGroup:LogGroup",

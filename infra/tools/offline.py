@@ -97,6 +97,7 @@ class StratusMocks(pulumi.runtime.Mocks):
         quotas: Service Quotas code -> value; default: `UNLIMITED`.
         ami_generation: changes the id of the "newest" AMI a lookup by name returns (a new
             image published by AWS).
+        autoscaling_role: whether the account already has EC2 Auto Scaling's service-linked role.
     """
 
     UNLIMITED = 1e9
@@ -107,8 +108,10 @@ class StratusMocks(pulumi.runtime.Mocks):
         offerings: Mapping[str, list[str]] | None = None,
         quotas: Mapping[str, float] | None = None,
         ami_generation: int = 0,
+        autoscaling_role: bool = True,
     ):
         self.region = region
+        self.autoscaling_role = autoscaling_role
         self.zones = [f"{region}{z}" for z in "abcd"]
         self.offerings = dict(offerings or {})
         self.quotas = dict(quotas or {})
@@ -206,6 +209,10 @@ class StratusMocks(pulumi.runtime.Mocks):
                 "architecture": "x86_64",
                 "name": names[0] if names else "mock",
             }
+        if invoke == "aws:iam/getRoles:getRoles":
+            # EC2 Auto Scaling's service-linked role: present unless `autoscaling_role` is False.
+            arns = [f"arn:aws:iam::{ACCOUNT_ID}:role/aws-service-role/x"] if self.autoscaling_role else []
+            return {"arns": arns, "names": ["AWSServiceRoleForAutoScaling"] if arns else [], "id": "roles"}
         if invoke == "aws:ssm/getParameter:getParameter":
             # The Deep Learning AMI families' public parameters: a family's newest image.
             name = a["name"]

@@ -193,3 +193,31 @@ def test_serving_keys_reach_the_group_the_target_groups_and_the_scaling_policy()
         assert run.named(f"serving-lb-{label}-tg").inputs["deregistrationDelay"] == 300
     (policy,) = run.of_type("aws:autoscaling/policy:Policy")
     assert policy.inputs["targetTrackingConfiguration"]["targetValue"] == 55
+
+
+def _key_statements(run):
+    import json
+
+    return {s["Sid"]: s for s in json.loads(run.named("storage-key").inputs["policy"])["Statement"]}
+
+
+def test_the_stack_key_lets_auto_scaling_encrypt_the_groups_volumes(example_run):
+    role = "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
+    statements = _key_statements(example_run)
+    use, grant = statements["AutoScalingUsesKeyForVolumes"], statements["AutoScalingAttachesVolumes"]
+    assert use["Principal"] == grant["Principal"] == {"AWS": role}
+    assert {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey"} <= set(
+        use["Action"]
+    )
+    assert grant["Action"] == ["kms:CreateGrant"]
+    assert grant["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+    # the account has the role: the stack does not create it
+    assert example_run.of_type("aws:iam/serviceLinkedRole:ServiceLinkedRole") == []
+
+
+def test_an_account_without_the_auto_scaling_role_gets_it_before_the_key():
+    run = run_program(example_config(), mocks=StratusMocks(autoscaling_role=False))
+    (role,) = run.of_type("aws:iam/serviceLinkedRole:ServiceLinkedRole")
+    assert role.inputs["awsServiceName"] == "autoscaling.amazonaws.com"
+    assert role.urn in run.named("storage-key").dependencies
+    assert "AutoScalingUsesKeyForVolumes" in _key_statements(run)
