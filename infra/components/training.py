@@ -201,7 +201,9 @@ class Training(pulumi.ComponentResource):
             ],
             update_default_version=True,
             tags=tags,
-            opts=child(self),
+            # Unpinned, AWS's next image must not reach a replacement node while the others run the
+            # current one (torch, NCCL and the EFA stack would differ across the set): pin to move.
+            opts=child(self, ignore_changes=[] if args.ami_id else ["imageId"]),
         )
 
     def _group(self, name: str, args: TrainingArgs, template, placement, tags) -> aws.autoscaling.Group:

@@ -204,6 +204,9 @@ def test_a_pinned_ami_keeps_the_plan_when_aws_publishes_a_newer_image():
     old, new = (run_program(example_config(), mocks=StratusMocks(ami_generation=g)) for g in (1, 2))
     assert _lt_inputs(old)["imageId"] != _lt_inputs(new)["imageId"]
     assert "instanceRefresh" not in new.named("training-nodes").inputs
+    # and a replacement node boots the image the others run, not AWS's newer one
+    assert "imageId" in new.named("training-launch-template").ignore_changes
+    assert "imageId" not in run_program(pinned).named("training-launch-template").ignore_changes
     assert (
         old.named("serving-launch-template").inputs["imageId"] != new.named("serving-launch-template").inputs["imageId"]
     )
