@@ -8,6 +8,9 @@ and EC2 `CreateLaunchTemplate` request fields (`VPCZoneIdentifier`, `PlacementGr
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pytest
 
 from infra.components.training import BOOT_SECONDS, Training, TrainingArgs, network_interfaces
@@ -138,3 +141,44 @@ def test_the_image_comes_from_the_families_ssm_parameter_unless_pinned():
     assert [i.get("interfaceType") for i in lt.inputs["networkInterfaces"]] == [None]
     assert "instanceMarketOptions" not in lt.inputs
     assert [m["deviceName"] for m in lt.inputs["blockDeviceMappings"]] == ["/dev/xvda"]
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _params(cls) -> set[str]:
+    init = getattr(cls, "_internal_init", None) or cls.__init__
+    return set(inspect.signature(init).parameters) - {"self", "__self__", "resource_name", "opts"}
+
+
+def test_every_field_is_a_pulumi_aws_7_argument_of_its_block():
+    """A misspelt field would be sent as is and refused only by a real preview: each recorded
+    field must be an argument of the SDK class (or nested block class) that declares it."""
+    import pulumi_aws as aws
+
+    result = training_run("p5.48xlarge", market="spot", spot_max_price=40.0, follow_launch_template=True)
+    (group,), (lt,) = result.of_type(GROUP), result.of_type(checks.LT)
+    blocks = [
+        (group.inputs, aws.autoscaling.Group),
+        (group.inputs["launchTemplate"], aws.autoscaling.GroupLaunchTemplateArgs),
+        (group.inputs["instanceRefresh"], aws.autoscaling.GroupInstanceRefreshArgs),
+        (group.inputs["instanceRefresh"]["preferences"], aws.autoscaling.GroupInstanceRefreshPreferencesArgs),
+        *((tag, aws.autoscaling.GroupTagArgs) for tag in group.inputs["tags"]),
+        (lt.inputs, aws.ec2.LaunchTemplate),
+        (lt.inputs["instanceMarketOptions"], aws.ec2.LaunchTemplateInstanceMarketOptionsArgs),
+        (lt.inputs["instanceMarketOptions"]["spotOptions"], aws.ec2.LaunchTemplateInstanceMarketOptionsSpotOptionsArgs),
+        (lt.inputs["metadataOptions"], aws.ec2.LaunchTemplateMetadataOptionsArgs),
+        *((ni, aws.ec2.LaunchTemplateNetworkInterfaceArgs) for ni in lt.inputs["networkInterfaces"]),
+    ]
+    for fields, cls in blocks:
+        unknown = {_snake(k) for k in fields} - _params(cls)
+        assert not unknown, f"{cls.__name__} has no {sorted(unknown)}"
+    block = training_run("p5.48xlarge", market="capacity-block", reservation_target=RESERVATION, placement_group=False)
+    (lt,) = block.of_type(checks.LT)
+    spec = lt.inputs["capacityReservationSpecification"]
+    assert {_snake(k) for k in spec} <= _params(aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs)
+    target = spec["capacityReservationTarget"]
+    assert {_snake(k) for k in target} <= _params(
+        aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs
+    )
