@@ -16,7 +16,7 @@ import pulumi_aws as aws
 from infra.builders.policies import tls_parameter_names, token_parameter_arn, token_parameter_name
 from infra.builders.userdata import trainer_user_data
 from infra.components.base import base_tags
-from infra.components.iam import Iam, IamArgs
+from infra.components.iam import Iam, IamArgs, autoscaling_service_role
 from infra.components.network import Network, NetworkArgs, lookup_zones
 from infra.components.quotas import check_quotas
 from infra.components.serving import (
@@ -29,6 +29,7 @@ from infra.components.serving import (
 )
 from infra.components.storage import Storage, StorageArgs
 from infra.components.training import Training, TrainingArgs
+from infra.config.capacity import block_warnings
 from infra.config.catalog import CATALOG
 from infra.config.cost import enforce_budget, estimate_cost
 from infra.config.stack import load_config
@@ -46,6 +47,8 @@ for ami_key, pinned in (("trainer-ami", cfg.trainer_ami), ("serving-ami", cfg.se
             f"stratus:{ami_key} is not pinned: the newest image is looked up at every preview (running "
             "instances ignore a newer one). Pin it: ./scripts/plan.sh --update-ami Pulumi.<stack>.yaml"
         )
+for line in block_warnings(cfg):
+    pulumi.log.warn(line)
 
 if cfg.quota_check:
     for need in check_quotas(cfg):
@@ -65,6 +68,10 @@ zones = lookup_zones(
     cfg.zone_offerings_lookup,
 )
 
+# Before the key: its policy lets EC2 Auto Scaling encrypt the groups' volumes with it.
+autoscaling_role, autoscaling_role_resources = autoscaling_service_role(
+    partition=partition, account_id=account_id, tags=tags
+)
 storage = Storage(
     "storage",
     StorageArgs(
@@ -78,6 +85,8 @@ storage = Storage(
         checkpoint_noncurrent_days=cfg.checkpoint_noncurrent_days,
         logs_expiration_days=cfg.logs_expiration_days,
         force_destroy=cfg.force_destroy_buckets,
+        autoscaling_role=autoscaling_role,
+        key_depends_on=autoscaling_role_resources,
     ),
 )
 buckets = storage.buckets
@@ -129,7 +138,6 @@ training = Training(
         region=cfg.region,
         tags=tags,
         instance_profile_arn=iam.trainer.instance_profile.arn,
-        instance_profile_name=iam.trainer.instance_profile.name,
         key_arn=storage.key_arn,
         user_data=bucket_names.apply(
             lambda names: trainer_user_data(
@@ -142,6 +150,7 @@ training = Training(
         reservation_preference=cfg.trainer_capacity_reservation_preference or "open",
         placement_group=cfg.use_placement_group,
         ami_id=cfg.trainer_ami,
+        ami_parameter=cfg.ami_family.ssm_parameter,
         follow_launch_template=cfg.trainer_follow_launch_template,
         root_volume_gb=cfg.trainer_root_volume_gb,
         scratch_volume_gb=scratch_gb,
@@ -183,8 +192,10 @@ pulumi.export(contract.OUTPUT_REGION, cfg.region)
 pulumi.export(contract.OUTPUT_KMS_KEY_ARN, storage.key_arn)
 for purpose in contract.BUCKET_PURPOSES:
     pulumi.export(f"{purpose}_bucket", buckets[purpose].bucket)
-pulumi.export(contract.OUTPUT_TRAINER_INSTANCE_IDS, training.instance_ids)
-pulumi.export(contract.OUTPUT_TRAINER_PRIVATE_IPS, training.private_ips)
+# Empty: the nodes are an Auto Scaling group whose members change; the launcher lists them from
+# `trainer_autoscaling_group` at launch time.
+pulumi.export(contract.OUTPUT_TRAINER_INSTANCE_IDS, [])
+pulumi.export(contract.OUTPUT_TRAINER_PRIVATE_IPS, [])
 pulumi.export(contract.OUTPUT_TRAINER_SLOTS_PER_NODE, training.slots_per_node)
 # null: the serving hosts are an Auto Scaling group behind the load balancer (`serving_url`);
 # `serving_autoscaling_group` names the group that lists them.
@@ -195,6 +206,8 @@ pulumi.export(contract.OUTPUT_SERVING_GRPC_TARGET, serving.grpc_target)
 pulumi.export(contract.OUTPUT_SERVING_TOKEN_PARAMETER, serving.token_parameter_name)
 # null where the catalog lacks a price and no price key supplies it: a partial sum is no estimate.
 pulumi.export(contract.OUTPUT_ESTIMATED_HOURLY_USD, float(estimate.total_usd_per_hour) if estimate.complete else None)
+pulumi.export(contract.OUTPUT_TRAINER_AUTOSCALING_GROUP, training.group_name)
+pulumi.export(contract.OUTPUT_EGRESS_ENABLED, cfg.egress_enabled)
 pulumi.export(OUTPUT_SERVING_CA_CERTIFICATE, serving.ca_certificate_pem)
 pulumi.export(OUTPUT_SERVING_TLS_CERT_PARAMETER, serving.tls_cert_parameter_name)
 pulumi.export(OUTPUT_SERVING_TLS_KEY_PARAMETER, serving.tls_key_parameter_name)

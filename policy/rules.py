@@ -42,6 +42,7 @@ TAGGABLE = frozenset(
         k.BUCKET,
         "aws:iam/role:Role",
         "aws:iam/instanceProfile:InstanceProfile",
+        "aws:iam/serviceLinkedRole:ServiceLinkedRole",
         "aws:iam/policy:Policy",
         "aws:ssm/parameter:Parameter",
         "aws:cloudwatch/logGroup:LogGroup",
@@ -237,22 +238,35 @@ def rule_description(args, report_violation) -> None:
             report_violation(f"{_where(args)} has a rule without a description. Set description to what it allows.")
 
 
-def instance_settings(args, report_violation) -> None:
-    """Instances declare, on themselves, detailed monitoring, EBS optimisation and an instance
-    profile (their root volume: `stack_rules.volumes_encrypted`), not only through a launch template."""
-    if args.resource_type != k.INSTANCE:
-        return
-    missing = [
-        setting
-        for setting, ok in (
-            ("monitoring=True", k.get(args.props, "monitoring") is True),
-            ("ebs_optimized=True", k.get(args.props, "ebsOptimized") is True),
-            ("iam_instance_profile", bool(k.get(args.props, "iamInstanceProfile"))),
+def _settings_missing(args) -> list[str]:
+    props = args.props
+    if args.resource_type == k.INSTANCE:
+        checks = (
+            ("monitoring=True", k.get(props, "monitoring") is True),
+            ("ebs_optimized=True", k.get(props, "ebsOptimized") is True),
+            ("iam_instance_profile", bool(k.get(props, "iamInstanceProfile"))),
         )
-        if not ok
-    ]
+    elif args.resource_type == k.LAUNCH_TEMPLATE:
+        profile = k.get(props, "iamInstanceProfile", default={})
+        checks = (
+            ("monitoring.enabled=True", k.get(props, "monitoring", "enabled") in (True, k.UNKNOWN)),
+            ("ebs_optimized='true'", k.get(props, "ebsOptimized") in ("true", True, k.UNKNOWN)),
+            (
+                "iam_instance_profile",
+                profile is k.UNKNOWN or bool(k.get(profile, "arn") or k.get(profile, "name")),
+            ),
+        )
+    else:
+        return []
+    return [setting for setting, ok in checks if not ok]
+
+
+def explicit_settings(args, report_violation) -> None:
+    """Launch templates (and any instance) declare detailed monitoring, EBS optimisation and an
+    instance profile themselves (their volumes: `stack_rules.volumes_encrypted`)."""
+    missing = _settings_missing(args)
     if missing:
-        report_violation(f"{_where(args)} does not set {', '.join(missing)} on the instance. Set them explicitly.")
+        report_violation(f"{_where(args)} does not set {', '.join(missing)}. Set them explicitly.")
 
 
 def _resource(name, description, validate) -> ResourceValidationPolicy:
@@ -289,9 +303,9 @@ RESOURCE_POLICIES = [
         "aws-ec2-securitygroup-rule-description", "Every security group rule has a description.", rule_description
     ),
     _resource(
-        "aws-ec2-instance-explicit-settings",
-        "Instances set detailed monitoring, EBS optimisation and their profile themselves.",
-        instance_settings,
+        "aws-ec2-launchtemplate-explicit-settings",
+        "Launch templates (and instances) set detailed monitoring, EBS optimisation and a profile.",
+        explicit_settings,
     ),
 ]
 

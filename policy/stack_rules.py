@@ -15,6 +15,7 @@ BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
 VOLUME = "aws:ebs/volume:Volume"
 VPC = "aws:ec2/vpc:Vpc"
 FLOW_LOG = "aws:ec2/flowLog:FlowLog"
+GROUP = "aws:autoscaling/group:Group"
 PAB_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
 
 
@@ -151,6 +152,22 @@ def vpc_flow_logs(args, report_violation) -> None:
             )
 
 
+def group_launch_template(args, report_violation) -> None:
+    """Every Auto Scaling group launches from a launch template of this stack (the template's
+    IMDSv2, volumes and interfaces are checked by their own rules), never a launch configuration
+    or instance types mixed in outside the template."""
+    for group in k.of_type(args.resources, GROUP):
+        template = k.depends_on(group, "launchTemplate", k.LAUNCH_TEMPLATE)
+        other = [p for p in ("launchConfiguration", "mixedInstancesPolicy") if k.get(group.props, p)]
+        if not template or other:
+            how = f"sets {', '.join(other)}" if other else "has no launch template of this stack"
+            report_violation(
+                f"{_name(group)} {how}. Set launch_template to the stack's aws.ec2.LaunchTemplate (id and "
+                "latest_version) and remove launch_configuration and mixed_instances_policy.",
+                group.urn,
+            )
+
+
 RULES = [
     (
         "aws-s3-bucket-sse-kms-stack-key",
@@ -161,5 +178,10 @@ RULES = [
     ("aws-s3-bucket-policy-tls-only", "Bucket policies deny plain HTTP.", bucket_policy_tls_only),
     ("aws-ec2-volume-encrypted-stack-key", "EBS volumes are encrypted with the stack key.", volumes_encrypted),
     ("aws-ec2-vpc-flow-logs-enabled", "VPCs log ALL traffic.", vpc_flow_logs),
+    (
+        "aws-autoscaling-group-launch-template",
+        "Auto Scaling groups launch from a launch template of the stack.",
+        group_launch_template,
+    ),
 ]
 """(name, description, validate) of each stack rule."""

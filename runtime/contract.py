@@ -23,7 +23,11 @@ OUTPUT_CHECKPOINTS_BUCKET = "checkpoints_bucket"
 OUTPUT_MODELS_BUCKET = "models_bucket"
 OUTPUT_LOGS_BUCKET = "logs_bucket"
 OUTPUT_TRAINER_INSTANCE_IDS = "trainer_instance_ids"
+"""Always `[]` since the nodes are an Auto Scaling group (issue 21): a group's members are not
+known at `pulumi up` and change when a node is replaced; list them from
+`OUTPUT_TRAINER_AUTOSCALING_GROUP`. Kept so that readers of older stacks keep working."""
 OUTPUT_TRAINER_PRIVATE_IPS = "trainer_private_ips"
+"""Always `[]`, like `OUTPUT_TRAINER_INSTANCE_IDS`."""
 OUTPUT_TRAINER_SLOTS_PER_NODE = "trainer_slots_per_node"
 OUTPUT_SERVING_INSTANCE_ID = "serving_instance_id"
 OUTPUT_SERVING_PRIVATE_IP = "serving_private_ip"
@@ -55,6 +59,8 @@ STACK_OUTPUTS = (
     OUTPUT_SERVING_GRPC_TARGET,
     OUTPUT_SERVING_TOKEN_PARAMETER,
     OUTPUT_ESTIMATED_HOURLY_USD,
+    OUTPUT_TRAINER_AUTOSCALING_GROUP,
+    OUTPUT_EGRESS_ENABLED,
 )
 """Every output the program exports, in the order it exports them."""
 

@@ -7,6 +7,7 @@ zones exist and which offer the instance types, then calls `choose_zones`.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,91 @@ def plan_subnets(vpc_cidr: str, zones: Sequence[str]) -> list[SubnetPlan]:
     vpc = ipaddress.ip_network(vpc_cidr, strict=True)
     blocks = list(vpc.subnets(prefixlen_diff=SUBNET_SPLIT_BITS))
     return [SubnetPlan(zone, str(blocks[i]), str(blocks[MAX_ZONES + i])) for i, zone in enumerate(zones)]
+
+
+AWS_RESERVED_PER_SUBNET = 5
+"""Addresses AWS keeps in every subnet: network, VPC router, DNS, future use, broadcast."""
+REPLACEMENT_FRACTION = 0.1
+"""Capacity rebalancing may run the group 10% over its size (at least one instance) while
+replacements start before the instances they replace are gone (Auto Scaling user guide)."""
+MIN_VPC_PREFIX = 16
+
+
+@dataclass(frozen=True)
+class AddressBudget:
+    """Addresses of the training subnet: what it holds and what the stack puts in it."""
+
+    subnet_cidr: str
+    usable: int
+    """The subnet's size minus `AWS_RESERVED_PER_SUBNET`."""
+    needs: tuple[tuple[str, int], ...]
+    """(what, addresses) of each consumer."""
+
+    @property
+    def total(self) -> int:
+        """Addresses needed."""
+        return sum(n for _, n in self.needs)
+
+    @property
+    def shortfall(self) -> int:
+        """Addresses missing (0 when the subnet is big enough)."""
+        return max(0, self.total - self.usable)
+
+    def describe(self) -> str:
+        """`<subnet>: N usable, M needed (a + b + ...)`."""
+        parts = " + ".join(f"{n} {what}" for what, n in self.needs)
+        return (
+            f"training subnet {self.subnet_cidr}: {self.usable} usable addresses (its "
+            f"{self.usable + AWS_RESERVED_PER_SUBNET} minus the {AWS_RESERVED_PER_SUBNET} AWS reserves), "
+            f"{self.total} needed ({parts})"
+        )
+
+
+def training_subnet_budget(
+    vpc_cidr: str,
+    *,
+    nodes: int,
+    ip_interfaces_per_node: int,
+    interface_endpoints: int,
+    serving_hosts: int,
+    zones: int,
+) -> AddressBudget:
+    """The address budget of the training subnet (the first private subnet of `plan_subnets`).
+
+    Args:
+        vpc_cidr: the VPC range.
+        nodes: `trainer-count`.
+        ip_interfaces_per_node: interfaces of a node that carry an IP (`InstanceType.ip_interfaces`).
+        interface_endpoints: interface VPC endpoints (one interface in every private subnet each).
+        serving_hosts: the most serving hosts in service (`serving-max-count`, else `serving-count`);
+            a rolling refresh doubles them, spread over `zones` subnets.
+        zones: private subnets the serving group and the load balancer span.
+    """
+    subnet = next(ipaddress.ip_network(vpc_cidr, strict=True).subnets(prefixlen_diff=SUBNET_SPLIT_BITS))
+    spare = max(1, math.ceil(nodes * REPLACEMENT_FRACTION))
+    needs = (
+        (
+            f"for the training nodes ({nodes} + {spare} replacing, {ip_interfaces_per_node} "
+            + ("IP interface each)" if ip_interfaces_per_node == 1 else "IP interfaces each)"),
+            (nodes + spare) * ip_interfaces_per_node,
+        ),
+        (f"for {interface_endpoints} interface endpoints", interface_endpoints),
+        ("for the load balancer", 1),
+        (
+            f"for serving hosts (up to {2 * serving_hosts} during a refresh, over {zones} zones)",
+            math.ceil(2 * serving_hosts / zones),
+        ),
+    )
+    return AddressBudget(str(subnet), subnet.num_addresses - AWS_RESERVED_PER_SUBNET, needs)
+
+
+def smallest_vpc_prefix(total: int) -> int | None:
+    """The longest VPC prefix (smallest VPC, /16 at most) whose training subnet holds `total`
+    addresses; None when even a /16 does not."""
+    for prefix in range(24, MIN_VPC_PREFIX - 1, -1):
+        if 2 ** (32 - prefix - SUBNET_SPLIT_BITS) - AWS_RESERVED_PER_SUBNET >= total:
+            return prefix
+    return None
 
 
 @dataclass(frozen=True)

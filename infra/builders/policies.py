@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from infra.builders.autoscaling import autoscaling_key_statements
 from runtime.contract import MODELS_PREFIX, RUNTIME_PREFIX
 
 Document = dict[str, Any]
@@ -86,14 +87,17 @@ def ec2_assume_role_policy() -> Document:
     }
 
 
-def kms_key_policy(*, account_id: str, partition: str, region: str) -> Document:
+def kms_key_policy(*, account_id: str, partition: str, region: str, autoscaling_role: str | None = None) -> Document:
     """Key policy of the stack key: the account's IAM decides who uses it; log delivery may too.
 
     The account root statement delegates to IAM (no principal gets access from the key policy
     alone); the two service statements let S3 access logging and VPC flow-log delivery write
-    SSE-KMS objects into the logs bucket, only on behalf of this account.
+    SSE-KMS objects into the logs bucket, only on behalf of this account. With
+    `autoscaling_role` (`autoscaling_role_arn`), EC2 Auto Scaling may encrypt the volumes of the
+    groups' instances with the key (the role must exist before the policy names it).
     """
     source_account = {"StringEquals": {"aws:SourceAccount": account_id}}
+    extra = autoscaling_key_statements(autoscaling_role, KEY_USE_ACTIONS) if autoscaling_role else []
     return {
         "Version": VERSION,
         "Statement": [
@@ -123,6 +127,7 @@ def kms_key_policy(*, account_id: str, partition: str, region: str) -> Document:
                     "ArnLike": {"aws:SourceArn": f"arn:{partition}:logs:{region}:{account_id}:*"},
                 },
             ),
+            *extra,
         ],
     }
 

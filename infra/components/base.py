@@ -13,26 +13,7 @@ IMDSV2_ONLY = {
     # credentials through IMDS.
     "http_put_response_hop_limit": 1,
 }
-"""Metadata options of every instance and launch template (training nodes, serving host)."""
-
-
-def instance_settings(*, key_arn, root_volume_gb: int, profile_name) -> dict:
-    """Settings every instance declares on itself (not only through a launch template), where
-    scanners and readers look: IMDSv2, detailed monitoring, EBS optimisation, the instance
-    profile and a gp3 root volume encrypted with the stack key."""
-    return {
-        "metadata_options": IMDSV2_ONLY,
-        "monitoring": True,
-        "ebs_optimized": True,
-        "iam_instance_profile": profile_name,
-        "root_block_device": {
-            "encrypted": True,
-            "kms_key_id": key_arn,
-            "volume_type": "gp3",
-            "volume_size": root_volume_gb,
-            "delete_on_termination": True,
-        },
-    }
+"""Metadata options of every launch template (training nodes, serving hosts)."""
 
 
 def base_tags() -> dict[str, str]:

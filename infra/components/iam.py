@@ -9,6 +9,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.builders import policies
+from infra.builders.autoscaling import AUTOSCALING_ROLE_NAME, AUTOSCALING_SERVICE, autoscaling_role_arn
 from infra.components.base import child, component_tags
 
 SSM_CORE_POLICY = "AmazonSSMManagedInstanceCore"
@@ -110,3 +111,29 @@ class Iam(pulumi.ComponentResource):
         )
         profile = aws.iam.InstanceProfile(f"{res}-profile", role=role.name, tags=self._tags, opts=child(self))
         return Profile(role, profile)
+
+
+def autoscaling_service_role(*, partition: str, account_id: str, tags: dict[str, str]) -> tuple[str, list]:
+    """EC2 Auto Scaling's service-linked role: its ARN, and the resource creating it when the
+    account has none yet (AWS creates it with the first group, but the stack key's policy must
+    name it before). Kept on `pulumi destroy` (other groups of the account use it) and dropped
+    from the stack once it exists.
+
+    Returns:
+        (role ARN, [the `aws.iam.ServiceLinkedRole`] or [] when the account has the role).
+    """
+    found = aws.iam.get_roles(
+        path_prefix=f"/aws-service-role/{AUTOSCALING_SERVICE}/",
+        name_regex=f"^{AUTOSCALING_ROLE_NAME}$",
+    )
+    arn = autoscaling_role_arn(partition=partition, account_id=account_id)
+    if found.arns:
+        return arn, []
+    role = aws.iam.ServiceLinkedRole(
+        "autoscaling-service-role",
+        aws_service_name=AUTOSCALING_SERVICE,
+        description="EC2 Auto Scaling (created by stratus because the account had none)",
+        tags=component_tags(tags, "iam"),
+        opts=pulumi.ResourceOptions(retain_on_delete=True),
+    )
+    return arn, [role]

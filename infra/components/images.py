@@ -20,14 +20,19 @@ class Image:
     root_device_name: str
 
 
-def find_image(*, gpu: bool, override: str | None, region: str) -> Image:
-    """Look up the newest matching Amazon-owned AMI, or describe the `override` AMI id.
+def find_image(*, gpu: bool, override: str | None, region: str, ssm_parameter: str | None = None) -> Image:
+    """Describe the `override` AMI id, or the image an SSM public parameter names, or look up the
+    newest matching Amazon-owned AMI.
 
     Args:
         gpu: True for the Deep Learning AMI, False for plain Amazon Linux 2023.
         override: an AMI id from config (`trainer-ami`, `serving-ami`), or None.
         region: the stack's region.
+        ssm_parameter: without an override, the SSM public parameter holding the AMI id (a Deep
+            Learning AMI family's `/aws/service/deeplearning/ami/...`); None: the name lookup.
     """
+    if override is None and ssm_parameter is not None:
+        override = aws.ssm.get_parameter(name=ssm_parameter, region=region).value
     if override is not None:
         result = aws.ec2.get_ami(filters=[{"name": "image-id", "values": [override]}], most_recent=True, region=region)
     else:

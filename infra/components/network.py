@@ -16,6 +16,7 @@ from infra.builders.policies import FLOW_LOG_PREFIX
 from infra.components.base import child, component_tags
 
 HTTPS = 443
+HTTP = 80
 
 
 def lookup_zones(
@@ -216,6 +217,15 @@ class Network(pulumi.ComponentResource):
                     sg,
                     HTTPS,
                     "HTTPS to the internet through the NAT gateway",
+                    cidr="0.0.0.0/0",  # egress, not ingress; only with egress-enabled (docs/security.md)
+                )
+                # Debian/Ubuntu mirrors serve over HTTP (apt checks the signed indexes instead of TLS):
+                # without it an Ubuntu AMI's `apt-get update` hangs. Only with egress-enabled.
+                self._egress(
+                    f"{role}-http-internet",
+                    sg,
+                    HTTP,
+                    "HTTP to package mirrors through the NAT gateway (apt verifies signed indexes)",
                     cidr="0.0.0.0/0",  # egress, not ingress; only with egress-enabled (docs/security.md)
                 )
         self.training_sg_id, self.serving_sg_id, self.lb_sg_id = training_sg.id, serving_sg.id, lb_sg.id

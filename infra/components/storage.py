@@ -45,6 +45,11 @@ class StorageArgs:
     """Let `pulumi destroy` delete non-empty buckets."""
     extra_noncurrent_days: dict[str, int] = field(default_factory=lambda: {"models": 90})
     """Noncurrent-version expiry for other buckets (models keep rollback history for 90 days)."""
+    autoscaling_role: str | None = None
+    """ARN of EC2 Auto Scaling's service-linked role, allowed to use the key for the groups'
+    volumes; None: no such statement."""
+    key_depends_on: list[pulumi.Resource] = field(default_factory=list)
+    """Resources the key waits for (the service-linked role, when the stack creates it)."""
 
 
 def bucket_prefix(name_prefix: str, purpose: str) -> str:
@@ -74,10 +79,15 @@ class Storage(pulumi.ComponentResource):
             enable_key_rotation=True,
             deletion_window_in_days=args.kms_deletion_window_days,
             policy=json.dumps(
-                policies.kms_key_policy(account_id=args.account_id, partition=args.partition, region=args.region)
+                policies.kms_key_policy(
+                    account_id=args.account_id,
+                    partition=args.partition,
+                    region=args.region,
+                    autoscaling_role=args.autoscaling_role,
+                )
             ),
             tags=tags,
-            opts=child(self),
+            opts=child(self, depends_on=args.key_depends_on),
         )
         self.key_arn = self.key.arn
         aws.kms.Alias(

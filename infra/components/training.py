@@ -1,4 +1,11 @@
-"""Training nodes: N GPU instances from one launch template in a cluster placement group."""
+"""Training nodes: an EC2 Auto Scaling group of N GPU instances from one launch template.
+
+The group keeps `num_nodes` running (minimum = maximum = desired): a node lost to a spot
+interruption, a failed health check or a Capacity Block's end is replaced by a new instance (new
+id, new private IP) from the same template, in the same subnet and placement group. The
+launcher reads the live ids and IPs from the group (`trainer_autoscaling_group`), not from stack
+outputs frozen at `pulumi up`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,16 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.builders.userdata import SCRATCH_DEVICE
-from infra.components.base import IMDSV2_ONLY, child, component_tags, instance_settings
+from infra.components.base import IMDSV2_ONLY, child, component_tags
 from infra.components.images import Image, find_image
 from infra.config.catalog import InstanceType
+
+BOOT_SECONDS = 1800
+"""Health-check grace of a new node: the first boot installs the runtime bundle and builds the
+ops (`stratus-prepare.service`) before anything should judge it."""
+CAPACITY_WAIT = "15m"
+"""How long `pulumi up` waits for the group to reach its size (a p5 boot with 32 interfaces and
+a Capacity Block's start take minutes); past it the update fails instead of hanging."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,8 +42,6 @@ class TrainingArgs:
     """The training security group (all traffic from itself only)."""
     instance_profile_arn: pulumi.Input[str]
     """Trainer instance profile (launch template)."""
-    instance_profile_name: pulumi.Input[str]
-    """Its name (repeated on each instance, where scanners look for it)."""
     key_arn: pulumi.Input[str]
     """The stack key, for root and scratch volumes."""
     user_data: pulumi.Input[str]
@@ -49,9 +61,12 @@ class TrainingArgs:
     placement_group: bool = True
     """Create a cluster placement group for the nodes."""
     ami_id: str | None = None
-    """Pinned AMI; None looks up the newest Deep Learning AMI."""
+    """Pinned AMI; None: the image `ami_parameter` names (or, without one, the newest by name)."""
+    ami_parameter: str | None = None
+    """SSM public parameter of the Deep Learning AMI family (`AmiFamily.ssm_parameter`)."""
     follow_launch_template: bool = False
-    """Replace running nodes when the launch template changes; False: they ignore the change."""
+    """Roll the nodes (an instance refresh) when the launch template changes; False: running
+    nodes keep their image and user data, and only replacements get the new version."""
     root_volume_gb: int = 200
     """Root volume size."""
     scratch_volume_gb: int = 0
@@ -62,24 +77,30 @@ class TrainingArgs:
     """gp3 throughput of the scratch volume."""
 
 
-def network_interfaces(efa_interfaces: int, subnet_id, security_group_id) -> list[dict]:
-    """Launch-template interfaces: one EFA per EFA-capable network card, else one plain ENI.
+def network_interfaces(instance_type: InstanceType, security_group_id) -> list[dict]:
+    """Launch-template interfaces: EFA on every EFA-capable network card, else one plain ENI.
 
-    EC2 wants the primary interface at device index 0 of card 0 and every further card's
-    interface at device index 1. None gets a public IP.
+    Card 0 holds the primary interface (device index 0), an `efa` interface (EFA with ENA, the
+    node's IP address). Types with `efa_only` take `efa-only` interfaces at device index 0 of
+    cards 1..N-1 (no IP address: one subnet address per node instead of one per card, as AWS
+    configures P5); other EFA types take `efa` interfaces at device index 1 of every further
+    card. No subnet here: the Auto Scaling group places every interface in its subnet. None gets a
+    public IP.
     """
     common = {
-        "subnet_id": subnet_id,
         "security_groups": [security_group_id],
         "associate_public_ip_address": "false",
         "delete_on_termination": "true",
     }
-    if efa_interfaces == 0:
+    if instance_type.efa_interfaces == 0:
         return [{"device_index": 0, **common}]
-    return [
-        {"network_card_index": card, "device_index": 0 if card == 0 else 1, "interface_type": "efa", **common}
-        for card in range(efa_interfaces)
-    ]
+    interfaces = [{"network_card_index": 0, "device_index": 0, "interface_type": "efa", **common}]
+    for card in range(1, instance_type.efa_interfaces):
+        if instance_type.efa_only:
+            interfaces.append({"network_card_index": card, "device_index": 0, "interface_type": "efa-only", **common})
+        else:
+            interfaces.append({"network_card_index": card, "device_index": 1, "interface_type": "efa", **common})
+    return interfaces
 
 
 def market_options(args: TrainingArgs) -> dict | None:
@@ -109,26 +130,34 @@ def reservation_options(args: TrainingArgs) -> dict | None:
 
 
 class Training(pulumi.ComponentResource):
-    """Placement group, launch template (IMDSv2, encrypted EBS, EFA, trainer profile), nodes.
+    """Placement group, launch template (IMDSv2, encrypted EBS, EFA, trainer profile), node group.
 
-    Nodes ignore later changes of their launch template (a newer AMI, new user data) unless
-    `follow_launch_template`: a routine `pulumi up` never replaces them.
+    A routine `pulumi up` never replaces running nodes: a new template version (AMI, user data)
+    reaches only the nodes launched after it, unless `follow_launch_template` starts a refresh.
     """
 
-    instance_ids: pulumi.Output[list[str]]
-    private_ips: pulumi.Output[list[str]]
+    group_name: pulumi.Output[str]
+    """Name of the nodes' Auto Scaling group (the launcher lists its instances)."""
     slots_per_node: int
     image: Image
 
     def __init__(self, name: str, args: TrainingArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("stratus:infra:Training", name, None, opts)
         tags = component_tags(args.tags, "training")
-        self.image = image = find_image(gpu=True, override=args.ami_id, region=args.region)
+        self.image = image = find_image(
+            gpu=True, override=args.ami_id, region=args.region, ssm_parameter=args.ami_parameter
+        )
         placement = None
         if args.placement_group:
             # Cluster placement keeps all nodes on one low-latency segment for NCCL all-reduce.
-            group = aws.ec2.PlacementGroup(f"{name}-placement", strategy="cluster", tags=tags, opts=child(self))
-            placement = {"group_name": group.name}
+            placement = aws.ec2.PlacementGroup(f"{name}-placement", strategy="cluster", tags=tags, opts=child(self))
+        template = self._launch_template(name, args, image, tags)
+        group = self._group(name, args, template, placement, tags)
+        self.group_name = group.name
+        self.slots_per_node = args.instance_type.gpus
+        self.register_outputs({"group_name": self.group_name})
+
+    def _launch_template(self, name: str, args: TrainingArgs, image: Image, tags) -> aws.ec2.LaunchTemplate:
         volume = {
             "encrypted": "true",
             "kms_key_id": args.key_arn,
@@ -150,7 +179,8 @@ class Training(pulumi.ComponentResource):
                     },
                 }
             )
-        template = aws.ec2.LaunchTemplate(
+        node_tags = {**tags, "Name": f"{name}-node"}
+        return aws.ec2.LaunchTemplate(
             f"{name}-launch-template",
             description=f"stratus training nodes ({args.instance_type.name})",
             image_id=image.ami_id,
@@ -158,10 +188,7 @@ class Training(pulumi.ComponentResource):
             iam_instance_profile={"arn": args.instance_profile_arn},
             metadata_options=IMDSV2_ONLY,
             block_device_mappings=devices,
-            network_interfaces=network_interfaces(
-                args.instance_type.efa_interfaces, args.subnet_id, args.security_group_id
-            ),
-            placement=placement,
+            network_interfaces=network_interfaces(args.instance_type, args.security_group_id),
             instance_market_options=market_options(args),
             capacity_reservation_specification=reservation_options(args),
             monitoring={"enabled": True},
@@ -170,29 +197,42 @@ class Training(pulumi.ComponentResource):
                 lambda text: base64.b64encode(text.encode()).decode()
             ),
             tag_specifications=[
-                {"resource_type": kind, "tags": tags} for kind in ("instance", "volume", "network-interface")
+                {"resource_type": kind, "tags": node_tags} for kind in ("instance", "volume", "network-interface")
             ],
             update_default_version=True,
             tags=tags,
-            opts=child(self),
+            # Unpinned, AWS's next image must not reach a replacement node while the others run the
+            # current one (torch, NCCL and the EFA stack would differ across the set): pin to move.
+            opts=child(self, ignore_changes=[] if args.ami_id else ["imageId"]),
         )
-        nodes = [self._node(name, i, args, template, image, tags) for i in range(args.num_nodes)]
-        self.instance_ids = pulumi.Output.all(*(n.id for n in nodes))
-        self.private_ips = pulumi.Output.all(*(n.private_ip for n in nodes))
-        self.slots_per_node = args.instance_type.gpus
-        self.register_outputs({"instance_ids": self.instance_ids, "private_ips": self.private_ips})
 
-    def _node(self, name: str, i: int, args: TrainingArgs, template, image: Image, tags) -> aws.ec2.Instance:
-        # A new template version (AMI, user data) would replace the node: ignored unless asked.
-        ignore = [] if args.follow_launch_template else ["launchTemplate", "rootBlockDevice"]
-        return aws.ec2.Instance(
-            f"{name}-node-{i}",
+    def _group(self, name: str, args: TrainingArgs, template, placement, tags) -> aws.autoscaling.Group:
+        refresh = None
+        if args.follow_launch_template:
+            # All nodes at once: a training run needs the whole set, and a block or a reservation
+            # has no room for extra nodes to roll through.
+            refresh = {
+                "strategy": "Rolling",
+                "preferences": {"min_healthy_percentage": 0, "max_healthy_percentage": 100},
+            }
+        return aws.autoscaling.Group(
+            f"{name}-nodes",
+            min_size=args.num_nodes,
+            max_size=args.num_nodes,
+            desired_capacity=args.num_nodes,
+            vpc_zone_identifiers=[args.subnet_id],
+            # The template's latest version, not "$Latest": the group records which one it launches.
             launch_template={"id": template.id, "version": template.latest_version.apply(str)},
-            # Repeated from the template on purpose: an instance-level setting wins over the
-            # template (IMDSv2 holds even if someone edits it), and scanners read the instance.
-            **instance_settings(
-                key_arn=args.key_arn, root_volume_gb=args.root_volume_gb, profile_name=args.instance_profile_name
-            ),
-            tags={**tags, "Name": f"{name}-node-{i}"},
-            opts=child(self, ignore_changes=ignore),
+            placement_group=placement.name if placement is not None else None,
+            # Spot: start a replacement when EC2 signals a rebalance risk, before the interruption.
+            capacity_rebalance=True if args.market == "spot" else None,
+            health_check_type="EC2",
+            health_check_grace_period=BOOT_SECONDS,
+            wait_for_capacity_timeout=CAPACITY_WAIT,
+            instance_refresh=refresh,
+            tags=[
+                {"key": k, "value": v, "propagate_at_launch": True}
+                for k, v in sorted({**tags, "Name": f"{name}-node"}.items())
+            ],
+            opts=child(self),
         )

@@ -10,6 +10,7 @@ Pure functions of a config-like object; each raises `ConfigError` naming the key
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from infra.config.catalog import CATALOG
@@ -25,6 +26,69 @@ GP3_IOPS = (3000, 16000)
 GP3_MIBPS = (125, 1000)
 GP3_IOPS_PER_GB = 500
 GP3_MIBPS_PER_IOPS = 0.25
+BLOCK_TERMINATION_MINUTES = 30
+"""EC2 starts terminating a Capacity Block's instances this long before the block ends."""
+
+
+def parse_block_end(text: str | None) -> datetime | None:
+    """`trainer-capacity-block-end` as an aware datetime (None when unset).
+
+    Raises:
+        ConfigError: not an ISO-8601 time with a UTC offset.
+    """
+    if text is None:
+        return None
+    try:
+        end = datetime.fromisoformat(text)
+    except ValueError:
+        end = None
+    if end is None or end.tzinfo is None:
+        raise ConfigError(
+            "trainer-capacity-block-end",
+            f"{text!r} is not an ISO-8601 time with a UTC offset",
+            "copy the block's EndDate, e.g. 2026-12-10T11:30:00Z (`aws ec2 describe-capacity-reservations "
+            "--capacity-reservation-ids <id> --query 'CapacityReservations[0].EndDate'`)",
+        )
+    return end
+
+
+def block_summary(cfg: Any, now: datetime | None = None) -> list[str]:
+    """What the plan and the preview say about a Capacity Block's end (empty for other markets).
+
+    Args:
+        cfg: a `StackConfig`.
+        now: the current time (tests pass one); default: now, UTC.
+    """
+    if cfg.trainer_market != "capacity-block":
+        return []
+    end = cfg.capacity_block_end
+    if end is None:
+        return [
+            "the Capacity Block's end is unknown: set stratus:trainer-capacity-block-end to its EndDate, so the "
+            f"plan shows when EC2 starts terminating the nodes ({BLOCK_TERMINATION_MINUTES} min before the end)"
+        ]
+    now = now or datetime.now(UTC)
+    cutoff = end - timedelta(minutes=BLOCK_TERMINATION_MINUTES)
+    lines = [
+        f"Capacity Block ends {end.astimezone(UTC):%Y-%m-%d %H:%M} UTC; EC2 starts terminating the nodes at "
+        f"{cutoff.astimezone(UTC):%Y-%m-%d %H:%M} UTC: launch (or relaunch) only a run that finishes and "
+        "checkpoints before then; the group cannot replace nodes after it"
+    ]
+    left = (cutoff - now).total_seconds() / 3600
+    if left <= 0:
+        lines.append("the Capacity Block is over (or in its last 30 minutes): nodes cannot launch into it")
+    elif cfg.training_hours is not None and cfg.training_hours > left:
+        lines.append(
+            f"stratus:training-hours ({cfg.training_hours:g} h) is longer than the {left:.1f} h left before the "
+            "terminations start: the run would be cut off"
+        )
+    return lines
+
+
+def block_warnings(cfg: Any) -> list[str]:
+    """`block_summary` lines that need the operator's attention (all but the plain end time)."""
+    lines = block_summary(cfg)
+    return lines if lines and cfg.capacity_block_end is None else lines[1:]
 
 
 def check_capacity(cfg: Any) -> None:
@@ -57,12 +121,17 @@ def check_capacity(cfg: Any) -> None:
         )
     if block:
         _check_block(cfg, rid, group)
-    elif cfg.trainer_capacity_block_usd_per_hour is not None:
-        raise ConfigError(
-            "trainer-capacity-block-usd-per-hour",
-            f"is set but `trainer-market` is {cfg.trainer_market}",
-            "remove it, or set `trainer-market: capacity-block`",
-        )
+    else:
+        for key, value in (
+            ("trainer-capacity-block-usd-per-hour", cfg.trainer_capacity_block_usd_per_hour),
+            ("trainer-capacity-block-end", cfg.trainer_capacity_block_end),
+        ):
+            if value is not None:
+                raise ConfigError(
+                    key,
+                    f"is set but `trainer-market` is {cfg.trainer_market}",
+                    "remove it, or set `trainer-market: capacity-block`",
+                )
     pref = cfg.trainer_capacity_reservation_preference
     if pref is not None and pref not in PREFERENCES:
         raise ConfigError(
@@ -108,6 +177,7 @@ def _check_block(cfg: Any, rid: str | None, group: str | None) -> None:
             "set it to the block's reservation id (`aws ec2 describe-capacity-reservations "
             "--filters Name=reservation-type,Values=capacity-block`), and unset the group ARN",
         )
+    parse_block_end(cfg.trainer_capacity_block_end)
     price = cfg.trainer_capacity_block_usd_per_hour
     if price is not None and price <= 0:
         raise ConfigError(
@@ -119,7 +189,8 @@ def scratch_choice(instance_type: str, scratch_volume_gb: int | None) -> tuple[s
     """Where /scratch lives: (`nvme`, 0) on a type with local NVMe unless an EBS size is set,
     (`ebs`, GB) with an EBS volume, (`none`, 0) when the size is 0."""
     if scratch_volume_gb is None:
-        if CATALOG[instance_type].nvme_disks:
+        entry = CATALOG.get(instance_type)  # an unknown type is reported by its own check
+        if entry is not None and entry.nvme_disks:
             return "nvme", 0
         return "ebs", DEFAULT_EBS_SCRATCH_GB
     return ("ebs", scratch_volume_gb) if scratch_volume_gb else ("none", 0)

@@ -57,6 +57,16 @@ class InstanceType:
     """Size of each instance-store disk in GB."""
     efa_rdma: bool = False
     """EFA supports RDMA read/write (GPUDirect RDMA: `FI_EFA_USE_DEVICE_RDMA=1`)."""
+    efa_only: bool = False
+    """The network cards after card 0 take `efa-only` interfaces (the EFA device without an ENA
+    device, so no IP address); False: every EFA interface is `efa` and carries an IP."""
+
+    @property
+    def ip_interfaces(self) -> int:
+        """Interfaces of one node that hold a private IPv4 address of the training subnet."""
+        if self.efa_interfaces == 0 or self.efa_only:
+            return 1
+        return self.efa_interfaces
 
     @property
     def quota(self) -> tuple[str, str, str, str]:
@@ -77,7 +87,9 @@ def _prices(us_east_1: str, us_west_2: str, eu_west_1: str | None) -> dict[str, 
     return prices
 
 
-def _gpu(name, gpus, model, gpu_mem, vcpus, mem, gbps, efa, prices, nvme=(0, 0), rdma=False, sold=()) -> InstanceType:
+def _gpu(
+    name, gpus, model, gpu_mem, vcpus, mem, gbps, efa, prices, nvme=(0, 0), rdma=False, sold=(), efa_only=False
+) -> InstanceType:
     return InstanceType(
         name=name,
         gpus=gpus,
@@ -92,6 +104,7 @@ def _gpu(name, gpus, model, gpu_mem, vcpus, mem, gbps, efa, prices, nvme=(0, 0),
         nvme_disk_gb=nvme[1],
         efa_rdma=rdma,
         sold_in=sold,
+        efa_only=efa_only,
     )
 
 
@@ -153,8 +166,13 @@ QUOTAS = {
 
 # EFA interface counts follow the EC2 user guide table "Supported instance types" for EFA:
 # g5.48xlarge and g6e.12xlarge have one EFA-capable card, p4d/g6e.48xlarge four, p5 thirty-two;
-# p4d and p5 also support RDMA over EFA. NVMe counts and sizes: EC2 user guide, "Instance store
-# volume limits" (the local disks the training nodes stripe into /scratch).
+# p4d and p5 also support RDMA over EFA. `efa_only`: AWS's P5 configuration (EC2 user guide,
+# "Maximize network bandwidth on Amazon EC2 instances with multiple network cards", "EFA
+# configuration for P5 and P5e") puts an `efa` interface on card 0 and `efa-only` interfaces on
+# cards 1-31, so a p5 node takes one subnet address instead of 32. Recorded only where that
+# guide shows it; p4d (and the multi-card g6e.48xlarge) keep `efa` on every card. NVMe counts
+# and sizes: EC2 user guide, "Instance store volume limits" (the local disks the training nodes
+# stripe into /scratch).
 _CATALOG = [
     _gpu("g5.xlarge", 1, "A10G", 24, 4, 16, 10, 0, _prices("1.006", "1.006", "1.123"), nvme=(1, 250)),
     _gpu("g5.2xlarge", 1, "A10G", 24, 8, 32, 10, 0, _prices("1.212", "1.212", "1.353"), nvme=(1, 450)),
@@ -192,6 +210,7 @@ _CATALOG = [
         nvme=(8, 3840),
         rdma=True,
         sold=_P5_SOLD,
+        efa_only=True,
     ),
     _cpu("c7i.xlarge", 4, 8, _prices("0.1785", "0.1785", "0.1995"), sold=_C7I_XLARGE_SOLD),
     _cpu("c7i.2xlarge", 8, 16, _prices("0.357", "0.357", "0.399"), sold=_C7I_2XLARGE_SOLD),
@@ -263,6 +282,59 @@ REGION_PRICES: dict[str, RegionPrices] = {
 }
 """Non-instance prices of the regions the catalog has them for; elsewhere the estimate marks
 those lines unpriced."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AmiFamily:
+    """A family of AWS Deep Learning AMIs (x86_64, Amazon Linux 2023) that AWS keeps current."""
+
+    name: str
+    """The value of `trainer-ami-framework`, e.g. `pytorch-2.13`."""
+    ami_type: str
+    """The `$ami_type` of the family's SSM public parameter (the AMI's name without "Deep",
+    "Learning" and "AMI", as AWS's DLAMI guide "Finding the ID of a DLAMI" spells it)."""
+    image_name: str
+    """EC2 name pattern of the family's images (`scripts/plan.sh --update-ami`)."""
+    torch: str | None
+    """PyTorch version the AMI carries in /opt/pytorch (its release notes' `framework_version`);
+    None: no framework (the runtime bundle brings torch)."""
+
+    @property
+    def ssm_parameter(self) -> str:
+        """The SSM public parameter holding the id of the family's newest image in each region."""
+        return f"/aws/service/deeplearning/ami/x86_64/{self.ami_type}/latest/ami-id"
+
+
+def _pytorch(version: str) -> AmiFamily:
+    return AmiFamily(
+        name=f"pytorch-{version}",
+        ami_type=f"oss-nvidia-driver-gpu-pytorch-{version}-amazon-linux-2023",
+        image_name=f"Deep Learning OSS Nvidia Driver AMI GPU PyTorch {version}* (Amazon Linux 2023) *",
+        torch=version,
+    )
+
+
+# The versions are those whose AL2023 release notes AWS's DLAMI guide lists (2.10, 2.11, 2.13 as
+# of 2026-10); add one here when AWS publishes it. The runtime pins torch in
+# requirements/runtime.txt; DEFAULT_AMI_FAMILY carries the same minor version (a test checks it),
+# so the nodes can reuse the AMI's torch instead of installing their own.
+AMI_FAMILIES: dict[str, AmiFamily] = {
+    f.name: f
+    for f in (
+        _pytorch("2.10"),
+        _pytorch("2.11"),
+        _pytorch("2.13"),
+        AmiFamily(
+            name="base",
+            ami_type="base-oss-nvidia-driver-gpu-amazon-linux-2023",
+            image_name="Deep Learning Base OSS Nvidia Driver GPU AMI (Amazon Linux 2023) *",
+            torch=None,
+        ),
+    )
+}
+"""Deep Learning AMI families a training node may boot (`trainer-ami-framework`)."""
+DEFAULT_AMI_FAMILY = "pytorch-2.13"
+
 
 REGIONS: tuple[str, ...] = tuple(sorted({r for t in CATALOG.values() if t.gpus for r in t.regions}))
 """Regions the stack accepts: every region recorded as selling one of the catalog's GPU types."""

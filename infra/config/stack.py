@@ -4,7 +4,8 @@ Components never call `pulumi.Config`; `__main__.py` calls `load_config()` and h
 `StackConfig` (or values taken from it) to each component. Keys are kebab-case in the `stratus`
 namespace (`pulumi config set trainer-count 4`), plus `aws:region`. An unknown key, a malformed
 value or an inconsistent combination raises `ConfigError` naming the key and the fix, so
-`pulumi preview` fails before anything is planned.
+`pulumi preview` fails before anything is planned; several bad keys raise one `ConfigErrors`
+listing every one of them.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from infra.builders.netplan import AddressBudget
 from infra.config import capacity, validate
-from infra.config.errors import ConfigError
+from infra.config.catalog import AMI_FAMILIES, DEFAULT_AMI_FAMILY, AmiFamily
+from infra.config.errors import ConfigError, ConfigErrors, collect
 
 NAMESPACE = "stratus"
 DEFAULT_INTERFACE_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages")
@@ -73,12 +77,21 @@ class StackConfig:
     trainer_capacity_block_usd_per_hour: float | None = _key("trainer-capacity-block-usd-per-hour")
     """The Capacity Block's price per instance-hour (its upfront fee / instance-hours), for the
     estimate; unset: the estimate uses the on-demand price."""
+    trainer_capacity_block_end: str | None = _key("trainer-capacity-block-end")
+    """When the Capacity Block ends, ISO-8601 with a UTC offset (`2026-12-10T11:30:00Z`, the block's
+    `EndDate`); the plan prints it and the time EC2 starts terminating the nodes (30 minutes
+    before). Only with `trainer-market: capacity-block`."""
     trainer_placement_group: bool | None = _key("trainer-placement-group")
     """Launch the nodes in a cluster placement group; default: yes, unless the nodes target a
     reservation (the reservation decides placement; a Capacity Block is already co-located)."""
     trainer_ami: str | None = _key("trainer-ami")
     """Pinned AMI id of the training nodes (`scripts/plan.sh --update-ami` writes it); unset: the
     newest Deep Learning AMI at each preview, and the nodes ignore that it changed."""
+    trainer_ami_framework: str = _key("trainer-ami-framework", DEFAULT_AMI_FAMILY)
+    """Deep Learning AMI family of the nodes (`catalog.AMI_FAMILIES`: `pytorch-2.13`, ..., `base`):
+    unpinned, the image is the family's SSM public parameter
+    (`/aws/service/deeplearning/ami/x86_64/<type>/latest/ami-id`); `--update-ami` pins from it.
+    The catalog records the torch version the family carries; the plan shows it."""
     trainer_follow_launch_template: bool = _key("trainer-follow-launch-template", False)
     """Replace running nodes when their launch template changes (new AMI, user data, volumes);
     off: only new nodes get the new template."""
@@ -146,53 +159,87 @@ class StackConfig:
         if not self.serving_allowed_cidrs:
             # Default resolved here, not in parsing, so every construction path gets it.
             object.__setattr__(self, "serving_allowed_cidrs", (self.vpc_cidr,))
-        validate.check_region(self.region)
-        validate.check_network(
-            region=self.region,
+        collect(*self._checks())
+
+    def _checks(self) -> list:
+        """Every validation group; `collect` runs all and reports every failing key."""
+        return [
+            lambda: validate.check_region(self.region),
+            lambda: validate.check_network(
+                region=self.region,
+                vpc_cidr=self.vpc_cidr,
+                num_availability_zones=self.num_availability_zones,
+                training_availability_zone=self.training_availability_zone,
+                interface_endpoints=self.interface_endpoints,
+                egress_enabled=self.egress_enabled,
+            ),
+            lambda: validate.check_trainer(
+                region=self.region,
+                instance_type_name=self.trainer_instance_type,
+                num_trainers=self.num_trainers,
+                market=self.trainer_market,
+                spot_max_price=self.trainer_spot_max_price,
+                on_demand_usd_per_hour=self.trainer_on_demand_usd_per_hour,
+                ami=self.trainer_ami,
+                root_volume_gb=self.trainer_root_volume_gb,
+                scratch_volume_gb=self.trainer_scratch_volume_gb or 0,
+                ami_framework=self.trainer_ami_framework,
+            ),
+            lambda: capacity.check_capacity(self),
+            lambda: capacity.check_scratch(self),
+            lambda: self.address_budget,
+            lambda: validate.check_serving(
+                region=self.region,
+                instance_type_name=self.serving_instance_type,
+                ami=self.serving_ami,
+                root_volume_gb=self.serving_root_volume_gb,
+                port=self.serving_port,
+                grpc_port=self.serving_grpc_port,
+                allowed_cidrs=self.serving_allowed_cidrs,
+                model_name=self.model_name,
+            ),
+            lambda: validate.check_serving_group(
+                count=self.num_serving,
+                max_count=self.serving_max_count,
+                scale_cpu_percent=self.serving_scale_cpu_percent,
+                drain_seconds=self.serving_drain_seconds,
+            ),
+            lambda: validate.check_operations(
+                kms_deletion_window_days=self.kms_deletion_window_days,
+                checkpoint_noncurrent_days=self.checkpoint_noncurrent_days,
+                logs_expiration_days=self.logs_expiration_days,
+                estimated_s3_gb=self.estimated_s3_gb,
+                max_hourly_usd=self.max_hourly_usd,
+                training_hours=self.training_hours,
+                serving_on_demand_usd_per_hour=self.serving_on_demand_usd_per_hour,
+            ),
+        ]
+
+    @property
+    def address_budget(self) -> AddressBudget | None:
+        """The training subnet's addresses and their consumers (None for an invalid VPC or type).
+
+        Raises:
+            ConfigError: the subnet is too small (`validate.check_addresses`).
+        """
+        return validate.check_addresses(
             vpc_cidr=self.vpc_cidr,
-            num_availability_zones=self.num_availability_zones,
-            training_availability_zone=self.training_availability_zone,
-            interface_endpoints=self.interface_endpoints,
-            egress_enabled=self.egress_enabled,
-        )
-        validate.check_trainer(
-            region=self.region,
             instance_type_name=self.trainer_instance_type,
             num_trainers=self.num_trainers,
-            market=self.trainer_market,
-            spot_max_price=self.trainer_spot_max_price,
-            on_demand_usd_per_hour=self.trainer_on_demand_usd_per_hour,
-            ami=self.trainer_ami,
-            root_volume_gb=self.trainer_root_volume_gb,
-            scratch_volume_gb=self.trainer_scratch_volume_gb or 0,
+            interface_endpoints=self.interface_endpoints,
+            serving_hosts=self.serving_ceiling,
+            zones=self.num_availability_zones,
         )
-        capacity.check_capacity(self)
-        capacity.check_scratch(self)
-        validate.check_serving(
-            region=self.region,
-            instance_type_name=self.serving_instance_type,
-            ami=self.serving_ami,
-            root_volume_gb=self.serving_root_volume_gb,
-            port=self.serving_port,
-            grpc_port=self.serving_grpc_port,
-            allowed_cidrs=self.serving_allowed_cidrs,
-            model_name=self.model_name,
-        )
-        validate.check_serving_group(
-            count=self.num_serving,
-            max_count=self.serving_max_count,
-            scale_cpu_percent=self.serving_scale_cpu_percent,
-            drain_seconds=self.serving_drain_seconds,
-        )
-        validate.check_operations(
-            kms_deletion_window_days=self.kms_deletion_window_days,
-            checkpoint_noncurrent_days=self.checkpoint_noncurrent_days,
-            logs_expiration_days=self.logs_expiration_days,
-            estimated_s3_gb=self.estimated_s3_gb,
-            max_hourly_usd=self.max_hourly_usd,
-            training_hours=self.training_hours,
-            serving_on_demand_usd_per_hour=self.serving_on_demand_usd_per_hour,
-        )
+
+    @property
+    def ami_family(self) -> AmiFamily:
+        """The catalog entry of `trainer-ami-framework`."""
+        return AMI_FAMILIES[self.trainer_ami_framework]
+
+    @property
+    def capacity_block_end(self):
+        """`trainer-capacity-block-end` as an aware `datetime`, or None."""
+        return capacity.parse_block_end(self.trainer_capacity_block_end)
 
     @property
     def reservation_target(self) -> dict[str, str] | None:
@@ -231,6 +278,8 @@ def _convert(key: str, type_name: str, raw: Any) -> Any:
     base = type_name.replace(" | None", "")
     try:
         if base == "str":
+            if isinstance(raw, datetime):  # a YAML timestamp read by the offline plan
+                return raw.isoformat()
             if not isinstance(raw, str) or not raw.strip():
                 raise ValueError
             return raw.strip()
@@ -280,22 +329,37 @@ def parse_config(raw: Mapping[str, Any]) -> StackConfig:
         ConfigError: an unknown key, a malformed value, or an invalid combination.
     """
     kwargs: dict[str, Any] = {}
+    problems: list[ConfigError] = []
     for key, value in raw.items():
         if key not in FIELDS:
             close = difflib.get_close_matches(key, FIELDS, n=1)
             fix = f"did you mean `{close[0]}`?" if close else "remove it"
-            raise ConfigError(
-                key,
-                "is not a stratus config key",
-                f"{fix} Known keys: " + ", ".join(sorted(FIELDS)),
+            problems.append(
+                ConfigError(key, "is not a stratus config key", f"{fix} Known keys: " + ", ".join(sorted(FIELDS)))
             )
+            continue
         if value is None:
             continue
         f = FIELDS[key]
-        kwargs[f.name] = _convert(key, str(f.type), value)
-    if "region" not in kwargs:
-        raise ConfigError("aws:region", "is not set", "run `pulumi config set aws:region us-east-1`")
-    return StackConfig(**kwargs)
+        try:
+            kwargs[f.name] = _convert(key, str(f.type), value)
+        except ConfigError as e:
+            problems.append(e)
+    if "region" not in kwargs and "aws:region" not in {p.key for p in problems}:
+        problems.append(ConfigError("aws:region", "is not set", "run `pulumi config set aws:region us-east-1`"))
+    if "region" in kwargs:
+        try:
+            config = StackConfig(**kwargs)
+        except ConfigError as e:
+            # A key that failed to parse took its default: its own problem is the one to report.
+            unparsed = {p.key for p in problems}
+            problems += [x for x in getattr(e, "errors", [e]) if x.key not in unparsed]
+        else:
+            if not problems:
+                return config
+    if len(problems) == 1:
+        raise problems[0]
+    raise ConfigErrors(problems)
 
 
 def load_config() -> StackConfig:

@@ -3,8 +3,10 @@
     ./scripts/plan.sh --update-ami Pulumi.dev.yaml     # or: python -m infra.tools.ami Pulumi.dev.yaml
 
 Needs AWS credentials for the stack's region (ec2:DescribeImages). Looks up the newest
-Amazon-owned "Deep Learning OSS Nvidia Driver AMI GPU PyTorch" (Amazon Linux 2023) for the
-training nodes (and a GPU serving host), Amazon Linux 2023 for a CPU serving host, and writes
+Amazon-owned image of the nodes' Deep Learning AMI family (`stratus:trainer-ami-framework`,
+default `pytorch-2.13`: "Deep Learning OSS Nvidia Driver AMI GPU PyTorch 2.13" on Amazon Linux
+2023, the images its SSM public parameter points at) for the training nodes, the newest PyTorch
+Deep Learning AMI for a GPU serving host, Amazon Linux 2023 for a CPU serving host, and writes
 `stratus:trainer-ami` / `stratus:serving-ami` into the file. Nothing else changes the AMIs: a
 routine `pulumi up` keeps the pinned ids; the next `pulumi up` after this command replaces the
 serving host and gives nodes added later the new image (running nodes follow it only with
@@ -23,7 +25,7 @@ from typing import Any
 import yaml
 
 from infra.components.images import AL2023_NAME, DLAMI_NAME
-from infra.config.catalog import CATALOG
+from infra.config.catalog import AMI_FAMILIES, CATALOG, DEFAULT_AMI_FAMILY
 from infra.tools.offline import load_stack_config
 from runtime.contract import ExitCode
 
@@ -63,8 +65,13 @@ def pin_amis(path: Path, ec2: Any, owners: tuple[str, ...] = AMAZON) -> dict[str
     """Write the newest AMIs into the stack file `path`; return config key -> image id."""
     config = load_stack_config(path)
     serving_gpu = CATALOG.get(str(config.get("stratus:serving-instance-type", "c7i.xlarge")))
+    family_name = str(config.get("stratus:trainer-ami-framework", DEFAULT_AMI_FAMILY))
+    if family_name not in AMI_FAMILIES:
+        raise ValueError(
+            f"{path}: stratus:trainer-ami-framework {family_name!r} is not one of {', '.join(AMI_FAMILIES)}"
+        )
     wanted = {
-        "stratus:trainer-ami": DLAMI_NAME,
+        "stratus:trainer-ami": AMI_FAMILIES[family_name].image_name,
         "stratus:serving-ami": DLAMI_NAME if serving_gpu and serving_gpu.gpus else AL2023_NAME,
     }
     text, pinned = path.read_text(), {}
@@ -99,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.BAD_INPUT
     try:
         pin_amis(path, boto3.client("ec2", region_name=str(region)))
+    except ValueError as e:
+        print(f"--update-ami failed: {e}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     except (LookupError, BotoCoreError, ClientError) as e:
         print(f"--update-ami failed in {region}: {e}", file=sys.stderr)
         return ExitCode.FAILED

@@ -88,7 +88,8 @@ class StratusMocks(pulumi.runtime.Mocks):
 
     What only AWS knows is not invented here: zone offerings default to every zone (the offline
     plan lists that check as one only a real preview makes), quotas to `UNLIMITED`, and the
-    newest AMI to one derived from `ami_generation`.
+    newest AMI (by name or by a Deep Learning AMI family's SSM public parameter) to one derived
+    from `ami_generation`.
 
     Args:
         region: region whose zones `getAvailabilityZones` returns.
@@ -96,6 +97,7 @@ class StratusMocks(pulumi.runtime.Mocks):
         quotas: Service Quotas code -> value; default: `UNLIMITED`.
         ami_generation: changes the id of the "newest" AMI a lookup by name returns (a new
             image published by AWS).
+        autoscaling_role: whether the account already has EC2 Auto Scaling's service-linked role.
     """
 
     UNLIMITED = 1e9
@@ -106,8 +108,10 @@ class StratusMocks(pulumi.runtime.Mocks):
         offerings: Mapping[str, list[str]] | None = None,
         quotas: Mapping[str, float] | None = None,
         ami_generation: int = 0,
+        autoscaling_role: bool = True,
     ):
         self.region = region
+        self.autoscaling_role = autoscaling_role
         self.zones = [f"{region}{z}" for z in "abcd"]
         self.offerings = dict(offerings or {})
         self.quotas = dict(quotas or {})
@@ -204,6 +208,26 @@ class StratusMocks(pulumi.runtime.Mocks):
                 "rootDeviceName": "/dev/xvda",
                 "architecture": "x86_64",
                 "name": names[0] if names else "mock",
+            }
+        if invoke == "aws:iam/getRoles:getRoles":
+            # EC2 Auto Scaling's service-linked role: present unless `autoscaling_role` is False.
+            arns = [f"arn:aws:iam::{ACCOUNT_ID}:role/aws-service-role/x"] if self.autoscaling_role else []
+            return {"arns": arns, "names": ["AWSServiceRoleForAutoScaling"] if arns else [], "id": "roles"}
+        if invoke == "aws:ssm/getParameter:getParameter":
+            # The Deep Learning AMI families' public parameters: a family's newest image.
+            name = a["name"]
+            if not name.startswith("/aws/service/"):
+                raise NotImplementedError(f"the offline mocks know only public parameters, not {name}")
+            ami = f"ami-{_tag(name + str(self.ami_generation))}"
+            return {
+                "id": name,
+                "name": name,
+                "type": "String",
+                "value": ami,
+                "insecureValue": ami,
+                "version": 1,
+                "arn": f"arn:aws:ssm:{self.region}::parameter{name}",
+                "withDecryption": False,
             }
         if invoke == "aws:servicequotas/getServiceQuota:getServiceQuota":
             value = self.quotas.get(a["quotaCode"], self.UNLIMITED)

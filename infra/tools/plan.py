@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from infra.config.capacity import block_summary
 from infra.config.catalog import CATALOG
 from infra.config.cost import estimate_cost
 from infra.config.errors import ConfigError
@@ -88,23 +89,7 @@ def summarize(r: Registered, run: ProgramRun, keys: set[str]) -> str:
         rotation = "on" if i.get("enableKeyRotation") else "OFF"
         return f"rotation {rotation}, deletion window {_n(i.get('deletionWindowInDays'))} d"
     if short == "LaunchTemplate":
-        nis = i.get("networkInterfaces", [])
-        efa = sum(1 for n in nis if n.get("interfaceType") == "efa")
-        public = any(n.get("associatePublicIpAddress") != "false" for n in nis)
-        spot = (i.get("instanceMarketOptions") or {}).get("spotOptions", {}).get("maxPrice")
-        return ", ".join(
-            filter(
-                None,
-                [
-                    i.get("instanceType"),
-                    _imds(i),
-                    "PUBLIC IP" if public else "no public IP",
-                    _volumes(i.get("blockDeviceMappings", []), keys),
-                    f"EFA x{efa}" if efa else "",
-                    f"spot <= {spot} USD/h" if spot else "on-demand",
-                ],
-            )
-        )
+        return _template_summary(i, keys)
     if short == "Instance":
         root = i.get("rootBlockDevice")
         volumes = _volumes([root], keys) if root else "volumes from launch template"
@@ -140,6 +125,66 @@ def summarize(r: Registered, run: ProgramRun, keys: set[str]) -> str:
     return _serving_summary(short, i)
 
 
+def _market(i: dict) -> str:
+    """The launch template's market: what `instanceMarketOptions` asks EC2 for."""
+    options = i.get("instanceMarketOptions") or {}
+    market = options.get("marketType")
+    if market == "spot":
+        return f"spot <= {options.get('spotOptions', {}).get('maxPrice')} USD/h"
+    if market == "capacity-block":
+        target = (i.get("capacityReservationSpecification") or {}).get("capacityReservationTarget") or {}
+        return f"Capacity Block {target.get('capacityReservationId', '(no reservation)')}"
+    target = (i.get("capacityReservationSpecification") or {}).get("capacityReservationTarget")
+    return "on-demand" + (f" in reservation {next(iter(target.values()))}" if target else "")
+
+
+def _interfaces(nis: list) -> str:
+    """EFA interfaces by kind and the addresses one instance takes."""
+    kinds = [n.get("interfaceType") for n in nis]
+    efa, efa_only = kinds.count("efa"), kinds.count("efa-only")
+    if not efa and not efa_only:
+        return ""
+    with_ip = len(nis) - efa_only
+    return f"EFA x{efa}" + (f" + efa-only x{efa_only}" if efa_only else "") + f" ({with_ip} IP per instance)"
+
+
+def _template_summary(i: dict, keys: set[str]) -> str:
+    nis = i.get("networkInterfaces", [])
+    public = any(n.get("associatePublicIpAddress") != "false" for n in nis)
+    return ", ".join(
+        filter(
+            None,
+            [
+                i.get("instanceType"),
+                _imds(i),
+                "PUBLIC IP" if public else "no public IP",
+                _volumes(i.get("blockDeviceMappings", []), keys),
+                _interfaces(nis),
+                _market(i),
+            ],
+        )
+    )
+
+
+def _group_summary(i: dict) -> str:
+    if i.get("targetGroupArns") is not None or i.get("healthCheckType") == "ELB":
+        prefs = (i.get("instanceRefresh") or {}).get("preferences") or {}
+        return (
+            f"{_n(i.get('minSize'))}-{_n(i.get('maxSize'))} hosts over {len(i.get('vpcZoneIdentifiers', []))} "
+            f"subnets, {i.get('healthCheckType')} health, rolling refresh keeping "
+            f"{_n(prefs.get('minHealthyPercentage'))}%"
+        )
+    parts = [
+        f"{_n(i.get('desiredCapacity'))} nodes (min = max = desired) in {len(i.get('vpcZoneIdentifiers', []))} subnet",
+        f"{i.get('healthCheckType')} health: a lost node is replaced",
+        f"placement group {i['placementGroup']}" if i.get("placementGroup") else "no placement group",
+    ]
+    if i.get("capacityRebalance"):
+        parts.append("capacity rebalancing")
+    parts.append("refresh on template change" if i.get("instanceRefresh") else "running nodes keep their template")
+    return ", ".join(parts)
+
+
 def _serving_summary(short: str, i: dict) -> str:
     """The load balancer, the host group and the certificates, in a few words."""
     if short == "LoadBalancer":
@@ -156,11 +201,7 @@ def _serving_summary(short: str, i: dict) -> str:
             f"drain {_n(i.get('deregistrationDelay'))} s"
         )
     if short == "Group":
-        prefs = (i.get("instanceRefresh") or {}).get("preferences") or {}
-        return (
-            f"{_n(i.get('minSize'))}-{_n(i.get('maxSize'))} hosts over {len(i.get('vpcZoneIdentifiers', []))} subnets, "
-            f"{i.get('healthCheckType')} health, rolling refresh keeping {_n(prefs.get('minHealthyPercentage'))}%"
-        )
+        return _group_summary(i)
     if short == "Policy":
         tracking = i.get("targetTrackingConfiguration") or {}
         return f"target tracking: average CPU {_n(tracking.get('targetValue'))}%"
@@ -193,6 +234,23 @@ def _ami(run: ProgramRun, label: str, key: str, pinned: str | None, image: str |
         f"{label} AMI: NOT PINNED; looked up as the newest image at each preview (offline: {image}); "
         "pin it with ./scripts/plan.sh --update-ami <stack file>"
     )
+
+
+def ami_family_line(cfg: StackConfig) -> str:
+    """The training nodes' Deep Learning AMI family, its SSM parameter and the torch it carries."""
+    family = cfg.ami_family
+    torch = f"carries torch {family.torch}" if family.torch else "carries no torch (the runtime bundle installs it)"
+    source = "the pinned id was taken from" if cfg.trainer_ami else "the image comes from"
+    return (
+        f"training AMI family: {family.name} (stratus:trainer-ami-framework), {torch} (infra/config/catalog.py); "
+        f"{source} {family.ssm_parameter}"
+    )
+
+
+def addresses_line(cfg: StackConfig) -> str:
+    """The training subnet's addresses and what takes them."""
+    budget = cfg.address_budget
+    return f"addresses: {budget.describe()}" if budget else "addresses: not computed (invalid network config)"
 
 
 def serving_ports_line(cfg: StackConfig) -> str:
@@ -237,11 +295,15 @@ def capacity_section(cfg: StackConfig, run: ProgramRun) -> str:
     lines = [
         f"training nodes: {cfg.num_trainers} x {trainer.name}, market {cfg.trainer_market}, reservation: {reservation}",
         f"placement group: {'cluster' if cfg.use_placement_group else 'none'}; scratch: {scratch}",
-        "running nodes "
-        + ("are replaced when" if cfg.trainer_follow_launch_template else "ignore")
+        f"node group: {cfg.num_trainers} nodes kept by an Auto Scaling group (a lost node is replaced: new id and "
+        "IP; the launcher lists the group's members); running nodes "
+        + ("are replaced (instance refresh) when" if cfg.trainer_follow_launch_template else "ignore")
         + " launch-template changes (stratus:trainer-follow-launch-template)",
         _ami(run, "training", "trainer-ami", cfg.trainer_ami, lt[0].inputs.get("imageId") if lt else None),
+        ami_family_line(cfg),
         _ami(run, "serving", "serving-ami", cfg.serving_ami, server_ami),
+        addresses_line(cfg),
+        *block_summary(cfg),
         serving_ports_line(cfg),
         "checks only a real `pulumi preview` makes (offline they are assumed to pass):",
     ]

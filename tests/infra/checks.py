@@ -16,6 +16,7 @@ import json
 import re
 
 from infra.tools.offline import ProgramRun, Registered
+from tests.infra.group_checks import hosts_behind_the_load_balancer, training_nodes_self_heal
 from tests.infra.iam_sim import is_allowed
 
 BUCKET = "aws:s3/bucket:Bucket"
@@ -357,23 +358,6 @@ def internal_tls_passthrough(run: ProgramRun) -> list[str]:
     return violations
 
 
-def hosts_behind_the_load_balancer(run: ProgramRun) -> list[str]:
-    """Serving groups register in target groups, replace unhealthy hosts and roll launch-template
-    changes (rolling refresh keeping every host in service); target groups drain leaving hosts."""
-    violations = []
-    for group in run.of_type(ASG):
-        refresh = group.inputs.get("instanceRefresh") or {}
-        preferences = refresh.get("preferences") or {}
-        if not group.inputs.get("targetGroupArns") or group.inputs.get("healthCheckType") != "ELB":
-            violations.append(f"{group.urn}: hosts not registered in target groups with ELB health checks")
-        if refresh.get("strategy") != "Rolling" or preferences.get("minHealthyPercentage", 90) < 100:
-            violations.append(f"{group.urn}: no rolling instance refresh keeping every host in service")
-    for target_group in run.of_type(TARGET_GROUP):
-        if not target_group.inputs.get("deregistrationDelay"):
-            violations.append(f"{target_group.urn}: no deregistration delay for requests in flight")
-    return violations
-
-
 ALL_CHECKS = [
     bucket_encryption,
     public_access_block,
@@ -391,4 +375,5 @@ ALL_CHECKS = [
     kms_key_hygiene,
     internal_tls_passthrough,
     hosts_behind_the_load_balancer,
+    training_nodes_self_heal,
 ]

@@ -199,17 +199,20 @@ def test_a_pinned_ami_keeps_the_plan_when_aws_publishes_a_newer_image():
     serving = "serving-launch-template"
     assert old.named(serving).inputs["imageId"] == new.named(serving).inputs["imageId"] == "ami-0fedcba9876543210"
     assert "imageId" not in old.named(serving).ignore_changes  # a pinned AMI's change rolls the hosts
-    # unpinned, the templates follow the newest image but running nodes and hosts ignore it
+    # unpinned, the templates follow the family's newest image but running nodes and hosts keep
+    # theirs: the node group has no instance refresh, so only replacements boot the new version
     old, new = (run_program(example_config(), mocks=StratusMocks(ami_generation=g)) for g in (1, 2))
     assert _lt_inputs(old)["imageId"] != _lt_inputs(new)["imageId"]
-    for node in new.of_type("aws:ec2/instance:Instance"):
-        assert {"launchTemplate", "ami"} & set(node.ignore_changes), node.name
+    assert "instanceRefresh" not in new.named("training-nodes").inputs
+    # and a replacement node boots the image the others run, not AWS's newer one
+    assert "imageId" in new.named("training-launch-template").ignore_changes
+    assert "imageId" not in run_program(pinned).named("training-launch-template").ignore_changes
     assert (
         old.named("serving-launch-template").inputs["imageId"] != new.named("serving-launch-template").inputs["imageId"]
     )
     assert "imageId" in new.named("serving-launch-template").ignore_changes  # the hosts do not roll for it
     following = run_program(example_config(**{"trainer-follow-launch-template": True}))
-    assert following.named("training-node-0").ignore_changes == []
+    assert following.named("training-nodes").inputs["instanceRefresh"]["strategy"] == "Rolling"
 
 
 def test_names_are_unique_per_organization_project_and_stack(example_run):

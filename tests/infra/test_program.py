@@ -32,6 +32,8 @@ OUTPUTS = {
     "serving_grpc_target",
     "serving_token_parameter",
     "estimated_hourly_usd",
+    "trainer_autoscaling_group",
+    "egress_enabled",
     "serving_ca_certificate",
     "serving_tls_cert_parameter",
     "serving_tls_key_parameter",
@@ -44,7 +46,10 @@ def test_exports_exactly_the_architecture_outputs(example_run):
     assert set(out) == OUTPUTS
     assert out["region"] == "us-east-1"
     assert out["kms_key_arn"] == example_run.of_type("aws:kms/key:Key")[0].state["arn"]
-    assert len(out["trainer_instance_ids"]) == len(out["trainer_private_ips"]) == 2
+    # The nodes are a group: its members are listed at launch time, never frozen in an output.
+    assert out["trainer_instance_ids"] == out["trainer_private_ips"] == []
+    assert out["trainer_autoscaling_group"] == example_run.named("training-nodes").state["name"]
+    assert out["egress_enabled"] is False
     assert out["trainer_slots_per_node"] == CATALOG["g5.12xlarge"].gpus == 4
     nlb = example_run.named("serving-lb-nlb").state["dnsName"]
     assert out["serving_url"] == f"https://{nlb}:8000"
@@ -69,6 +74,7 @@ def test_grpc_off_opens_no_grpc_port_and_exports_a_null_target(example_run, efa_
     assert serving_ports(example_run) == [8000, 8001]
     assert serving_ports(efa_spot_run) == [8000]
     assert efa_spot_run.outputs["serving_grpc_target"] is None
+    assert efa_spot_run.outputs["egress_enabled"] is True
     assert (
         "--grpc-port" not in base64.b64decode(efa_spot_run.named("serving-launch-template").inputs["userData"]).decode()
     )
@@ -122,11 +128,11 @@ def test_training_zone_follows_live_offerings():
     result = run_program(example_config(), mocks=mocks)
     zones = sorted(s.inputs["availabilityZone"] for s in result.of_type("aws:ec2/subnet:Subnet"))
     assert zones == ["us-east-1a", "us-east-1c"]
-    lt = result.named("training-launch-template")
+    group = result.named("training-nodes")
     training_subnet = next(
         s for s in result.of_type("aws:ec2/subnet:Subnet") if s.inputs["availabilityZone"] == "us-east-1c"
     )
-    assert lt.inputs["networkInterfaces"][0]["subnetId"] == training_subnet.id
+    assert group.inputs["vpcZoneIdentifiers"] == [training_subnet.id]
 
 
 def test_requested_zone_without_the_type_fails_naming_the_zones_that_offer_it():
@@ -187,3 +193,31 @@ def test_serving_keys_reach_the_group_the_target_groups_and_the_scaling_policy()
         assert run.named(f"serving-lb-{label}-tg").inputs["deregistrationDelay"] == 300
     (policy,) = run.of_type("aws:autoscaling/policy:Policy")
     assert policy.inputs["targetTrackingConfiguration"]["targetValue"] == 55
+
+
+def _key_statements(run):
+    import json
+
+    return {s["Sid"]: s for s in json.loads(run.named("storage-key").inputs["policy"])["Statement"]}
+
+
+def test_the_stack_key_lets_auto_scaling_encrypt_the_groups_volumes(example_run):
+    role = "arn:aws:iam::123456789012:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
+    statements = _key_statements(example_run)
+    use, grant = statements["AutoScalingUsesKeyForVolumes"], statements["AutoScalingAttachesVolumes"]
+    assert use["Principal"] == grant["Principal"] == {"AWS": role}
+    assert {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:DescribeKey"} <= set(
+        use["Action"]
+    )
+    assert grant["Action"] == ["kms:CreateGrant"]
+    assert grant["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+    # the account has the role: the stack does not create it
+    assert example_run.of_type("aws:iam/serviceLinkedRole:ServiceLinkedRole") == []
+
+
+def test_an_account_without_the_auto_scaling_role_gets_it_before_the_key():
+    run = run_program(example_config(), mocks=StratusMocks(autoscaling_role=False))
+    (role,) = run.of_type("aws:iam/serviceLinkedRole:ServiceLinkedRole")
+    assert role.inputs["awsServiceName"] == "autoscaling.amazonaws.com"
+    assert role.urn in run.named("storage-key").dependencies
+    assert "AutoScalingUsesKeyForVolumes" in _key_statements(run)

@@ -12,7 +12,7 @@ from infra.tools.policycheck import evaluate
 from tests.infra.support import example_config
 
 P5 = {"trainer-instance-type": "p5.48xlarge", "trainer-count": 2, "max-hourly-usd": None}
-REGION_INVOKES = ("getAmi", "getInstanceTypeOfferings", "getAvailabilityZones", "getServiceQuota")
+REGION_INVOKES = ("getAmi", "getParameter", "getInstanceTypeOfferings", "getAvailabilityZones", "getServiceQuota")
 
 
 @pytest.mark.parametrize("region", ["us-east-2", "ap-northeast-1"])
@@ -28,7 +28,7 @@ def test_the_stack_builds_in_a_region_without_catalog_prices(region):
     (training_subnet,) = [
         s for s in run.of_type("aws:ec2/subnet:Subnet") if s.inputs["availabilityZone"] == f"{region}b"
     ]
-    assert run.named("training-launch-template").inputs["networkInterfaces"][0]["subnetId"] == training_subnet.id
+    assert run.named("training-nodes").inputs["vpcZoneIdentifiers"] == [training_subnet.id]
     # every look-up that takes a region asked this one (AMIs, zones, offerings, quotas)
     regional = [(token, args) for token, args in mocks.invokes if token.split(":")[-1] in REGION_INVOKES]
     assert {token.split(":")[-1] for token, _ in regional} == set(REGION_INVOKES)

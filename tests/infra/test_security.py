@@ -95,7 +95,7 @@ BREAKS = [
     ("volume_encryption", "serving-tls-key-parameter", _set(["type"], "String")),
     ("volume_encryption", "serving-tls-cert-parameter", _cert_with_its_key),
     ("imdsv2", "training-launch-template", _set(["metadataOptions", "httpTokens"], "optional")),
-    ("imdsv2", "training-node-1", _set(["metadataOptions", "httpPutResponseHopLimit"], 2)),
+    ("imdsv2", "training-launch-template", _set(["metadataOptions", "httpPutResponseHopLimit"], 2)),
     ("imdsv2", "serving-launch-template", _set(["metadataOptions", "httpTokens"], "optional")),
     ("no_internet_ingress", "network-lb-inference-0", _set(["cidrIpv4"], "0.0.0.0/0")),
     ("no_internet_ingress", "network-serving-grpc-from-lb", _set(["cidrIpv4"], "0.0.0.0/0")),
@@ -134,7 +134,11 @@ BREAKS = [
     ("no_wildcard_iam", "storage-key", _edit_json("policy", lambda d: d["Statement"][1].update(Principal="*"))),
     ("no_secret_in_user_data", "serving-launch-template", _leak_token),
     ("no_secret_in_user_data", "serving-launch-template", _leak_tls_key),
-    ("no_secret_in_user_data", "training-node-0", _set(["userData"], "AKIAABCDEFGHIJKLMNOP")),
+    (
+        "no_secret_in_user_data",
+        "training-launch-template",
+        _set(["userData"], base64.b64encode(b"#!/bin/bash\nexport KEY=AKIAABCDEFGHIJKLMNOP\n").decode()),
+    ),
     ("tags_present", "network-vpc", _set(["tags"], {"project": "stratus", "stack": "dev"})),
     ("tags_present", "iam-trainer-profile", _set(["tags"], None)),
     ("kms_key_hygiene", "storage-key", _set(["enableKeyRotation"], False)),
@@ -152,6 +156,11 @@ BREAKS = [
         _set(["instanceRefresh", "preferences", "minHealthyPercentage"], 50),
     ),
     ("hosts_behind_the_load_balancer", "serving-lb-grpc-tg", _set(["deregistrationDelay"], 0)),
+    ("training_nodes_self_heal", "training-nodes", _set(["maxSize"], 4)),
+    ("training_nodes_self_heal", "training-nodes", _set(["healthCheckType"], "ELB")),
+    ("training_nodes_self_heal", "training-nodes", _set(["launchConfiguration"], "lc-legacy")),
+    ("training_nodes_self_heal", "training-nodes", _set(["vpcZoneIdentifiers"], ["subnet-a", "subnet-b"])),
+    ("training_nodes_self_heal", "training-nodes", None),
 ]
 
 

@@ -99,11 +99,11 @@ def _cert_with_a_key(run, resource):
         props["value"] = props["value"] + key
 
 
-def _launch_without_template(run, resource):
+def _launch_configuration(run, resource):
     resource.property_dependencies.pop("launchTemplate")
     for props in _both(resource):
         props.pop("launchTemplate")
-        props.pop("rootBlockDevice")
+        props["launchConfiguration"] = "stratus-legacy-lc"
 
 
 MUTATIONS = [
@@ -188,17 +188,22 @@ MUTATIONS = [
         "serving-launch-template",
         _set(["blockDeviceMappings", 0, "ebs", "encrypted"], "false"),
     ),
-    ("aws-ec2-volume-encrypted-stack-key", "training-node-0", _launch_without_template),
-    ("aws-ec2-volume-encrypted-stack-key", "training-node-1", _set(["rootBlockDevice"], None)),
+    ("aws-ec2-volume-encrypted-stack-key", "training-launch-template", _set(["blockDeviceMappings"], [])),
     ("aws-ec2-securitygroup-rule-description", "network-training-to-self", _set(["description"], "")),
     (
         "aws-ec2-securitygroup-rule-description",
         "network-serving-sg",
         _set(["egress"], [{"protocol": "tcp", "fromPort": 443, "toPort": 443, "cidrBlocks": ["10.0.0.0/8"]}]),
     ),
-    ("aws-ec2-instance-explicit-settings", "training-node-0", _set(["monitoring"], False)),
-    ("aws-ec2-instance-explicit-settings", "training-node-0", _set(["ebsOptimized"], None)),
-    ("aws-ec2-instance-explicit-settings", "training-node-1", _set(["iamInstanceProfile"], None)),
+    ("aws-ec2-launchtemplate-explicit-settings", "training-launch-template", _set(["monitoring"], {"enabled": False})),
+    ("aws-ec2-launchtemplate-explicit-settings", "serving-launch-template", _set(["ebsOptimized"], "false")),
+    ("aws-ec2-launchtemplate-explicit-settings", "training-launch-template", _set(["iamInstanceProfile"], None)),
+    ("aws-autoscaling-group-launch-template", "training-nodes", _launch_configuration),
+    (
+        "aws-autoscaling-group-launch-template",
+        "serving-hosts",
+        _set(["mixedInstancesPolicy"], {"instancesDistribution": {}}),
+    ),
     ("aws-ec2-vpc-flow-logs-enabled", "network-flow-log", _set(["trafficType"], "REJECT")),
     ("aws-ec2-vpc-flow-logs-enabled", "network-flow-log", _remove),
     ("aws-lb-listener-tls-to-targets", "serving-lb-https-listener", _set(["protocol"], "TLS")),

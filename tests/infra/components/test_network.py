@@ -92,3 +92,16 @@ def test_grpc_port_is_open_to_exactly_the_http_ports_sources_with_a_description(
     grpc = [r for r in rules if r["fromPort"] == 8001]
     assert all("gRPC" in r["description"] and r["cidrIpv4"] in r["description"] for r in grpc)
     assert checks.no_internet_ingress(result) == []
+
+
+@pytest.mark.parametrize("egress", [False, True], ids=["private-only", "with-egress"])
+def test_internet_egress_is_https_and_http_for_the_mirrors_only_with_egress(egress):
+    result = network_run(egress_enabled=egress)
+    groups = {result.named(f"network-{role}-sg").id: role for role in ("training", "serving", "lb", "endpoints")}
+    to_internet = sorted(
+        (groups[r.inputs["securityGroupId"]], r.inputs["ipProtocol"], r.inputs["fromPort"], r.inputs["toPort"])
+        for r in result.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
+        if r.inputs.get("cidrIpv4") == "0.0.0.0/0"
+    )
+    expected = [(role, "tcp", port, port) for role in ("serving", "training") for port in (80, 443)]
+    assert to_internet == (expected if egress else [])

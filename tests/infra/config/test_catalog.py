@@ -34,3 +34,18 @@ def test_regions_are_where_p4d_and_p5_are_sold_and_the_default_serving_type_is_s
     # sold there, but not priced by the catalog: the estimate asks for the price
     assert on_demand_usd_per_hour("p5.48xlarge", "us-east-2") is None
     assert on_demand_usd_per_hour("p5.48xlarge", "us-east-1") == CATALOG["p5.48xlarge"].usd_per_hour["us-east-1"]
+
+
+def test_the_default_ami_family_carries_the_torch_the_runtime_pins():
+    import re
+
+    from infra.config.catalog import AMI_FAMILIES, DEFAULT_AMI_FAMILY
+    from infra.tools.offline import ROOT
+
+    pinned = re.search(r"^torch==(\d+\.\d+)\.", (ROOT / "requirements" / "runtime.txt").read_text(), re.M)
+    assert pinned, "requirements/runtime.txt pins no torch"
+    assert AMI_FAMILIES[DEFAULT_AMI_FAMILY].torch == pinned.group(1)
+    for family in AMI_FAMILIES.values():
+        assert family.ssm_parameter.startswith("/aws/service/deeplearning/ami/x86_64/")
+        assert family.ssm_parameter.endswith("-amazon-linux-2023/latest/ami-id")
+        assert (family.torch is None) == (family.name == "base")

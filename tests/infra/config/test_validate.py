@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.config.errors import ConfigError
+from infra.config.errors import ConfigError, ConfigErrors
+from infra.config.stack import parse_config
 from infra.tools.offline import run_program
 from tests.infra.support import example_config
 
@@ -99,6 +100,17 @@ BAD_CONFIGS = {
     "bool-typo": ({"egress-enabled": "maybe"}, "egress-enabled", "is not true or false"),
     "small-trainer-root": ({"trainer-root-volume-gb": 30}, "trainer-root-volume-gb", "100-16384"),
     "negative-training-hours": ({"training-hours": 0}, "training-hours", "not positive"),
+    "unknown-ami-framework": ({"trainer-ami-framework": "pytorch-1.0"}, "trainer-ami-framework", "pytorch-2.13"),
+    "block-end-without-block": (
+        {"trainer-capacity-block-end": "2026-12-10T11:30:00Z"},
+        "trainer-capacity-block-end",
+        "trainer-market: capacity-block",
+    ),
+    "too-many-p4d-for-a-slash-24": (
+        {"trainer-instance-type": "p4d.24xlarge", "trainer-count": 5, "vpc-cidr": "10.42.0.0/24"},
+        "vpc-cidr",
+        "short by 3 addresses",
+    ),
 }
 
 
@@ -112,3 +124,33 @@ def test_bad_config_fails_the_program_naming_key_and_fix(case):
     assert f"config `{qualified}`" in message
     assert "Fix:" in message
     assert fragment in message, message
+
+
+def test_two_bad_keys_are_both_reported_with_their_fixes():
+    with pytest.raises(ConfigErrors) as raised:
+        run_program(example_config(**{"trainer-count": 0, "kms-deletion-window-days": 3}))
+    assert raised.value.keys == ["trainer-count", "kms-deletion-window-days"]
+    message = str(raised.value)
+    assert message.startswith("2 config problems:")
+    assert "config `stratus:trainer-count`: 0 is out of range. Fix: use 1-64" in message
+    assert "config `stratus:kms-deletion-window-days`: 3 is out of range. Fix: use 7-30" in message
+
+
+def test_unknown_unparsable_and_invalid_keys_are_all_reported_in_one_error():
+    raw = {
+        "aws:region": "us-east-1",
+        "trainer-cuont": 3,
+        "serving-port": "eighty",
+        "trainer-market": "reserved",
+        "serving-grpc-port": 8000,
+        "vpc-cidr": "8.8.0.0/16",
+    }
+    with pytest.raises(ConfigErrors) as raised:
+        parse_config(raw)
+    # the unparsable serving-port took its default (8000): no second, misleading problem for it
+    assert raised.value.keys == ["trainer-cuont", "serving-port", "vpc-cidr", "trainer-market", "serving-grpc-port"]
+    assert "did you mean `trainer-count`?" in str(raised.value)
+    # one bad key alone stays a plain ConfigError with its single message
+    with pytest.raises(ConfigError) as single:
+        parse_config({"aws:region": "us-east-1", "trainer-count": 0})
+    assert not isinstance(single.value, ConfigErrors) and str(single.value).startswith("config `stratus:trainer-count`")

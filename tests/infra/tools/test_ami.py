@@ -21,8 +21,8 @@ def _image(ec2, name: str) -> str:
 def test_update_ami_pins_the_newest_dlami_and_leaves_the_rest_of_the_file(tmp_path, aws_env, capsys):
     ec2 = boto3.client("ec2", region_name="us-east-1")
     pattern = DLAMI_NAME.replace("*", "{}")
-    _image(ec2, pattern.format(" 2.12.0", " 20260101"))
-    newest = _image(ec2, pattern.format(" 2.13.0", " 20261101"))
+    _image(ec2, pattern.format("2.12.0", "20260101"))
+    newest = _image(ec2, pattern.format("2.13.0", "20261101"))
     _image(ec2, "al2023-ami-2023.9.20261101.0-kernel-6.1-x86_64")
     stack = tmp_path / "Pulumi.dev.yaml"
     stack.write_text(EXAMPLE.read_text())
@@ -51,3 +51,22 @@ def test_update_ami_without_a_matching_image_changes_nothing(tmp_path, aws_env):
     assert ami.set_key(stack.read_text(), "stratus:trainer-ami", "ami-1", "x") == (
         "config:\n  stratus:trainer-ami: ami-1  # x\n  aws:region: us-west-2\n"
     )
+
+
+def test_update_ami_pins_the_configured_family_not_the_newest_pytorch(tmp_path, aws_env):
+    ec2 = boto3.client("ec2", region_name="eu-west-1")
+    pattern = DLAMI_NAME.replace("*", "{}")
+    family = _image(ec2, pattern.format("2.11.3", "20260101"))
+    _image(ec2, pattern.format("2.13.0", "20261101"))  # newer, but another family
+    stack = tmp_path / "Pulumi.dev.yaml"
+    stack.write_text("config:\n  aws:region: eu-west-1\n  stratus:trainer-ami-framework: pytorch-2.11\n")
+    _image(ec2, "al2023-ami-2023.9.20261101.0-kernel-6.1-x86_64")
+    pinned = ami.pin_amis(stack, ec2, owners=("self",))
+    assert pinned["stratus:trainer-ami"] == family
+    stack.write_text("config:\n  aws:region: eu-west-1\n  stratus:trainer-ami-framework: pytorch-9.9\n")
+    try:
+        ami.pin_amis(stack, ec2, owners=("self",))
+    except ValueError as e:
+        assert "pytorch-9.9" in str(e) and "pytorch-2.13" in str(e)
+    else:
+        raise AssertionError("an unknown family must be refused")

@@ -32,7 +32,8 @@ def test_plan_of_the_example_prints_resources_verdicts_and_a_cost_that_adds_up()
     verdicts, cost = rest.split("== estimated cost (USD) ==", 1)
     assert "s3.Bucket" in resources and "aws:kms stack key + bucket key, public access blocked, TLS-only" in resources
     assert re.search(r"ec2\.LaunchTemplate\s+training-launch-template\s+g5\.12xlarge, IMDSv2, no public IP", resources)
-    assert "18 passed, 0 failed" in verdicts and "FAIL" not in verdicts
+    assert "19 passed, 0 failed" in verdicts and "FAIL" not in verdicts
+    assert "PASS  aws-autoscaling-group-launch-template" in verdicts
     assert "PASS  aws-lb-listener-tls-to-targets" in verdicts and "PASS  aws-iam-role-own-ssm-parameters" in verdicts
     assert re.search(r"lb\.LoadBalancer\s+serving-lb-nlb\s+internal network, 2 zones", resources)
     assert re.search(r"lb\.Listener\s+serving-lb-grpc-listener\s+TCP 8001 \(TLS passed through\)", resources)
@@ -66,7 +67,7 @@ def test_plan_reports_a_violated_rule_and_exits_1(monkeypatch, capsys):
     monkeypatch.setattr(plan, "run_program", with_unrotated_key(run_program))
     assert plan.main([str(EXAMPLE)]) == 1 == ExitCode.FAILED
     out = capsys.readouterr().out
-    assert "FAIL  aws-kms-key-rotation-enabled" in out and "17 passed, 1 failed" in out
+    assert "FAIL  aws-kms-key-rotation-enabled" in out and "18 passed, 1 failed" in out
 
 
 def test_plan_names_the_key_of_a_config_error(tmp_path, capsys):
@@ -84,3 +85,44 @@ def test_plan_of_four_p5_on_a_capacity_block_shows_reservation_quota_ami_and_blo
     assert "Service Quotas ec2/L-417A185B 'Running On-Demand P instances' >= 768 vCPUs (4 x p5.48xlarge)" in out
     assert "training AMI: NOT PINNED" in out and "--update-ami" in out
     assert re.search(r"training node p5\.48xlarge \(capacity block\)\s+4\s+31\.464000\s+125\.8560", out)
+    # the node group, its template's market and interfaces, the addresses, the block's end, the AMI's torch
+    assert re.search(
+        r"autoscaling\.Group\s+training-nodes\s+4 nodes \(min = max = desired\) in 1 subnet, EC2 health: a lost node "
+        r"is replaced, no placement group",
+        out,
+    )
+    assert re.search(
+        r"ec2\.LaunchTemplate\s+training-launch-template\s+p5\.48xlarge, IMDSv2, no public IP, 200GB encrypted "
+        r"\(stack key\), EFA x1 \+ efa-only x31 \(1 IP per instance\), Capacity Block cr-0a1b2c3d4e5f60718$",
+        out,
+        re.M,
+    )
+    assert "on-demand" not in out.split("training-launch-template", 1)[1].splitlines()[0]
+    assert (
+        "addresses: training subnet 10.42.0.0/19: 8187 usable addresses (its 8192 minus the 5 AWS reserves), 11 "
+        "needed (5 for the training nodes (4 + 1 replacing, 1 IP interface each) + 3 for 3 interface endpoints"
+    ) in out
+    assert "Capacity Block ends 2026-12-10 11:30 UTC; EC2 starts terminating the nodes at 2026-12-10 11:00 UTC" in out
+    assert "training AMI family: pytorch-2.13 (stratus:trainer-ami-framework), carries torch 2.13" in out
+    assert (
+        "/aws/service/deeplearning/ami/x86_64/oss-nvidia-driver-gpu-pytorch-2.13-amazon-linux-2023/latest/ami-id" in out
+    )
+
+
+def test_plan_of_p5_on_a_slash_24_counts_the_addresses_and_fails_when_they_run_out(tmp_path, capsys):
+    config = yaml.safe_load((ROOT / "examples" / "Pulumi.p5-capacity-block.yaml").read_text())
+    config["config"]["stratus:vpc-cidr"] = "10.42.0.0/24"
+    stack_file = tmp_path / "Pulumi.small.yaml"
+    stack_file.write_text(yaml.safe_dump(config))
+    # 4 nodes with efa-only interfaces take 5 addresses (one replacing): they fit the /27
+    assert plan.main([str(stack_file)]) == ExitCode.OK
+    assert "training subnet 10.42.0.0/27: 27 usable addresses (its 32 minus the 5 AWS reserves), 11 needed" in (
+        capsys.readouterr().out
+    )
+    config["config"]["stratus:trainer-count"] = 20
+    stack_file.write_text(yaml.safe_dump(config))
+    assert plan.main([str(stack_file)]) == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert "config `stratus:vpc-cidr`: 10.42.0.0/24 is too small" in err
+    assert "28 needed (22 for the training nodes (20 + 2 replacing, 1 IP interface each)" in err
+    assert "short by 1 address" in err and "use a /23 or larger range" in err
