@@ -183,6 +183,7 @@ COMMAND_EXIT_CODES: dict[str, tuple[ExitCode, ...]] = {
     "sync": (ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT),
     "plan": (ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT),
     "model": (ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT),
+    "wheels": (ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT),
 }
 """Which codes each command can return; docs/architecture.md prints this table and a test runs
 every pair."""
