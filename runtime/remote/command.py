@@ -100,6 +100,10 @@ class RemoteOptions:
     """Wheelhouse shipped in the bundle, made by `stratus wheels --dest DIR`: the nodes install
     from it offline (`pip --no-index`). Needed when the stack has no egress (`egress_enabled`)."""
 
+    min_bus_gbps: float | None = option(None, metavar="GBPS")
+    """The preflight's all-reduce bus bandwidth floor on the nodes (GB/s; 0: only log it). Default:
+    the instance type's (about a quarter of the EFA bandwidth on EFA types, none on others)."""
+
     poll_interval: float = option(10.0, metavar="SECONDS")
     """Seconds between progress lines."""
 
@@ -126,6 +130,8 @@ class RemoteOptions:
             raise RemoteError(f"--execution-timeout {self.execution_timeout} must be {limit}")
         if not 0 < self.master_port < 65536:
             raise RemoteError(f"--master-port {self.master_port}: use 1-65535")
+        if self.min_bus_gbps is not None and not self.min_bus_gbps >= 0:
+            raise RemoteError(f"--min-bus-gbps {self.min_bus_gbps}: give GB/s >= 0 (0: only log the figure)")
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -219,6 +225,7 @@ class Launch:
             launch_id=self.launch_id,
             master_port=self.opts.master_port,
             config_file=self.config_file,
+            min_bus_gbps=self.opts.min_bus_gbps,
         )
 
     def print_plan(self, job: NodeJob) -> None:

@@ -288,9 +288,12 @@ def test_the_launch_command_exports_the_nodes_nccl_settings(tmp_path):
         "test",
     )
     job = NodeJob(outputs=outputs, run_name="r", train_args=(), bundle_sha256="0" * 64, launch_id="l")
-    (line,) = [x for x in node_script(job, 0) if NODE_ENV_FILE in x]
-    # the node's file, at its sysroot path: the values must survive shell parsing unchanged
-    script = line.replace(NODE_ENV_FILE, f"{box.root}{NODE_ENV_FILE}") + '\necho "$FI_PROVIDER|$LD_LIBRARY_PATH"'
-    result = box.run(script)
+    lines = node_script(job, 0)
+    (line,) = [x for x in lines if NODE_ENV_FILE in x]
+    (extend,) = [x for x in lines if "STRATUS_EFA_LIBRARY_PATH" in x]
+    # the node's file, at its sysroot path: the values must survive shell parsing unchanged, and the
+    # library path keeps what the AMI's environment had (extended, not overwritten)
+    script = line.replace(NODE_ENV_FILE, f"{box.root}{NODE_ENV_FILE}") + f"\n{extend}"
+    result = box.run(script + '\necho "$FI_PROVIDER|$NCCL_NET|$LD_LIBRARY_PATH"', {"LD_LIBRARY_PATH": "/usr/lib/ami"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "efa|" + userdata.nccl_env(CATALOG["p5.48xlarge"])["LD_LIBRARY_PATH"]
+    assert result.stdout.strip() == f"efa|AWS Libfabric|{userdata.EFA_LIBRARY_PATH}:/usr/lib/ami"
