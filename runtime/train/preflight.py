@@ -65,7 +65,7 @@ def nccl_network(debug_log: str) -> tuple[str | None, str | None]:
     says `NET/OFI Selected provider is <name>` (`Selected Provider` in older versions).
     """
     networks = re.findall(r"Using network (\S.*?)\s*$", debug_log, flags=re.M)
-    providers = re.findall(r"NET/OFI Selected [Pp]rovider is (\S+)", debug_log)
+    providers = re.findall(r"NET/OFI Selected [Pp]rovider is ([^\s,]+)", debug_log)
     return (networks[-1] if networks else None, providers[-1] if providers else None)
 
 
