@@ -19,7 +19,6 @@ from runtime.contract import (
     HOST_BUNDLE,
     HOST_OPS_ENV,
     HOST_PYTHON,
-    HOST_TORCH_EXTENSIONS,
     NODE_ENV_FILE,
     NODE_OUTPUT_DIR,
     PREPARE_UNIT,
@@ -85,7 +84,8 @@ def node_launch_command(job: NodeJob, node_rank: int) -> str:
 def _preamble(out: StackOutputs) -> list[str]:
     """First lines of every node command: strict variables, the region, the node's env file, the
     library path extended (never replaced) with the EFA libraries it names, and the build env of
-    DeepSpeed's ops (prepare's `TORCH_EXTENSIONS_DIR` and `CUDA_HOME`: the runs load them built)."""
+    DeepSpeed's ops (`HOST_OPS_ENV`: prepare's `TORCH_EXTENSIONS_DIR`, by default
+    `HOST_TORCH_EXTENSIONS`, and `CUDA_HOME`; the runs load the ops built there)."""
     return [
         "set -u",
         f"export AWS_REGION={shlex.quote(out.region)} AWS_DEFAULT_REGION={shlex.quote(out.region)}",
@@ -93,7 +93,7 @@ def _preamble(out: StackOutputs) -> list[str]:
         f"if [ -r {NODE_ENV_FILE} ]; then set -a; . {NODE_ENV_FILE}; set +a; fi",
         'if [ -n "${STRATUS_EFA_LIBRARY_PATH:-}" ]; then '
         'export LD_LIBRARY_PATH="$STRATUS_EFA_LIBRARY_PATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi',
-        f'export TORCH_EXTENSIONS_DIR="${{TORCH_EXTENSIONS_DIR:-{HOST_TORCH_EXTENSIONS}}}"',
+        # prepare's TORCH_EXTENSIONS_DIR (HOST_TORCH_EXTENSIONS unless its env named another) and CUDA_HOME
         f"if [ -r {HOST_OPS_ENV} ]; then set -a; . {HOST_OPS_ENV}; set +a; fi",
     ]
 
@@ -157,8 +157,10 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
         # Checkpoints streamed to S3 after each commit (runtime.checkpoint.stream): the launch's NodeEnv knobs.
         f"export {launch_exports(job, node_rank)}",
         f"echo '[stratus] node {node_rank}/{out.num_nodes} ({out.private_ips[node_rank]}): installing the bundle'",
+        # on failure the unit's last lines name the cause (a missing wheel, compiler, toolkit...)
         f"systemctl restart {PREPARE_UNIT} || {{ echo '[stratus] installing the runtime bundle failed; "
-        f"see journalctl -u {PREPARE_UNIT}' >&2; exit 1; }}",
+        f"see journalctl -u {PREPARE_UNIT}' >&2; journalctl -u {PREPARE_UNIT} -n 15 --no-pager -o cat >&2 2>/dev/null; "
+        "exit 1; }",
         f"echo {q(f'{job.bundle_sha256}  {bundle}')} | sha256sum -c --status - || {{ echo '[stratus] {bundle} is "
         "not the bundle this launch uploaded (another launch replaced it?)' >&2; exit 1; }",
         f"mkdir -p {q(run_dir)}",

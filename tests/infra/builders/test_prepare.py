@@ -10,6 +10,7 @@ toolkit's CUDA version.
 from __future__ import annotations
 
 from infra.builders import userdata
+from runtime.contract import HOST_TORCH_EXTENSIONS
 from tests.infra.builders.sandbox import BASE_PYTHON, bundle_bytes, fake_deepspeed_wheel, fake_package_wheel, fake_wheel
 from tests.infra.builders.test_host_scripts import PREPARE, _aws, _node, _upload
 
@@ -39,7 +40,7 @@ def test_gpu_node_builds_the_ops_once_with_the_matching_toolkit_and_a_relaunch_i
     # no compiler on this AL2023 host: installed with the headers, from the AL2023 repository
     assert box.calls("dnf") == ["install -y -q python3.11 python3.11-pip", "install -y -q python3.11-devel gcc-c++"]
     assert "CUDA: torch 12.8, toolkit " in result.stderr
-    ext = box.root / "opt/stratus/torch-extensions"
+    ext = box.root / HOST_TORCH_EXTENSIONS.lstrip("/")  # where the node command finds them (ops.env)
     cuda = box.root / "usr/local/cuda-12.8"
     for op in ("FusedAdamBuilder", "CPUAdamBuilder"):
         assert (ext / op / "built-with").read_text() == f"{cuda}|cuda", op

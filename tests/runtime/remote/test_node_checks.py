@@ -106,7 +106,8 @@ def test_node_env_extends_the_library_path_and_sets_the_types_floor(tmp_path):
         + next(x for x in lines if x.startswith("export STRATUS_MIN_BUS_GBPS"))
         + '\necho "$LD_LIBRARY_PATH|$NCCL_NET|$STRATUS_MIN_BUS_GBPS|$TORCH_EXTENSIONS_DIR|${CUDA_HOME:-}"'
     )
-    (tmp_path / "ops.env").write_text("CUDA_HOME=/usr/local/cuda-12.8\n")
+    # as prepare wrote it (runtime.remote.ops --env-file): the runs build nothing again
+    (tmp_path / "ops.env").write_text(f"CUDA_HOME=/usr/local/cuda-12.8\nTORCH_EXTENSIONS_DIR={HOST_TORCH_EXTENSIONS}\n")
     result = _sh(script, {"LD_LIBRARY_PATH": "/usr/local/cuda/lib64"})
     assert result.returncode == 0, result.stderr
     # the AMI's path stays after EFA's; the operator's floor wins over node.env's
