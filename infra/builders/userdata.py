@@ -198,6 +198,8 @@ def trainer_user_data(*, region: str, buckets: dict[str, str], instance_type: In
         "STRATUS_GPU": "1",
         "STRATUS_SCRATCH": scratch,
         "STRATUS_NVME_DISKS": str(instance_type.nvme_disks),
+        # DeepSpeed's ops are compiled at prepare on training nodes only (serving never builds them)
+        "STRATUS_BUILD_OPS": "1",
     }
     units = {
         # After the Deep Learning AMI's dlami-nvme (its instance-store volume, reused by scratch.sh);

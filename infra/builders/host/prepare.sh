@@ -8,11 +8,12 @@
 # The venv is kept between launches, keyed by the hash of the requirements, the wheel file names
 # and the torch source (venv_key): a relaunch with the same requirements installs nothing. With
 # wheels/ the install is offline (`pip --no-index`); a wheel missing there fails once (exit 78),
-# naming the package. When the requirements pin DeepSpeed, its ops are then compiled and imported
-# once (`python -m runtime.remote.ops`, after installing the C++ compiler and Python headers it
-# needs) into TORCH_EXTENSIONS_DIR, which the training runs use too; on GPU hosts that also checks
-# torch's CUDA against the driver and the toolkit.
-# Env (/etc/stratus/stack.env): AWS_REGION, STRATUS_BUNDLE_URI, STRATUS_GPU (1 on GPU hosts).
+# naming the package. On training nodes (STRATUS_BUILD_OPS=1) whose requirements pin DeepSpeed,
+# its ops are then compiled and imported once (`python -m runtime.remote.ops`, after installing
+# the C++ compiler and Python headers it needs) into TORCH_EXTENSIONS_DIR, which the training runs
+# use too; on GPU hosts that also checks torch's CUDA against the driver and the toolkit.
+# Env (/etc/stratus/stack.env): AWS_REGION, STRATUS_BUNDLE_URI, STRATUS_GPU (1 on GPU hosts),
+# STRATUS_BUILD_OPS (1 on training nodes).
 # STRATUS_SYSROOT: install under this directory instead of / (tests). Exit 78 (EX_CONFIG): a fault
 # that retrying cannot fix (systemd does not restart then); other failures are retried.
 set -euo pipefail
@@ -204,6 +205,7 @@ venv_key() {
 build_ops() {
   # DeepSpeed's ops, built once into TORCH_EXTENSIONS_DIR (runtime/remote/ops.py says which).
   local gpu=()
+  [ "${STRATUS_BUILD_OPS:-0}" = 1 ] || return 0
   grep -q '^deepspeed==' "${APP}/app/requirements/runtime.txt" || return 0
   install_build_tools
   mkdir -p "${TORCH_EXTENSIONS_DIR}"

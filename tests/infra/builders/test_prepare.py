@@ -135,3 +135,17 @@ def test_a_cpu_node_builds_the_cpu_adam_op_only(tmp_path, aws_env):
     assert sorted(p.name for p in ext.iterdir()) == ["CPUAdamBuilder"]
     assert (ext / "CPUAdamBuilder/built-with").read_text() == "|cpu"
     assert box.calls("nvidia-smi") == []
+
+
+def test_a_serving_host_builds_no_op(tmp_path, aws_env):
+    _upload(aws_env, _gpu_bundle(tmp_path))
+    box = _node(tmp_path)
+    env = (box.root / "etc/stratus/stack.env").read_text()
+    assert "STRATUS_BUILD_OPS=1" in env  # the trainer's; the serving host's user data does not set it
+    (box.root / "etc/stratus/stack.env").write_text(env.replace("STRATUS_BUILD_OPS=1\n", ""))
+    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
+    assert result.returncode == 0, result.stderr
+    assert not (box.root / HOST_TORCH_EXTENSIONS.lstrip("/")).exists() and box.calls("nvidia-smi") == []
+    assert box.calls("dnf") == ["install -y -q python3.11 python3.11-pip"]  # no compiler either
+    serving = userdata.serving_user_data(region="r", models_bucket="m", model_name="x", port=8000, token_parameter="/t")
+    assert "STRATUS_BUILD_OPS" not in serving.split("/etc/stratus/stack.env")[1].split("STRATUS_EOF")[1]
