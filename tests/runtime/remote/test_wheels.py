@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -181,3 +182,14 @@ def test_launch_sh_passes_wheels_to_stratus_remote(tmp_path):
     assert argv.index("--") > i
     result = subprocess.run([*launch, "--wheels", "w"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2 and "add --stack NAME or --sim-dir DIR" in result.stderr
+
+
+def test_the_cli_lists_wheels_and_its_help_explains_the_platforms():
+    listed = subprocess.run([sys.executable, "-m", "stratus", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert listed.returncode == 0 and "  wheels   build the wheelhouse of a stack without egress" in listed.stdout
+    helped = subprocess.run(
+        [sys.executable, "-m", "stratus", "wheels", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert "grpcio publish only `manylinux2014`" in helped.stdout and "DS_BUILD_OPS=0" in helped.stdout
+    assert "--cpu" in helped.stdout and "Exit codes: 0" in helped.stdout
