@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "publish": ("runtime.repository.command", "publish an exported artifact to a local or s3:// model repository"),
     "serve": ("runtime.serve.command", "serve a model repository over the Open Inference Protocol"),
     "remote": ("runtime.remote.command", "train on a stack's training nodes through SSM Run Command"),
+    "wheels": ("runtime.remote.wheels", "build the wheelhouse of a stack without egress (remote --wheels DIR)"),
 }
 """name -> (module with `main(argv)`, one line for the usage text)."""
 

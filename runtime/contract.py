@@ -126,6 +126,12 @@ HOST_PYTHON = f"{APP_DIR}/venv/bin/python"
 """The interpreter of the runtime venv on every host."""
 HOST_BUNDLE = f"{APP_DIR}/bundle.tar.gz"
 """Where the hosts keep the downloaded bundle (its sha256 is checked before each launch)."""
+HOST_TORCH_EXTENSIONS = f"{APP_DIR}/torch-extensions"
+"""`TORCH_EXTENSIONS_DIR` of the hosts: DeepSpeed's ops, compiled there by `stratus-prepare.service`
+(`runtime.remote.ops`) and found there, built, by the training runs."""
+HOST_OPS_ENV = f"{APP_DIR}/ops.env"
+"""`CUDA_HOME` (and `TORCH_EXTENSIONS_DIR`) the ops were built with, written at prepare; the node
+command sources it so that torch's extension loader sees the same build and rebuilds nothing."""
 SCRATCH_MOUNT = "/scratch"
 """Mount point of a training node's scratch volume."""
 NODE_OUTPUT_DIR = f"{SCRATCH_MOUNT}/runs"
@@ -189,6 +195,7 @@ COMMAND_EXIT_CODES: dict[str, tuple[ExitCode, ...]] = {
     "sync": (ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT),
     "plan": (ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT),
     "model": (ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT),
+    "wheels": (ExitCode.OK, ExitCode.FAILED, ExitCode.BAD_INPUT),
 }
 """Which codes each command can return; docs/architecture.md prints this table and a test runs
 every pair."""

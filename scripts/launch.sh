@@ -9,6 +9,7 @@
 #   ./scripts/launch.sh --preset hf-tiny --model-dir ./my-llama --data chat.jsonl   # your own HF model
 #   ./scripts/launch.sh -- --set epochs=2       # anything after -- goes to `stratus train`
 #   ./scripts/launch.sh --stack dev             # the same on the stack's training nodes (see --help)
+#   stratus wheels --dest wheels/ && ./scripts/launch.sh --stack dev --wheels wheels/   # a stack without egress
 #
 # Env: STRATUS_PYTHON (python used to create .venv), DS_ACCELERATOR (cpu|cuda; detected),
 #      STRATUS_MODEL_REPO (publish target, default <output-dir>/model-repo; s3://bucket/prefix works).
@@ -46,6 +47,9 @@ options:
                         then exports and publishes to s3://<models_bucket>/models (the serving
                         host picks the new version up)
   --sim-dir DIR         run on the simulated nodes of scripts/sim-stack.sh up DIR (root; no AWS)
+  --wheels DIR          with --stack/--sim-dir: ship the wheelhouse DIR in the runtime bundle; the
+                        nodes install from it offline. Build it with `stratus wheels --dest DIR`
+                        (add --cpu for CPU-only nodes); required when the stack has no egress
   --dry-run             validate, print the generated DeepSpeed config and the command; run nothing
   -h, --help            this help
 
@@ -57,7 +61,7 @@ EOF
 }
 
 preset=mlp-binary nproc=2 zero_stage="" offload="" data="" model_dir="" run_name="" output_dir=runs resume=0 export=1 stack=""
-dry_run=0 sim_dir=""
+dry_run=0 sim_dir="" wheels=""
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -73,6 +77,7 @@ while [[ $# -gt 0 ]]; do
     --no-export) export=0; shift ;;
     --stack) stack="$2"; shift 2 ;;
     --sim-dir) sim_dir="$2"; shift 2 ;;
+    --wheels) wheels="$2"; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; extra=("$@"); break ;;
@@ -84,6 +89,11 @@ done
 absolute() { if [[ -e "$1" ]]; then realpath "$1"; else printf '%s\n' "$1"; fi; }
 [[ -n "${data}" ]] && data="$(absolute "${data}")"
 [[ -n "${model_dir}" ]] && model_dir="$(absolute "${model_dir}")"
+[[ -n "${wheels}" ]] && wheels="$(absolute "${wheels}")"
+if [[ -n "${wheels}" && -z "${stack}${sim_dir}" ]]; then
+  echo "launch.sh: --wheels ships wheels to a stack's nodes; add --stack NAME or --sim-dir DIR" >&2
+  exit 2
+fi
 
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "${STRATUS_ROOT}"
@@ -102,6 +112,7 @@ repo="${STRATUS_MODEL_REPO:-${output_dir}/model-repo}"
 if [[ -n "${stack}" || -n "${sim_dir}" ]]; then
   if [[ -n "${stack}" ]]; then remote_args=(--stack "${stack}"); else remote_args=(--sim-dir "${sim_dir}"); fi
   [[ ${dry_run} == 1 ]] && remote_args+=(--dry-run)
+  [[ -n "${wheels}" ]] && remote_args+=(--wheels "${wheels}")
   # node 0 exports from the run's checkpoints in S3 and publishes to the stack's models bucket
   [[ ${export} == 1 ]] && remote_args+=(--export)
   # `stratus remote` (the front door): the runtime's launcher, with the simulator injected for --sim-dir

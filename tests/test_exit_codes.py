@@ -200,6 +200,19 @@ def model(code: ExitCode, tmp_path: Path, request) -> int:
     return _code(main, ["push", str(model_dir), "--bucket", bucket])
 
 
+def wheels(code: ExitCode, tmp_path: Path, request) -> int:
+    from runtime.remote.wheels import main
+
+    if code == ExitCode.BAD_INPUT:
+        return _code(main, ["--requirements", str(tmp_path / "missing.txt")])
+    if code == ExitCode.OK:
+        return _code(main, ["--dest", str(tmp_path / "w"), "--dry-run"])
+    failing_pip = tmp_path / "python"  # FAILED: pip exits 1 (no wheel of the pin for the nodes)
+    failing_pip.write_text("#!/bin/sh\necho 'ERROR: No matching distribution found for deepspeed==0.19.8'\nexit 1\n")
+    failing_pip.chmod(0o755)
+    return _code(main, ["--dest", str(tmp_path / "w"), "--python", str(failing_pip)])
+
+
 SCENARIOS = {
     "train": train,
     "export": export,
@@ -209,6 +222,7 @@ SCENARIOS = {
     "sync": sync,
     "plan": plan,
     "model": model,
+    "wheels": wheels,
 }
 PAIRS = [(cmd, code) for cmd, codes in COMMAND_EXIT_CODES.items() for code in codes]
 

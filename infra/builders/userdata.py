@@ -8,7 +8,8 @@ The user data writes configuration (`/etc/stratus/*.env`), the host scripts of `
 units, then starts the units without blocking boot:
 
 - `stratus-scratch.service` (training nodes, every boot): /scratch on the type's local NVMe disks
-  (RAID0 across them) or on the gp3 scratch volume.
+  (a bind mount of the Deep Learning AMI's `dlami-nvme` volume at /opt/dlami/nvme when it set one
+  up, else RAID0 across them) or on the gp3 scratch volume; `PREPARE_UNIT` `Requires=` it.
 - `PREPARE_UNIT` (`stratus-prepare.service`): fetches the runtime bundle from
   `runtime.contract.bundle_uri(models_bucket)` through the S3 endpoint, picks or installs
   Python 3.11 (see `host/prepare.sh` for each AMI family), installs `requirements/runtime.txt`
@@ -42,6 +43,8 @@ SERVE_UNIT = "stratus-serve.service"
 """The systemd unit of the inference server on the serving host."""
 SCRATCH_UNIT = "stratus-scratch.service"
 """The systemd unit that mounts a training node's scratch space."""
+DLAMI_NVME_UNIT = "dlami-nvme.service"
+"""The Deep Learning AMI's unit that mounts the instance-store disks (LVM) at /opt/dlami/nvme."""
 STACK_ENV = "/etc/stratus/stack.env"
 """Names of the stack (region, buckets, bundle) and the host's settings, for the units."""
 NODE_ENV = NODE_ENV_FILE
@@ -54,12 +57,27 @@ TLS_KEY_FLAG = "--tls-key-ssm-parameter"
 """`stratus serve` options naming the SSM parameters of the server certificate and key."""
 
 
+EFA_LIBRARY_PATH = "/opt/amazon/ofi-nccl/lib64:/opt/amazon/ofi-nccl/lib:/opt/amazon/efa/lib64:/opt/amazon/efa/lib"
+"""The aws-ofi-nccl plugin and libfabric as the Deep Learning AMI installs them (prepended to the
+node command's LD_LIBRARY_PATH, `STRATUS_EFA_LIBRARY_PATH`: the AMI's own entries stay)."""
+EFA_FLOOR_FRACTION = 0.25
+"""Default preflight floor on EFA types: this fraction of the EFA bandwidth (GB/s). A 256 MiB
+all-reduce reaches well above it on a healthy fabric; a fallback to TCP sockets stays far below."""
+PREFLIGHT_MIB_EFA = 256
+"""All-reduce size of the preflight on EFA types: large enough to measure the fabric's bandwidth,
+not its latency (the runtime's default, 8 MiB, suits the CPU and socket hosts)."""
+
+
 def nccl_env(instance_type: InstanceType) -> dict[str, str]:
     """NCCL and libfabric settings for `instance_type`, after aws-samples/awsome-distributed-training.
 
     EFA types use the aws-ofi-nccl plugin and libfabric's EFA provider (shipped by the Deep
-    Learning AMI under /opt/amazon); types with RDMA over EFA (p4d, p5) enable it. Other types
-    use TCP sockets, never the loopback or container bridges.
+    Learning AMI under /opt/amazon); `NCCL_NET` names the plugin's network, so NCCL fails instead
+    of falling back to sockets when it is missing, and the preflight checks the choice and the
+    bus bandwidth against a floor for the type (`STRATUS_MIN_BUS_GBPS`, overridable with
+    `stratus remote --min-bus-gbps`). Types with RDMA over EFA (p4d, p5) enable it. Other types use
+    TCP sockets, never the loopback or container bridges, with no default floor (their network
+    figures are "up to" burst rates).
     """
     env = {"NCCL_SOCKET_IFNAME": "^lo,docker", "NCCL_DEBUG": "WARN"}
     if instance_type.efa_interfaces:
@@ -69,13 +87,23 @@ def nccl_env(instance_type: InstanceType) -> dict[str, str]:
                 "FI_EFA_FORK_SAFE": "1",
                 "NCCL_BUFFSIZE": "8388608",
                 "NCCL_P2P_NET_CHUNKSIZE": "524288",
-                "LD_LIBRARY_PATH": "/opt/amazon/ofi-nccl/lib64:/opt/amazon/ofi-nccl/lib:/opt/amazon/efa/lib64:"
-                "/opt/amazon/efa/lib",
+                # aws-ofi-nccl's name up to 1.11 ("Libfabric" and "OFI" since; the old one still works)
+                "NCCL_NET": "AWS Libfabric",
+                "STRATUS_EFA_LIBRARY_PATH": EFA_LIBRARY_PATH,
+                "STRATUS_FABRIC": "efa",
+                "STRATUS_MIN_BUS_GBPS": f"{efa_floor_gbps(instance_type):g}",
+                "STRATUS_PREFLIGHT_MIB": str(PREFLIGHT_MIB_EFA),
             }
         )
         if instance_type.efa_rdma:
             env["FI_EFA_USE_DEVICE_RDMA"] = "1"
     return env
+
+
+def efa_floor_gbps(instance_type: InstanceType) -> float:
+    """The preflight's default bus bandwidth floor (GB/s) of an EFA type: `EFA_FLOOR_FRACTION` of
+    its network bandwidth (p5.48xlarge: 3200 Gbit/s -> 100 GB/s; p4d.24xlarge: 400 -> 12.5)."""
+    return round(instance_type.network_gbps / 8 * EFA_FLOOR_FRACTION, 1)
 
 
 def _env_text(env: dict[str, str]) -> str:
@@ -88,9 +116,12 @@ def _write(path: str, text: str, mode: str = "0644") -> str:
     return f'cat > "$R{path}" <<\'STRATUS_EOF\'\n{text.rstrip()}\nSTRATUS_EOF\nchmod {mode} "$R{path}"\n'
 
 
-def unit(description: str, service: str, *, after: str = "", before: str = "", wants: str = "") -> str:
+def unit(
+    description: str, service: str, *, after: str = "", before: str = "", wants: str = "", requires: str = ""
+) -> str:
     """A systemd unit file: [Unit] with dependencies, the [Service] body, wanted by multi-user.target."""
-    order = "".join(f"{k}={v}\n" for k, v in (("Wants", wants), ("After", after), ("Before", before)) if v)
+    deps = (("Requires", requires), ("Wants", wants), ("After", after), ("Before", before))
+    order = "".join(f"{k}={v}\n" for k, v in deps if v)
     install = "[Install]\nWantedBy=multi-user.target\n"
     return f"[Unit]\nDescription={description}\n{order}\n[Service]\n{service.strip()}\n\n{install}"
 
@@ -133,6 +164,14 @@ PrivateTmp=yes
 """
 
 
+def shipped_script(name: str) -> str:
+    """The host script `name` as the user data carries it: its comment lines dropped (the
+    repository's copy keeps them), as EC2 caps user data at 16 KB. Its heredocs hold Python code,
+    where a dropped comment changes nothing."""
+    first, *rest = (HOST_DIR / name).read_text().splitlines()
+    return "\n".join([first, *(line for line in rest if not line.lstrip().startswith("#"))]) + "\n"
+
+
 def _host(env: dict[str, str], scripts: tuple[str, ...], units: dict[str, str], extra: str = "") -> str:
     parts = [
         "#!/bin/bash\n# stratus user data: names only, no secrets.\nset -euo pipefail\n",
@@ -140,7 +179,7 @@ def _host(env: dict[str, str], scripts: tuple[str, ...], units: dict[str, str], 
         f'install -d -m 0755 "$R/etc/stratus" "$R{APP_DIR}" "$R/etc/systemd/system"\n',
         _write(STACK_ENV, _env_text(env)),
     ]
-    parts += [_write(f"{APP_DIR}/{name}", (HOST_DIR / name).read_text(), "0755") for name in scripts]
+    parts += [_write(f"{APP_DIR}/{name}", shipped_script(name), "0755") for name in scripts]
     parts.append(extra)
     parts += [_write(f"/etc/systemd/system/{name}", text) for name, text in units.items()]
     parts.append(f"systemctl daemon-reload\nsystemctl enable --now --no-block {' '.join(units)}\n")
@@ -163,19 +202,29 @@ def trainer_user_data(*, region: str, buckets: dict[str, str], instance_type: In
         "STRATUS_GPU": "1",
         "STRATUS_SCRATCH": scratch,
         "STRATUS_NVME_DISKS": str(instance_type.nvme_disks),
+        # DeepSpeed's ops are compiled at prepare on training nodes only (serving never builds them)
+        "STRATUS_BUILD_OPS": "1",
     }
     units = {
+        # After the Deep Learning AMI's dlami-nvme (its instance-store volume, reused by scratch.sh);
+        # an After= on a unit that does not exist (other AMIs) is ignored.
         SCRATCH_UNIT: unit(
-            f"stratus: mount {SCRATCH_MOUNT}", SCRATCH_SERVICE, after="local-fs.target", before=PREPARE_UNIT
+            f"stratus: mount {SCRATCH_MOUNT}",
+            SCRATCH_SERVICE,
+            after=f"local-fs.target {DLAMI_NVME_UNIT}",
+            before=PREPARE_UNIT,
         ),
+        # Requires=: no install (hence no training) on a node whose scratch failed to mount.
         PREPARE_UNIT: unit(
             "stratus: install the runtime bundle from S3",
             PREPARE_SERVICE,
             after=f"network-online.target {SCRATCH_UNIT}",
             wants="network-online.target",
+            requires=SCRATCH_UNIT,
         ),
     }
-    node_env = _write(NODE_ENV, _env_text(nccl_env(instance_type)))
+    # STRATUS_SCRATCH: the node command refuses to train off the scratch mount unless it is `none`.
+    node_env = _write(NODE_ENV, _env_text({**nccl_env(instance_type), "STRATUS_SCRATCH": scratch}))
     return _host(env, ("prepare.sh", "scratch.sh"), units, node_env)
 
 

@@ -40,7 +40,14 @@ class NodeEnv:
     upload_wait_s: float = _knob(600.0, "STRATUS_UPLOAD_WAIT_S")
     """Seconds node 0's streamer waits for the other nodes' parts of a checkpoint."""
     min_bus_gbps: float = _knob(0.0, "STRATUS_MIN_BUS_GBPS")
-    """All-reduce bus bandwidth floor of the preflight (GB/s; 0: only log the figure)."""
+    """All-reduce bus bandwidth floor of the preflight (GB/s; 0: only log the figure). node.env of
+    an EFA type sets one (infra.builders.userdata.efa_floor_gbps); `stratus remote --min-bus-gbps`
+    overrides it."""
+    preflight_mib: int = _knob(8, "STRATUS_PREFLIGHT_MIB")
+    """Size of the preflight's all-reduce (MiB); 256 on EFA types, to measure bandwidth, not latency."""
+    fabric: str = _knob("", "STRATUS_FABRIC")
+    """`efa` on EFA types: the preflight fails when NCCL did not pick the aws-ofi-nccl network over
+    libfabric's EFA provider (read from NCCL's INIT,NET log, `NCCL_DEBUG_FILE`)."""
     imds_endpoint: str = _knob("http://169.254.169.254", "STRATUS_IMDS_ENDPOINT")
     """Instance metadata service the spot-interruption watcher polls."""
     checkpoint_uri: str = _knob("", "STRATUS_CHECKPOINT_S3")

@@ -54,10 +54,7 @@ def bundle_entries(root: Path, wheels: Path | None = None) -> list[BundleEntry]:
     if wheels is not None:
         whls = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
         if not whls:
-            raise RemoteError(
-                f"--wheels {wheels}: no .whl files there (fill it with `pip download --python-version 3.11 --platform "
-                "manylinux_2_28_x86_64 --only-binary=:all: -r requirements/runtime.txt`)"
-            )
+            raise RemoteError(f"--wheels {wheels}: no .whl files there (fill it with `stratus wheels --dest {wheels}`)")
         found += [(f"wheels/{w.name}", w) for w in whls]
     return [BundleEntry(name, path, path.stat().st_size) for name, path in sorted(found)]
 

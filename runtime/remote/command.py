@@ -46,12 +46,20 @@ from runtime.checkpoint.local import LATEST, existing_run_message
 from runtime.common.log import get_logger
 from runtime.common.options import option, parse_options
 from runtime.common.s3 import head_or_none, sse_kms_args
-from runtime.contract import BUNDLE_KEY, NODE_OUTPUT_DIR, ExitCode, checkpoints_prefix, checkpoints_uri
-from runtime.remote.bundle import bundle_entries, write_bundle
+from runtime.contract import (
+    BUNDLE_KEY,
+    NODE_OUTPUT_DIR,
+    OUTPUT_EGRESS_ENABLED,
+    ExitCode,
+    checkpoints_prefix,
+    checkpoints_uri,
+)
+from runtime.remote.bundle import RUNTIME_REQUIREMENTS, bundle_entries, write_bundle
 from runtime.remote.nodes import NodeJob, export_script, node_script, node_train_args
-from runtime.remote.outputs import RemoteError, read_outputs
+from runtime.remote.outputs import RemoteError, StackOutputs, read_outputs
 from runtime.remote.progress import report, tail, wait_for_nodes
 from runtime.remote.transport import NodeTransport, SsmTransport
+from runtime.remote.wheels import WheelsError, missing_wheels
 from runtime.train.command import TrainOptions, parse_train_options, validate
 from runtime.train.config import ConfigError
 from runtime.train.data import DataError
@@ -89,7 +97,12 @@ class RemoteOptions:
     """Rendezvous port on node 0."""
 
     wheels: Path | None = option(None, metavar="DIR")
-    """Directory of wheels to ship for stacks without egress."""
+    """Wheelhouse shipped in the bundle, made by `stratus wheels --dest DIR`: the nodes install
+    from it offline (`pip --no-index`). Needed when the stack has no egress (`egress_enabled`)."""
+
+    min_bus_gbps: float | None = option(None, metavar="GBPS")
+    """The preflight's all-reduce bus bandwidth floor on the nodes (GB/s; 0: only log it). Default:
+    the instance type's (about a quarter of the EFA bandwidth on EFA types, none on others)."""
 
     poll_interval: float = option(10.0, metavar="SECONDS")
     """Seconds between progress lines."""
@@ -117,6 +130,8 @@ class RemoteOptions:
             raise RemoteError(f"--execution-timeout {self.execution_timeout} must be {limit}")
         if not 0 < self.master_port < 65536:
             raise RemoteError(f"--master-port {self.master_port}: use 1-65535")
+        if self.min_bus_gbps is not None and not self.min_bus_gbps >= 0:
+            raise RemoteError(f"--min-bus-gbps {self.min_bus_gbps}: give GB/s >= 0 (0: only log the figure)")
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -124,6 +139,40 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
         i = argv.index("--")
         return argv[:i], argv[i + 1 :]
     return argv, []
+
+
+def check_install_path(out: StackOutputs, wheels: Path | None, *, gpu: bool) -> None:
+    """Refuse a launch whose nodes could not install the runtime, before anything is uploaded.
+
+    Without egress the nodes reach only the VPC endpoints (no PyPI): the bundle must carry a
+    wheelhouse, with a wheel of every pin (and, on GPU nodes, of the CUDA builds prepare.sh swaps in).
+    A stack that does not export `egress_enabled` (older) only gets a warning.
+
+    Raises:
+        RemoteError: no egress and no `--wheels`, or a wheelhouse that lacks a pinned package.
+    """
+    if wheels is None:
+        if out.egress_enabled is False:
+            raise RemoteError(
+                f"the stack has no egress ({OUTPUT_EGRESS_ENABLED}: false): its nodes cannot reach PyPI to install the "
+                "runtime. Build a wheelhouse with `stratus wheels --dest wheels/` and pass `--wheels wheels/` "
+                "(scripts/launch.sh --wheels wheels/); nothing was uploaded"
+            )
+        if out.egress_enabled is None:
+            log.warning(
+                "the stack does not export %s: if its nodes have no egress they cannot install the runtime; "
+                "pass --wheels DIR (built by `stratus wheels`) for such a stack",
+                OUTPUT_EGRESS_ENABLED,
+            )
+        return
+    if wheels.is_dir():
+        missing = missing_wheels(ROOT / RUNTIME_REQUIREMENTS, wheels, gpu=gpu)
+        if missing:
+            kind = "" if gpu else " --cpu"
+            raise RemoteError(
+                f"--wheels {wheels} has no wheel of {', '.join(missing)}; the nodes install offline from it. "
+                f"Rebuild it with `stratus wheels --dest {wheels}{kind}`; nothing was uploaded"
+            )
 
 
 class Launch:
@@ -159,6 +208,7 @@ class Launch:
         if train_opts.config:
             node_path = f"{NODE_OUTPUT_DIR}/{self.run_name}/config-{self.launch_id}{Path(train_opts.config).suffix}"
             self.config_file = (node_path, Path(train_opts.config).read_bytes())
+        check_install_path(out, opts.wheels, gpu=not opts.sim_dir)
         self.entries = bundle_entries(ROOT, opts.wheels)
         self.resume = train_opts.resume
         self.sent_job: NodeJob | None = None
@@ -175,6 +225,7 @@ class Launch:
             launch_id=self.launch_id,
             master_port=self.opts.master_port,
             config_file=self.config_file,
+            min_bus_gbps=self.opts.min_bus_gbps,
         )
 
     def print_plan(self, job: NodeJob) -> None:
@@ -325,7 +376,7 @@ def main(argv: list[str] | None = None, *, sim_transport: SimTransport | None = 
     try:
         opts = parse_options(RemoteOptions, own, prog="stratus remote", description=__doc__)
         return Launch(opts, parse_train_options(train_argv), sim_transport=sim_transport).run()
-    except (RemoteError, ConfigError, DataError) as e:
+    except (RemoteError, WheelsError, ConfigError, DataError) as e:
         log.error("%s", e)
         return ExitCode.BAD_INPUT
     except (ClientError, BotoCoreError, Boto3Error) as e:

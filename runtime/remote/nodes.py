@@ -17,10 +17,12 @@ from runtime.common.options import to_argv
 from runtime.contract import (
     APP_DIR,
     HOST_BUNDLE,
+    HOST_OPS_ENV,
     HOST_PYTHON,
     NODE_ENV_FILE,
     NODE_OUTPUT_DIR,
     PREPARE_UNIT,
+    SCRATCH_MOUNT,
     checkpoints_prefix,
     checkpoints_uri,
 )
@@ -55,6 +57,9 @@ class NodeJob:
     master_port: int = 29500
     config_file: tuple[str, bytes] | None = None
     """(path on the node, content) of the operator's `--config` file, written there before training."""
+    min_bus_gbps: float | None = None
+    """The preflight's bus bandwidth floor for this launch (GB/s); None: the node type's default
+    from node.env (`STRATUS_MIN_BUS_GBPS`)."""
 
 
 def node_launch_command(job: NodeJob, node_rank: int) -> str:
@@ -77,12 +82,51 @@ def node_launch_command(job: NodeJob, node_rank: int) -> str:
 
 
 def _preamble(out: StackOutputs) -> list[str]:
-    """First lines of every node command: strict variables, the region, the node's env file."""
+    """First lines of every node command: strict variables, the region, the node's env file, the
+    library path extended (never replaced) with the EFA libraries it names, and the build env of
+    DeepSpeed's ops (`HOST_OPS_ENV`: prepare's `TORCH_EXTENSIONS_DIR`, by default
+    `HOST_TORCH_EXTENSIONS`, and `CUDA_HOME`; the runs load the ops built there)."""
     return [
         "set -u",
         f"export AWS_REGION={shlex.quote(out.region)} AWS_DEFAULT_REGION={shlex.quote(out.region)}",
         # NCCL/EFA settings of the node's type (written by its user data).
         f"if [ -r {NODE_ENV_FILE} ]; then set -a; . {NODE_ENV_FILE}; set +a; fi",
+        'if [ -n "${STRATUS_EFA_LIBRARY_PATH:-}" ]; then '
+        'export LD_LIBRARY_PATH="$STRATUS_EFA_LIBRARY_PATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi',
+        # prepare's TORCH_EXTENSIONS_DIR (HOST_TORCH_EXTENSIONS unless its env named another) and CUDA_HOME
+        f"if [ -r {HOST_OPS_ENV} ]; then set -a; . {HOST_OPS_ENV}; set +a; fi",
+    ]
+
+
+def scratch_check(run_dir: str) -> str:
+    """Shell: refuse to train unless `run_dir` is on the scratch mount (a failed scratch unit would
+    otherwise leave training writing to the root volume). `STRATUS_SCRATCH=none` in node.env (a type
+    without local disks and no scratch volume) trains on the root volume by design."""
+    q = shlex.quote
+    return (
+        f'if [ "${{STRATUS_SCRATCH:-nvme}}" != none ] && '
+        f'[ "$(findmnt -n -o TARGET -T {q(run_dir)} 2>/dev/null)" != {SCRATCH_MOUNT} ]; then '
+        f"echo '[stratus] {run_dir} is not on the scratch volume mounted at {SCRATCH_MOUNT} "
+        "(stratus-scratch.service failed? see journalctl -u stratus-scratch.service): not training on the "
+        "root volume' >&2; exit 1; fi"
+    )
+
+
+def efa_check(run_dir: str, node_rank: int) -> list[str]:
+    """Shell, on EFA types (node.env: `FI_PROVIDER=efa`): libfabric must find the EFA provider
+    (`fi_info -p efa`), and NCCL logs its network choice (INIT,NET) to a file under `run_dir` that
+    the preflight reads (`runtime.train.preflight`: a fallback to sockets fails the run)."""
+    q = shlex.quote
+    log_file = f"{run_dir}/nccl/node{node_rank}.%h.%p.log"
+    return [
+        'if [ "${FI_PROVIDER:-}" = efa ]; then',
+        '  if ! PATH="$PATH:/opt/amazon/efa/bin" fi_info -p efa -t FI_EP_RDM >/dev/null 2>&1; then '
+        "echo '[stratus] EFA: fi_info -p efa finds no EFA device: is the EFA driver loaded and the interface "
+        "attached? NCCL would fall back to TCP sockets' >&2; exit 1; fi",
+        f"  mkdir -p {q(run_dir)}/nccl",
+        f"  export NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET NCCL_DEBUG_FILE={q(log_file)}",
+        f"  echo '[stratus] EFA: provider found; NCCL logs its network choice to {log_file}'",
+        "fi",
     ]
 
 
@@ -113,12 +157,18 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
         # Checkpoints streamed to S3 after each commit (runtime.checkpoint.stream): the launch's NodeEnv knobs.
         f"export {launch_exports(job, node_rank)}",
         f"echo '[stratus] node {node_rank}/{out.num_nodes} ({out.private_ips[node_rank]}): installing the bundle'",
+        # on failure the unit's last lines name the cause (a missing wheel, compiler, toolkit...)
         f"systemctl restart {PREPARE_UNIT} || {{ echo '[stratus] installing the runtime bundle failed; "
-        f"see journalctl -u {PREPARE_UNIT}' >&2; exit 1; }}",
+        f"see journalctl -u {PREPARE_UNIT}' >&2; journalctl -u {PREPARE_UNIT} -n 15 --no-pager -o cat >&2 2>/dev/null; "
+        "exit 1; }",
         f"echo {q(f'{job.bundle_sha256}  {bundle}')} | sha256sum -c --status - || {{ echo '[stratus] {bundle} is "
         "not the bundle this launch uploaded (another launch replaced it?)' >&2; exit 1; }",
         f"mkdir -p {q(run_dir)}",
+        scratch_check(run_dir),
+        *efa_check(run_dir, node_rank),
     ]
+    if job.min_bus_gbps is not None:  # the operator's floor over the node type's (NodeEnv.min_bus_gbps)
+        lines.append(f"export STRATUS_MIN_BUS_GBPS={job.min_bus_gbps:g}")
     if job.config_file:
         path, content = job.config_file
         lines.append(f"echo {base64.b64encode(content).decode()} | base64 -d > {q(path)}")

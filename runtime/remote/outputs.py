@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.contract import REMOTE_TRAINING_OUTPUTS
+from runtime.contract import OUTPUT_EGRESS_ENABLED, REMOTE_TRAINING_OUTPUTS
 
 
 class RemoteError(RuntimeError):
@@ -38,6 +38,8 @@ class StackOutputs:
     """Private IPs of the training nodes, same order; the first is the rendezvous (master) address."""
     slots_per_node: int
     """GPUs per node: one DeepSpeed rank each."""
+    egress_enabled: bool | None = None
+    """Whether the nodes reach the internet (`egress_enabled`); None: the stack does not say (older)."""
 
     @property
     def num_nodes(self) -> int:
@@ -84,6 +86,11 @@ def parse_outputs(data: object, source: str) -> StackOutputs:
             f"{source}: output trainer_slots_per_node is {slots!r}; it must be a positive integer "
             "(a trainer-instance-type with GPUs)"
         )
+    egress = data.get(OUTPUT_EGRESS_ENABLED)
+    if egress is not None and not isinstance(egress, bool):
+        raise RemoteError(
+            f"{source}: output {OUTPUT_EGRESS_ENABLED} is {egress!r}, expected true or false; run `pulumi up`"
+        )
     return StackOutputs(
         region=data["region"],
         kms_key_arn=data["kms_key_arn"],
@@ -93,6 +100,7 @@ def parse_outputs(data: object, source: str) -> StackOutputs:
         instance_ids=tuple(ids),
         private_ips=tuple(ips),
         slots_per_node=slots,
+        egress_enabled=egress,
     )
 
 

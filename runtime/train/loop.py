@@ -133,7 +133,8 @@ class Trainer:
         self.order = epoch_order(self.data.train_idx, self.cfg.seed, 0)
         self.num_params, self.held = self.partition_stats()
         # Before the first step; PreflightError below the floor.
-        gbps = preflight.check(self.device, self.env.min_bus_gbps)
+        env = self.env
+        gbps = preflight.check(self.device, env.min_bus_gbps, nbytes=env.preflight_mib * 2**20, fabric=env.fabric)
         if gbps is not None and self.rank == 0:
             log.info("preflight: all-reduce bus bandwidth %.2f GB/s across %d ranks", gbps, self.world)
         # Every rank at once, as they will share the machine while training; summed over ranks.

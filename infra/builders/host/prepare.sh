@@ -5,7 +5,15 @@
 # that torch is the CUDA build of the pinned version. On a GPU host whose
 # Deep Learning AMI already has that build (its framework Python on 3.11, torch == the pin, CUDA),
 # the venv takes torch from there instead of installing it (AMI_PYTHONS, ami_torch_paths).
-# Env (/etc/stratus/stack.env): AWS_REGION, STRATUS_BUNDLE_URI, STRATUS_GPU (1 on GPU hosts).
+# The venv is kept between launches, keyed by the hash of the requirements, the wheel file names
+# and the torch source (venv_key): a relaunch with the same requirements installs nothing. With
+# wheels/ the install is offline (`pip --no-index`); a wheel missing there fails once (exit 78),
+# naming the package. On training nodes (STRATUS_BUILD_OPS=1) whose requirements pin DeepSpeed,
+# its ops are then compiled and imported once (`python -m runtime.remote.ops`, after installing
+# the C++ compiler and Python headers it needs) into TORCH_EXTENSIONS_DIR, which the training runs
+# use too; on GPU hosts that also checks torch's CUDA against the driver and the toolkit.
+# Env (/etc/stratus/stack.env): AWS_REGION, STRATUS_BUNDLE_URI, STRATUS_GPU (1 on GPU hosts),
+# STRATUS_BUILD_OPS (1 on training nodes).
 # STRATUS_SYSROOT: install under this directory instead of / (tests). Exit 78 (EX_CONFIG): a fault
 # that retrying cannot fix (systemd does not restart then); other failures are retried.
 set -euo pipefail
@@ -13,6 +21,9 @@ R="${STRATUS_SYSROOT:-}"
 APP="${R}/opt/stratus"
 VENV="${APP}/venv"
 EX_CONFIG=78
+# DeepSpeed's compiled ops (runtime.contract.HOST_TORCH_EXTENSIONS) and the build env of the runs.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-${APP}/torch-extensions}"
+OPS_ENV="${APP}/ops.env"
 # The framework interpreter of each Deep Learning AMI family (python_location in the DLAMI release
 # notes): /opt/pytorch, a venv, on the PyTorch DLAMIs for Amazon Linux 2023 and Ubuntu 22.04/24.04;
 # the conda env /opt/conda/envs/pytorch on the older conda-based ones. Plain AMIs have neither.
@@ -53,10 +64,39 @@ install_python() {
   case "${id}" in
     amzn) dnf install -y -q python3.11 python3.11-pip || die "dnf could not install python3.11" ;;
     ubuntu)
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3.11 python3.11-venv ||
+      apt_install python3.11 python3.11-venv ||
         die "apt-get could not install python3.11 (Ubuntu needs egress-enabled: true, or an AMI with it)"
       ;;
     *) die "no Python 3.11 and no known way to install it on '${id}'; use an Amazon Linux 2023 AMI" "${EX_CONFIG}" ;;
+  esac
+}
+
+apt_install() {
+  # A fresh instance has no package lists: update them once per boot before the first install.
+  if [ -z "${APT_UPDATED:-}" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -q || return 1
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
+install_build_tools() {
+  # DeepSpeed compiles its ops with the C++ compiler against the interpreter's headers.
+  local include missing=() id
+  include="$("${PY}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  [ -f "${include}/Python.h" ] || missing+=(headers)
+  command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || missing+=(compiler)
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  id="$(os_id)"
+  log "installing the ${missing[*]} DeepSpeed's ops build with on this ${id} host"
+  case "${id}" in
+    # AL2023's repository is served from S3: reachable through the S3 endpoint without egress.
+    amzn) dnf install -y -q python3.11-devel gcc-c++ || die "dnf could not install python3.11-devel gcc-c++ (Python.h, g++)" ;;
+    ubuntu)
+      apt_install python3.11-dev g++ ||
+        die "apt-get could not install python3.11-dev g++ (Python.h, g++; Ubuntu needs egress-enabled: true, or an AMI with them)"
+      ;;
+    *) die "no $(printf '%s and ' "${missing[@]}" | sed 's/ and $//') to build DeepSpeed's ops and no known way to install them on '${id}'" "${EX_CONFIG}" ;;
   esac
 }
 
@@ -115,10 +155,11 @@ install_requirements() {
   if [ -d "${wheels}" ]; then
     tag="$("${PY}" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
     if ! find "${wheels}" -name "*-${tag}-*.whl" | grep -q .; then
-      die "the bundle's wheels/ holds no ${tag} wheel: download them for the node's Python with
-  pip download --python-version 3.11 --platform manylinux_2_28_x86_64 --only-binary=:all: -r requirements/runtime.txt" "${EX_CONFIG}"
+      die "the bundle's wheels/ holds no ${tag} wheel: build the wheelhouse for the node's Python with
+  stratus wheels --dest DIR (then --wheels DIR)" "${EX_CONFIG}"
     fi
   fi
+  rm -rf "${VENV}"
   "${PY}" -m venv "${VENV}"
   site="$("${VENV}/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   if [ -n "${AMI_SITE}" ]; then
@@ -130,12 +171,51 @@ install_requirements() {
   fi
   if [ -d "${wheels}" ]; then
     log "installing ${requirements} offline from the bundle's wheels"
-    "${VENV}/bin/python" -m pip install --quiet --no-index --find-links "${wheels}" -r "${requirements}"
+    pip_offline -r "${requirements}"
   else
     # PyPI's Linux x86_64 torch wheel is the CUDA build.
     log "installing ${requirements} from the package index"
     "${VENV}/bin/python" -m pip install --quiet -r "${requirements}"
   fi
+}
+
+pip_offline() {
+  # Offline there is nothing to retry: a wheel missing from wheels/ fails once (exit 78), named.
+  local out="${APP}/pip-install.log" missing
+  if "${VENV}/bin/python" -m pip install --quiet --no-index --find-links "${APP}/app/wheels" "$@" 2>"${out}"; then
+    return 0
+  fi
+  cat "${out}" >&2
+  missing="$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "${out}" | head -n 1)"
+  [ -n "${missing}" ] || missing="a required package (see pip's output above)"
+  rm -rf "${VENV}"
+  die "the bundle's wheels/ has no wheel of ${missing} for this host
+  (Python 3.11, $(uname -m)); rebuild the wheelhouse with \`stratus wheels --dest DIR\` and relaunch with --wheels DIR" "${EX_CONFIG}"
+}
+
+venv_key() {
+  # What the venv was built from: the pins, the wheels shipped, where torch comes from, the host kind.
+  {
+    cat "${APP}/app/requirements/runtime.txt"
+    [ -d "${APP}/app/wheels" ] && (cd "${APP}/app/wheels" && ls)
+    printf '%s\n' "python=${PY}" "gpu=${STRATUS_GPU:-0}" "ami-torch=${AMI_SITE}"
+  } | sha256sum | cut -c1-16
+}
+
+build_ops() {
+  # DeepSpeed's ops, built once into TORCH_EXTENSIONS_DIR (runtime/remote/ops.py says which).
+  local gpu=()
+  [ "${STRATUS_BUILD_OPS:-0}" = 1 ] || return 0
+  grep -q '^deepspeed==' "${APP}/app/requirements/runtime.txt" || return 0
+  install_build_tools
+  mkdir -p "${TORCH_EXTENSIONS_DIR}"
+  [ "${STRATUS_GPU:-0}" = 1 ] && gpu=(--gpu --cuda-root "${R}/usr/local")
+  log "building DeepSpeed's ops into ${TORCH_EXTENSIONS_DIR}"
+  (cd "${APP}/app" && DS_ACCELERATOR="$([ "${STRATUS_GPU:-0}" = 1 ] && echo cuda || echo cpu)" \
+    "${VENV}/bin/python" -m runtime.remote.ops "${gpu[@]}" --env-file "${OPS_ENV}") || {
+    local rc=$?
+    die "DeepSpeed's ops did not build (above)" "$([ "${rc}" = "${EX_CONFIG}" ] && echo "${EX_CONFIG}" || echo 1)"
+  }
 }
 
 genai_pin() {
@@ -151,9 +231,7 @@ install_genai_cuda() {
   log "installing onnxruntime-genai-cuda==${pin} (the CUDA build of the pinned onnxruntime-genai)"
   "${VENV}/bin/python" -m pip uninstall --quiet --yes onnxruntime-genai
   if [ -d "${wheels}" ]; then
-    "${VENV}/bin/python" -m pip install --quiet --no-index --find-links "${wheels}" "onnxruntime-genai-cuda==${pin}" ||
-      die "the bundle's wheels/ has no onnxruntime-genai-cuda==${pin}: add it with
-  pip download --python-version 3.11 --platform manylinux_2_28_x86_64 --only-binary=:all: onnxruntime-genai-cuda==${pin}" "${EX_CONFIG}"
+    pip_offline "onnxruntime-genai-cuda==${pin}"
   else
     "${VENV}/bin/python" -m pip install --quiet "onnxruntime-genai-cuda==${pin}"
   fi
@@ -197,10 +275,18 @@ if [ "${STRATUS_GPU:-0}" = 1 ]; then
   [ -n "$(torch_pin)" ] || die "requirements/runtime.txt pins no torch version" "${EX_CONFIG}"
   AMI_SITE="$(ami_torch_paths "$(torch_pin)")" || log "installing the CUDA build of torch==$(torch_pin)"
 fi
-install_requirements
+KEY="$(venv_key)"
+if [ -x "${VENV}/bin/python" ] && [ "$(cat "${VENV}/.stratus-key" 2>/dev/null)" = "${KEY}" ]; then
+  log "runtime venv up to date (${KEY}): nothing to install"
+else
+  install_requirements
+  [ "${STRATUS_GPU:-0}" = 1 ] && install_genai_cuda
+  printf '%s\n' "${KEY}" >"${VENV}/.stratus-key"
+  log "runtime venv built (${KEY})"
+fi
 if [ "${STRATUS_GPU:-0}" = 1 ]; then
-  install_genai_cuda
   check_torch
 fi
+build_ops
 touch "${APP}/.ready"
 log "runtime ready in ${VENV}"

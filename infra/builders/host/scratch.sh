@@ -4,12 +4,21 @@
 # are several (reassembled after a reboot; instance store is wiped on stop/start, so the array is
 # created again then); an existing file system is mounted, never formatted again;
 # STRATUS_SCRATCH=ebs: the gp3 volume attached as /dev/sdf; none: nothing.
+# On a Deep Learning AMI the `dlami-nvme` service has already put the instance-store disks into
+# LVM and mounted them at /opt/dlami/nvme before user data runs: then /scratch is a bind mount of
+# /opt/dlami/nvme/stratus-scratch (the AMI's volume is used, not taken over: its disks are busy, and
+# tools of the AMI expect that mount). A bind mount, not a symlink, so /scratch is a mount point and
+# the node command's check that the run directory is on it (`findmnt -T`) holds either way. Disks
+# that are in use (an LVM or other RAID member, a file system) with no dlami-nvme mount are never
+# given to mdadm: the unit fails, naming them.
 # Env (/etc/stratus/stack.env): STRATUS_SCRATCH, STRATUS_NVME_DISKS (how many to wait for).
 # STRATUS_SYSROOT: look for devices and mount under this directory instead of / (tests).
 set -euo pipefail
 R="${STRATUS_SYSROOT:-}"
 MOUNT="${R}/scratch"
 ARRAY="${R}/dev/md/stratus-scratch"
+DLAMI_NVME="${R}/opt/dlami/nvme"
+DLAMI_UNIT="${R}/usr/lib/systemd/system/dlami-nvme.service"
 
 log() { echo "[stratus-scratch] $*" >&2; }
 
@@ -31,6 +40,27 @@ wait_for() {
 
 enough_nvme() { [ "$(nvme_disks | wc -l)" -ge "${STRATUS_NVME_DISKS:-1}" ]; }
 
+dlami_nvme_mounted() { mountpoint -q "${DLAMI_NVME}"; }
+
+use_dlami_nvme() {
+  # The AMI's instance-store volume (LVM over every disk): bind-mount a directory of it at /scratch.
+  mkdir -p "${DLAMI_NVME}/stratus-scratch" "${MOUNT}"
+  mount --bind "${DLAMI_NVME}/stratus-scratch" "${MOUNT}"
+  mkdir -p "${MOUNT}/runs"
+  log "${DLAMI_NVME} (set up by dlami-nvme) bind-mounted at ${MOUNT}"
+}
+
+busy_disks() {
+  # Disks that already hold something: an LVM physical volume, a RAID member of another array, a
+  # file system (blkid TYPE). Blank disks print nothing.
+  local disk type
+  for disk in "$@"; do
+    type="$(blkid -o value -s TYPE "${disk}" 2>/dev/null || true)"
+    [ -n "${type}" ] && [ "${type}" != linux_raid_member ] && echo "${disk} (${type})"
+  done
+  return 0
+}
+
 nvme_device() {
   local disks=()
   wait_for enough_nvme || log "found $(nvme_disks | wc -l) of ${STRATUS_NVME_DISKS:-1} NVMe instance-store disks"
@@ -46,15 +76,36 @@ nvme_device() {
   # After a reboot the disks keep their array (instance store survives reboots, not stop/start):
   # assemble it again, so the checkpoints on it survive; create it only on blank disks.
   if [ ! -e "${ARRAY}" ] && ! mdadm --assemble "${ARRAY}" "${disks[@]}" >&2 2>/dev/null; then
+    local busy
+    busy="$(busy_disks "${disks[@]}")"
+    if [ -n "${busy}" ]; then
+      log "FATAL: the NVMe disks are in use, not striping them: $(echo "${busy}" | tr '\n' ' ')"
+      log "(a Deep Learning AMI's dlami-nvme puts them into LVM at /opt/dlami/nvme, which is not mounted)"
+      exit 1
+    fi
     log "striping ${#disks[@]} NVMe disks (RAID0): ${disks[*]}"
     mdadm --create "${ARRAY}" --level=0 --raid-devices="${#disks[@]}" --run --force "${disks[@]}" >&2
   fi
   echo "${ARRAY}"
 }
 
+if [ "${STRATUS_SCRATCH:-none}" = nvme ] && mountpoint -q "${MOUNT}"; then
+  log "${MOUNT} is already mounted"
+  exit 0
+fi
+if [ "${STRATUS_SCRATCH:-none}" = nvme ] && [ -e "${DLAMI_UNIT}" ]; then
+  # dlami-nvme normally finishes before user data; wait for it on a slow boot.
+  wait_for dlami_nvme_mounted || log "dlami-nvme is installed but ${DLAMI_NVME} is not mounted"
+fi
 case "${STRATUS_SCRATCH:-none}" in
   none) exit 0 ;;
-  nvme) device="$(nvme_device)" ;;
+  nvme)
+    if dlami_nvme_mounted; then
+      use_dlami_nvme
+      exit 0
+    fi
+    device="$(nvme_device)"
+    ;;
   ebs)
     device="${R}/dev/sdf"
     wait_for test -e "${device}" || {

@@ -54,8 +54,9 @@ TOOLS = (
     "mktemp",
     "uname",
     "expr",
+    "sha256sum",
 )
-RECORDED = ("systemctl", "dnf", "apt-get", "mdadm", "mkfs.xfs", "mount", "useradd", "curl", "sleep")
+RECORDED = ("systemctl", "dnf", "apt-get", "mdadm", "mkfs.xfs", "mount", "useradd", "curl", "sleep", "nvidia-smi")
 BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
 TORCH_INIT = """\
@@ -91,9 +92,12 @@ class Sandbox:
                 (self.bin / tool).symlink_to(found)
         for tool in RECORDED:
             self.stand_in(tool)
-        # dnf "installs" python3.11 by linking the real interpreter in.
+        # dnf "installs" python3.11 by linking the real interpreter in, and gcc-c++ as a compiler
+        # that is there (the real one: DeepSpeed's stand-in only looks for it).
         self.stand_in(
-            "dnf", f'case " $* " in *" python3.11 "*) ln -sf {BASE_PYTHON} "$(dirname "$0")/python3.11";; esac'
+            "dnf",
+            f'case " $* " in *" python3.11 "*) ln -sf {BASE_PYTHON} "$(dirname "$0")/python3.11";; esac\n'
+            f'case " $* " in *" gcc-c++ "*) ln -sf {shutil.which("c++") or "/bin/true"} "$(dirname "$0")/c++";; esac',
         )
         self.stand_in("python3", "exit 1  # Python 3.9: fails the 3.11 check")
         # blkid: nothing formatted yet; mountpoint: nothing mounted yet.
@@ -177,13 +181,59 @@ def fake_package_wheel(dest: Path, name: str, version: str, module: str) -> Path
     return path
 
 
+DEEPSPEED_ACCELERATOR = """\
+import os
+import pathlib
+import shutil
+
+
+class _Builder:
+    def __init__(self, name):
+        self.name = name
+
+    def load(self, verbose=True):
+        if shutil.which(os.environ.get("CXX", "c++")) is None:
+            raise RuntimeError("Error building extension: c++: command not found")
+        built = pathlib.Path(os.environ["TORCH_EXTENSIONS_DIR"]) / self.name
+        built.mkdir(parents=True, exist_ok=True)
+        (built / "built-with").write_text(os.environ.get("CUDA_HOME", "") + "|" + os.environ["DS_ACCELERATOR"])
+
+
+class _Accelerator:
+    def device_name(self):
+        return os.environ["DS_ACCELERATOR"]
+
+    def create_op_builder(self, name):
+        return _Builder(name)
+
+
+def get_accelerator():
+    return _Accelerator()
+"""
+
+
+def fake_deepspeed_wheel(dest: Path, version: str = "0.19.8") -> Path:
+    """A `deepspeed` wheel whose op builders "build" into TORCH_EXTENSIONS_DIR/<name> when a C++
+    compiler is on PATH (and fail as a real build does without one)."""
+    path = fake_package_wheel(dest, "deepspeed", version, "deepspeed")
+    with zipfile.ZipFile(path, "a") as whl:
+        whl.writestr("deepspeed/accelerator/__init__.py", DEEPSPEED_ACCELERATOR)
+    return path
+
+
+RUNTIME_OPS = ("runtime/remote/__init__.py", "runtime/remote/ops.py")
+"""The runtime modules prepare.sh runs (its ops build), copied into test bundles from this checkout."""
+
+
 def bundle_bytes(
     wheel: Path | None, requirements: str = "torch==2.13.0\n", extra_wheels: tuple[Path, ...] = ()
 ) -> bytes:
     """A runtime bundle as `scripts/launch.sh --stack` uploads it (requirements, runtime/, wheels/)."""
     out = io.BytesIO()
+    root = Path(__file__).resolve().parents[3]
     with tarfile.open(fileobj=out, mode="w:gz") as tar:
         members = {"requirements/runtime.txt": requirements.encode(), "runtime/__init__.py": b""}
+        members |= {name: (root / name).read_bytes() for name in RUNTIME_OPS}
         for extra in extra_wheels:
             members[f"wheels/{extra.name}"] = extra.read_bytes()
         if wheel is not None:
