@@ -19,14 +19,7 @@ from infra.components.base import base_tags
 from infra.components.iam import Iam, IamArgs, autoscaling_service_role
 from infra.components.network import Network, NetworkArgs, lookup_zones
 from infra.components.quotas import check_quotas
-from infra.components.serving import (
-    OUTPUT_SERVING_AUTOSCALING_GROUP,
-    OUTPUT_SERVING_CA_CERTIFICATE,
-    OUTPUT_SERVING_TLS_CERT_PARAMETER,
-    OUTPUT_SERVING_TLS_KEY_PARAMETER,
-    Serving,
-    ServingArgs,
-)
+from infra.components.serving import Serving, ServingArgs
 from infra.components.storage import Storage, StorageArgs
 from infra.components.training import Training, TrainingArgs
 from infra.config.capacity import block_warnings
@@ -208,7 +201,7 @@ pulumi.export(contract.OUTPUT_SERVING_TOKEN_PARAMETER, serving.token_parameter_n
 pulumi.export(contract.OUTPUT_ESTIMATED_HOURLY_USD, float(estimate.total_usd_per_hour) if estimate.complete else None)
 pulumi.export(contract.OUTPUT_TRAINER_AUTOSCALING_GROUP, training.group_name)
 pulumi.export(contract.OUTPUT_EGRESS_ENABLED, cfg.egress_enabled)
-pulumi.export(OUTPUT_SERVING_CA_CERTIFICATE, serving.ca_certificate_pem)
-pulumi.export(OUTPUT_SERVING_TLS_CERT_PARAMETER, serving.tls_cert_parameter_name)
-pulumi.export(OUTPUT_SERVING_TLS_KEY_PARAMETER, serving.tls_key_parameter_name)
-pulumi.export(OUTPUT_SERVING_AUTOSCALING_GROUP, serving.group_name)
+pulumi.export(contract.OUTPUT_SERVING_CA_CERTIFICATE, serving.ca_certificate_pem)
+pulumi.export(contract.OUTPUT_SERVING_TLS_CERT_PARAMETER, serving.tls_cert_parameter_name)
+pulumi.export(contract.OUTPUT_SERVING_TLS_KEY_PARAMETER, serving.tls_key_parameter_name)
+pulumi.export(contract.OUTPUT_SERVING_AUTOSCALING_GROUP, serving.group_name)

@@ -42,6 +42,14 @@ private IPs from it at launch time (a replaced node has a new id and address).""
 OUTPUT_EGRESS_ENABLED = "egress_enabled"
 """True when the stack's private subnets route to the internet (NAT); False: hosts reach only the
 VPC endpoints, so the runtime bundle must carry its wheels (`stratus wheels`, `--wheels`)."""
+OUTPUT_SERVING_CA_CERTIFICATE = "serving_ca_certificate"
+"""The stack CA's certificate (PEM): `curl --cacert`, tritonclient `ssl=True` with this CA."""
+OUTPUT_SERVING_TLS_CERT_PARAMETER = "serving_tls_cert_parameter"
+"""SSM parameter name of the server certificate (`stratus serve --tls-cert-ssm-parameter`)."""
+OUTPUT_SERVING_TLS_KEY_PARAMETER = "serving_tls_key_parameter"
+"""SSM parameter name of the server key, a SecureString (`stratus serve --tls-key-ssm-parameter`)."""
+OUTPUT_SERVING_AUTOSCALING_GROUP = "serving_autoscaling_group"
+"""Name of the serving hosts' Auto Scaling group (list its instances, start a refresh)."""
 
 BUCKET_PURPOSES = ("datasets", "checkpoints", "models", "logs")
 """The stack's buckets; each is exported as `<purpose>_bucket`."""
@@ -61,6 +69,10 @@ STACK_OUTPUTS = (
     OUTPUT_ESTIMATED_HOURLY_USD,
     OUTPUT_TRAINER_AUTOSCALING_GROUP,
     OUTPUT_EGRESS_ENABLED,
+    OUTPUT_SERVING_CA_CERTIFICATE,
+    OUTPUT_SERVING_TLS_CERT_PARAMETER,
+    OUTPUT_SERVING_TLS_KEY_PARAMETER,
+    OUTPUT_SERVING_AUTOSCALING_GROUP,
 )
 """Every output the program exports, in the order it exports them."""
 

@@ -22,22 +22,6 @@ from infra.components.tls import StackTls, StackTlsArgs
 from infra.config.catalog import InstanceType
 
 TOKEN_LENGTH = 48
-# Stack outputs of the serving half of issue 22, exported after `runtime.contract.STACK_OUTPUTS`
-# (their names belong in the contract once the server side lands: it reads none of them yet).
-OUTPUT_SERVING_CA_CERTIFICATE = "serving_ca_certificate"
-"""The stack CA's certificate (PEM): `curl --cacert`, tritonclient `ssl=True` with this CA."""
-OUTPUT_SERVING_TLS_CERT_PARAMETER = "serving_tls_cert_parameter"
-"""SSM parameter name of the server certificate (`--tls-cert-ssm-parameter`)."""
-OUTPUT_SERVING_TLS_KEY_PARAMETER = "serving_tls_key_parameter"
-"""SSM parameter name of the server key (`--tls-key-ssm-parameter`)."""
-OUTPUT_SERVING_AUTOSCALING_GROUP = "serving_autoscaling_group"
-"""Name of the serving hosts' Auto Scaling group (list its instances, start a refresh)."""
-SERVING_OUTPUTS = (
-    OUTPUT_SERVING_CA_CERTIFICATE,
-    OUTPUT_SERVING_TLS_CERT_PARAMETER,
-    OUTPUT_SERVING_TLS_KEY_PARAMETER,
-    OUTPUT_SERVING_AUTOSCALING_GROUP,
-)
 BOOT_SECONDS_CPU = 900
 BOOT_SECONDS_GPU = 1800
 """Health-check grace and refresh warm-up: the host installs the runtime bundle at first boot

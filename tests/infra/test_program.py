@@ -7,7 +7,6 @@ from decimal import Decimal
 
 import pytest
 
-from infra.components.serving import SERVING_OUTPUTS
 from infra.config.catalog import CATALOG
 from infra.config.cost import estimate_cost
 from infra.config.errors import BudgetExceededError, ConfigError
@@ -82,9 +81,9 @@ def test_grpc_off_opens_no_grpc_port_and_exports_a_null_target(example_run, efa_
 
 
 def test_outputs_are_the_contract_outputs_in_its_order(example_run):
-    assert set(STACK_OUTPUTS) | set(SERVING_OUTPUTS) == OUTPUTS
+    assert set(STACK_OUTPUTS) == OUTPUTS
     # The contract's outputs first, in its order; the serving half's after them.
-    assert list(example_run.outputs) == list(STACK_OUTPUTS) + list(SERVING_OUTPUTS)
+    assert list(example_run.outputs) == list(STACK_OUTPUTS)
 
 
 def test_no_output_carries_the_serving_token_or_a_private_key(example_run):
