@@ -3,6 +3,7 @@
 Runbook (as root; `scripts/sim-stack.sh` wraps it):
     python -m sim.stack up /tmp/sim --nodes 2       # namespaces, bridge, S3/KMS emulator
     stratus remote --sim-dir /tmp/sim -- --preset mlp-binary --set max_steps=20
+    python -m sim.stack replace /tmp/sim sim-node1  # the group replaces a node: sim-node2, new IP
     python -m sim.stack down /tmp/sim               # processes, namespaces, bridge: gone
 
 What `up` makes: a bridge with an address of a free 10.231.X.0/24, one namespace per node (its own
@@ -21,11 +22,20 @@ real unit does. Serving hosts are launched later (`add_serving_host`, by `sim.se
 Scaling group's part), each booted from its user data by `sim.host.boot` with a metadata
 service in its namespace. The serving token is an SSM SecureString under the stack key, as on the
 stack, and so is the server's TLS key.
+
+The training nodes are a simulated Auto Scaling group too (`trainer_group` in sim.json, output
+`trainer_autoscaling_group`; the frozen `trainer_instance_ids` / `trainer_private_ips` are `[]`, as
+on a group-based stack): the launcher lists its members (`sim.transport.LocalTransport.group_state`).
+`terminate_node` is the instance's end (every process and the namespace gone, the group one short);
+`launch_node` is the group's replacement: `sim-node<N>` with N counting up (never reused), a new
+address, a new namespace and root (empty scratch). Nothing watches the group: whoever terminates a
+node (a test, `python -m sim.stack replace`) launches the replacement, when it chooses to.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import secrets
@@ -57,6 +67,10 @@ SERVING_HOSTS = range(20, 40)
 """Host numbers of the bridge subnet: the load balancer's address, and the pool its serving hosts'
 addresses come from (the server certificate names all of them, as the stack's names the hosts'
 private DNS wildcard)."""
+TRAINER_GROUP = "sim-trainers"
+"""The simulated training nodes' "Auto Scaling group": nodes are `sim-node<N>`, N counting up."""
+TRAINER_HOSTS = (*range(10, 19), *range(40, 253))
+"""Host numbers of the training nodes' addresses (as above), the N-th launched node taking the N-th."""
 _CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim", "AWS_SESSION_TOKEN": "sim"}
 
 
@@ -205,6 +219,7 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         "gateway": str(hosts[0]),
         "namespaces": [],
         "nodes": {},
+        "trainer_group": {"name": TRAINER_GROUP, "desired": num_nodes, "launched": 0},
         "pids": [],
         "bin": str(sim_dir / "bin"),
     }
@@ -227,12 +242,8 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         lb_ip, pool = str(hosts[BALANCER_HOST]), [str(hosts[i]) for i in SERVING_HOSTS]
         resources = _aws_resources(endpoint, sim_dir, [lb_ip, *pool])
         ca_pem = resources.pop("ca")
-        ips = [str(hosts[10 + i]) for i in range(num_nodes)]
-        for i, ip in enumerate(ips):
-            iid = f"sim-node{i}"
-            sim["nodes"][iid] = {"netns": f"{PREFIX}{sfx}n{i}", "ip": ip, "root": str(sim_dir / iid)}
-            netns.add_namespace(sim, sim["nodes"][iid]["netns"], ip, i)
-            _node_root(sim_dir / iid)
+        for _ in range(num_nodes):
+            _launch_node(sim, sim_dir)
         _serving_front(sim, sim_dir, lb_ip, pool)
         _stand_ins(sim_dir / "bin")
         sim["env"] = {
@@ -244,9 +255,10 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         outputs = {
             "region": REGION,
             **resources,
-            "trainer_instance_ids": list(sim["nodes"]),
-            "trainer_private_ips": ips,
+            "trainer_instance_ids": [],
+            "trainer_private_ips": [],
             "trainer_slots_per_node": 1,
+            "trainer_autoscaling_group": TRAINER_GROUP,
             **_serving_outputs(lb_ip, ca_pem),
         }
         (sim_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
@@ -298,6 +310,43 @@ def add_serving_host(sim_dir: Path) -> str:
     return update_sim(sim_dir, launch)
 
 
+def _launch_node(sim: dict[str, Any], sim_dir: Path) -> str:
+    n = sim["trainer_group"]["launched"]
+    net = ipaddress.IPv4Network(f"{sim['gateway']}/{sim['prefixlen']}", strict=False)
+    ip = str(list(net.hosts())[TRAINER_HOSTS[n]])
+    iid = f"sim-node{n}"
+    node = {"netns": f"{PREFIX}{sim['suffix']}n{n}", "ip": ip, "root": str(Path(sim_dir) / iid), "launched": n}
+    sim["trainer_group"]["launched"] = n + 1
+    sim["nodes"][iid] = node
+    netns.add_namespace(sim, node["netns"], ip, n)
+    _node_root(Path(node["root"]))
+    return iid
+
+
+def launch_node(sim_dir: Path) -> str:
+    """A new training node, as the Auto Scaling group launches one: `sim-node<N>` (N never reused),
+    the next address of `TRAINER_HOSTS`, its namespace and an empty root. Its id."""
+    return update_sim(sim_dir, lambda sim: _launch_node(sim, Path(sim_dir)))
+
+
+def terminate_node(sim_dir: Path, instance_id: str) -> None:
+    """A training node's instance ends: every process in its namespace killed, the namespace and the
+    node's entry gone (its root directory stays for post-mortems); the group is one node short."""
+
+    def terminate(sim: dict[str, Any]) -> None:
+        node = sim["nodes"].pop(instance_id)
+        netns.remove_namespace(node["netns"])
+        sim["namespaces"].remove(node["netns"])
+
+    update_sim(sim_dir, terminate)
+
+
+def replace_node(sim_dir: Path, instance_id: str) -> str:
+    """`terminate_node`, then `launch_node`: what the group does for an unhealthy instance. The new id."""
+    terminate_node(sim_dir, instance_id)
+    return launch_node(sim_dir)
+
+
 def remove_serving_host(sim_dir: Path, instance_id: str) -> None:
     """Terminate a serving host: every process in its namespace, the namespace, its entry."""
 
@@ -344,8 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sim.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("action", choices=("up", "down", "prepare"))
+    parser.add_argument("action", choices=("up", "down", "prepare", "replace"))
     parser.add_argument("dir", nargs="?", type=Path, help="directory of the simulated stack")
+    parser.add_argument("instance", nargs="?", help="replace: the training node to replace (e.g. sim-node1)")
     parser.add_argument("--nodes", type=int, default=2, help="training nodes (default 2)")
     args = parser.parse_args(argv)
     if args.action == "prepare":
@@ -358,6 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "down":
         down(args.dir)
         print(f"simulated stack in {args.dir} removed")
+        return 0
+    if args.action == "replace":
+        if args.instance not in read_sim_file(args.dir)["nodes"]:
+            parser.error(
+                f"replace needs a training node of {args.dir}: one of {', '.join(read_sim_file(args.dir)['nodes'])}"
+            )
+        print(f"{args.instance} terminated; the group launched {replace_node(args.dir, args.instance)}")
         return 0
     outputs = up(args.dir, num_nodes=args.nodes)
     print(json.dumps(outputs, indent=1))

@@ -48,6 +48,13 @@ from runtime.common.options import option, parse_options
 from runtime.common.s3 import head_or_none, sse_kms_args
 from runtime.contract import BUNDLE_KEY, NODE_OUTPUT_DIR, ExitCode, checkpoints_prefix, checkpoints_uri
 from runtime.remote.bundle import bundle_entries, write_bundle
+from runtime.remote.fleet import (
+    DEFAULT_FLEET_TIMEOUT_S,
+    check_capacity_block,
+    describe_capacity_block,
+    discover,
+    relaunch_nodes,
+)
 from runtime.remote.nodes import NodeJob, export_script, node_script, node_train_args
 from runtime.remote.outputs import RemoteError, read_outputs
 from runtime.remote.progress import report, tail, wait_for_nodes
@@ -96,7 +103,12 @@ class RemoteOptions:
 
     max_restarts: int = option(0, metavar="N")
     """After a failed or preempted node, relaunch on the stack's nodes with --resume up to N times
-    (training resumes from the newest checkpoint in S3)."""
+    (training resumes from the newest checkpoint in S3). With an Auto Scaling group the nodes are
+    listed again first: a replaced node joins under its new id and IP (`runtime.remote.fleet`)."""
+
+    fleet_timeout: float = option(DEFAULT_FLEET_TIMEOUT_S, metavar="SECONDS")
+    """How long to wait, at launch and before each restart, for the training Auto Scaling group to
+    have all its nodes in service."""
 
     execution_timeout: int = option(MAX_EXECUTION_TIMEOUT_S, metavar="SECONDS")
     """Seconds SSM lets a node's command run (at most 48 h)."""
@@ -138,6 +150,13 @@ class Launch:
         self.opts, self.sim_transport = opts, sim_transport
         outputs_file = Path(opts.sim_dir) / "outputs.json" if opts.sim_dir else opts.outputs_file
         out = self.outputs = read_outputs(stack=opts.stack, outputs_file=outputs_file)
+        self._transport: NodeTransport | None = None
+        if out.autoscaling_group:  # the nodes are the group's members now, not frozen outputs
+            out = self.outputs = discover(
+                self.transport(), out, timeout_s=opts.fleet_timeout, interval=opts.poll_interval
+            )
+        if block := describe_capacity_block(out):
+            log.info("%s", block)
         self.dry_run = opts.dry_run or train_opts.dry_run
         self.cfg = train_opts.train_config()
         if train_opts.nproc != out.slots_per_node:
@@ -188,6 +207,10 @@ class Launch:
             print(f"  data         s3://{out.datasets_bucket}/{self.data_key}  (from {self.data_file})")
         print(f"  checkpoints  {checkpoints_uri(out.checkpoints_bucket, self.run_name)}")
         print(f"  (uploads: SSE-KMS with {out.kms_key_arn})")
+        if out.autoscaling_group:
+            print(f"nodes: Auto Scaling group {out.autoscaling_group}'s members now (listed again before a restart)")
+        if block := describe_capacity_block(out):
+            print(block)
         for i, instance in enumerate(out.instance_ids):
             print(f"node {i} ({instance}, {out.private_ips[i]}): AWS-RunShellScript commands:")
             for line in node_script(job, i):
@@ -211,20 +234,45 @@ class Launch:
         log.info("uploaded %s to s3://%s/%s", path.name, bucket, key)
 
     def transport(self) -> NodeTransport:
-        """SSM Run Command, or the simulated nodes of `--sim-dir`."""
+        """SSM Run Command, or the simulated nodes of `--sim-dir` (made once)."""
+        if self._transport is None:
+            self._transport = self._make_transport()
+        return self._transport
+
+    def _make_transport(self) -> NodeTransport:
         if self.opts.sim_dir:  # __init__ refused --sim-dir without a simulator transport
             return self.sim_transport(Path(self.opts.sim_dir))
         import boto3
 
         region = self.outputs.region
-        return SsmTransport(boto3.client("ssm", region_name=region), boto3.client("ec2", region_name=region), region)
+        ssm, ec2 = boto3.client("ssm", region_name=region), boto3.client("ec2", region_name=region)
+        return SsmTransport(ssm, ec2, region, autoscaling=boto3.client("autoscaling", region_name=region))
 
     def send(self, transport: NodeTransport, job: NodeJob) -> list[str]:
+        """One command per node; a node that cannot take it (a terminated instance) cancels those
+        already sent and raises RemoteError naming it."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         ids = []
         for rank, iid in enumerate(self.outputs.instance_ids):
             comment = f"stratus {self.run_name} node {rank}/{self.outputs.num_nodes}"
             lines, timeout_s = node_script(job, rank), self.opts.execution_timeout
-            ids.append(transport.send(iid, lines, comment=comment, timeout_s=timeout_s))
+            try:
+                ids.append(transport.send(iid, lines, comment=comment, timeout_s=timeout_s))
+            except (RemoteError, ClientError, BotoCoreError) as e:
+                for sent_rank, command_id in enumerate(ids):
+                    sent_iid = self.outputs.instance_ids[sent_rank]
+                    try:
+                        transport.cancel(command_id, sent_iid)
+                    except (RemoteError, ClientError, BotoCoreError) as cancel_error:
+                        log.warning(
+                            "node %d (%s): cancelling command %s failed (%s)",
+                            sent_rank,
+                            sent_iid,
+                            command_id,
+                            cancel_error,
+                        )
+                raise RemoteError(f"node {rank} ({iid}) cannot take the command: {e}") from None
             log.info("node %d (%s): command %s sent", rank, iid, ids[-1])
         return ids
 
@@ -239,6 +287,7 @@ class Launch:
             if self.dry_run:
                 self.print_plan(job)
                 return ExitCode.OK
+            check_capacity_block(out)
             s3 = boto3.client("s3", region_name=out.region)
             transport = self.transport()
             transport.check_nodes(out)
@@ -251,9 +300,17 @@ class Launch:
         for restart in range(1, restarts + 1):
             if code not in (ExitCode.FAILED, ExitCode.PREEMPTED):
                 break
+            try:  # the group whole again (a replaced node: new id and IP), the block not about to end
+                self.outputs = relaunch_nodes(
+                    transport, self.outputs, timeout_s=self.opts.fleet_timeout, interval=self.opts.poll_interval
+                )
+            except RemoteError as e:
+                log.error("restart %d of %d not launched: %s", restart, restarts, e)
+                break
             args = job.train_args if "--resume" in job.train_args else (*job.train_args, "--resume")
-            job = replace(job, train_args=args, launch_id=f"{self.launch_id}-r{restart}")
-            log.warning("restart %d of %d: relaunching on the stack's nodes with --resume (from S3)", restart, restarts)
+            job = replace(job, outputs=self.outputs, train_args=args, launch_id=f"{self.launch_id}-r{restart}")
+            nodes = ", ".join(self.outputs.instance_ids)
+            log.warning("restart %d of %d: relaunching on %s with --resume (from S3)", restart, restarts, nodes)
             code = self.attempt(transport, job)
         if code == ExitCode.OK and self.opts.export:
             code = self.export(transport, job)
@@ -292,7 +349,11 @@ class Launch:
 
         out = self.outputs
         self.sent_job = job
-        command_ids = self.send(transport, job)
+        try:
+            command_ids = self.send(transport, job)
+        except (RemoteError, ClientError, BotoCoreError) as e:  # a failed attempt: a restart lists the nodes again
+            log.error("%s; no node trains", e)
+            return ExitCode.FAILED
 
         def stop_others(failed: int, running: list[int]) -> None:
             others = ", ".join(map(str, running))
