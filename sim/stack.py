@@ -51,7 +51,7 @@ from typing import Any
 
 from runtime.contract import APP_DIR, ENV_BUNDLE_URI, HOST_BUNDLE, bundle_uri
 from sim import netns
-from sim.transport import SIM_FILE
+from sim.transport import LOCK_FILE, SIM_FILE
 
 PREFIX = netns.PREFIX
 REGION = "us-east-1"
@@ -279,7 +279,7 @@ def update_sim(sim_dir: Path, change) -> Any:
     """Apply `change(sim)` to `<sim_dir>/sim.json` under a file lock (hosts boot side by side); its result."""
     import fcntl
 
-    with open(Path(sim_dir) / ".sim.lock", "w") as lock:
+    with open(Path(sim_dir) / LOCK_FILE, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         sim = json.loads((Path(sim_dir) / SIM_FILE).read_text())
         result = change(sim)
@@ -329,13 +329,14 @@ def launch_node(sim_dir: Path) -> str:
     return update_sim(sim_dir, lambda sim: _launch_node(sim, Path(sim_dir)))
 
 
-def terminate_node(sim_dir: Path, instance_id: str) -> None:
-    """A training node's instance ends: every process in its namespace killed, the namespace and the
-    node's entry gone (its root directory stays for post-mortems); the group is one node short."""
+def terminate_node(sim_dir: Path, instance_id: str, *, abrupt: bool = False) -> None:
+    """A training node's instance ends: every process in its namespace killed (SIGTERM first, as a
+    shutdown does; `abrupt`: SIGKILL at once, a lost machine), the namespace and the node's entry
+    gone (its root directory stays for post-mortems); the group is one node short."""
 
     def terminate(sim: dict[str, Any]) -> None:
         node = sim["nodes"].pop(instance_id)
-        netns.remove_namespace(node["netns"])
+        netns.remove_namespace(node["netns"], graceful=not abrupt)
         sim["namespaces"].remove(node["netns"])
 
     update_sim(sim_dir, terminate)

@@ -15,6 +15,7 @@ counter (`sim.stack.terminate_node`, `launch_node` and `replace_node` change the
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -32,6 +33,8 @@ from runtime.remote.outputs import RemoteError, StackOutputs
 from runtime.remote.transport import OUTPUT_LIMIT, NodeTransport
 
 SIM_FILE = "sim.json"
+LOCK_FILE = ".sim.lock"
+"""Held (exclusively) by `sim.stack.update_sim` while it changes sim.json and the namespaces."""
 log = get_logger()
 
 
@@ -93,11 +96,15 @@ class LocalTransport(NodeTransport):
 
     def group_state(self, name: str) -> GroupState:
         """The simulated training group now (sim.json re-read): members are nodes whose namespace exists."""
-        self.sim = read_sim(self.sim_dir)
+        # Shared lock: a node being terminated (its processes dying, then its namespace) is listed
+        # either whole or gone, never half-way.
+        with open(self.sim_dir / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            self.sim = read_sim(self.sim_dir)
+            alive = namespaces()
         group = self.sim.get("trainer_group")
         if not group or group["name"] != name:
             raise RemoteError(f"Auto Scaling group {name} does not exist in the simulated stack in {self.sim_dir}")
-        alive = namespaces()
         members, waiting = [], []
         for iid, node in self.sim["nodes"].items():
             if node["netns"] in alive:
