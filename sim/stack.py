@@ -3,7 +3,7 @@
 Runbook (as root; `scripts/sim-stack.sh` wraps it):
     python -m sim.stack up /tmp/sim --nodes 2       # namespaces, bridge, S3/KMS emulator
     stratus remote --sim-dir /tmp/sim -- --preset mlp-binary --set max_steps=20
-    python -m sim.stack replace /tmp/sim sim-node1  # the group replaces a node: sim-node2, new IP
+    python -m sim.stack replace-node /tmp/sim sim-node1  # the group replaces it: sim-node2, new IP
     python -m sim.stack down /tmp/sim               # processes, namespaces, bridge: gone
 
 What `up` makes: a bridge with an address of a free 10.231.X.0/24, one namespace per node (its own
@@ -29,7 +29,7 @@ on a group-based stack): the launcher lists its members (`sim.transport.LocalTra
 `terminate_node` is the instance's end (every process and the namespace gone, the group one short);
 `launch_node` is the group's replacement: `sim-node<N>` with N counting up (never reused), a new
 address, a new namespace and root (empty scratch). Nothing watches the group: whoever terminates a
-node (a test, `python -m sim.stack replace`) launches the replacement, when it chooses to.
+node (a test, `python -m sim.stack replace-node`) launches the replacement, when it chooses to.
 """
 
 from __future__ import annotations
@@ -394,9 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sim.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("action", choices=("up", "down", "prepare", "replace"))
+    parser.add_argument("action", choices=("up", "down", "prepare", "replace-node"))
     parser.add_argument("dir", nargs="?", type=Path, help="directory of the simulated stack")
-    parser.add_argument("instance", nargs="?", help="replace: the training node to replace (e.g. sim-node1)")
+    parser.add_argument("instance", nargs="?", help="replace-node: the training node to replace (e.g. sim-node1)")
     parser.add_argument("--nodes", type=int, default=2, help="training nodes (default 2)")
     args = parser.parse_args(argv)
     if args.action == "prepare":
@@ -410,11 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         down(args.dir)
         print(f"simulated stack in {args.dir} removed")
         return 0
-    if args.action == "replace":
-        if args.instance not in read_sim_file(args.dir)["nodes"]:
-            parser.error(
-                f"replace needs a training node of {args.dir}: one of {', '.join(read_sim_file(args.dir)['nodes'])}"
-            )
+    if args.action == "replace-node":
+        nodes = read_sim_file(args.dir)["nodes"]
+        if args.instance not in nodes:
+            parser.error(f"replace-node needs a training node of {args.dir}: one of {', '.join(nodes)}")
         print(f"{args.instance} terminated; the group launched {replace_node(args.dir, args.instance)}")
         return 0
     outputs = up(args.dir, num_nodes=args.nodes)
