@@ -12,8 +12,9 @@ Runbook:
 `--sim-dir`: the simulated nodes' transport is in the development package `sim/`, which the
 `stratus` front door injects (`sim_transport`); the runtime never imports it.)
 
-Steps: validate the config and data here for the stack's world (nodes x GPUs); upload a local
-`--data` file to s3://<datasets_bucket>/<run>/<name>; upload the runtime bundle to
+Steps: list the training nodes (the members of the stack's Auto Scaling group now, or its fixed
+instances: `runtime.remote.fleet`); validate the config and data here for the stack's world
+(nodes x GPUs); upload a local `--data` file to s3://<datasets_bucket>/<run>/<name>; upload the runtime bundle to
 s3://<models_bucket>/runtime/stratus-runtime.tar.gz (SSE-KMS with the stack key, like every
 upload); send node i of N one `AWS-RunShellScript` command running DeepSpeed's per-node launcher
 (`deepspeed.launcher.launch --node_rank=i`) and then `runtime.checkpoint.sync`, which copies the
@@ -26,7 +27,8 @@ host's next poll picks the new version up.
 Exit codes (docs/architecture.md): 0 every node succeeded (and, with --export, the model is
 published); 1 a node failed, or the export on node 0 did (named, with export's own exit code:
 3 no checkpoint in S3 verifies, 4 the gate failed and nothing was published); 2 bad outputs,
-config, data or arguments; 75 a node was preempted after committing a checkpoint (rerun with
+config, data or arguments (or a Capacity Block ending within 35 minutes); 75 a node was
+preempted after committing a checkpoint (rerun with
 --resume); 130 interrupted here (the commands keep running on the nodes; the message says how
 to cancel).
 """
@@ -129,6 +131,8 @@ class RemoteOptions:
             raise RemoteError(f"--execution-timeout {self.execution_timeout} must be {limit}")
         if not 0 < self.master_port < 65536:
             raise RemoteError(f"--master-port {self.master_port}: use 1-65535")
+        if self.fleet_timeout < 0:
+            raise RemoteError(f"--fleet-timeout {self.fleet_timeout}: use 0 or more seconds")
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -279,6 +283,7 @@ class Launch:
     def run(self) -> int:
         """Upload data and bundle, send a command per node, wait; returns the exit code (see module doc)."""
         import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
 
         out = self.outputs
         with tempfile.TemporaryDirectory(prefix="stratus-bundle-") as tmp:
@@ -304,7 +309,7 @@ class Launch:
                 self.outputs = relaunch_nodes(
                     transport, self.outputs, timeout_s=self.opts.fleet_timeout, interval=self.opts.poll_interval
                 )
-            except RemoteError as e:
+            except (RemoteError, ClientError, BotoCoreError) as e:
                 log.error("restart %d of %d not launched: %s", restart, restarts, e)
                 break
             args = job.train_args if "--resume" in job.train_args else (*job.train_args, "--resume")

@@ -69,6 +69,13 @@ def ips(instance_ids) -> dict[str, str]:
     return {i["InstanceId"]: i["PrivateIpAddress"] for r in resp["Reservations"] for i in r["Instances"]}
 
 
+def by_launch(instance_ids) -> list[str]:
+    """The documented rank order: launch time, then id (moto's launch times have 1 s resolution)."""
+    resp = clients()["ec2"].describe_instances(InstanceIds=list(instance_ids))
+    launched = {i["InstanceId"]: i["LaunchTime"] for r in resp["Reservations"] for i in r["Instances"]}
+    return sorted(instance_ids, key=lambda i: (launched[i], i))
+
+
 def test_group_stack_outputs_need_no_frozen_nodes_and_bad_values_are_named(group):
     name, data = group
     out = parse_outputs(data, "f")
@@ -91,7 +98,7 @@ def test_nodes_are_the_group_members_ranked_by_launch_time_and_a_replacement_has
     first = members(name)
     assert sorted(out.instance_ids) == sorted(first) and out.num_nodes == 2 and out.world_size == 4
     assert out.private_ips == tuple(ips(out.instance_ids)[i] for i in out.instance_ids)
-    assert list(out.instance_ids) == sorted(first)  # equal launch times (moto: 1 s resolution): by id
+    assert list(out.instance_ids) == by_launch(first)
     time.sleep(1.1)  # the replacement's launch time is later than the survivor's
     lost, kept = out.instance_ids
     clients()["ec2"].terminate_instances(InstanceIds=[lost])  # the group launches a replacement
@@ -137,7 +144,7 @@ def test_a_launch_on_a_group_stack_plans_on_its_members(group, aws_env, tmp_path
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"nodes of Auto Scaling group {name}, by rank: " in result.stdout
     assert f"nodes: Auto Scaling group {name}'s members now" in result.stdout
-    for rank, iid in enumerate(sorted(members(name))):
+    for rank, iid in enumerate(by_launch(members(name))):
         assert f"node {rank} ({iid}, {ips([iid])[iid]}): AWS-RunShellScript commands:" in result.stdout
     result = run_remote(aws_env, "--outputs-file", str(path), "--", "--run-name", "asg1", "--set", "max_steps=2")
     assert result.returncode == 0, result.stdout + result.stderr
