@@ -28,9 +28,8 @@ Exit codes (docs/architecture.md): 0 every node succeeded (and, with --export, t
 published); 1 a node failed, or the export on node 0 did (named, with export's own exit code:
 3 no checkpoint in S3 verifies, 4 the gate failed and nothing was published); 2 bad outputs,
 config, data or arguments (or a Capacity Block ending within 35 minutes); 75 a node was
-preempted after committing a checkpoint (rerun with
---resume); 130 interrupted here (the commands keep running on the nodes; the message says how
-to cancel).
+preempted after committing a checkpoint (rerun with --resume); 130 interrupted here (the
+commands keep running on the nodes; the message says how to cancel).
 """
 
 from __future__ import annotations
