@@ -23,19 +23,13 @@ Scaling group's part), each booted from its user data by `sim.host.boot` with a 
 service in its namespace. The serving token is an SSM SecureString under the stack key, as on the
 stack, and so is the server's TLS key.
 
-The training nodes are a simulated Auto Scaling group too (`trainer_group` in sim.json, output
-`trainer_autoscaling_group`; the frozen `trainer_instance_ids` / `trainer_private_ips` are `[]`, as
-on a group-based stack): the launcher lists its members (`sim.transport.LocalTransport.group_state`).
-`terminate_node` is the instance's end (every process and the namespace gone, the group one short);
-`launch_node` is the group's replacement: `sim-node<N>` with N counting up (never reused), a new
-address, a new namespace and root (empty scratch). Nothing watches the group: whoever terminates a
-node (a test, `python -m sim.stack replace-node`) launches the replacement, when it chooses to.
+The training nodes are a simulated Auto Scaling group too (`sim.nodes`; the frozen
+`trainer_instance_ids` / `trainer_private_ips` outputs are `[]`, as on a group-based stack).
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import secrets
@@ -51,7 +45,8 @@ from typing import Any
 
 from runtime.contract import APP_DIR, ENV_BUNDLE_URI, HOST_BUNDLE, bundle_uri
 from sim import netns
-from sim.transport import LOCK_FILE, SIM_FILE
+from sim.nodes import TRAINER_GROUP, add_training_node, node_root, read_sim_file, replace_node, update_sim
+from sim.transport import SIM_FILE
 
 PREFIX = netns.PREFIX
 REGION = "us-east-1"
@@ -67,10 +62,6 @@ SERVING_HOSTS = range(20, 40)
 """Host numbers of the bridge subnet: the load balancer's address, and the pool its serving hosts'
 addresses come from (the server certificate names all of them, as the stack's names the hosts'
 private DNS wildcard)."""
-TRAINER_GROUP = "sim-trainers"
-"""The simulated training nodes' "Auto Scaling group": nodes are `sim-node<N>`, N counting up."""
-TRAINER_HOSTS = (*range(10, 19), *range(40, 253))
-"""Host numbers of the training nodes' addresses (as above), the N-th launched node taking the N-th."""
 _CREDENTIALS = {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim", "AWS_SESSION_TOKEN": "sim"}
 
 
@@ -84,28 +75,6 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> Non
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the AWS emulator did not start at {url}") from None
             time.sleep(0.2)
-
-
-def _node_root(root: Path) -> None:
-    for sub in ("scratch", "opt-stratus", "etc-stratus", "systemd"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    # `/opt/stratus/venv/bin/python` execs this machine's interpreter by its own path, so the nodes
-    # import DeepSpeed from the same files as this machine: torch's JIT builds of DeepSpeed's ops get
-    # the same compiler command lines and share one build cache (TORCH_EXTENSIONS_DIR, else
-    # ~/.cache/torch_extensions) instead of rebuilding each other's (a build dir has a file lock).
-    venv = root / "opt-stratus" / "venv"
-    if venv.is_symlink():  # a directory made by an older version linked the virtualenv itself
-        venv.unlink()
-    venv_bin = venv / "bin"
-    venv_bin.mkdir(parents=True, exist_ok=True)
-    for name in ("python", "python3"):
-        (venv_bin / name).write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
-        (venv_bin / name).chmod(0o755)
-    # The real node.env carries the instance type's NCCL/EFA settings; a simulated node is a CPU host.
-    env = {"DS_ACCELERATOR": "cpu", "GLOO_SOCKET_IFNAME": "eth0"}
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):  # else torch's default under HOME (/root on the nodes)
-        env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
-    (root / "etc-stratus" / "node.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
 
 def _stand_ins(bin_dir: Path) -> None:
@@ -243,7 +212,7 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         resources = _aws_resources(endpoint, sim_dir, [lb_ip, *pool])
         ca_pem = resources.pop("ca")
         for _ in range(num_nodes):
-            _launch_node(sim, sim_dir)
+            add_training_node(sim, sim_dir)
         _serving_front(sim, sim_dir, lb_ip, pool)
         _stand_ins(sim_dir / "bin")
         sim["env"] = {
@@ -270,25 +239,6 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         raise
 
 
-def read_sim_file(sim_dir: Path) -> dict[str, Any]:
-    """`<sim_dir>/sim.json`: the simulated stack's description."""
-    return json.loads((Path(sim_dir) / SIM_FILE).read_text())
-
-
-def update_sim(sim_dir: Path, change) -> Any:
-    """Apply `change(sim)` to `<sim_dir>/sim.json` under a file lock (hosts boot side by side); its result."""
-    import fcntl
-
-    with open(Path(sim_dir) / LOCK_FILE, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        sim = json.loads((Path(sim_dir) / SIM_FILE).read_text())
-        result = change(sim)
-        tmp = Path(sim_dir) / f".{SIM_FILE}.tmp"
-        tmp.write_text(json.dumps(sim, indent=1))
-        tmp.replace(Path(sim_dir) / SIM_FILE)
-        return result
-
-
 def add_serving_host(sim_dir: Path) -> str:
     """A new serving host (namespace, address from the pool, root directory), as the Auto Scaling
     group launches an instance: a new instance id every time, never reused. Its id."""
@@ -304,48 +254,10 @@ def add_serving_host(sim_dir: Path) -> str:
         host = {"netns": f"{PREFIX}{sim['suffix']}s{n}", "ip": free[0], "root": str(Path(sim_dir) / iid)}
         sim["serving_hosts"][iid] = host
         netns.add_namespace(sim, host["netns"], host["ip"], 100 + n)
-        _node_root(Path(host["root"]))
+        node_root(Path(host["root"]))
         return iid
 
     return update_sim(sim_dir, launch)
-
-
-def _launch_node(sim: dict[str, Any], sim_dir: Path) -> str:
-    n = sim["trainer_group"]["launched"]
-    net = ipaddress.IPv4Network(f"{sim['gateway']}/{sim['prefixlen']}", strict=False)
-    ip = str(list(net.hosts())[TRAINER_HOSTS[n]])
-    iid = f"sim-node{n}"
-    node = {"netns": f"{PREFIX}{sim['suffix']}n{n}", "ip": ip, "root": str(Path(sim_dir) / iid), "launched": n}
-    sim["trainer_group"]["launched"] = n + 1
-    sim["nodes"][iid] = node
-    netns.add_namespace(sim, node["netns"], ip, n)
-    _node_root(Path(node["root"]))
-    return iid
-
-
-def launch_node(sim_dir: Path) -> str:
-    """A new training node, as the Auto Scaling group launches one: `sim-node<N>` (N never reused),
-    the next address of `TRAINER_HOSTS`, its namespace and an empty root. Its id."""
-    return update_sim(sim_dir, lambda sim: _launch_node(sim, Path(sim_dir)))
-
-
-def terminate_node(sim_dir: Path, instance_id: str, *, abrupt: bool = False) -> None:
-    """A training node's instance ends: every process in its namespace killed (SIGTERM first, as a
-    shutdown does; `abrupt`: SIGKILL at once, a lost machine), the namespace and the node's entry
-    gone (its root directory stays for post-mortems); the group is one node short."""
-
-    def terminate(sim: dict[str, Any]) -> None:
-        node = sim["nodes"].pop(instance_id)
-        netns.remove_namespace(node["netns"], graceful=not abrupt)
-        sim["namespaces"].remove(node["netns"])
-
-    update_sim(sim_dir, terminate)
-
-
-def replace_node(sim_dir: Path, instance_id: str) -> str:
-    """`terminate_node`, then `launch_node`: what the group does for an unhealthy instance. The new id."""
-    terminate_node(sim_dir, instance_id)
-    return launch_node(sim_dir)
 
 
 def remove_serving_host(sim_dir: Path, instance_id: str) -> None:

@@ -12,9 +12,9 @@ Runbook:
 `--sim-dir`: the simulated nodes' transport is in the development package `sim/`, which the
 `stratus` front door injects (`sim_transport`); the runtime never imports it.)
 
-Steps: list the training nodes (the members of the stack's Auto Scaling group now, or its fixed
-instances: `runtime.remote.fleet`); validate the config and data here for the stack's world
-(nodes x GPUs); upload a local `--data` file to s3://<datasets_bucket>/<run>/<name>; upload the runtime bundle to
+Steps: list the nodes (the stack's training Auto Scaling group now: `runtime.remote.fleet`);
+validate the config and data here for the stack's world (nodes x GPUs); upload a local
+`--data` file to s3://<datasets_bucket>/<run>/<name>; upload the runtime bundle to
 s3://<models_bucket>/runtime/stratus-runtime.tar.gz (SSE-KMS with the stack key, like every
 upload); send node i of N one `AWS-RunShellScript` command running DeepSpeed's per-node launcher
 (`deepspeed.launcher.launch --node_rank=i`) and then `runtime.checkpoint.sync`, which copies the
@@ -27,7 +27,7 @@ host's next poll picks the new version up.
 Exit codes (docs/architecture.md): 0 every node succeeded (and, with --export, the model is
 published); 1 a node failed, or the export on node 0 did (named, with export's own exit code:
 3 no checkpoint in S3 verifies, 4 the gate failed and nothing was published); 2 bad outputs,
-config, data or arguments (or a Capacity Block ending within 35 minutes); 75 a node was
+config, data or arguments, or a Capacity Block ending within 35 minutes; 75 a node was
 preempted after committing a checkpoint (rerun with --resume); 130 interrupted here (the
 commands keep running on the nodes; the message says how to cancel).
 """
@@ -48,14 +48,8 @@ from runtime.common.log import get_logger
 from runtime.common.options import option, parse_options
 from runtime.common.s3 import head_or_none, sse_kms_args
 from runtime.contract import BUNDLE_KEY, NODE_OUTPUT_DIR, ExitCode, checkpoints_prefix, checkpoints_uri
+from runtime.remote import fleet
 from runtime.remote.bundle import bundle_entries, write_bundle
-from runtime.remote.fleet import (
-    DEFAULT_FLEET_TIMEOUT_S,
-    check_capacity_block,
-    describe_capacity_block,
-    discover,
-    relaunch_nodes,
-)
 from runtime.remote.nodes import NodeJob, export_script, node_script, node_train_args
 from runtime.remote.outputs import RemoteError, read_outputs
 from runtime.remote.progress import report, tail, wait_for_nodes
@@ -104,12 +98,10 @@ class RemoteOptions:
 
     max_restarts: int = option(0, metavar="N")
     """After a failed or preempted node, relaunch on the stack's nodes with --resume up to N times
-    (training resumes from the newest checkpoint in S3). With an Auto Scaling group the nodes are
-    listed again first: a replaced node joins under its new id and IP (`runtime.remote.fleet`)."""
+    (training resumes from the newest checkpoint in S3)."""
 
-    fleet_timeout: float = option(DEFAULT_FLEET_TIMEOUT_S, metavar="SECONDS")
-    """How long to wait, at launch and before each restart, for the training Auto Scaling group to
-    have all its nodes in service."""
+    fleet_timeout: float = option(fleet.DEFAULT_FLEET_TIMEOUT_S, metavar="SECONDS")
+    """Wait this long (at launch, before each restart) for the training Auto Scaling group to be whole."""
 
     execution_timeout: int = option(MAX_EXECUTION_TIMEOUT_S, metavar="SECONDS")
     """Seconds SSM lets a node's command run (at most 48 h)."""
@@ -130,8 +122,6 @@ class RemoteOptions:
             raise RemoteError(f"--execution-timeout {self.execution_timeout} must be {limit}")
         if not 0 < self.master_port < 65536:
             raise RemoteError(f"--master-port {self.master_port}: use 1-65535")
-        if self.fleet_timeout < 0:
-            raise RemoteError(f"--fleet-timeout {self.fleet_timeout}: use 0 or more seconds")
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -153,13 +143,9 @@ class Launch:
         self.opts, self.sim_transport = opts, sim_transport
         outputs_file = Path(opts.sim_dir) / "outputs.json" if opts.sim_dir else opts.outputs_file
         out = self.outputs = read_outputs(stack=opts.stack, outputs_file=outputs_file)
-        self._transport: NodeTransport | None = None
-        if out.autoscaling_group:  # the nodes are the group's members now, not frozen outputs
-            out = self.outputs = discover(
-                self.transport(), out, timeout_s=opts.fleet_timeout, interval=opts.poll_interval
-            )
-        if block := describe_capacity_block(out):
-            log.info("%s", block)
+        out = self.outputs = fleet.launch_nodes(  # a group's members now, not frozen outputs
+            self.transport, out, timeout_s=opts.fleet_timeout, interval=opts.poll_interval
+        )
         self.dry_run = opts.dry_run or train_opts.dry_run
         self.cfg = train_opts.train_config()
         if train_opts.nproc != out.slots_per_node:
@@ -209,11 +195,7 @@ class Launch:
         if self.data_file:
             print(f"  data         s3://{out.datasets_bucket}/{self.data_key}  (from {self.data_file})")
         print(f"  checkpoints  {checkpoints_uri(out.checkpoints_bucket, self.run_name)}")
-        print(f"  (uploads: SSE-KMS with {out.kms_key_arn})")
-        if out.autoscaling_group:
-            print(f"nodes: Auto Scaling group {out.autoscaling_group}'s members now (listed again before a restart)")
-        if block := describe_capacity_block(out):
-            print(block)
+        print(f"  (uploads: SSE-KMS with {out.kms_key_arn})", *fleet.plan_lines(out), sep="\n")
         for i, instance in enumerate(out.instance_ids):
             print(f"node {i} ({instance}, {out.private_ips[i]}): AWS-RunShellScript commands:")
             for line in node_script(job, i):
@@ -237,52 +219,32 @@ class Launch:
         log.info("uploaded %s to s3://%s/%s", path.name, bucket, key)
 
     def transport(self) -> NodeTransport:
-        """SSM Run Command, or the simulated nodes of `--sim-dir` (made once)."""
-        if self._transport is None:
-            self._transport = self._make_transport()
-        return self._transport
-
-    def _make_transport(self) -> NodeTransport:
+        """SSM Run Command, or the simulated nodes of `--sim-dir`."""
         if self.opts.sim_dir:  # __init__ refused --sim-dir without a simulator transport
             return self.sim_transport(Path(self.opts.sim_dir))
         import boto3
 
         region = self.outputs.region
-        ssm, ec2 = boto3.client("ssm", region_name=region), boto3.client("ec2", region_name=region)
-        return SsmTransport(ssm, ec2, region, autoscaling=boto3.client("autoscaling", region_name=region))
+        ssm, ec2, asg = (boto3.client(c, region_name=region) for c in ("ssm", "ec2", "autoscaling"))
+        return SsmTransport(ssm, ec2, region, autoscaling=asg)
 
-    def send(self, transport: NodeTransport, job: NodeJob) -> list[str]:
-        """One command per node; a node that cannot take it (a terminated instance) cancels those
-        already sent and raises RemoteError naming it."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
+    def send(self, transport: NodeTransport, job: NodeJob) -> list[str] | None:
+        """A command per node; None (logged, those sent cancelled) when a node cannot take it."""
         ids = []
         for rank, iid in enumerate(self.outputs.instance_ids):
             comment = f"stratus {self.run_name} node {rank}/{self.outputs.num_nodes}"
             lines, timeout_s = node_script(job, rank), self.opts.execution_timeout
             try:
                 ids.append(transport.send(iid, lines, comment=comment, timeout_s=timeout_s))
-            except (RemoteError, ClientError, BotoCoreError) as e:
-                for sent_rank, command_id in enumerate(ids):
-                    sent_iid = self.outputs.instance_ids[sent_rank]
-                    try:
-                        transport.cancel(command_id, sent_iid)
-                    except (RemoteError, ClientError, BotoCoreError) as cancel_error:
-                        log.warning(
-                            "node %d (%s): cancelling command %s failed (%s)",
-                            sent_rank,
-                            sent_iid,
-                            command_id,
-                            cancel_error,
-                        )
-                raise RemoteError(f"node {rank} ({iid}) cannot take the command: {e}") from None
+            except fleet.send_errors() as e:  # e.g. an instance terminated since it was listed
+                log.error("node %d (%s) cannot take the command: %s; no node trains", rank, iid, e)
+                return fleet.cancel_sent(transport, self.outputs, ids)
             log.info("node %d (%s): command %s sent", rank, iid, ids[-1])
         return ids
 
     def run(self) -> int:
         """Upload data and bundle, send a command per node, wait; returns the exit code (see module doc)."""
         import boto3
-        from botocore.exceptions import BotoCoreError, ClientError
 
         out = self.outputs
         with tempfile.TemporaryDirectory(prefix="stratus-bundle-") as tmp:
@@ -291,7 +253,7 @@ class Launch:
             if self.dry_run:
                 self.print_plan(job)
                 return ExitCode.OK
-            check_capacity_block(out)
+            fleet.check_capacity_block(out)
             s3 = boto3.client("s3", region_name=out.region)
             transport = self.transport()
             transport.check_nodes(out)
@@ -304,17 +266,14 @@ class Launch:
         for restart in range(1, restarts + 1):
             if code not in (ExitCode.FAILED, ExitCode.PREEMPTED):
                 break
-            try:  # the group whole again (a replaced node: new id and IP), the block not about to end
-                self.outputs = relaunch_nodes(
-                    transport, self.outputs, timeout_s=self.opts.fleet_timeout, interval=self.opts.poll_interval
-                )
-            except (RemoteError, ClientError, BotoCoreError) as e:
-                log.error("restart %d of %d not launched: %s", restart, restarts, e)
-                break
+            wait = {"timeout_s": self.opts.fleet_timeout, "interval": self.opts.poll_interval}
+            if (nodes := fleet.restart_nodes(transport, out, restart=restart, restarts=restarts, **wait)) is None:
+                break  # the group not whole in time, or the Capacity Block about to end
             args = job.train_args if "--resume" in job.train_args else (*job.train_args, "--resume")
-            job = replace(job, outputs=self.outputs, train_args=args, launch_id=f"{self.launch_id}-r{restart}")
-            nodes = ", ".join(self.outputs.instance_ids)
-            log.warning("restart %d of %d: relaunching on %s with --resume (from S3)", restart, restarts, nodes)
+            out = self.outputs = nodes  # a replaced node: new id and IP; the world info follows
+            job = replace(job, outputs=out, train_args=args, launch_id=f"{self.launch_id}-r{restart}")
+            nodes_text = ", ".join(out.instance_ids)
+            log.warning("restart %d of %d: relaunching on %s with --resume (from S3)", restart, restarts, nodes_text)
             code = self.attempt(transport, job)
         if code == ExitCode.OK and self.opts.export:
             code = self.export(transport, job)
@@ -353,10 +312,7 @@ class Launch:
 
         out = self.outputs
         self.sent_job = job
-        try:
-            command_ids = self.send(transport, job)
-        except (RemoteError, ClientError, BotoCoreError) as e:  # a failed attempt: a restart lists the nodes again
-            log.error("%s; no node trains", e)
+        if (command_ids := self.send(transport, job)) is None:
             return ExitCode.FAILED
 
         def stop_others(failed: int, running: list[int]) -> None:

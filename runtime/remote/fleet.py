@@ -20,17 +20,14 @@ the first attempt and before each `--max-restarts` relaunch:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from runtime.common.log import get_logger
 from runtime.contract import OUTPUT_TRAINER_AUTOSCALING_GROUP
 from runtime.remote.outputs import RemoteError, StackOutputs
-
-if TYPE_CHECKING:
-    from runtime.remote.transport import NodeTransport
 
 DEFAULT_FLEET_TIMEOUT_S = 900.0
 """How long a launch waits for the group to be whole (a replacement p5 boots and prepares in minutes)."""
@@ -69,6 +66,16 @@ class GroupState:
     def describe(self) -> str:
         others = f"; not ready: {', '.join(self.waiting)}" if self.waiting else ""
         return f"Auto Scaling group {self.name}: {len(self.members)} of {self.desired} node(s) in service{others}"
+
+
+class Nodes(Protocol):
+    """What recovery needs of a transport (`runtime.remote.transport.NodeTransport` has it all)."""
+
+    def group_state(self, name: str) -> GroupState: ...
+
+    def check_nodes(self, outputs: StackOutputs) -> None: ...
+
+    def cancel(self, command_id: str, instance_id: str) -> None: ...
 
 
 def ranked(members: list[Member]) -> tuple[Member, ...]:
@@ -151,7 +158,7 @@ def wait_for_group(
 
 
 def discover(
-    transport: NodeTransport,
+    transport: Nodes,
     outputs: StackOutputs,
     *,
     timeout_s: float = DEFAULT_FLEET_TIMEOUT_S,
@@ -223,7 +230,7 @@ def check_capacity_block(
 
 
 def relaunch_nodes(
-    transport: NodeTransport,
+    transport: Nodes,
     outputs: StackOutputs,
     *,
     timeout_s: float = DEFAULT_FLEET_TIMEOUT_S,
@@ -240,3 +247,58 @@ def relaunch_nodes(
     nodes = discover(transport, outputs, timeout_s=timeout_s, interval=interval, num_nodes=outputs.num_nodes)
     transport.check_nodes(nodes)
     return nodes
+
+
+def launch_nodes(
+    transport: Callable[[], Nodes], outputs: StackOutputs, *, timeout_s: float, interval: float
+) -> StackOutputs:
+    """The nodes of a new launch: the group's members now (`transport()` made only for a group
+    stack); logs the Capacity Block's end. Raises RemoteError as `discover`."""
+    if outputs.autoscaling_group:
+        outputs = discover(transport(), outputs, timeout_s=timeout_s, interval=interval)
+    if block := describe_capacity_block(outputs):
+        log.info("%s", block)
+    return outputs
+
+
+def plan_lines(outputs: StackOutputs) -> list[str]:
+    """What `--dry-run` prints about where the nodes come from and until when."""
+    lines = []
+    if outputs.autoscaling_group:
+        lines.append(
+            f"nodes: Auto Scaling group {outputs.autoscaling_group}'s members now (listed again for a restart)"
+        )
+    if block := describe_capacity_block(outputs):
+        lines.append(block)
+    return lines
+
+
+def restart_nodes(
+    transport: Nodes, outputs: StackOutputs, *, restart: int, restarts: int, timeout_s: float, interval: float
+) -> StackOutputs | None:
+    """`relaunch_nodes` for restart `restart` of `restarts`; None (logged) when it cannot be launched."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return relaunch_nodes(transport, outputs, timeout_s=timeout_s, interval=interval)
+    except (RemoteError, ClientError, BotoCoreError) as e:
+        log.error("restart %d of %d not launched: %s", restart, restarts, e)
+        return None
+
+
+def send_errors() -> tuple[type[Exception], ...]:
+    """What a transport's `send` raises for a node that cannot take a command (SSM:
+    `InvalidInstanceId` for an instance terminated since it was listed)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return RemoteError, ClientError, BotoCoreError
+
+
+def cancel_sent(transport: Nodes, outputs: StackOutputs, command_ids: Sequence[str]) -> None:
+    """Cancel the commands of an attempt that could not be sent to every node (best effort)."""
+    for rank, command_id in enumerate(command_ids):
+        iid = outputs.instance_ids[rank]
+        try:
+            transport.cancel(command_id, iid)
+        except send_errors() as e:
+            log.warning("node %d (%s): cancelling command %s failed (%s)", rank, iid, command_id, e)

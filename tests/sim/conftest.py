@@ -56,7 +56,7 @@ class SimStack:
     """A simulated stack's directory, outputs, description and boto3 clients for its emulator.
 
     The training nodes are a (simulated) Auto Scaling group whose members change when a test
-    replaces one (`sim.stack.replace_node`): look them up by rank (`node_ids`, `node_root`, `scratch`).
+    replaces one (`sim.nodes.replace_node`): look them up by rank (`node_ids`, `node_root`, `scratch`).
     """
 
     def __init__(self, root: Path, outputs: dict):

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+import sim.nodes
 import sim.stack
 from tests.sim.imds import StandInImds
 from tests.sim.runs import launch_on
@@ -126,13 +127,13 @@ def test_a_terminated_node_is_replaced_and_a_restart_resumes_from_s3_on_the_new_
         )
     )
     _wait_latest(s3, bucket, "kill/latest")
-    sim.stack.terminate_node(sim_stack.root, node1, abrupt=True)  # no shutdown: no checkpoint at the stop
+    sim.nodes.terminate_node(sim_stack.root, node1, abrupt=True)  # no shutdown: no checkpoint at the stop
     in_s3 = int(s3.get_object(Bucket=bucket, Key="kill/latest")["Body"].read().decode()[len("global_step") :])
     log0_path = sim_stack.root / node0 / "scratch" / "runs" / "kill" / "node0.log"
     trained = max(int(n) for n in re.findall(r" step (\d+)/200 ", log0_path.read_text()))
     # the launcher stops node 0 and waits for the group: the replacement joins while it waits
     _wait_for(lambda: "1 of 2 node(s) in service" in stratus_log.getvalue(), "the launcher waiting for the group")
-    new = sim.stack.launch_node(sim_stack.root)
+    new = sim.nodes.launch_node(sim_stack.root)
     thread.join(300)
     assert not thread.is_alive()
     err = capfd.readouterr()
