@@ -10,7 +10,7 @@ imports this package, and the runtime bundle does not carry it.
 The training nodes are a simulated Auto Scaling group (`trainer_group` in sim.json, named by the
 `trainer_autoscaling_group` output): `group_state` lists it as `runtime.remote.fleet` expects of
 EC2's, a member in service being a node of sim.json whose namespace exists, ranked by its launch
-counter (`sim.stack.terminate_node`, `launch_node` and `replace_node` change the set).
+counter (`sim.nodes.terminate_node`, `launch_node` and `replace_node` change the set).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from runtime.remote.transport import OUTPUT_LIMIT, NodeTransport
 
 SIM_FILE = "sim.json"
 LOCK_FILE = ".sim.lock"
-"""Held (exclusively) by `sim.stack.update_sim` while it changes sim.json and the namespaces."""
+"""Held (exclusively) by `sim.nodes.update_sim` while it changes sim.json and the namespaces."""
 log = get_logger()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import sim.netns
+import sim.nodes
 import sim.stack
 from sim.transport import LocalTransport
 from tests.runtime.conftest import run_train
@@ -69,7 +70,7 @@ class SimStack:
 
     def node_ids(self) -> list[str]:
         """The training nodes now, by rank (what a launch discovers)."""
-        group = LocalTransport(self.root).group_state(sim.stack.TRAINER_GROUP)
+        group = LocalTransport(self.root).group_state(sim.nodes.TRAINER_GROUP)
         return [m.instance_id for m in group.members]
 
     def node_root(self, rank: int) -> Path:

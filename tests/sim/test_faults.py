@@ -126,13 +126,16 @@ def test_a_terminated_node_is_replaced_and_a_restart_resumes_from_s3_on_the_new_
             remote=("--max-restarts", "1", "--fleet-timeout", "180"),
         )
     )
+    started = time.monotonic()
     _wait_latest(s3, bucket, "kill/latest")
+    killed = time.monotonic()
     sim.nodes.terminate_node(sim_stack.root, node1, abrupt=True)  # no shutdown: no checkpoint at the stop
     in_s3 = int(s3.get_object(Bucket=bucket, Key="kill/latest")["Body"].read().decode()[len("global_step") :])
     log0_path = sim_stack.root / node0 / "scratch" / "runs" / "kill" / "node0.log"
     trained = max(int(n) for n in re.findall(r" step (\d+)/200 ", log0_path.read_text()))
     # the launcher stops node 0 and waits for the group: the replacement joins while it waits
     _wait_for(lambda: "1 of 2 node(s) in service" in stratus_log.getvalue(), "the launcher waiting for the group")
+    waiting = time.monotonic()
     new = sim.nodes.launch_node(sim_stack.root)
     thread.join(300)
     assert not thread.is_alive()
@@ -149,5 +152,10 @@ def test_a_terminated_node_is_replaced_and_a_restart_resumes_from_s3_on_the_new_
     assert (new_run / "checkpoints").is_dir() and "exits successfully" in (new_run / "node1.log").read_text()
     assert "done: 200 steps" in log0_path.read_text()
     print(f"kill at step >= {trained}; last checkpoint in S3 then: {in_s3}; resumed at {resumed}")
+    first, wait, rest = killed - started, waiting - killed, time.monotonic() - waiting
+    print(
+        f"launch -> first checkpoint in S3 {first:.1f} s, kill -> launcher waiting for the group {wait:.1f} s, "
+        f"replacement -> done {rest:.1f} s"
+    )
     assert in_s3 <= resumed <= trained
     assert trained - resumed <= every  # the lost work: at most one checkpoint interval
