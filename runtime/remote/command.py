@@ -122,6 +122,8 @@ class RemoteOptions:
             raise RemoteError(f"--execution-timeout {self.execution_timeout} must be {limit}")
         if not 0 < self.master_port < 65536:
             raise RemoteError(f"--master-port {self.master_port}: use 1-65535")
+        if self.fleet_timeout < 0:
+            raise RemoteError(f"--fleet-timeout {self.fleet_timeout}: use 0 or more seconds")
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:

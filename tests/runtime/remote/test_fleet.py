@@ -132,6 +132,8 @@ def test_the_wait_for_the_group_is_bounded_and_names_the_group_and_counts(group)
     with pytest.raises(RemoteError, match=r"now wants 3 node\(s\), the launch trains on 2"):
         autoscaling.update_auto_scaling_group(AutoScalingGroupName=name, MaxSize=3, DesiredCapacity=3)
         relaunch_nodes(transport(), whole, timeout_s=5, interval=0.1)
+    with pytest.raises(RemoteError, match="--fleet-timeout -1.0: use 0 or more seconds"):
+        parse_options(RemoteOptions, ["--outputs-file", "f.json", "--fleet-timeout", "-1"], prog="t")
     with pytest.raises(RemoteError, match="Auto Scaling group nope .* does not exist.*pulumi refresh"):
         discover(transport(), parse_outputs({**data, "trainer_autoscaling_group": "nope"}, "f"), timeout_s=0)
 
