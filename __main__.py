@@ -10,6 +10,8 @@ Reads the config once, builds one component per concern, and exports the outputs
 `scripts/launch.sh --stack` and `runtime.remote` read (names fixed in `runtime/contract.py`).
 """
 
+from datetime import UTC
+
 import pulumi
 import pulumi_aws as aws
 
@@ -205,3 +207,6 @@ pulumi.export(contract.OUTPUT_SERVING_CA_CERTIFICATE, serving.ca_certificate_pem
 pulumi.export(contract.OUTPUT_SERVING_TLS_CERT_PARAMETER, serving.tls_cert_parameter_name)
 pulumi.export(contract.OUTPUT_SERVING_TLS_KEY_PARAMETER, serving.tls_key_parameter_name)
 pulumi.export(contract.OUTPUT_SERVING_AUTOSCALING_GROUP, serving.group_name)
+# The launcher prints it and relaunches nothing into a block that is about to end (null without one).
+block_end = cfg.capacity_block_end
+pulumi.export(contract.OUTPUT_TRAINER_CAPACITY_BLOCK_END, block_end.astimezone(UTC).isoformat() if block_end else None)

@@ -39,6 +39,10 @@ OUTPUT_ESTIMATED_HOURLY_USD = "estimated_hourly_usd"
 OUTPUT_TRAINER_AUTOSCALING_GROUP = "trainer_autoscaling_group"
 """Name of the training nodes' EC2 Auto Scaling group: the launcher reads the live instance ids and
 private IPs from it at launch time (a replaced node has a new id and address)."""
+OUTPUT_TRAINER_CAPACITY_BLOCK_END = "trainer_capacity_block_end"
+"""ISO-8601 end of the training nodes' Capacity Block (e.g. `2026-12-10T11:30:00Z`); null or absent
+without one. `stratus remote` prints it and launches nothing with less than 35 minutes left (EC2
+starts terminating the block's instances 30 minutes before its end)."""
 OUTPUT_EGRESS_ENABLED = "egress_enabled"
 """True when the stack's private subnets route to the internet (NAT); False: hosts reach only the
 VPC endpoints, so the runtime bundle must carry its wheels (`stratus wheels`, `--wheels`)."""
@@ -73,6 +77,7 @@ STACK_OUTPUTS = (
     OUTPUT_SERVING_TLS_CERT_PARAMETER,
     OUTPUT_SERVING_TLS_KEY_PARAMETER,
     OUTPUT_SERVING_AUTOSCALING_GROUP,
+    OUTPUT_TRAINER_CAPACITY_BLOCK_END,
 )
 """Every output the program exports, in the order it exports them."""
 

@@ -53,8 +53,9 @@ def add_namespace(sim: dict[str, Any], name: str, ip: str, index: int) -> None:
     (etc / "hosts").write_text(f"127.0.0.1 localhost\n{ip} {socket.gethostname()}\n")
 
 
-def kill(pids: list[int]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def kill(pids: list[int], *, graceful: bool = True) -> None:
+    """SIGTERM, up to 5 s, then SIGKILL (`graceful=False`: SIGKILL at once, as a lost machine)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL) if graceful else (signal.SIGKILL,):
         alive = []
         for pid in pids:
             try:
@@ -77,10 +78,10 @@ def not_zombie(pid: int) -> bool:
         return False
 
 
-def remove_namespace(name: str) -> None:
-    """Kill every process in the namespace, then delete it (its veth goes with it)."""
+def remove_namespace(name: str, *, graceful: bool = True) -> None:
+    """Kill every process in the namespace (`kill`), then delete it (its veth goes with it)."""
     pids = [int(p) for p in run_ip("netns", "pids", name, check=False).stdout.split()]
-    kill(pids)
+    kill(pids, graceful=graceful)
     run_ip("netns", "delete", name, check=False)
     shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
 

@@ -3,6 +3,7 @@
 Runbook (as root; `scripts/sim-stack.sh` wraps it):
     python -m sim.stack up /tmp/sim --nodes 2       # namespaces, bridge, S3/KMS emulator
     stratus remote --sim-dir /tmp/sim -- --preset mlp-binary --set max_steps=20
+    python -m sim.stack replace-node /tmp/sim sim-node1  # the group replaces it: sim-node2, new IP
     python -m sim.stack down /tmp/sim               # processes, namespaces, bridge: gone
 
 What `up` makes: a bridge with an address of a free 10.231.X.0/24, one namespace per node (its own
@@ -21,6 +22,9 @@ real unit does. Serving hosts are launched later (`add_serving_host`, by `sim.se
 Scaling group's part), each booted from its user data by `sim.host.boot` with a metadata
 service in its namespace. The serving token is an SSM SecureString under the stack key, as on the
 stack, and so is the server's TLS key.
+
+The training nodes are a simulated Auto Scaling group too (`sim.nodes`; the frozen
+`trainer_instance_ids` / `trainer_private_ips` outputs are `[]`, as on a group-based stack).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from typing import Any
 
 from runtime.contract import APP_DIR, ENV_BUNDLE_URI, HOST_BUNDLE, bundle_uri
 from sim import netns
+from sim.nodes import TRAINER_GROUP, add_training_node, node_root, read_sim_file, replace_node, update_sim
 from sim.transport import SIM_FILE
 
 PREFIX = netns.PREFIX
@@ -70,28 +75,6 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> Non
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the AWS emulator did not start at {url}") from None
             time.sleep(0.2)
-
-
-def _node_root(root: Path) -> None:
-    for sub in ("scratch", "opt-stratus", "etc-stratus", "systemd"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    # `/opt/stratus/venv/bin/python` execs this machine's interpreter by its own path, so the nodes
-    # import DeepSpeed from the same files as this machine: torch's JIT builds of DeepSpeed's ops get
-    # the same compiler command lines and share one build cache (TORCH_EXTENSIONS_DIR, else
-    # ~/.cache/torch_extensions) instead of rebuilding each other's (a build dir has a file lock).
-    venv = root / "opt-stratus" / "venv"
-    if venv.is_symlink():  # a directory made by an older version linked the virtualenv itself
-        venv.unlink()
-    venv_bin = venv / "bin"
-    venv_bin.mkdir(parents=True, exist_ok=True)
-    for name in ("python", "python3"):
-        (venv_bin / name).write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
-        (venv_bin / name).chmod(0o755)
-    # The real node.env carries the instance type's NCCL/EFA settings; a simulated node is a CPU host.
-    env = {"DS_ACCELERATOR": "cpu", "GLOO_SOCKET_IFNAME": "eth0"}
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):  # else torch's default under HOME (/root on the nodes)
-        env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
-    (root / "etc-stratus" / "node.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
 
 
 def _stand_ins(bin_dir: Path) -> None:
@@ -205,6 +188,7 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         "gateway": str(hosts[0]),
         "namespaces": [],
         "nodes": {},
+        "trainer_group": {"name": TRAINER_GROUP, "desired": num_nodes, "launched": 0},
         "pids": [],
         "bin": str(sim_dir / "bin"),
     }
@@ -227,12 +211,8 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         lb_ip, pool = str(hosts[BALANCER_HOST]), [str(hosts[i]) for i in SERVING_HOSTS]
         resources = _aws_resources(endpoint, sim_dir, [lb_ip, *pool])
         ca_pem = resources.pop("ca")
-        ips = [str(hosts[10 + i]) for i in range(num_nodes)]
-        for i, ip in enumerate(ips):
-            iid = f"sim-node{i}"
-            sim["nodes"][iid] = {"netns": f"{PREFIX}{sfx}n{i}", "ip": ip, "root": str(sim_dir / iid)}
-            netns.add_namespace(sim, sim["nodes"][iid]["netns"], ip, i)
-            _node_root(sim_dir / iid)
+        for _ in range(num_nodes):
+            add_training_node(sim, sim_dir)
         _serving_front(sim, sim_dir, lb_ip, pool)
         _stand_ins(sim_dir / "bin")
         sim["env"] = {
@@ -244,9 +224,10 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         outputs = {
             "region": REGION,
             **resources,
-            "trainer_instance_ids": list(sim["nodes"]),
-            "trainer_private_ips": ips,
+            "trainer_instance_ids": [],
+            "trainer_private_ips": [],
             "trainer_slots_per_node": 1,
+            "trainer_autoscaling_group": TRAINER_GROUP,
             **_serving_outputs(lb_ip, ca_pem),
         }
         (sim_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
@@ -256,25 +237,6 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         (sim_dir / SIM_FILE).write_text(json.dumps(sim, indent=1))
         down(sim_dir)
         raise
-
-
-def read_sim_file(sim_dir: Path) -> dict[str, Any]:
-    """`<sim_dir>/sim.json`: the simulated stack's description."""
-    return json.loads((Path(sim_dir) / SIM_FILE).read_text())
-
-
-def update_sim(sim_dir: Path, change) -> Any:
-    """Apply `change(sim)` to `<sim_dir>/sim.json` under a file lock (hosts boot side by side); its result."""
-    import fcntl
-
-    with open(Path(sim_dir) / ".sim.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        sim = json.loads((Path(sim_dir) / SIM_FILE).read_text())
-        result = change(sim)
-        tmp = Path(sim_dir) / f".{SIM_FILE}.tmp"
-        tmp.write_text(json.dumps(sim, indent=1))
-        tmp.replace(Path(sim_dir) / SIM_FILE)
-        return result
 
 
 def add_serving_host(sim_dir: Path) -> str:
@@ -292,7 +254,7 @@ def add_serving_host(sim_dir: Path) -> str:
         host = {"netns": f"{PREFIX}{sim['suffix']}s{n}", "ip": free[0], "root": str(Path(sim_dir) / iid)}
         sim["serving_hosts"][iid] = host
         netns.add_namespace(sim, host["netns"], host["ip"], 100 + n)
-        _node_root(Path(host["root"]))
+        node_root(Path(host["root"]))
         return iid
 
     return update_sim(sim_dir, launch)
@@ -344,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sim.stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("action", choices=("up", "down", "prepare"))
+    parser.add_argument("action", choices=("up", "down", "prepare", "replace-node"))
     parser.add_argument("dir", nargs="?", type=Path, help="directory of the simulated stack")
+    parser.add_argument("instance", nargs="?", help="replace-node: the training node to replace (e.g. sim-node1)")
     parser.add_argument("--nodes", type=int, default=2, help="training nodes (default 2)")
     args = parser.parse_args(argv)
     if args.action == "prepare":
@@ -358,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "down":
         down(args.dir)
         print(f"simulated stack in {args.dir} removed")
+        return 0
+    if args.action == "replace-node":
+        nodes = read_sim_file(args.dir)["nodes"]
+        if args.instance not in nodes:
+            parser.error(f"replace-node needs a training node of {args.dir}: one of {', '.join(nodes)}")
+        print(f"{args.instance} terminated; the group launched {replace_node(args.dir, args.instance)}")
         return 0
     outputs = up(args.dir, num_nodes=args.nodes)
     print(json.dumps(outputs, indent=1))

@@ -6,10 +6,16 @@ inside one network namespace per node, with the node's own scratch and app direc
 bind-mounted at the host paths of `runtime.contract`. `stratus remote --sim-dir DIR` (the front
 door, `stratus.remote`) builds it and hands it to `runtime.remote.command`; the runtime never
 imports this package, and the runtime bundle does not carry it.
+
+The training nodes are a simulated Auto Scaling group (`trainer_group` in sim.json, named by the
+`trainer_autoscaling_group` output): `group_state` lists it as `runtime.remote.fleet` expects of
+EC2's, a member in service being a node of sim.json whose namespace exists, ranked by its launch
+counter (`sim.nodes.terminate_node`, `launch_node` and `replace_node` change the set).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -22,10 +28,13 @@ from typing import Any
 
 from runtime.common.log import get_logger
 from runtime.contract import APP_DIR, NODE_ENV_FILE, SCRATCH_MOUNT
+from runtime.remote.fleet import GroupState, Member, ranked
 from runtime.remote.outputs import RemoteError, StackOutputs
 from runtime.remote.transport import OUTPUT_LIMIT, NodeTransport
 
 SIM_FILE = "sim.json"
+LOCK_FILE = ".sim.lock"
+"""Held (exclusively) by `sim.nodes.update_sim` while it changes sim.json and the namespaces."""
 log = get_logger()
 
 
@@ -38,6 +47,11 @@ def read_sim(sim_dir: Path) -> dict[str, Any]:
             f"--sim-dir {sim_dir}: no readable {SIM_FILE} ({e}); create the simulated stack with "
             f"`scripts/sim-stack.sh up {sim_dir}`"
         ) from None
+
+
+def namespaces() -> set[str]:
+    """Names of the network namespaces that exist now."""
+    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
 
 
 def _tail_file(path: Path) -> str:
@@ -73,12 +87,34 @@ class LocalTransport(NodeTransport):
 
     def node(self, instance_id: str) -> dict[str, Any]:
         node = self.sim["nodes"].get(instance_id) or self.sim.get("serving_hosts", {}).get(instance_id)
+        if node is None:  # launched since this transport read sim.json?
+            self.sim = read_sim(self.sim_dir)
+            node = self.sim["nodes"].get(instance_id) or self.sim.get("serving_hosts", {}).get(instance_id)
         if node is None:
             raise RemoteError(f"instance {instance_id} is not a node of the simulated stack in {self.sim_dir}")
         return node
 
+    def group_state(self, name: str) -> GroupState:
+        """The simulated training group now (sim.json re-read): members are nodes whose namespace exists."""
+        # Shared lock: a node being terminated (its processes dying, then its namespace) is listed
+        # either whole or gone, never half-way.
+        with open(self.sim_dir / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            self.sim = read_sim(self.sim_dir)
+            alive = namespaces()
+        group = self.sim.get("trainer_group")
+        if not group or group["name"] != name:
+            raise RemoteError(f"Auto Scaling group {name} does not exist in the simulated stack in {self.sim_dir}")
+        members, waiting = [], []
+        for iid, node in self.sim["nodes"].items():
+            if node["netns"] in alive:
+                members.append(Member(instance_id=iid, private_ip=node["ip"], launch_time=float(node["launched"])))
+            else:
+                waiting.append(f"{iid} terminated")
+        return GroupState(name=name, desired=group["desired"], members=ranked(members), waiting=tuple(waiting))
+
     def check_nodes(self, outputs: StackOutputs) -> None:
-        names = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+        names = namespaces()
         for rank, (iid, ip) in enumerate(zip(outputs.instance_ids, outputs.private_ips, strict=True)):
             node = self.node(iid)
             if node["netns"] not in names:

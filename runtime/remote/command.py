@@ -12,7 +12,8 @@ Runbook:
 `--sim-dir`: the simulated nodes' transport is in the development package `sim/`, which the
 `stratus` front door injects (`sim_transport`); the runtime never imports it.)
 
-Steps: validate the config and data here for the stack's world (nodes x GPUs); upload a local
+Steps: list the nodes (the stack's training Auto Scaling group now: `runtime.remote.fleet`);
+validate the config and data here for the stack's world (nodes x GPUs); upload a local
 `--data` file to s3://<datasets_bucket>/<run>/<name>; upload the runtime bundle to
 s3://<models_bucket>/runtime/stratus-runtime.tar.gz (SSE-KMS with the stack key, like every
 upload); send node i of N one `AWS-RunShellScript` command running DeepSpeed's per-node launcher
@@ -26,9 +27,9 @@ host's next poll picks the new version up.
 Exit codes (docs/architecture.md): 0 every node succeeded (and, with --export, the model is
 published); 1 a node failed, or the export on node 0 did (named, with export's own exit code:
 3 no checkpoint in S3 verifies, 4 the gate failed and nothing was published); 2 bad outputs,
-config, data or arguments; 75 a node was preempted after committing a checkpoint (rerun with
---resume); 130 interrupted here (the commands keep running on the nodes; the message says how
-to cancel).
+config, data or arguments, or a Capacity Block ending within 35 minutes; 75 a node was
+preempted after committing a checkpoint (rerun with --resume); 130 interrupted here (the
+commands keep running on the nodes; the message says how to cancel).
 """
 
 from __future__ import annotations
@@ -49,17 +50,17 @@ from runtime.common.s3 import head_or_none, sse_kms_args
 from runtime.contract import (
     BUNDLE_KEY,
     NODE_OUTPUT_DIR,
-    OUTPUT_EGRESS_ENABLED,
     ExitCode,
     checkpoints_prefix,
     checkpoints_uri,
 )
-from runtime.remote.bundle import RUNTIME_REQUIREMENTS, bundle_entries, write_bundle
+from runtime.remote import fleet
+from runtime.remote.bundle import bundle_entries, write_bundle
 from runtime.remote.nodes import NodeJob, export_script, node_script, node_train_args
-from runtime.remote.outputs import RemoteError, StackOutputs, read_outputs
+from runtime.remote.outputs import RemoteError, read_outputs
 from runtime.remote.progress import report, tail, wait_for_nodes
 from runtime.remote.transport import NodeTransport, SsmTransport
-from runtime.remote.wheels import WheelsError, missing_wheels
+from runtime.remote.wheels import WheelsError, check_install_path
 from runtime.train.command import TrainOptions, parse_train_options, validate
 from runtime.train.config import ConfigError
 from runtime.train.data import DataError
@@ -111,6 +112,9 @@ class RemoteOptions:
     """After a failed or preempted node, relaunch on the stack's nodes with --resume up to N times
     (training resumes from the newest checkpoint in S3)."""
 
+    fleet_timeout: float = option(fleet.DEFAULT_FLEET_TIMEOUT_S, metavar="SECONDS")
+    """Wait this long (at launch, before each restart) for the training Auto Scaling group to be whole."""
+
     execution_timeout: int = option(MAX_EXECUTION_TIMEOUT_S, metavar="SECONDS")
     """Seconds SSM lets a node's command run (at most 48 h)."""
 
@@ -132,6 +136,8 @@ class RemoteOptions:
             raise RemoteError(f"--master-port {self.master_port}: use 1-65535")
         if self.min_bus_gbps is not None and not self.min_bus_gbps >= 0:
             raise RemoteError(f"--min-bus-gbps {self.min_bus_gbps}: give GB/s >= 0 (0: only log the figure)")
+        if self.fleet_timeout < 0:
+            raise RemoteError(f"--fleet-timeout {self.fleet_timeout}: use 0 or more seconds")
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -139,40 +145,6 @@ def _split(argv: list[str]) -> tuple[list[str], list[str]]:
         i = argv.index("--")
         return argv[:i], argv[i + 1 :]
     return argv, []
-
-
-def check_install_path(out: StackOutputs, wheels: Path | None, *, gpu: bool) -> None:
-    """Refuse a launch whose nodes could not install the runtime, before anything is uploaded.
-
-    Without egress the nodes reach only the VPC endpoints (no PyPI): the bundle must carry a
-    wheelhouse, with a wheel of every pin (and, on GPU nodes, of the CUDA builds prepare.sh swaps in).
-    A stack that does not export `egress_enabled` (older) only gets a warning.
-
-    Raises:
-        RemoteError: no egress and no `--wheels`, or a wheelhouse that lacks a pinned package.
-    """
-    if wheels is None:
-        if out.egress_enabled is False:
-            raise RemoteError(
-                f"the stack has no egress ({OUTPUT_EGRESS_ENABLED}: false): its nodes cannot reach PyPI to install the "
-                "runtime. Build a wheelhouse with `stratus wheels --dest wheels/` and pass `--wheels wheels/` "
-                "(scripts/launch.sh --wheels wheels/); nothing was uploaded"
-            )
-        if out.egress_enabled is None:
-            log.warning(
-                "the stack does not export %s: if its nodes have no egress they cannot install the runtime; "
-                "pass --wheels DIR (built by `stratus wheels`) for such a stack",
-                OUTPUT_EGRESS_ENABLED,
-            )
-        return
-    if wheels.is_dir():
-        missing = missing_wheels(ROOT / RUNTIME_REQUIREMENTS, wheels, gpu=gpu)
-        if missing:
-            kind = "" if gpu else " --cpu"
-            raise RemoteError(
-                f"--wheels {wheels} has no wheel of {', '.join(missing)}; the nodes install offline from it. "
-                f"Rebuild it with `stratus wheels --dest {wheels}{kind}`; nothing was uploaded"
-            )
 
 
 class Launch:
@@ -187,6 +159,9 @@ class Launch:
         self.opts, self.sim_transport = opts, sim_transport
         outputs_file = Path(opts.sim_dir) / "outputs.json" if opts.sim_dir else opts.outputs_file
         out = self.outputs = read_outputs(stack=opts.stack, outputs_file=outputs_file)
+        out = self.outputs = fleet.launch_nodes(  # a group's members now, not frozen outputs
+            self.transport, out, timeout_s=opts.fleet_timeout, interval=opts.poll_interval
+        )
         self.dry_run = opts.dry_run or train_opts.dry_run
         self.cfg = train_opts.train_config()
         if train_opts.nproc != out.slots_per_node:
@@ -238,7 +213,7 @@ class Launch:
         if self.data_file:
             print(f"  data         s3://{out.datasets_bucket}/{self.data_key}  (from {self.data_file})")
         print(f"  checkpoints  {checkpoints_uri(out.checkpoints_bucket, self.run_name)}")
-        print(f"  (uploads: SSE-KMS with {out.kms_key_arn})")
+        print(f"  (uploads: SSE-KMS with {out.kms_key_arn})", *fleet.plan_lines(out), sep="\n")
         for i, instance in enumerate(out.instance_ids):
             print(f"node {i} ({instance}, {out.private_ips[i]}): AWS-RunShellScript commands:")
             for line in node_script(job, i):
@@ -268,14 +243,20 @@ class Launch:
         import boto3
 
         region = self.outputs.region
-        return SsmTransport(boto3.client("ssm", region_name=region), boto3.client("ec2", region_name=region), region)
+        ssm, ec2, asg = (boto3.client(c, region_name=region) for c in ("ssm", "ec2", "autoscaling"))
+        return SsmTransport(ssm, ec2, region, autoscaling=asg)
 
-    def send(self, transport: NodeTransport, job: NodeJob) -> list[str]:
+    def send(self, transport: NodeTransport, job: NodeJob) -> list[str] | None:
+        """A command per node; None (logged, those sent cancelled) when a node cannot take it."""
         ids = []
         for rank, iid in enumerate(self.outputs.instance_ids):
             comment = f"stratus {self.run_name} node {rank}/{self.outputs.num_nodes}"
             lines, timeout_s = node_script(job, rank), self.opts.execution_timeout
-            ids.append(transport.send(iid, lines, comment=comment, timeout_s=timeout_s))
+            try:
+                ids.append(transport.send(iid, lines, comment=comment, timeout_s=timeout_s))
+            except fleet.send_errors() as e:  # e.g. an instance terminated since it was listed
+                log.error("node %d (%s) cannot take the command: %s; no node trains", rank, iid, e)
+                return fleet.cancel_sent(transport, self.outputs, ids)
             log.info("node %d (%s): command %s sent", rank, iid, ids[-1])
         return ids
 
@@ -290,6 +271,7 @@ class Launch:
             if self.dry_run:
                 self.print_plan(job)
                 return ExitCode.OK
+            fleet.check_capacity_block(out)
             s3 = boto3.client("s3", region_name=out.region)
             transport = self.transport()
             transport.check_nodes(out)
@@ -302,9 +284,14 @@ class Launch:
         for restart in range(1, restarts + 1):
             if code not in (ExitCode.FAILED, ExitCode.PREEMPTED):
                 break
+            wait = {"timeout_s": self.opts.fleet_timeout, "interval": self.opts.poll_interval}
+            if (nodes := fleet.restart_nodes(transport, out, restart=restart, restarts=restarts, **wait)) is None:
+                break  # the group not whole in time, or the Capacity Block about to end
             args = job.train_args if "--resume" in job.train_args else (*job.train_args, "--resume")
-            job = replace(job, train_args=args, launch_id=f"{self.launch_id}-r{restart}")
-            log.warning("restart %d of %d: relaunching on the stack's nodes with --resume (from S3)", restart, restarts)
+            out = self.outputs = nodes  # a replaced node: new id and IP; the world info follows
+            job = replace(job, outputs=out, train_args=args, launch_id=f"{self.launch_id}-r{restart}")
+            nodes_text = ", ".join(out.instance_ids)
+            log.warning("restart %d of %d: relaunching on %s with --resume (from S3)", restart, restarts, nodes_text)
             code = self.attempt(transport, job)
         if code == ExitCode.OK and self.opts.export:
             code = self.export(transport, job)
@@ -343,7 +330,8 @@ class Launch:
 
         out = self.outputs
         self.sent_job = job
-        command_ids = self.send(transport, job)
+        if (command_ids := self.send(transport, job)) is None:
+            return ExitCode.FAILED
 
         def stop_others(failed: int, running: list[int]) -> None:
             others = ", ".join(map(str, running))

@@ -9,9 +9,17 @@ import json
 import shlex
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from runtime.contract import OUTPUT_EGRESS_ENABLED, REMOTE_TRAINING_OUTPUTS
+from runtime.contract import (
+    OUTPUT_EGRESS_ENABLED,
+    OUTPUT_TRAINER_AUTOSCALING_GROUP,
+    OUTPUT_TRAINER_CAPACITY_BLOCK_END,
+    OUTPUT_TRAINER_INSTANCE_IDS,
+    OUTPUT_TRAINER_PRIVATE_IPS,
+    REMOTE_TRAINING_OUTPUTS,
+)
 
 
 class RemoteError(RuntimeError):
@@ -33,13 +41,19 @@ class StackOutputs:
     models_bucket: str
     """Bucket holding the runtime bundle at `runtime/stratus-runtime.tar.gz`."""
     instance_ids: tuple[str, ...]
-    """Training node instance ids; position i is node rank i."""
+    """Training node instance ids; position i is node rank i. Empty for a stack with
+    `autoscaling_group` until `runtime.remote.fleet.discover` lists the group's members."""
     private_ips: tuple[str, ...]
     """Private IPs of the training nodes, same order; the first is the rendezvous (master) address."""
     slots_per_node: int
     """GPUs per node: one DeepSpeed rank each."""
     egress_enabled: bool | None = None
     """Whether the nodes reach the internet (`egress_enabled`); None: the stack does not say (older)."""
+    autoscaling_group: str | None = None
+    """The training nodes' Auto Scaling group (`trainer_autoscaling_group`): the nodes are its
+    members at launch time, not the frozen ids; None for an older stack of fixed instances."""
+    capacity_block_end: datetime | None = None
+    """End of the nodes' Capacity Block (`trainer_capacity_block_end`, timezone-aware); None without one."""
 
     @property
     def num_nodes(self) -> int:
@@ -58,19 +72,26 @@ def parse_outputs(data: object, source: str) -> StackOutputs:
     """
     if not isinstance(data, dict):
         raise RemoteError(f"{source}: expected a JSON object of stack outputs (`pulumi stack output --json`)")
-    missing = [k for k in REMOTE_TRAINING_OUTPUTS if data.get(k) in (None, "", [])]
+    group = data.get(OUTPUT_TRAINER_AUTOSCALING_GROUP)
+    if group is not None and (not isinstance(group, str) or not group):
+        raise RemoteError(f"{source}: output {OUTPUT_TRAINER_AUTOSCALING_GROUP} is {group!r}, expected a group name")
+    # A group's members are listed at launch time: its stack exports no (or empty) frozen node lists.
+    frozen = (OUTPUT_TRAINER_INSTANCE_IDS, OUTPUT_TRAINER_PRIVATE_IPS)
+    required = [k for k in REMOTE_TRAINING_OUTPUTS if not (group and k in frozen)]
+    missing = [k for k in required if data.get(k) in (None, "", [])]
     if missing:
         raise RemoteError(
             f"{source} lacks the stack output(s) {', '.join(missing)}; run `pulumi up` on the stack "
             "(a stack from an older stratus version or without training nodes does not export them)"
         )
-    secret = [k for k in REMOTE_TRAINING_OUTPUTS if data[k] == "[secret]"]
+    secret = [k for k in required if data[k] == "[secret]"]
     if secret:
         raise RemoteError(f"{source}: output(s) {', '.join(secret)} are secret; they must be plain outputs")
     for k in REMOTE_TRAINING_OUTPUTS[:5]:
         if not isinstance(data[k], str):
             raise RemoteError(f"{source}: output {k} is {data[k]!r}, expected a string; run `pulumi up`")
-    ids, ips, slots = data["trainer_instance_ids"], data["trainer_private_ips"], data["trainer_slots_per_node"]
+    slots = data["trainer_slots_per_node"]
+    ids, ips = data.get(OUTPUT_TRAINER_INSTANCE_IDS) or [], data.get(OUTPUT_TRAINER_PRIVATE_IPS) or []
     for k, v in (("trainer_instance_ids", ids), ("trainer_private_ips", ips)):
         if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
             raise RemoteError(f"{source}: output {k} is {v!r}, expected a list of strings; run `pulumi up`")
@@ -92,6 +113,8 @@ def parse_outputs(data: object, source: str) -> StackOutputs:
             f"{source}: output {OUTPUT_EGRESS_ENABLED} is {egress!r}, expected true or false; run `pulumi up`"
         )
     return StackOutputs(
+        autoscaling_group=group,
+        capacity_block_end=_block_end(data.get(OUTPUT_TRAINER_CAPACITY_BLOCK_END), source),
         region=data["region"],
         kms_key_arn=data["kms_key_arn"],
         datasets_bucket=data["datasets_bucket"],
@@ -102,6 +125,21 @@ def parse_outputs(data: object, source: str) -> StackOutputs:
         slots_per_node=slots,
         egress_enabled=egress,
     )
+
+
+def _block_end(value: object, source: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        end = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        end = None
+    if end is None or end.tzinfo is None:
+        raise RemoteError(
+            f"{source}: output {OUTPUT_TRAINER_CAPACITY_BLOCK_END} is {value!r}, expected an ISO-8601 time with "
+            "its zone, e.g. 2026-12-10T11:30:00Z; run `pulumi up`"
+        )
+    return end
 
 
 def read_outputs(*, stack: str | None = None, outputs_file: str | Path | None = None) -> StackOutputs:

@@ -8,7 +8,9 @@ the launch for `--sim-dir`.
 
 Every transport answers `get_command_invocation` in the shape of SSM's answer (`Status`,
 `StatusDetails`, `ResponseCode`, `StandardOutputContent`, `StandardErrorContent`, `InstanceId`),
-so the poll loop and the report are the same code for all.
+so the poll loop and the report are the same code for all. A transport also lists the training
+nodes' Auto Scaling group (`group_state`): SSM's from EC2's APIs, the simulator's from its own
+group, so that discovery and recovery (`runtime.remote.fleet`) are the same code for all too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from runtime.remote.fleet import GroupState, read_group
 from runtime.remote.outputs import RemoteError, StackOutputs
 
 OUTPUT_LIMIT = 24000
@@ -46,12 +49,20 @@ class NodeTransport(ABC):
         """How an operator follows or cancels the commands by hand (printed on Ctrl-C)."""
         return ""
 
+    def group_state(self, name: str) -> GroupState:
+        """The training nodes' Auto Scaling group `name` now: desired size and ranked members.
+
+        Raises:
+            RemoteError: no such group (or a transport that cannot list groups).
+        """
+        raise RemoteError(f"{type(self).__name__} cannot list Auto Scaling group {name}")
+
 
 class SsmTransport(NodeTransport):
-    """SSM Run Command; `ssm`/`ec2` are boto3 clients in the stack's region."""
+    """SSM Run Command; `ssm`/`ec2`/`autoscaling` are boto3 clients in the stack's region."""
 
-    def __init__(self, ssm: Any, ec2: Any, region: str):
-        self.ssm, self.ec2, self.region = ssm, ec2, region
+    def __init__(self, ssm: Any, ec2: Any, region: str, autoscaling: Any = None):
+        self.ssm, self.ec2, self.region, self.autoscaling = ssm, ec2, region, autoscaling
 
     def check_nodes(self, outputs: StackOutputs) -> None:
         """Every output instance exists, runs, and has the private IP the outputs say."""
@@ -72,6 +83,11 @@ class SsmTransport(NodeTransport):
                     f"node {rank}: instance {iid} has private IP {inst.get('PrivateIpAddress')}, outputs say {ip}; "
                     "run `pulumi refresh`"
                 )
+
+    def group_state(self, name: str) -> GroupState:
+        if self.autoscaling is None:
+            return super().group_state(name)
+        return read_group(self.autoscaling, self.ec2, name)
 
     def send(self, instance_id: str, lines: Sequence[str], *, comment: str, timeout_s: int) -> str:
         resp = self.ssm.send_command(

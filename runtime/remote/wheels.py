@@ -37,8 +37,9 @@ from pathlib import Path
 
 from runtime.common.log import get_logger
 from runtime.common.options import option, parse_options
-from runtime.contract import ExitCode
+from runtime.contract import OUTPUT_EGRESS_ENABLED, ExitCode
 from runtime.remote.bundle import RUNTIME_REQUIREMENTS
+from runtime.remote.outputs import RemoteError, StackOutputs
 
 log = get_logger()
 NODE_PLATFORMS = (
@@ -253,6 +254,40 @@ def build(opts: WheelsOptions) -> int:
     size = sum(w.stat().st_size for w in wheels) / 2**20
     log.info("%s: %d wheels, %.0f MiB; pass it as --wheels %s", opts.dest, len(wheels), size, opts.dest)
     return ExitCode.OK
+
+
+def check_install_path(out: StackOutputs, wheels: Path | None, *, gpu: bool) -> None:
+    """Refuse a launch whose nodes could not install the runtime, before anything is uploaded.
+
+    Without egress the nodes reach only the VPC endpoints (no PyPI): the bundle must carry a
+    wheelhouse, with a wheel of every pin (and, on GPU nodes, of the CUDA builds prepare.sh swaps in).
+    A stack that does not export `egress_enabled` (older) only gets a warning.
+
+    Raises:
+        RemoteError: no egress and no `--wheels`, or a wheelhouse that lacks a pinned package.
+    """
+    if wheels is None:
+        if out.egress_enabled is False:
+            raise RemoteError(
+                f"the stack has no egress ({OUTPUT_EGRESS_ENABLED}: false): its nodes cannot reach PyPI to install the "
+                "runtime. Build a wheelhouse with `stratus wheels --dest wheels/` and pass `--wheels wheels/` "
+                "(scripts/launch.sh --wheels wheels/); nothing was uploaded"
+            )
+        if out.egress_enabled is None:
+            log.warning(
+                "the stack does not export %s: if its nodes have no egress they cannot install the runtime; "
+                "pass --wheels DIR (built by `stratus wheels`) for such a stack",
+                OUTPUT_EGRESS_ENABLED,
+            )
+        return
+    if wheels.is_dir():
+        missing = missing_wheels(Path(__file__).resolve().parents[2] / RUNTIME_REQUIREMENTS, wheels, gpu=gpu)
+        if missing:
+            kind = "" if gpu else " --cpu"
+            raise RemoteError(
+                f"--wheels {wheels} has no wheel of {', '.join(missing)}; the nodes install offline from it. "
+                f"Rebuild it with `stratus wheels --dest {wheels}{kind}`; nothing was uploaded"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

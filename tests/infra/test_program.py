@@ -37,6 +37,7 @@ OUTPUTS = {
     "serving_tls_cert_parameter",
     "serving_tls_key_parameter",
     "serving_autoscaling_group",
+    "trainer_capacity_block_end",
 }
 
 
@@ -220,3 +221,20 @@ def test_an_account_without_the_auto_scaling_role_gets_it_before_the_key():
     assert role.inputs["awsServiceName"] == "autoscaling.amazonaws.com"
     assert role.urn in run.named("storage-key").dependencies
     assert "AutoScalingUsesKeyForVolumes" in _key_statements(run)
+
+
+def test_a_capacity_block_stack_exports_the_block_end_for_the_launcher(example_run):
+    assert example_run.outputs["trainer_capacity_block_end"] is None  # on-demand: no block
+    config = example_config(
+        **{
+            "trainer-instance-type": "p5.48xlarge",
+            "trainer-count": 2,
+            "trainer-market": "capacity-block",
+            "trainer-capacity-reservation-id": "cr-0a1b2c3d4e5f60718",
+            "trainer-capacity-block-end": "2026-12-10T12:30:00+01:00",
+            "training-availability-zone": "us-east-1a",
+            "max-hourly-usd": None,
+        }
+    )
+    run = run_program(config)
+    assert run.outputs["trainer_capacity_block_end"] == "2026-12-10T11:30:00+00:00"  # UTC, as the launcher parses

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 import sim.netns
+import sim.nodes
 import sim.stack
+from sim.transport import LocalTransport
 from tests.runtime.conftest import run_train
 from tests.sim.runs import E2E_SETS, launch_on
 
@@ -52,7 +54,11 @@ def leftovers(sim_json: dict) -> list[str]:
 
 
 class SimStack:
-    """A simulated stack's directory, outputs, description and boto3 clients for its emulator."""
+    """A simulated stack's directory, outputs, description and boto3 clients for its emulator.
+
+    The training nodes are a (simulated) Auto Scaling group whose members change when a test
+    replaces one (`sim.nodes.replace_node`): look them up by rank (`node_ids`, `node_root`, `scratch`).
+    """
 
     def __init__(self, root: Path, outputs: dict):
         self.root, self.outputs = root, outputs
@@ -62,8 +68,16 @@ class SimStack:
     def client(self, service: str):
         return sim.stack.client(self.root, service)
 
-    def scratch(self, node: int) -> Path:
-        return self.root / f"sim-node{node}" / "scratch"
+    def node_ids(self) -> list[str]:
+        """The training nodes now, by rank (what a launch discovers)."""
+        group = LocalTransport(self.root).group_state(sim.nodes.TRAINER_GROUP)
+        return [m.instance_id for m in group.members]
+
+    def node_root(self, rank: int) -> Path:
+        return self.root / self.node_ids()[rank]
+
+    def scratch(self, rank: int) -> Path:
+        return self.node_root(rank) / "scratch"
 
 
 @pytest.fixture(scope="session")

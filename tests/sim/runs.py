@@ -44,9 +44,9 @@ def launch_on(stack, run_name: str, *sets: str, extra: tuple[str, ...] = (), rem
 def node_scripts(stack, launch_id: str) -> dict[int, str]:
     """The `_script.sh` each simulated node ran for the launch `launch_id`."""
     found = {}
-    for node in (0, 1):
-        for path in glob.glob(str(stack.root / f"sim-node{node}" / "commands" / "*" / "_script.sh")):
+    for rank in (0, 1):
+        for path in glob.glob(str(stack.node_root(rank) / "commands" / "*" / "_script.sh")):
             text = Path(path).read_text()
             if f"--launch-id {launch_id}" in text:
-                found[node] = text
+                found[rank] = text
     return found

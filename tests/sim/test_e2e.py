@@ -27,7 +27,7 @@ def test_two_simulated_nodes_train_like_one_node_with_two_ranks(sim_stack, e2e_p
     assert e2e_run.code == 0
     log0 = (sim_stack.scratch(0) / "runs" / "e2e" / "node0.log").read_text()
     log1 = (sim_stack.scratch(1) / "runs" / "e2e" / "node1.log").read_text()
-    ips = sim_stack.outputs["trainer_private_ips"]
+    ips = e2e_run.launch.outputs.private_ips  # the group's members, discovered at launch
     assert "node_rank=0" in log0 and "node_rank=1" in log1
     assert "preflight: all-reduce bus bandwidth " in log0 and " GB/s across 2 ranks" in log0
     print(next(line for line in log0.splitlines() if "preflight:" in line))
@@ -45,7 +45,7 @@ def test_ssm_sends_the_script_the_simulated_nodes_ran(sim_stack, e2e_run):
     assert set(ran) == {0, 1}
     ssm = sim_stack.client("ssm")
     transport = SsmTransport(ssm, sim_stack.client("ec2"), sim_stack.outputs["region"])
-    for rank, iid in enumerate(sim_stack.outputs["trainer_instance_ids"]):
+    for rank, iid in enumerate(e2e_run.launch.outputs.instance_ids):
         command_id = transport.send(iid, node_script(job, rank), comment="compare", timeout_s=600)
         sent = ssm.list_commands(CommandId=command_id)["Commands"][0]["Parameters"]["commands"]
         assert "\n".join(sent) + "\n" == ran[rank]

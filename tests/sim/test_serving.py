@@ -215,7 +215,7 @@ def test_a_newly_published_version_reaches_every_host_without_a_failed_request(s
     rows = np.ones((1, 1000), dtype=np.float32)
     with Traffic(serving) as traffic:
         transport = LocalTransport(sim_stack.root)
-        node0 = sim_stack.outputs["trainer_instance_ids"][0]
+        node0 = sim_stack.node_ids()[0]
         command = transport.send(node0, export_script(e2e_run.launch.sent_job, MODEL), comment="publish", timeout_s=600)
         deadline = time.monotonic() + 600
         while (res := transport.get_command_invocation(CommandId=command, InstanceId=node0))["Status"] == "InProgress":

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 
+import sim.nodes
 import sim.stack
+from runtime.remote.fleet import discover
 from runtime.remote.outputs import read_outputs
+from sim.transport import LocalTransport
 from tests.sim.conftest import TEST_PREFIX, leftovers
 
 PROBE = """
@@ -21,8 +24,11 @@ def test_up_makes_nodes_on_a_bridge_and_down_removes_everything(tmp_path, sim_st
     outputs = sim.stack.up(tmp_path, num_nodes=2, tag="t")
     described = json.loads((tmp_path / "sim.json").read_text())
     try:
-        stack = read_outputs(outputs_file=tmp_path / "outputs.json")
-        assert stack.num_nodes == 2 and stack.slots_per_node == 1
+        frozen = read_outputs(outputs_file=tmp_path / "outputs.json")
+        assert frozen.num_nodes == 0 and frozen.autoscaling_group == sim.nodes.TRAINER_GROUP  # a group's stack
+        stack = discover(LocalTransport(tmp_path), frozen, timeout_s=0)
+        assert stack.instance_ids == ("sim-node0", "sim-node1") and stack.slots_per_node == 1
+        assert stack.private_ips == tuple(described["nodes"][i]["ip"] for i in stack.instance_ids)
         lb = described["balancer"]["ip"]
         assert outputs["serving_url"] == f"https://{lb}:{sim.stack.SERVING_PORT}" and lb not in stack.private_ips
         assert outputs["serving_ca_certificate"].startswith("-----BEGIN CERTIFICATE-----")
