@@ -159,7 +159,8 @@ def test_stock_triton_client_health_metadata_and_auth(server, triton_client):
     assert triton_client.is_server_ready(headers=server.auth)
     assert triton_client.is_model_ready(MODEL, headers=server.auth)
     assert triton_client.get_model_metadata(MODEL, headers=server.auth)["name"] == MODEL
-    assert not triton_client.is_server_ready()
+    assert triton_client.is_server_ready()  # public: the load balancer's health check sends no token
+    assert not triton_client.is_model_ready(MODEL)
     with pytest.raises(InferenceServerException, match="bearer token"):
         triton_client.get_model_metadata(MODEL)
 

@@ -44,10 +44,11 @@ def _valid(batch: int = 1) -> dict:
 
 
 def test_route_table_is_default_deny(server):
-    """Walk the app's own route table: every route but liveness answers 401 without a valid token,
-    and answers something other than 401 with it (so the check is not simply broken)."""
+    """Walk the app's own route table: every route but liveness and server readiness (the load
+    balancer's health check sends no token) answers 401 without a valid token, and answers something
+    other than 401 with it (so the check is not simply broken)."""
     public = {(r.method, r.path) for r in ROUTES if r.public}
-    assert public == {("GET", "/v2/health/live")}
+    assert public == {("GET", "/v2/health/live"), ("GET", "/v2/health/ready")}
     bad_headers = [
         {},
         {"Authorization": "Bearer wrong-token-0123456789abcdef"},

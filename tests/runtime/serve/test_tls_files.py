@@ -25,7 +25,7 @@ def _files(pair: CertPair) -> TlsSource:
 
 def test_a_good_pair_loads(ca, tmp_path):
     material = load_material(_files(ca.issue(tmp_path)))
-    assert material.subject == "CN=stratus test server" and material.not_after > datetime.now(UTC)
+    assert material.subject == "CN=stratus server" and material.not_after > datetime.now(UTC)
 
 
 def _missing_cert(pair):
