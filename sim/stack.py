@@ -41,6 +41,7 @@ from typing import Any
 
 from runtime.contract import APP_DIR, ENV_BUNDLE_URI, HOST_BUNDLE, bundle_uri
 from sim import netns
+from sim.prepare import ENV_REAL_PREPARE
 from sim.transport import SIM_FILE
 
 PREFIX = netns.PREFIX
@@ -188,8 +189,11 @@ def _serving_outputs(lb_ip: str, ca_pem: str) -> dict[str, Any]:
     }
 
 
-def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
+def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "", real_prepare: bool = False) -> dict[str, Any]:
     """Create the simulated stack in `sim_dir` (see the module docstring); return its outputs.
+
+    `real_prepare`: the hosts' prepare unit runs the real `prepare.sh` (`sim.prepare`), which
+    builds their venvs offline from the bundle's wheels (launch with `--wheels`).
 
     Whatever was created is removed again when a step fails.
     """
@@ -207,6 +211,7 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         "nodes": {},
         "pids": [],
         "bin": str(sim_dir / "bin"),
+        "real_prepare": real_prepare,
     }
     (sim_dir / SIM_FILE).write_text(json.dumps(sim))
     try:
@@ -240,6 +245,7 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
             **_CREDENTIALS,
             "AWS_DEFAULT_REGION": REGION,
             ENV_BUNDLE_URI: bundle_uri(resources["models_bucket"]),
+            **({ENV_REAL_PREPARE: "1"} if real_prepare else {}),
         }
         outputs = {
             "region": REGION,
@@ -347,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("up", "down", "prepare"))
     parser.add_argument("dir", nargs="?", type=Path, help="directory of the simulated stack")
     parser.add_argument("--nodes", type=int, default=2, help="training nodes (default 2)")
+    parser.add_argument(
+        "--real-prepare",
+        action="store_true",
+        help="the hosts run the real prepare.sh: venv built offline from the bundle's wheels (launch with --wheels)",
+    )
     args = parser.parse_args(argv)
     if args.action == "prepare":
         return prepare()
@@ -359,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         down(args.dir)
         print(f"simulated stack in {args.dir} removed")
         return 0
-    outputs = up(args.dir, num_nodes=args.nodes)
+    outputs = up(args.dir, num_nodes=args.nodes, real_prepare=args.real_prepare)
     print(json.dumps(outputs, indent=1))
     print(
         f"up: train with `stratus remote --sim-dir {args.dir} -- ...`; "
