@@ -146,6 +146,7 @@ def run(*, etc: Path = Path(STACK_ENV).parent, app: Path = Path(APP_DIR), env: d
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
+            log.flush()
             sys.stderr.write(line)
         code = proc.wait()
         took = time.monotonic() - start

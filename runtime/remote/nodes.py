@@ -81,6 +81,10 @@ def node_launch_command(job: NodeJob, node_rank: int) -> str:
     return f'cd {APP_DIR}/app && DS_ACCELERATOR="${{DS_ACCELERATOR:-cuda}}" {shlex.join(launch)}'
 
 
+OPS_ENV_LINE = f"if [ -r {HOST_OPS_ENV} ]; then set -a; . {HOST_OPS_ENV}; set +a; fi"
+"""Shell: export the build env of DeepSpeed's ops that prepare wrote (`HOST_OPS_ENV`), if any."""
+
+
 def _preamble(out: StackOutputs) -> list[str]:
     """First lines of every node command: strict variables, the region, the node's env file, the
     library path extended (never replaced) with the EFA libraries it names, and the build env of
@@ -94,7 +98,7 @@ def _preamble(out: StackOutputs) -> list[str]:
         'if [ -n "${STRATUS_EFA_LIBRARY_PATH:-}" ]; then '
         'export LD_LIBRARY_PATH="$STRATUS_EFA_LIBRARY_PATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi',
         # prepare's TORCH_EXTENSIONS_DIR (HOST_TORCH_EXTENSIONS unless its env named another) and CUDA_HOME
-        f"if [ -r {HOST_OPS_ENV} ]; then set -a; . {HOST_OPS_ENV}; set +a; fi",
+        OPS_ENV_LINE,
     ]
 
 
@@ -163,6 +167,9 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
         "exit 1; }",
         f"echo {q(f'{job.bundle_sha256}  {bundle}')} | sha256sum -c --status - || {{ echo '[stratus] {bundle} is "
         "not the bundle this launch uploaded (another launch replaced it?)' >&2; exit 1; }",
+        # again: on a node's first launch prepare writes ops.env only now (the preamble found none), and a
+        # run without its TORCH_EXTENSIONS_DIR would compile the ops again in torch's default cache
+        OPS_ENV_LINE,
         f"mkdir -p {q(run_dir)}",
         scratch_check(run_dir),
         *efa_check(run_dir, node_rank),
