@@ -89,7 +89,8 @@ def _preamble(out: StackOutputs) -> list[str]:
     """First lines of every node command: strict variables, the region, the node's env file, the
     library path extended (never replaced) with the EFA libraries it names, and the build env of
     DeepSpeed's ops (`HOST_OPS_ENV`: prepare's `TORCH_EXTENSIONS_DIR`, by default
-    `HOST_TORCH_EXTENSIONS`, and `CUDA_HOME`; the runs load the ops built there)."""
+    `HOST_TORCH_EXTENSIONS`, and `CUDA_HOME`; the runs load the ops built there), and the venv's
+    `bin/` first on PATH (its `ninja`, without which DeepSpeed loads no op)."""
     return [
         "set -u",
         f"export AWS_REGION={shlex.quote(out.region)} AWS_DEFAULT_REGION={shlex.quote(out.region)}",
@@ -99,6 +100,8 @@ def _preamble(out: StackOutputs) -> list[str]:
         'export LD_LIBRARY_PATH="$STRATUS_EFA_LIBRARY_PATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi',
         # prepare's TORCH_EXTENSIONS_DIR (HOST_TORCH_EXTENSIONS unless its env named another) and CUDA_HOME
         OPS_ENV_LINE,
+        # DeepSpeed loads even a built op only with `ninja` on PATH: the venv's (AL2023 has none)
+        f'export PATH="{Path(HOST_PYTHON).parent}:$PATH"',
     ]
 
 
