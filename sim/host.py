@@ -14,7 +14,8 @@ systemctl ...`: `daemon-reload` does nothing; `restart stratus-prepare.service` 
 `enable --now [--no-block] UNIT...` start units from `/etc/systemd/system/` in the order given.
 `stratus-prepare.service` is the simulated prepare (the bundle from S3 unpacked into
 `/opt/stratus/app`, `.ready` written: the host runs this machine's interpreter, so nothing is
-installed). Any other unit gets its `EnvironmentFile=` and `Environment=`, `StateDirectory=` and
+installed), or on a stack made with `--real-prepare` the real `prepare.sh` (`sim.prepare`).
+Any other unit gets its `EnvironmentFile=` and `Environment=`, `StateDirectory=` and
 `CacheDirectory=` (under `<host root>/var-lib` and `var-cache`), `ExecStartPre=` (must succeed)
 and `ExecStart=`, whose process runs in the background with its output in
 `<host root>/journal/<unit>.log`, under a supervisor that plays systemd's part (its parent; it
@@ -38,6 +39,7 @@ import time
 from pathlib import Path
 
 from runtime.contract import PREPARE_UNIT
+from sim import prepare as sim_prepare
 from sim import stack
 from sim.transport import LocalTransport
 
@@ -92,7 +94,7 @@ def _directories(service: dict[str, list[str]], root: Path, env: dict[str, str])
 def start_unit(name: str, root: Path) -> int:
     """Start unit `name` as described in the module docstring; 0 when its main process started."""
     if name == PREPARE_UNIT:
-        return stack.prepare()
+        return sim_prepare.run() if sim_prepare.enabled() else stack.prepare()
     service = parse_service((UNIT_DIR / name).read_text())
     env = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k in ("PATH", "LANG")}
     for path in service.get("EnvironmentFile", []):

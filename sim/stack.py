@@ -46,6 +46,7 @@ from typing import Any
 from runtime.contract import APP_DIR, ENV_BUNDLE_URI, HOST_BUNDLE, bundle_uri
 from sim import netns
 from sim.nodes import TRAINER_GROUP, add_training_node, node_root, read_sim_file, replace_node, update_sim
+from sim.prepare import ENV_REAL_PREPARE
 from sim.transport import SIM_FILE
 
 PREFIX = netns.PREFIX
@@ -171,8 +172,11 @@ def _serving_outputs(lb_ip: str, ca_pem: str) -> dict[str, Any]:
     }
 
 
-def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
+def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "", real_prepare: bool = False) -> dict[str, Any]:
     """Create the simulated stack in `sim_dir` (see the module docstring); return its outputs.
+
+    `real_prepare`: the hosts' prepare unit runs the real `prepare.sh` (`sim.prepare`), which
+    builds their venvs offline from the bundle's wheels (launch with `--wheels`).
 
     Whatever was created is removed again when a step fails.
     """
@@ -191,6 +195,7 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
         "trainer_group": {"name": TRAINER_GROUP, "desired": num_nodes, "launched": 0},
         "pids": [],
         "bin": str(sim_dir / "bin"),
+        "real_prepare": real_prepare,
     }
     (sim_dir / SIM_FILE).write_text(json.dumps(sim))
     try:
@@ -220,6 +225,7 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
             **_CREDENTIALS,
             "AWS_DEFAULT_REGION": REGION,
             ENV_BUNDLE_URI: bundle_uri(resources["models_bucket"]),
+            **({ENV_REAL_PREPARE: "1"} if real_prepare else {}),
         }
         outputs = {
             "region": REGION,
@@ -229,6 +235,9 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "") -> dict[str, Any]:
             "trainer_slots_per_node": 1,
             "trainer_autoscaling_group": TRAINER_GROUP,
             **_serving_outputs(lb_ip, ca_pem),
+            # The nodes have no route out. With the real prepare that is what the launcher must know
+            # (it refuses a launch without --wheels); the default simulated prepare installs nothing.
+            **({"egress_enabled": False} if real_prepare else {}),
         }
         (sim_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
         (sim_dir / SIM_FILE).write_text(json.dumps(sim, indent=1))
@@ -310,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dir", nargs="?", type=Path, help="directory of the simulated stack")
     parser.add_argument("instance", nargs="?", help="replace-node: the training node to replace (e.g. sim-node1)")
     parser.add_argument("--nodes", type=int, default=2, help="training nodes (default 2)")
+    parser.add_argument(
+        "--real-prepare",
+        action="store_true",
+        help="the hosts run the real prepare.sh: venv built offline from the bundle's wheels (launch with --wheels)",
+    )
     args = parser.parse_args(argv)
     if args.action == "prepare":
         return prepare()
@@ -328,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"replace-node needs a training node of {args.dir}: one of {', '.join(nodes)}")
         print(f"{args.instance} terminated; the group launched {replace_node(args.dir, args.instance)}")
         return 0
-    outputs = up(args.dir, num_nodes=args.nodes)
+    outputs = up(args.dir, num_nodes=args.nodes, real_prepare=args.real_prepare)
     print(json.dumps(outputs, indent=1))
     print(
         f"up: train with `stratus remote --sim-dir {args.dir} -- ...`; "

@@ -8,6 +8,7 @@ script in a network namespace here. `python -m runtime remote --sim-dir` exits 2
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,10 +18,19 @@ from runtime.remote.transport import NodeTransport
 
 def local_transport(sim_dir: Path) -> NodeTransport:
     """The simulated nodes of `sim_dir`; imported only for `--sim-dir` (a launch to a real stack
-    needs nothing of the development package)."""
+    needs nothing of the development package).
+
+    The launcher's own AWS calls (the bundle and data uploads, the checkpoint listing) then go to
+    the simulated stack's emulator: its endpoint and credentials (`env` of sim.json) are put in
+    this process's environment, as `aws configure` would for a real account. Variables already set
+    are kept."""
     from sim.transport import LocalTransport
 
-    return LocalTransport(sim_dir)
+    transport = LocalTransport(sim_dir)
+    for key, value in transport.sim.get("env", {}).items():
+        if key.startswith("AWS_"):
+            os.environ.setdefault(key, value)
+    return transport
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,11 +81,16 @@ def node_launch_command(job: NodeJob, node_rank: int) -> str:
     return f'cd {APP_DIR}/app && DS_ACCELERATOR="${{DS_ACCELERATOR:-cuda}}" {shlex.join(launch)}'
 
 
+OPS_ENV_LINE = f"if [ -r {HOST_OPS_ENV} ]; then set -a; . {HOST_OPS_ENV}; set +a; fi"
+"""Shell: export the build env of DeepSpeed's ops that prepare wrote (`HOST_OPS_ENV`), if any."""
+
+
 def _preamble(out: StackOutputs) -> list[str]:
     """First lines of every node command: strict variables, the region, the node's env file, the
     library path extended (never replaced) with the EFA libraries it names, and the build env of
     DeepSpeed's ops (`HOST_OPS_ENV`: prepare's `TORCH_EXTENSIONS_DIR`, by default
-    `HOST_TORCH_EXTENSIONS`, and `CUDA_HOME`; the runs load the ops built there)."""
+    `HOST_TORCH_EXTENSIONS`, and `CUDA_HOME`; the runs load the ops built there), and the venv's
+    `bin/` first on PATH (its `ninja`, without which DeepSpeed loads no op)."""
     return [
         "set -u",
         f"export AWS_REGION={shlex.quote(out.region)} AWS_DEFAULT_REGION={shlex.quote(out.region)}",
@@ -94,7 +99,9 @@ def _preamble(out: StackOutputs) -> list[str]:
         'if [ -n "${STRATUS_EFA_LIBRARY_PATH:-}" ]; then '
         'export LD_LIBRARY_PATH="$STRATUS_EFA_LIBRARY_PATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi',
         # prepare's TORCH_EXTENSIONS_DIR (HOST_TORCH_EXTENSIONS unless its env named another) and CUDA_HOME
-        f"if [ -r {HOST_OPS_ENV} ]; then set -a; . {HOST_OPS_ENV}; set +a; fi",
+        OPS_ENV_LINE,
+        # DeepSpeed loads even a built op only with `ninja` on PATH: the venv's (AL2023 has none)
+        f'export PATH="{Path(HOST_PYTHON).parent}:$PATH"',
     ]
 
 
@@ -163,6 +170,9 @@ def node_script(job: NodeJob, node_rank: int) -> list[str]:
         "exit 1; }",
         f"echo {q(f'{job.bundle_sha256}  {bundle}')} | sha256sum -c --status - || {{ echo '[stratus] {bundle} is "
         "not the bundle this launch uploaded (another launch replaced it?)' >&2; exit 1; }",
+        # again: on a node's first launch prepare writes ops.env only now (the preamble found none), and a
+        # run without its TORCH_EXTENSIONS_DIR would compile the ops again in torch's default cache
+        OPS_ENV_LINE,
         f"mkdir -p {q(run_dir)}",
         scratch_check(run_dir),
         *efa_check(run_dir, node_rank),

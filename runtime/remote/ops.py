@@ -9,7 +9,8 @@ the install, in the bundle's directory:
 DeepSpeed compiles its C++/CUDA ops the first time a run builds one (torch's JIT extension
 loader, into `TORCH_EXTENSIONS_DIR`); a node without `Python.h` or a compiler would crash when the
 optimizer is built. This builds the ones the presets use (every node: `CPUAdamBuilder`, the Adam
-of optimizer offload; GPU nodes also `FusedAdamBuilder`, the Adam without offload) and imports
+of optimizer offload; GPU nodes also `FusedAdamBuilder`, the Adam without offload;
+CPU-only nodes `ShareMemCommBuilder`, the collectives of DeepSpeed's CPU accelerator) and imports
 each once. The training run finds them built in the same `TORCH_EXTENSIONS_DIR` (the node script
 exports it, and `CUDA_HOME` from `--env-file`, so torch's build hash matches and nothing rebuilds).
 
@@ -38,6 +39,9 @@ from pathlib import Path
 EX_CONFIG = 78
 CPU_OPS = ("CPUAdamBuilder",)
 """Ops every node builds: DeepSpeedCPUAdam (ZeRO optimizer offload)."""
+CPU_NODE_OPS = (*CPU_OPS, "ShareMemCommBuilder")
+"""Ops CPU-only nodes build: also the shared-memory collectives DeepSpeed's CPU accelerator loads
+when the ranks start (`deepspeed.comm`), which would otherwise compile in the first run."""
 GPU_OPS = ("FusedAdamBuilder", *CPU_OPS)
 """Ops GPU nodes build: FusedAdam (Adam on the GPU without offload), then the CPU ones."""
 
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"CUDA: torch {_fmt(torch_cuda)}, toolkit {home}")
         if os.environ.get("TORCH_EXTENSIONS_DIR"):
             env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
-        build_ops(GPU_OPS if args.gpu else CPU_OPS)
+        build_ops(GPU_OPS if args.gpu else CPU_NODE_OPS)
     except OpsError as e:
         say(f"FATAL: {e}")
         return EX_CONFIG

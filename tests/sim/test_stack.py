@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import sim.nodes
@@ -54,3 +55,17 @@ def test_up_makes_nodes_on_a_bridge_and_down_removes_everything(tmp_path, sim_st
     finally:
         sim.stack.down(tmp_path)
     assert not leftovers(described)
+
+
+def test_the_front_door_points_the_launchers_own_aws_calls_at_the_emulator(tmp_path, monkeypatch):
+    from stratus.remote import local_transport
+
+    env = {"AWS_ENDPOINT_URL": "http://10.231.9.1:4566", "AWS_ACCESS_KEY_ID": "sim", "STRATUS_BUNDLE_URI": "s3://b/k"}
+    (tmp_path / "sim.json").write_text(json.dumps({"nodes": {}, "env": env}))
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "already-set")
+    monkeypatch.delenv("STRATUS_BUNDLE_URI", raising=False)
+    local_transport(tmp_path)
+    assert os.environ["AWS_ENDPOINT_URL"] == env["AWS_ENDPOINT_URL"]
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "already-set"  # what the caller set is kept
+    assert "STRATUS_BUNDLE_URI" not in os.environ  # only the AWS settings: the rest is the hosts'

@@ -211,7 +211,9 @@ build_ops() {
   mkdir -p "${TORCH_EXTENSIONS_DIR}"
   [ "${STRATUS_GPU:-0}" = 1 ] && gpu=(--gpu --cuda-root "${R}/usr/local")
   log "building DeepSpeed's ops into ${TORCH_EXTENSIONS_DIR}"
-  (cd "${APP}/app" && DS_ACCELERATOR="$([ "${STRATUS_GPU:-0}" = 1 ] && echo cuda || echo cpu)" \
+  # DeepSpeed runs `ninja` from PATH to build and even to load a built op: the venv's (a DeepSpeed
+  # dependency), as AL2023 has none in /usr/bin.
+  (cd "${APP}/app" && PATH="${VENV}/bin:${PATH}" DS_ACCELERATOR="$([ "${STRATUS_GPU:-0}" = 1 ] && echo cuda || echo cpu)" \
     "${VENV}/bin/python" -m runtime.remote.ops "${gpu[@]}" --env-file "${OPS_ENV}") || {
     local rc=$?
     die "DeepSpeed's ops did not build (above)" "$([ "${rc}" = "${EX_CONFIG}" ] && echo "${EX_CONFIG}" || echo 1)"

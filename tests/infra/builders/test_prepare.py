@@ -122,7 +122,7 @@ def test_ubuntu_updates_its_package_lists_before_installing_python(tmp_path, aws
     assert box.calls("apt-get") == ["update -q", "install -y -q python3.11 python3.11-venv"]
 
 
-def test_a_cpu_node_builds_the_cpu_adam_op_only(tmp_path, aws_env):
+def test_a_cpu_node_builds_the_cpu_ops_only(tmp_path, aws_env):
     _upload(
         aws_env, bundle_bytes(fake_wheel(tmp_path, "2.13.0+cpu", None), REQUIREMENTS, (fake_deepspeed_wheel(tmp_path),))
     )
@@ -132,8 +132,10 @@ def test_a_cpu_node_builds_the_cpu_adam_op_only(tmp_path, aws_env):
     result = box.run(PREPARE, _aws(aws_env), stack_env=True)
     assert result.returncode == 0, result.stderr
     ext = box.root / "opt/stratus/torch-extensions"
-    assert sorted(p.name for p in ext.iterdir()) == ["CPUAdamBuilder"]
+    # the Adam of optimizer offload, and the CPU accelerator's collectives (loaded when the ranks start)
+    assert sorted(p.name for p in ext.iterdir()) == ["CPUAdamBuilder", "ShareMemCommBuilder"]
     assert (ext / "CPUAdamBuilder/built-with").read_text() == "|cpu"
+    assert (ext / "ShareMemCommBuilder/built-with").read_text() == "|cpu"
     assert box.calls("nvidia-smi") == []
 
 
