@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None, *, sim_transport: SimTransport | None = 
     except (ClientError, BotoCoreError, Boto3Error) as e:
         log.error(
             "AWS refused or failed a call: %s; check the credentials are for the stack's account "
-            "(aws sts get-caller-identity) and allow EC2 describe, S3 put with the stack key, and SSM SendCommand",
+            "(aws sts get-caller-identity) and allow EC2 and Auto Scaling describe calls, S3 put with the stack key, "
+            "and SSM SendCommand",
             e,
         )
         return ExitCode.FAILED
