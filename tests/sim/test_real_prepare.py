@@ -19,18 +19,9 @@ from runtime.remote.nodes import OPS_ENV_LINE, NodeJob, node_script
 from runtime.remote.outputs import parse_outputs
 from sim import prepare
 from sim.transport import LocalTransport
+from tests.runtime.remote.test_plan import outputs_dict
 from tests.sim.conftest import _have_namespaces, leftovers
 
-OUTPUTS = {
-    "region": "us-east-1",
-    "kms_key_arn": "arn:aws:kms:us-east-1:123456789012:key/k",
-    "datasets_bucket": "d",
-    "checkpoints_bucket": "c",
-    "models_bucket": "m",
-    "trainer_instance_ids": ["i-1"],
-    "trainer_private_ips": ["10.0.0.1"],
-    "trainer_slots_per_node": 1,
-}
 # What the stand-in records: its environment, the node's routes, what is mounted at /opt/stratus.
 STAND_IN = """#!/bin/bash
 env > /opt/stratus/seen.env
@@ -54,7 +45,9 @@ def _env(path: Path) -> dict[str, str]:
 def test_the_node_script_exports_the_ops_env_prepare_just_wrote():
     # A node's first prepare writes ops.env during the script: read before it only, the run would
     # not find the ops prepare built (TORCH_EXTENSIONS_DIR) and compile them again mid-run.
-    outputs = parse_outputs(OUTPUTS, "test")
+    outputs = parse_outputs(
+        outputs_dict(trainer_instance_ids=["i-1"], trainer_private_ips=["10.0.0.1"], trainer_slots_per_node=1), "test"
+    )
     job = NodeJob(outputs=outputs, run_name="r", train_args=(), bundle_sha256="0" * 64, launch_id="l")
     lines = node_script(job, 0)
     prepared = next(i for i, line in enumerate(lines) if f"systemctl restart {PREPARE_UNIT}" in line)

@@ -18,21 +18,13 @@ from runtime.common.nodeenv import NodeEnv, read_env_file
 from runtime.contract import HOST_OPS_ENV, HOST_TORCH_EXTENSIONS, NODE_ENV_FILE, SCRATCH_MOUNT
 from runtime.remote.nodes import NodeJob, node_script
 from runtime.remote.outputs import parse_outputs
-
-OUTPUTS = {
-    "region": "us-east-1",
-    "kms_key_arn": "arn:aws:kms:us-east-1:123456789012:key/k",
-    "datasets_bucket": "d",
-    "checkpoints_bucket": "c",
-    "models_bucket": "m",
-    "trainer_instance_ids": ["i-1"],
-    "trainer_private_ips": ["10.0.0.1"],
-    "trainer_slots_per_node": 8,
-}
+from tests.runtime.remote.test_plan import outputs_dict
 
 
 def _script(**job) -> list[str]:
-    outputs = parse_outputs(OUTPUTS, "test")
+    outputs = parse_outputs(
+        outputs_dict(trainer_instance_ids=["i-1"], trainer_private_ips=["10.0.0.1"], trainer_slots_per_node=8), "test"
+    )
     return node_script(
         NodeJob(outputs=outputs, run_name="r", train_args=(), bundle_sha256="0" * 64, launch_id="l", **job), 0
     )
