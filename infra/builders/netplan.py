@@ -53,6 +53,12 @@ replacements start before the instances they replace are gone (Auto Scaling user
 MIN_VPC_PREFIX = 16
 
 
+def replacement_nodes(nodes: int) -> int:
+    """Instances a group of `nodes` may run beyond its size while replacements start first
+    (`REPLACEMENT_FRACTION`, at least one)."""
+    return max(1, math.ceil(nodes * REPLACEMENT_FRACTION))
+
+
 @dataclass(frozen=True)
 class AddressBudget:
     """Addresses of the training subnet: what it holds and what the stack puts in it."""
@@ -104,7 +110,7 @@ def training_subnet_budget(
         zones: private subnets the serving group and the load balancer span.
     """
     subnet = next(ipaddress.ip_network(vpc_cidr, strict=True).subnets(prefixlen_diff=SUBNET_SPLIT_BITS))
-    spare = max(1, math.ceil(nodes * REPLACEMENT_FRACTION))
+    spare = replacement_nodes(nodes)
     needs = (
         (
             f"for the training nodes ({nodes} + {spare} replacing, {ip_interfaces_per_node} "

@@ -166,11 +166,12 @@ QUOTAS = {
 
 # EFA interface counts follow the EC2 user guide table "Supported instance types" for EFA:
 # g5.48xlarge and g6e.12xlarge have one EFA-capable card, p4d/g6e.48xlarge four, p5 thirty-two;
-# p4d and p5 also support RDMA over EFA. `efa_only`: AWS's P5 configuration (EC2 user guide,
-# "Maximize network bandwidth on Amazon EC2 instances with multiple network cards", "EFA
-# configuration for P5 and P5e") puts an `efa` interface on card 0 and `efa-only` interfaces on
-# cards 1-31, so a p5 node takes one subnet address instead of 32. Recorded only where that
-# guide shows it; p4d (and the multi-card g6e.48xlarge) keep `efa` on every card. NVMe counts
+# p4d and p5 also support RDMA over EFA. `efa_only`: the EC2 user guide ("Maximize network
+# bandwidth on Amazon EC2 instances with multiple network cards") recommends `efa-only` interfaces
+# (EFA without ENA, no IP address) on every further network card of the EFA types that have
+# several, and EC2 offers the interface type on every EFA-capable type (announced 2024-10-28);
+# its P5 configuration puts an `efa` interface on card 0 and `efa-only` on cards 1-31. So a
+# p5, p4d or g6e.48xlarge node takes one subnet address instead of one per card. NVMe counts
 # and sizes: EC2 user guide, "Instance store volume limits" (the local disks the training nodes
 # stripe into /scratch).
 _CATALOG = [
@@ -182,7 +183,19 @@ _CATALOG = [
     _gpu("g6.12xlarge", 4, "L4", 96, 48, 192, 40, 0, _prices("4.6016", "4.6016", None), nvme=(4, 940)),
     _gpu("g6e.xlarge", 1, "L40S", 48, 4, 32, 20, 0, _prices("1.861", "1.861", None), nvme=(1, 250)),
     _gpu("g6e.12xlarge", 4, "L40S", 192, 48, 384, 100, 1, _prices("10.493", "10.493", None), nvme=(2, 1900)),
-    _gpu("g6e.48xlarge", 8, "L40S", 384, 192, 1536, 400, 4, _prices("30.131", "30.131", None), nvme=(4, 1900)),
+    _gpu(
+        "g6e.48xlarge",
+        8,
+        "L40S",
+        384,
+        192,
+        1536,
+        400,
+        4,
+        _prices("30.131", "30.131", None),
+        nvme=(4, 1900),
+        efa_only=True,
+    ),
     _gpu(
         "p4d.24xlarge",
         8,
@@ -196,6 +209,7 @@ _CATALOG = [
         nvme=(8, 1000),
         rdma=True,
         sold=_P4D_SOLD,
+        efa_only=True,
     ),
     _gpu(
         "p5.48xlarge",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from infra.builders.netplan import replacement_nodes
 from infra.config.catalog import CATALOG
 from infra.config.errors import ConfigError
 
@@ -42,17 +43,20 @@ def quota_needs(cfg: Any) -> list[QuotaNeed]:
     """The quotas the stack's instances count against, with the vCPUs they need (sorted by code)."""
     trainer, server = CATALOG[cfg.trainer_instance_type], CATALOG[cfg.serving_instance_type]
     spot = cfg.trainer_market == "spot"
+    # Spot nodes run with capacity rebalancing: a replacement starts when EC2 signals a rebalance
+    # risk, before the node it replaces is gone, so the group can run over its size for a while.
+    spare = replacement_nodes(cfg.num_trainers) if spot else 0
     entries = [
-        (trainer.quota[2:] if spot else trainer.quota[:2], cfg.num_trainers, trainer, "trainer-count"),
+        (trainer.quota[2:] if spot else trainer.quota[:2], cfg.num_trainers, spare, trainer, "trainer-count"),
         # An instance refresh launches each replacement before draining the host it replaces:
         # up to twice the group's ceiling runs for a while.
-        (server.quota[:2], 2 * cfg.serving_ceiling, server, "serving-instance-type"),
+        (server.quota[:2], 2 * cfg.serving_ceiling, 0, server, "serving-instance-type"),
     ]
     needs: dict[str, QuotaNeed] = {}
-    for (code, name), count, itype, key in entries:
+    for (code, name), count, extra, itype, key in entries:
         prev = needs.get(code)
-        usage = f"{count} x {itype.name}"
-        vcpus = count * itype.vcpus
+        usage = f"({count} + {extra} rebalancing) x {itype.name}" if extra else f"{count} x {itype.name}"
+        vcpus = (count + extra) * itype.vcpus
         if prev is None:
             needs[code] = QuotaNeed(code, name, vcpus, (usage,), key)
         else:

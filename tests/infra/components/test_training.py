@@ -42,11 +42,11 @@ def _cards(lt) -> list[tuple]:
     return [(i["networkCardIndex"], i["deviceIndex"], i["interfaceType"]) for i in lt.inputs["networkInterfaces"]]
 
 
-def test_p4d_nodes_get_an_efa_interface_with_an_ip_on_every_card_and_spot_rebalancing():
+def test_p4d_nodes_get_efa_on_card_0_efa_only_on_the_other_cards_and_spot_rebalancing():
     mocks = StratusMocks()
     result = training_run("p4d.24xlarge", mocks=mocks, market="spot", spot_max_price=12.5)
     (lt,) = result.of_type(checks.LT)
-    assert _cards(lt) == [(0, 0, "efa"), (1, 1, "efa"), (2, 1, "efa"), (3, 1, "efa")]
+    assert _cards(lt) == [(0, 0, "efa"), (1, 0, "efa-only"), (2, 0, "efa-only"), (3, 0, "efa-only")]
     assert all("subnetId" not in i for i in lt.inputs["networkInterfaces"])  # the group's subnet decides
     assert lt.inputs["instanceMarketOptions"]["marketType"] == "spot"
     assert lt.inputs["instanceMarketOptions"]["spotOptions"]["maxPrice"] == "12.5"

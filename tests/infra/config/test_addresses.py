@@ -3,6 +3,8 @@ serving hosts, and the 5 addresses AWS keeps in every subnet."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from infra.builders.netplan import AWS_RESERVED_PER_SUBNET, smallest_vpc_prefix, training_subnet_budget
@@ -23,7 +25,8 @@ P5_BLOCK_ON_A_SLASH_24 = {
 
 def test_p5_takes_one_address_per_node_with_efa_only_and_32_without():
     assert CATALOG["p5.48xlarge"].ip_interfaces == 1  # card 0's efa interface
-    assert CATALOG["p4d.24xlarge"].ip_interfaces == 4  # efa (with ENA) on every card
+    assert CATALOG["p4d.24xlarge"].ip_interfaces == 1  # efa-only on cards 1-3 too
+    assert dataclasses.replace(CATALOG["p4d.24xlarge"], efa_only=False).ip_interfaces == 4  # efa on every card
     assert CATALOG["g5.12xlarge"].ip_interfaces == 1  # one plain ENI
     efa_only = training_subnet_budget(
         "10.42.0.0/24", nodes=4, ip_interfaces_per_node=1, interface_endpoints=3, serving_hosts=2, zones=2
@@ -51,9 +54,9 @@ def test_four_p5_on_a_capacity_block_fit_a_slash_24_with_efa_only_interfaces():
     [
         ({"trainer-count": 20}, 28, 1, 23),  # 20 + 2 replacing p5 nodes, 1 IP each
         ({"trainer-count": 32}, 42, 15, 23),
-        ({"trainer-instance-type": "p4d.24xlarge", "trainer-count": 5}, 30, 3, 23),  # 6 nodes x 4 IPs
+        ({"trainer-instance-type": "p4d.24xlarge", "trainer-count": 24}, 33, 6, 23),  # 24 + 3 replacing
     ],
-    ids=["p5x20", "p5x32", "p4dx5"],
+    ids=["p5x20", "p5x32", "p4dx24"],
 )
 def test_a_slash_24_too_small_for_the_nodes_fails_naming_the_shortfall_and_a_fix(overrides, needed, short, prefix):
     with pytest.raises(ConfigError) as raised:

@@ -107,9 +107,9 @@ BAD_CONFIGS = {
         "trainer-market: capacity-block",
     ),
     "too-many-p4d-for-a-slash-24": (
-        {"trainer-instance-type": "p4d.24xlarge", "trainer-count": 5, "vpc-cidr": "10.42.0.0/24"},
+        {"trainer-instance-type": "p4d.24xlarge", "trainer-count": 24, "vpc-cidr": "10.42.0.0/24"},
         "vpc-cidr",
-        "short by 3 addresses",
+        "short by 6 addresses",
     ),
 }
 
