@@ -26,5 +26,10 @@ if [[ "$1" == serve || "$1" == replace ]]; then
   exec .venv/bin/python -m sim.serve "$2" --replace "$3"
 fi
 extra=()
-[[ "$1" == up && "${SIM_REAL_PREPARE:-0}" == 1 ]] && extra=(--real-prepare)
+if [[ "$1" == up ]]; then
+  # the Debian tools the simulated hosts use (ip, mkfs.btrfs and mkfs.xfs for their instance store)
+  # shellcheck source=scripts/_tools.sh
+  source scripts/_tools.sh
+  [[ "${SIM_REAL_PREPARE:-0}" == 1 ]] && extra=(--real-prepare)
+fi
 exec .venv/bin/python -m sim.stack "$1" "$2" --nodes "${SIM_NODES:-2}" "${extra[@]}"

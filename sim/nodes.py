@@ -7,10 +7,12 @@ the contract's host paths). Hosts boot side by side, so every change goes throug
 
 The training nodes are a simulated Auto Scaling group (`trainer_group` in sim.json, output
 `trainer_autoscaling_group`): `terminate_node` is an instance's end (every process and the
-namespace gone, the group one node short); `launch_node` is the group's replacement, `sim-node<N>`
-with N counting up (never reused), a new address, namespace and root (empty scratch). Nothing
-watches the group: whoever terminates a node (a test, `python -m sim.stack replace-node`) launches
-the replacement when it chooses to.
+namespace gone, its instance store released, the group one node short); `launch_node` is the
+group's replacement, `sim-node<N>` with N counting up (never reused), a new address, namespace and
+root, booted up to its scratch (`sim.instance_store`: new disks, the AMI's `dlami-nvme`, the
+stack's `scratch.sh`). The group's controller (`sim.group`, started by `sim.stack up`) launches
+the replacement when the group is short, as EC2 Auto Scaling does, unless its `Launch` process is
+suspended (`suspend_processes`, as `aws autoscaling suspend-processes`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sim import netns
+from sim import instance_store, netns
 from sim.transport import LOCK_FILE, SIM_FILE
 
 PREFIX = netns.PREFIX
@@ -87,6 +89,7 @@ def add_training_node(sim: dict[str, Any], sim_dir: Path) -> str:
     sim["nodes"][iid] = node
     netns.add_namespace(sim, node["netns"], ip, n)
     node_root(Path(node["root"]))
+    node["boot"] = instance_store.boot(Path(node["root"]))
     return iid
 
 
@@ -96,20 +99,48 @@ def launch_node(sim_dir: Path) -> str:
     return update_sim(sim_dir, lambda sim: add_training_node(sim, Path(sim_dir)))
 
 
+def remove_training_node(sim: dict[str, Any], instance_id: str, *, abrupt: bool = False) -> None:
+    """`terminate_node` on a sim.json being written (under `update_sim`'s lock)."""
+    node = sim["nodes"].pop(instance_id)
+    netns.remove_namespace(node["netns"], graceful=not abrupt)
+    sim["namespaces"].remove(node["netns"])
+    instance_store.release(Path(node["root"]))  # instance store does not outlive its instance
+
+
 def terminate_node(sim_dir: Path, instance_id: str, *, abrupt: bool = False) -> None:
     """A training node's instance ends: every process in its namespace killed (SIGTERM first, as a
-    shutdown does; `abrupt`: SIGKILL at once, a lost machine), the namespace and the node's entry
-    gone (its root directory stays for post-mortems); the group is one node short."""
+    shutdown does; `abrupt`: SIGKILL at once, a lost machine), the namespace, the instance store
+    and the node's entry gone (its root directory stays for post-mortems); the group is one node
+    short until its controller (`sim.group`) launches a replacement."""
+    update_sim(sim_dir, lambda sim: remove_training_node(sim, instance_id, abrupt=abrupt))
 
-    def terminate(sim: dict[str, Any]) -> None:
-        node = sim["nodes"].pop(instance_id)
-        netns.remove_namespace(node["netns"], graceful=not abrupt)
-        sim["namespaces"].remove(node["netns"])
 
-    update_sim(sim_dir, terminate)
+def suspend_processes(sim_dir: Path, *processes: str) -> None:
+    """Suspend the group's `processes` (`Launch`: the controller launches no replacement)."""
+
+    def suspend(sim: dict[str, Any]) -> None:
+        group = sim["trainer_group"]
+        group["suspended"] = sorted({*group.get("suspended", []), *processes})
+
+    update_sim(sim_dir, suspend)
+
+
+def resume_processes(sim_dir: Path, *processes: str) -> None:
+    """Resume the group's `processes` (`suspend_processes`)."""
+
+    def resume(sim: dict[str, Any]) -> None:
+        group = sim["trainer_group"]
+        group["suspended"] = [p for p in group.get("suspended", []) if p not in processes]
+
+    update_sim(sim_dir, resume)
 
 
 def replace_node(sim_dir: Path, instance_id: str) -> str:
-    """`terminate_node`, then `launch_node`: what the group does for an unhealthy instance. The new id."""
-    terminate_node(sim_dir, instance_id)
-    return launch_node(sim_dir)
+    """`terminate_node`, then `launch_node`, under one lock (the controller never sees the group
+    short): what the group does for an unhealthy instance. The new id."""
+
+    def replace(sim: dict[str, Any]) -> str:
+        remove_training_node(sim, instance_id)
+        return add_training_node(sim, Path(sim_dir))
+
+    return update_sim(sim_dir, replace)

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from runtime.contract import APP_DIR, ENV_BUNDLE_URI
+from sim import instance_store
 
 ENV_REAL_PREPARE = "STRATUS_SIM_REAL_PREPARE"
 """In the simulated stack's `env` (sim.json) when it was made with `--real-prepare`."""
@@ -69,13 +70,15 @@ def aws_cli() -> Path:
 
 def trainer_stack_env(env: dict[str, str]) -> dict[str, str]:
     """What the training node's user data writes to `/etc/stratus/stack.env` for its prepare unit,
-    for a simulated (CPU) node: region, bundle URI, no GPU, DeepSpeed's ops built at prepare."""
+    for a simulated (CPU) node: region, bundle URI, no GPU, DeepSpeed's ops built at prepare, the
+    instance-store scratch."""
     return {
         "AWS_REGION": env["AWS_DEFAULT_REGION"],
         ENV_BUNDLE_URI: env[ENV_BUNDLE_URI],
         "STRATUS_GPU": "0",
         "STRATUS_BUILD_OPS": "1",
-        "STRATUS_SCRATCH": "none",
+        "STRATUS_SCRATCH": "nvme",  # the node's instance store (sim.instance_store), on /scratch at boot
+        "STRATUS_NVME_DISKS": str(instance_store.DISKS),
     }
 
 

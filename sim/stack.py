@@ -24,7 +24,10 @@ service in its namespace. The serving token is an SSM SecureString under the sta
 stack, and so is the server's TLS key.
 
 The training nodes are a simulated Auto Scaling group too (`sim.nodes`; the frozen
-`trainer_instance_ids` / `trainer_private_ips` outputs are `[]`, as on a group-based stack).
+`trainer_instance_ids` / `trainer_private_ips` outputs are `[]`, as on a group-based stack), kept
+at its size by its controller (`sim.group`, started last by `up`). Each node boots up to its
+scratch as a Deep Learning AMI node does (`sim.instance_store`): its `scratch/` is the stack's
+`scratch.sh`'s bind mount of the AMI's striped instance-store volume (loop devices).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.contract import APP_DIR, ENV_BUNDLE_URI, HOST_BUNDLE, bundle_uri
-from sim import netns
+from sim import instance_store, netns
 from sim.nodes import TRAINER_GROUP, add_training_node, node_root, read_sim_file, replace_node, update_sim
 from sim.prepare import ENV_REAL_PREPARE
 from sim.transport import SIM_FILE
@@ -241,11 +244,31 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "", real_prepare: bool =
         }
         (sim_dir / "outputs.json").write_text(json.dumps(outputs, indent=1))
         (sim_dir / SIM_FILE).write_text(json.dumps(sim, indent=1))
+        _start_group_controller(sim_dir)
         return outputs
     except BaseException:
         (sim_dir / SIM_FILE).write_text(json.dumps(sim, indent=1))
         down(sim_dir)
         raise
+
+
+def _start_group_controller(sim_dir: Path) -> None:
+    """`sim.group` in the background (its pid in sim.json: `down` stops it first)."""
+    repo = Path(__file__).resolve().parents[1]
+    with open(sim_dir / "group.out", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sim.group", str(sim_dir)],
+            cwd=repo,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def record(sim: dict[str, Any]) -> None:
+        sim["group_pid"] = proc.pid
+        sim["pids"].append(proc.pid)
+
+    update_sim(sim_dir, record)
 
 
 def add_serving_host(sim_dir: Path) -> str:
@@ -281,14 +304,21 @@ def remove_serving_host(sim_dir: Path, instance_id: str) -> None:
 
 
 def down(sim_dir: Path) -> None:
-    """Remove everything `up` made in `sim_dir`: processes, namespaces, veths, the bridge. Idempotent."""
+    """Remove everything `up` made in `sim_dir`: the group's controller, processes, namespaces,
+    the nodes' instance stores (mounts, loop devices, images), veths, the bridge. Idempotent."""
     path = Path(sim_dir) / SIM_FILE
     if not path.is_file():
         return
     sim = json.loads(path.read_text())
+    if sim.get("group_pid"):  # first, so that it launches nothing while the nodes go
+        netns.kill([sim["group_pid"]])
+        sim = json.loads(path.read_text())  # with whatever it launched last
     for name in sim.get("namespaces", []):
         netns.remove_namespace(name)
     netns.kill(sim.get("pids", []))
+    for node in sim.get("nodes", {}).values():
+        instance_store.release(Path(node["root"]))
+    instance_store.release(Path(sim_dir))  # anything a failed boot left under the directory
     netns.run_ip("link", "delete", sim["bridge"], check=False)
     path.rename(path.with_suffix(".down"))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import sim.instance_store
 import sim.netns
 import sim.nodes
 import sim.stack
@@ -44,13 +45,22 @@ def _have_namespaces() -> bool:
 
 
 def leftovers(sim_json: dict) -> list[str]:
-    """Namespaces, links and live processes of a simulated stack that still exist."""
+    """Namespaces, links, live processes, mounts and loop devices of a simulated stack that still exist."""
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     found = [n for n in sim_json["namespaces"] if n in names.split()]
     found += [f"link {sim_json['bridge']}"] if f" {sim_json['bridge']}:" in links else []
     found += [f"pid {p}" for p in sim_json["pids"] if Path(f"/proc/{p}").exists() and sim.netns.not_zombie(p)]
+    sim_dir = Path(sim_json["bin"]).parent
+    found += [f"mount {m}" for m in sim.instance_store.mounts_under(sim_dir)]
+    found += [f"loop {d}" for d in sim.instance_store.loops_under(sim_dir)]
     return found
+
+
+def remove_stale_instance_stores(tmp_path_factory) -> None:
+    """Mounts and loop devices a killed earlier session left under pytest's temporary directories."""
+    stale = tmp_path_factory.getbasetemp().parent
+    assert not sim.instance_store.release(stale), f"could not release what is mounted under {stale}"
 
 
 class SimStack:
@@ -85,6 +95,7 @@ def sim_stack(tmp_path_factory):
     if not _have_namespaces():
         pytest.skip("simulated nodes need root, iproute2 and util-linux (ip netns, unshare)")
     sim.netns.remove_leftovers(TEST_PREFIX)
+    remove_stale_instance_stores(tmp_path_factory)
     root = tmp_path_factory.mktemp("sim")
     build = subprocess.Popen(
         [sys.executable, "-c", BUILD_OPS],

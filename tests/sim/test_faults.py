@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+import sim.instance_store
 import sim.nodes
 import sim.stack
 from tests.sim.imds import StandInImds
@@ -129,6 +130,9 @@ def test_a_terminated_node_is_replaced_and_a_restart_resumes_from_s3_on_the_new_
     started = time.monotonic()
     _wait_latest(s3, bucket, "kill/latest")
     killed = time.monotonic()
+    # The group's controller would replace node 1 within a second; held back (as `aws autoscaling
+    # suspend-processes --scaling-processes Launch` would) until the launcher has seen the gap.
+    sim.nodes.suspend_processes(sim_stack.root, "Launch")
     sim.nodes.terminate_node(sim_stack.root, node1, abrupt=True)  # no shutdown: no checkpoint at the stop
     in_s3 = int(s3.get_object(Bucket=bucket, Key="kill/latest")["Body"].read().decode()[len("global_step") :])
     log0_path = sim_stack.root / node0 / "scratch" / "runs" / "kill" / "node0.log"
@@ -136,7 +140,9 @@ def test_a_terminated_node_is_replaced_and_a_restart_resumes_from_s3_on_the_new_
     # the launcher stops node 0 and waits for the group: the replacement joins while it waits
     _wait_for(lambda: "1 of 2 node(s) in service" in stratus_log.getvalue(), "the launcher waiting for the group")
     waiting = time.monotonic()
-    new = sim.nodes.launch_node(sim_stack.root)
+    sim.nodes.resume_processes(sim_stack.root, "Launch")
+    _wait_for(lambda: len(sim_stack.node_ids()) == 2, "the group's controller launching a replacement")
+    new = sim_stack.node_ids()[1]
     thread.join(300)
     assert not thread.is_alive()
     err = capfd.readouterr()
@@ -150,6 +156,10 @@ def test_a_terminated_node_is_replaced_and_a_restart_resumes_from_s3_on_the_new_
     resumed = int(re.search(r"resumed /scratch/runs/kill/checkpoints at step (\d+)", log0_path.read_text())[1])
     new_run = sim_stack.root / new / "scratch" / "runs" / "kill"
     assert (new_run / "checkpoints").is_dir() and "exits successfully" in (new_run / "node1.log").read_text()
+    # the replacement's scratch is its own new instance store; node 1's went with its instance
+    assert f"launched {new} " in (sim_stack.root / "group.log").read_text()
+    assert sim.instance_store.mounts_under(sim_stack.root / node1) == []
+    assert sim.instance_store.mounts_under(sim_stack.root / new) != []
     assert "done: 200 steps" in log0_path.read_text()
     print(f"kill at step >= {trained}; last checkpoint in S3 then: {in_s3}; resumed at {resumed}")
     first, wait, rest = killed - started, waiting - killed, time.monotonic() - waiting

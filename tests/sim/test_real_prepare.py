@@ -65,7 +65,8 @@ def test_user_data_part_is_the_trainer_s_and_an_existing_one_is_kept(tmp_path):
         ENV_BUNDLE_URI: "s3://models/runtime/bundle.tar.gz",
         "STRATUS_GPU": "0",
         "STRATUS_BUILD_OPS": "1",
-        "STRATUS_SCRATCH": "none",
+        "STRATUS_SCRATCH": "nvme",
+        "STRATUS_NVME_DISKS": "2",
     }
     (tmp_path / "app" / "prepare.sh").write_text(STAND_IN)
     (tmp_path / "etc" / "stack.env").write_text("AWS_REGION=us-west-2\n")

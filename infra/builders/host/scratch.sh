@@ -52,10 +52,11 @@ use_dlami_nvme() {
 
 busy_disks() {
   # Disks that already hold something: an LVM physical volume, a RAID member of another array, a
-  # file system (blkid TYPE). Blank disks print nothing.
+  # file system (blkid TYPE). Blank disks print nothing. `-p`: probe the disk itself, not blkid's
+  # cache, which may still describe an earlier disk under the same name.
   local disk type
   for disk in "$@"; do
-    type="$(blkid -o value -s TYPE "${disk}" 2>/dev/null || true)"
+    type="$(blkid -p -o value -s TYPE "${disk}" 2>/dev/null || true)"
     [ -n "${type}" ] && [ "${type}" != linux_raid_member ] && echo "${disk} (${type})"
   done
   return 0
@@ -122,7 +123,7 @@ if mountpoint -q "${MOUNT}"; then
   log "${MOUNT} is already mounted"
   exit 0
 fi
-if ! blkid "${device}" >/dev/null 2>&1; then
+if ! blkid -p "${device}" >/dev/null 2>&1; then
   log "formatting ${device} (xfs)"
   mkfs.xfs -q -f "${device}"
 fi
