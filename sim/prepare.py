@@ -57,14 +57,20 @@ def aws_cli() -> Path:
     Raises:
         RuntimeError: none found; the message says how to get one.
     """
-    candidates = [shutil.which("aws"), Path(sys.base_prefix) / "bin" / "aws", "/usr/local/bin/aws", "/usr/bin/aws"]
+    candidates = [
+        shutil.which("aws"),
+        Path(sys.prefix) / "bin" / "aws",  # the development requirements' awscli, in this virtualenv
+        Path(sys.base_prefix) / "bin" / "aws",
+        "/usr/local/bin/aws",
+        "/usr/bin/aws",
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return Path(candidate)
     raise RuntimeError(
         "the real prepare.sh fetches the bundle with the AWS CLI and this machine has none on PATH or in "
-        f"{Path(sys.base_prefix) / 'bin'}: install it (`pip install awscli` into that Python) or make the "
-        "simulated stack without --real-prepare"
+        f"{Path(sys.prefix) / 'bin'}: install the development requirements (`scripts/test.sh` does; they pin "
+        "awscli) or make the simulated stack without --real-prepare"
     )
 
 
