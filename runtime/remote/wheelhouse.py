@@ -47,6 +47,7 @@ class Wheelhouse:
     """A `--wheels` directory and the tar it packs into."""
 
     directory: Path
+    """The `--wheels` directory."""
     entries: tuple[BundleEntry, ...]
     """The wheels, by file name."""
     sha256: str
