@@ -45,7 +45,7 @@ without one. `stratus remote` prints it and launches nothing with less than 35 m
 starts terminating the block's instances 30 minutes before its end)."""
 OUTPUT_EGRESS_ENABLED = "egress_enabled"
 """True when the stack's private subnets route to the internet (NAT); False: hosts reach only the
-VPC endpoints, so the runtime bundle must carry its wheels (`stratus wheels`, `--wheels`)."""
+VPC endpoints, so a launch must name a wheelhouse (`stratus wheels`, `--wheels`; `WHEELHOUSE_PREFIX`)."""
 OUTPUT_SERVING_CA_CERTIFICATE = "serving_ca_certificate"
 """The stack CA's certificate (PEM): `curl --cacert`, tritonclient `ssl=True` with this CA."""
 OUTPUT_SERVING_TLS_CERT_PARAMETER = "serving_tls_cert_parameter"
@@ -100,9 +100,29 @@ MODELS_PREFIX = "models/"
 RUNTIME_PREFIX = "runtime/"
 """Prefix of the runtime bundle in the models bucket, read by trainers and the serving host."""
 BUNDLE_NAME = "stratus-runtime.tar.gz"
-"""File name of the runtime bundle (a tarball of `runtime/`, `requirements.txt`, optional `wheels/`)."""
+"""File name of the runtime bundle (a tarball of `runtime/`, `requirements/runtime.txt` and, with
+a wheelhouse, its manifest `WHEELS_MANIFEST`)."""
 BUNDLE_KEY = f"{RUNTIME_PREFIX}{BUNDLE_NAME}"
 """Key of the runtime bundle in the models bucket; the hosts' user data fetches exactly this."""
+WHEELHOUSE_PREFIX = f"{RUNTIME_PREFIX}wheelhouse/"
+"""Prefix of the wheelhouses in the models bucket: each a plain tar of `*.whl`, named by its sha256
+(`wheelhouse_key`), uploaded once and fetched by a host only when it (re)builds its venv. Under
+`RUNTIME_PREFIX`, so the hosts' read of the runtime covers it and nothing else is granted."""
+WHEELS_MANIFEST = "wheels.json"
+"""The bundle's manifest of its wheelhouse: `uri`, `sha256`, `size` (bytes) and `wheels` (the
+sorted file names); absent from a bundle without one (the hosts install from the package index)."""
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def wheelhouse_key(sha256: str) -> str:
+    """Key of the wheelhouse tar whose sha256 (64 lower-case hex digits) is `sha256`.
+
+    Raises:
+        ValueError: `sha256` is not a sha256 hex digest.
+    """
+    if not _SHA256_RE.match(sha256):
+        raise ValueError(f"wheelhouse_key({sha256!r}): give a sha256 hex digest (64 lower-case hex digits)")
+    return f"{WHEELHOUSE_PREFIX}{sha256}.tar"
 
 
 def bundle_uri(models_bucket: str) -> str:

@@ -47,9 +47,11 @@ options:
                         then exports and publishes to s3://<models_bucket>/models (the serving
                         host picks the new version up)
   --sim-dir DIR         run on the simulated nodes of scripts/sim-stack.sh up DIR (root; no AWS)
-  --wheels DIR          with --stack/--sim-dir: ship the wheelhouse DIR in the runtime bundle; the
-                        nodes install from it offline. Build it with `stratus wheels --dest DIR`
-                        (add --cpu for CPU-only nodes); required when the stack has no egress
+  --wheels DIR          with --stack/--sim-dir: upload the wheelhouse DIR once (named by its
+                        sha256; the bundle carries its manifest); the nodes fetch it only to
+                        rebuild their venv and install from it offline. Build it with
+                        `stratus wheels --dest DIR` (add --cpu for CPU-only nodes); required
+                        when the stack has no egress
   --dry-run             validate, print the generated DeepSpeed config and the command; run nothing
   -h, --help            this help
 

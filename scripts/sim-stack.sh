@@ -10,7 +10,7 @@
 #   sudo ./scripts/sim-stack.sh down /tmp/sim         # every process, namespace, link and the bridge: gone
 #
 # Env: SIM_NODES (training nodes, default 2); SIM_REAL_PREPARE=1 (up: the hosts run the real
-# prepare.sh, a venv built offline from the bundle's wheels; launch with --wheels DIR).
+# prepare.sh, a venv built offline from the launch's wheelhouse; launch with --wheels DIR).
 # The emulator's endpoint and test credentials are in /tmp/sim/sim.json ("env"); export them to
 # look into its buckets with the AWS CLI or boto3 (stratus remote --sim-dir uses them by itself).
 # The simulator is the development package sim/ (python -m sim.stack|sim.serve), never in the runtime bundle.

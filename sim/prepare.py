@@ -11,9 +11,10 @@ environment of its unit (`/etc/stratus/stack.env`) and the emulator's endpoint a
 (the instance profile's part). It fetches the bundle from the emulator with the AWS CLI, creates
 `/opt/stratus/venv` from scratch with this machine's Python 3.11 (`/usr/bin/python3.11` first on
 its `PATH`, as on Amazon Linux 2023), installs `requirements/runtime.txt` with `pip --no-index`
-from the bundle's `wheels/` (so a stack made with `--real-prepare` needs `launch.sh --wheels W`)
-and, on training nodes, builds DeepSpeed's ops once (`STRATUS_BUILD_OPS=1`); a relaunch with the
-same bundle requirements installs nothing.
+from the wheelhouse the bundle's `wheels.json` names (so a stack made with `--real-prepare` needs
+`launch.sh --wheels W`) and, on training nodes, builds DeepSpeed's ops once
+(`STRATUS_BUILD_OPS=1`); a relaunch with the same requirements and wheelhouse downloads no wheel
+and installs nothing.
 
 A training node of the simulated stack is never booted from user data, so on its first prepare
 the node gets what `infra.builders.userdata.trainer_user_data` writes for prepare: the script at

@@ -179,7 +179,7 @@ def up(sim_dir: Path, *, num_nodes: int = 2, tag: str = "", real_prepare: bool =
     """Create the simulated stack in `sim_dir` (see the module docstring); return its outputs.
 
     `real_prepare`: the hosts' prepare unit runs the real `prepare.sh` (`sim.prepare`), which
-    builds their venvs offline from the bundle's wheels (launch with `--wheels`).
+    builds their venvs offline from the launch's wheelhouse (launch with `--wheels`).
 
     Whatever was created is removed again when a step fails.
     """
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--real-prepare",
         action="store_true",
-        help="the hosts run the real prepare.sh: venv built offline from the bundle's wheels (launch with --wheels)",
+        help="the hosts run the real prepare.sh: venv built offline from the launch's wheels (launch with --wheels)",
     )
     args = parser.parse_args(argv)
     if args.action == "prepare":

@@ -1,4 +1,6 @@
-"""The runtime bundle: a deterministic tarball of `runtime/`, `requirements/runtime.txt` and optional wheels.
+"""The runtime bundle: a deterministic tarball of `runtime/`, `requirements/runtime.txt` and, with
+`--wheels`, the manifest of the wheelhouse (`wheels.json`; the wheels themselves are a separate
+S3 object, `runtime.remote.wheelhouse`).
 
 `stratus remote` uploads it to `s3://<models_bucket>/<BUNDLE_KEY>` (runtime.contract); each host's
 `stratus-prepare.service` unpacks it into `<APP_DIR>/app` and builds the venv.
@@ -7,12 +9,15 @@
 from __future__ import annotations
 
 import gzip
+import io
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from runtime.common.fsutil import sha256_file
+from runtime.contract import WHEELS_MANIFEST
 from runtime.remote.outputs import RemoteError
 
 RUNTIME_REQUIREMENTS = "requirements/runtime.txt"
@@ -26,14 +31,15 @@ _SKIP_PARTS = ("__pycache__",)
 class BundleEntry:
     name: str
     """Path inside the tarball."""
-    source: Path
-    """The local file."""
+    source: Path | bytes
+    """The local file, or the member's bytes (a manifest written here)."""
     size: int
 
 
-def bundle_entries(root: Path, wheels: Path | None = None) -> list[BundleEntry]:
+def bundle_entries(root: Path, wheels_manifest: bytes | None = None) -> list[BundleEntry]:
     """What goes into the bundle: `runtime/` (no caches or hidden files), `requirements/runtime.txt`
-    (what the hosts install: no infra, test or lint tools), wheels.
+    (what the hosts install: no infra, test or lint tools) and, given, the wheelhouse's manifest
+    (`runtime.remote.wheelhouse.Wheelhouse.manifest`) as `wheels.json`.
 
     Raises:
         RemoteError: a missing source, or a symlink (it would unpack to something else on the node).
@@ -51,26 +57,30 @@ def bundle_entries(root: Path, wheels: Path | None = None) -> list[BundleEntry]:
             raise RemoteError(f"{path}: symlink in runtime/; replace it with a file")
         if path.is_file():
             found.append((rel.as_posix(), path))
-    if wheels is not None:
-        whls = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
-        if not whls:
-            raise RemoteError(f"--wheels {wheels}: no .whl files there (fill it with `stratus wheels --dest {wheels}`)")
-        found += [(f"wheels/{w.name}", w) for w in whls]
-    return [BundleEntry(name, path, path.stat().st_size) for name, path in sorted(found)]
+    entries = [BundleEntry(name, path, path.stat().st_size) for name, path in found]
+    if wheels_manifest is not None:
+        entries.append(BundleEntry(WHEELS_MANIFEST, wheels_manifest, len(wheels_manifest)))
+    return sorted(entries, key=lambda e: e.name)
 
 
-def write_bundle(entries: Sequence[BundleEntry], dest: Path) -> str:
-    """Write a deterministic tar.gz (sorted entries, fixed mtime/owner/modes); return its sha256."""
-    with (
-        open(dest, "wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
+def write_tar(entries: Sequence[BundleEntry], fileobj: BinaryIO) -> None:
+    """Write `entries` as an uncompressed tar stream (sorted, fixed mtime/owner/modes) to `fileobj`,
+    which needs only `write`: the same entries give the same bytes."""
+    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for e in sorted(entries, key=lambda e: e.name):
             info = tarfile.TarInfo(e.name)
             info.size, info.mtime, info.mode = e.size, BUNDLE_MTIME, 0o644
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
+            if isinstance(e.source, bytes):
+                tar.addfile(info, io.BytesIO(e.source))
+                continue
             with open(e.source, "rb") as f:
                 tar.addfile(info, f)
+
+
+def write_bundle(entries: Sequence[BundleEntry], dest: Path) -> str:
+    """Write a deterministic tar.gz (sorted entries, fixed mtime/owner/modes); return its sha256."""
+    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        write_tar(entries, gz)
     return sha256_file(dest)[0]

@@ -14,7 +14,9 @@ Runbook:
 
 Steps: list the nodes (the stack's training Auto Scaling group now: `runtime.remote.fleet`);
 validate the config and data here for the stack's world (nodes x GPUs); upload a local
-`--data` file to s3://<datasets_bucket>/<run>/<name>; upload the runtime bundle to
+`--data` file to s3://<datasets_bucket>/<run>/<name>; with --wheels, upload the wheelhouse to
+s3://<models_bucket>/runtime/wheelhouse/<sha256>.tar unless it is there already
+(`runtime.remote.wheelhouse`; the bundle carries only its manifest); upload the runtime bundle to
 s3://<models_bucket>/runtime/stratus-runtime.tar.gz (SSE-KMS with the stack key, like every
 upload); send node i of N one `AWS-RunShellScript` command running DeepSpeed's per-node launcher
 (`deepspeed.launcher.launch --node_rank=i`) and then `runtime.checkpoint.sync`, which copies the
@@ -54,7 +56,7 @@ from runtime.contract import (
     checkpoints_prefix,
     checkpoints_uri,
 )
-from runtime.remote import fleet
+from runtime.remote import fleet, wheelhouse
 from runtime.remote.bundle import bundle_entries, write_bundle
 from runtime.remote.nodes import NodeJob, export_script, node_script, node_train_args
 from runtime.remote.outputs import RemoteError, read_outputs
@@ -98,8 +100,10 @@ class RemoteOptions:
     """Rendezvous port on node 0."""
 
     wheels: Path | None = option(None, metavar="DIR")
-    """Wheelhouse shipped in the bundle, made by `stratus wheels --dest DIR`: the nodes install
-    from it offline (`pip --no-index`). Needed when the stack has no egress (`egress_enabled`)."""
+    """Wheelhouse made by `stratus wheels --dest DIR`, uploaded as one object named by its sha256
+    (s3://<models_bucket>/runtime/wheelhouse/<sha256>.tar, skipped when already there; the bundle
+    carries its manifest): the nodes fetch it only to rebuild their venv and install from it
+    offline (`pip --no-index`). Needed when the stack has no egress (`egress_enabled`)."""
 
     min_bus_gbps: float | None = option(None, metavar="GBPS")
     """The preflight's all-reduce bus bandwidth floor on the nodes (GB/s; 0: only log it). Default:
@@ -184,7 +188,8 @@ class Launch:
             node_path = f"{NODE_OUTPUT_DIR}/{self.run_name}/config-{self.launch_id}{Path(train_opts.config).suffix}"
             self.config_file = (node_path, Path(train_opts.config).read_bytes())
         check_install_path(out, opts.wheels, gpu=not opts.sim_dir)
-        self.entries = bundle_entries(ROOT, opts.wheels)
+        self.wheelhouse = wheelhouse.read_wheelhouse(opts.wheels) if opts.wheels else None
+        self.entries = bundle_entries(ROOT, self.wheelhouse and self.wheelhouse.manifest(out.models_bucket))
         self.resume = train_opts.resume
         self.sent_job: NodeJob | None = None
         self.train_args = node_train_args(
@@ -210,6 +215,8 @@ class Launch:
             print(f"  {e.size:>10}  {e.name}")
         print("S3 keys:")
         print(f"  bundle       s3://{out.models_bucket}/{BUNDLE_KEY}")
+        if self.wheelhouse:
+            print(wheelhouse.plan_line(self.wheelhouse, out.models_bucket, self.s3))
         if self.data_file:
             print(f"  data         s3://{out.datasets_bucket}/{self.data_key}  (from {self.data_file})")
         print(f"  checkpoints  {checkpoints_uri(out.checkpoints_bucket, self.run_name)}")
@@ -236,6 +243,11 @@ class Launch:
         s3.upload_file(str(path), bucket, key, ExtraArgs=sse_kms_args(self.outputs.kms_key_arn))
         log.info("uploaded %s to s3://%s/%s", path.name, bucket, key)
 
+    def s3(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", region_name=self.outputs.region)
+
     def transport(self) -> NodeTransport:
         """SSM Run Command, or the simulated nodes of `--sim-dir`."""
         if self.opts.sim_dir:  # __init__ refused --sim-dir without a simulator transport
@@ -261,9 +273,7 @@ class Launch:
         return ids
 
     def run(self) -> int:
-        """Upload data and bundle, send a command per node, wait; returns the exit code (see module doc)."""
-        import boto3
-
+        """Upload data, wheelhouse and bundle, send a command per node, wait; returns the exit code (see module doc)."""
         out = self.outputs
         with tempfile.TemporaryDirectory(prefix="stratus-bundle-") as tmp:
             bundle = Path(tmp) / "stratus-runtime.tar.gz"
@@ -272,12 +282,14 @@ class Launch:
                 self.print_plan(job)
                 return ExitCode.OK
             fleet.check_capacity_block(out)
-            s3 = boto3.client("s3", region_name=out.region)
+            s3 = self.s3()
             transport = self.transport()
             transport.check_nodes(out)
             self.check_run_is_new(s3)
             if self.data_file:
                 self.upload(s3, self.data_file, out.datasets_bucket, self.data_key)
+            if self.wheelhouse:  # before the bundle that names it
+                wheelhouse.upload(s3, self.wheelhouse, out.models_bucket, out.kms_key_arn, Path(tmp))
             self.upload(s3, bundle, out.models_bucket, BUNDLE_KEY)
         code = self.attempt(transport, job)
         restarts = self.opts.max_restarts

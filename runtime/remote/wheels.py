@@ -4,7 +4,7 @@ Runbook:
     # GPU nodes (the default): the CUDA torch (PyPI's Linux wheel), onnxruntime-genai-cuda, and a
     # wheel built here from DeepSpeed's source distribution; several GB, from this machine's network
     stratus wheels --dest wheels/
-    scripts/launch.sh --stack dev --wheels wheels/          # the bundle ships them; nodes install offline
+    scripts/launch.sh --stack dev --wheels wheels/          # uploaded once (by sha256); nodes install offline
     # CPU-only nodes (the simulated stack, CPU types): torch's CPU build from download.pytorch.org
     stratus wheels --dest wheels-cpu/ --cpu
     # print the pip commands, run nothing
@@ -259,8 +259,9 @@ def build(opts: WheelsOptions) -> int:
 def check_install_path(out: StackOutputs, wheels: Path | None, *, gpu: bool) -> None:
     """Refuse a launch whose nodes could not install the runtime, before anything is uploaded.
 
-    Without egress the nodes reach only the VPC endpoints (no PyPI): the bundle must carry a
-    wheelhouse, with a wheel of every pin (and, on GPU nodes, of the CUDA builds prepare.sh swaps in).
+    Without egress the nodes reach only the VPC endpoints (no PyPI): the launch must name a
+    wheelhouse (`runtime.remote.wheelhouse`), with a wheel of every pin (and, on GPU nodes, of the
+    CUDA builds prepare.sh swaps in).
     A stack that does not export `egress_enabled` (older) only gets a warning.
 
     Raises:

@@ -1,14 +1,18 @@
 #!/bin/bash
 # stratus-prepare.service: fetch the runtime bundle from S3, pick or install Python 3.11, build the
-# runtime venv from the bundle's requirements/runtime.txt (offline from its wheels/ when present)
+# runtime venv from the bundle's requirements/runtime.txt (offline from the wheelhouse its
+# wheels.json names, when present)
 # and, on GPU hosts, replace onnxruntime-genai with its CUDA build of the same version and check
 # that torch is the CUDA build of the pinned version. On a GPU host whose
 # Deep Learning AMI already has that build (its framework Python on 3.11, torch == the pin, CUDA),
 # the venv takes torch from there instead of installing it (AMI_PYTHONS, ami_torch_paths).
 # The venv is kept between launches, keyed by the hash of the requirements, the wheel file names
-# and the torch source (venv_key): a relaunch with the same requirements installs nothing. With
-# wheels/ the install is offline (`pip --no-index`); a wheel missing there fails once (exit 78),
-# naming the package. On training nodes (STRATUS_BUILD_OPS=1) whose requirements pin DeepSpeed,
+# listed in wheels.json and the torch source (venv_key): a relaunch with the same requirements and
+# wheelhouse downloads nothing but the bundle and installs nothing. Only to (re)build the venv is
+# the wheelhouse tar fetched (s3://<models_bucket>/runtime/wheelhouse/<sha256>.tar), checked
+# against the manifest's sha256 (a mismatch fails once, exit 78, naming the object), unpacked
+# under /opt/stratus and removed after the install; the install is offline (`pip --no-index`) and
+# a wheel missing there fails once (exit 78), naming the package. On training nodes (STRATUS_BUILD_OPS=1) whose requirements pin DeepSpeed,
 # its ops are then compiled and imported once (`python -m runtime.remote.ops`, after installing
 # the C++ compiler and Python headers it needs) into TORCH_EXTENSIONS_DIR, which the training runs
 # use too; on GPU hosts that also checks torch's CUDA against the driver and the toolkit.
@@ -29,6 +33,11 @@ OPS_ENV="${APP}/ops.env"
 # the conda env /opt/conda/envs/pytorch on the older conda-based ones. Plain AMIs have neither.
 AMI_PYTHONS=("${R}/opt/pytorch/bin/python" "${R}/opt/conda/envs/pytorch/bin/python")
 AMI_SITE=""
+# The bundle's manifest of its wheelhouse (runtime.contract.WHEELS_MANIFEST) and, while the venv is
+# built, the directory it is unpacked in (removed on exit, whatever happens).
+MANIFEST="${APP}/app/wheels.json"
+WHEELS=""
+trap '[ -z "${WHEELS}" ] || rm -rf "${WHEELS}" "${WHEELS}.tar"' EXIT
 
 log() { echo "[stratus-prepare] $*" >&2; }
 die() {
@@ -107,6 +116,27 @@ fetch_bundle() {
   rm -rf "${APP}/app" && mv "${APP}/app.new" "${APP}/app"
 }
 
+manifest() {
+  # One field of wheels.json: a list prints one item per line.
+  "${PY}" -c 'import json,sys;v=json.load(open(sys.argv[1]))[sys.argv[2]];print("\n".join(v) if type(v) is list else v)' "${MANIFEST}" "$1"
+}
+
+fetch_wheelhouse() {
+  # Only when the venv is (re)built: the tar wheels.json names, checked against its sha256 before
+  # unpacking (content-addressed, so a mismatch is a damaged object that retrying cannot fix).
+  local uri sha
+  uri="$(manifest uri)"
+  sha="$(manifest sha256)"
+  WHEELS="$(mktemp -d "${APP}/wheelhouse.XXXXXX")"
+  log "fetching the wheelhouse ${uri} ($(manifest size) bytes)"
+  aws s3 cp --region "${AWS_REGION}" --only-show-errors "${uri}" "${WHEELS}.tar"
+  echo "${sha}  ${WHEELS}.tar" | sha256sum -c --status - ||
+    die "${uri} is not the wheelhouse the bundle names (its sha256 is not ${sha}):
+  delete it (aws s3 rm ${uri}) and relaunch with --wheels DIR to upload it again" "${EX_CONFIG}"
+  tar -xf "${WHEELS}.tar" -C "${WHEELS}"
+  rm -f "${WHEELS}.tar"
+}
+
 torch_pin() {
   sed -n 's/^torch==\([^ ;#]*\).*/\1/p' "${APP}/app/requirements/runtime.txt"
 }
@@ -150,14 +180,13 @@ PY
 }
 
 install_requirements() {
-  local requirements="${APP}/app/requirements/runtime.txt" wheels="${APP}/app/wheels" tag site
+  local requirements="${APP}/app/requirements/runtime.txt" tag site
   [ -f "${requirements}" ] || die "the bundle has no requirements/runtime.txt; rebuild it with scripts/launch.sh" "${EX_CONFIG}"
-  if [ -d "${wheels}" ]; then
+  if [ -f "${MANIFEST}" ]; then
     tag="$("${PY}" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')"
-    if ! find "${wheels}" -name "*-${tag}-*.whl" | grep -q .; then
-      die "the bundle's wheels/ holds no ${tag} wheel: build the wheelhouse for the node's Python with
+    grep -q -- "-${tag}-" <<<"$(manifest wheels)" || die "the wheelhouse holds no ${tag} wheel: build it for the node's Python with
   stratus wheels --dest DIR (then --wheels DIR)" "${EX_CONFIG}"
-    fi
+    fetch_wheelhouse
   fi
   rm -rf "${VENV}"
   "${PY}" -m venv "${VENV}"
@@ -169,8 +198,8 @@ install_requirements() {
   else
     rm -f "${site}/stratus-ami-torch.pth"
   fi
-  if [ -d "${wheels}" ]; then
-    log "installing ${requirements} offline from the bundle's wheels"
+  if [ -n "${WHEELS}" ]; then
+    log "installing ${requirements} offline from the wheelhouse"
     pip_offline -r "${requirements}"
   else
     # PyPI's Linux x86_64 torch wheel is the CUDA build.
@@ -180,16 +209,16 @@ install_requirements() {
 }
 
 pip_offline() {
-  # Offline there is nothing to retry: a wheel missing from wheels/ fails once (exit 78), named.
+  # Offline there is nothing to retry: a wheel missing from the wheelhouse fails once (exit 78), named.
   local out="${APP}/pip-install.log" missing
-  if "${VENV}/bin/python" -m pip install --quiet --no-index --find-links "${APP}/app/wheels" "$@" 2>"${out}"; then
+  if "${VENV}/bin/python" -m pip install --quiet --no-index --find-links "${WHEELS}" "$@" 2>"${out}"; then
     return 0
   fi
   cat "${out}" >&2
   missing="$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "${out}" | head -n 1)"
   [ -n "${missing}" ] || missing="a required package (see pip's output above)"
   rm -rf "${VENV}"
-  die "the bundle's wheels/ has no wheel of ${missing} for this host
+  die "the wheelhouse has no wheel of ${missing} for this host
   (Python 3.11, $(uname -m)); rebuild the wheelhouse with \`stratus wheels --dest DIR\` and relaunch with --wheels DIR" "${EX_CONFIG}"
 }
 
@@ -197,7 +226,7 @@ venv_key() {
   # What the venv was built from: the pins, the wheels shipped, where torch comes from, the host kind.
   {
     cat "${APP}/app/requirements/runtime.txt"
-    [ -d "${APP}/app/wheels" ] && (cd "${APP}/app/wheels" && ls)
+    [ -f "${MANIFEST}" ] && manifest wheels
     printf '%s\n' "python=${PY}" "gpu=${STRATUS_GPU:-0}" "ami-torch=${AMI_SITE}"
   } | sha256sum | cut -c1-16
 }
@@ -227,12 +256,12 @@ genai_pin() {
 install_genai_cuda() {
   # The served language models generate with onnxruntime-genai; on a GPU host its CUDA build of
   # the same version replaces the CPU one (it brings onnxruntime-gpu).
-  local pin wheels="${APP}/app/wheels"
+  local pin
   pin="$(genai_pin)"
   [ -n "${pin}" ] || return 0
   log "installing onnxruntime-genai-cuda==${pin} (the CUDA build of the pinned onnxruntime-genai)"
   "${VENV}/bin/python" -m pip uninstall --quiet --yes onnxruntime-genai
-  if [ -d "${wheels}" ]; then
+  if [ -n "${WHEELS}" ]; then
     pip_offline "onnxruntime-genai-cuda==${pin}"
   else
     "${VENV}/bin/python" -m pip install --quiet "onnxruntime-genai-cuda==${pin}"
@@ -259,7 +288,7 @@ if torch.__version__.split("+")[0] != pin:
     fail(f"torch {torch.__version__} is installed but the bundle pins torch=={pin}", 78)
 if not torch.version.cuda:
     fail(f"torch {torch.__version__} is a CPU-only build; GPU hosts need the CUDA build "
-         "(PyPI's Linux wheel; for wheels/ download it on or for linux x86_64)", 78)
+         "(PyPI's Linux wheel; for a wheelhouse download it on or for linux x86_64)", 78)
 if not torch.cuda.is_available():
     fail(f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: NVIDIA driver not loaded or too old", 1)
 print(f"[stratus-prepare] torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPUs")
@@ -283,6 +312,7 @@ if [ -x "${VENV}/bin/python" ] && [ "$(cat "${VENV}/.stratus-key" 2>/dev/null)" 
 else
   install_requirements
   [ "${STRATUS_GPU:-0}" = 1 ] && install_genai_cuda
+  [ -z "${WHEELS}" ] || rm -rf "${WHEELS}"
   printf '%s\n' "${KEY}" >"${VENV}/.stratus-key"
   log "runtime venv built (${KEY})"
 fi

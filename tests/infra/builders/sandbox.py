@@ -9,14 +9,22 @@ stand-in until `dnf install python3.11` links the real 3.11 interpreter in.
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
+import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+
+from runtime.contract import WHEELS_MANIFEST
+from runtime.remote.bundle import BundleEntry, write_tar
+from runtime.remote.wheelhouse import read_wheelhouse, write_wheelhouse
+
+ROOT = Path(__file__).resolve().parents[3]
 
 TOOLS = (
     "bash",
@@ -225,21 +233,38 @@ RUNTIME_OPS = ("runtime/remote/__init__.py", "runtime/remote/ops.py")
 """The runtime modules prepare.sh runs (its ops build), copied into test bundles from this checkout."""
 
 
+@dataclass(frozen=True)
+class HostBundle:
+    """A runtime bundle and the wheelhouse tar its `wheels.json` names, as `stratus remote` uploads them."""
+
+    bundle: bytes
+    wheelhouse: bytes | None
+    """The tar at `wheelhouse_key`, or None for a bundle without wheels."""
+    wheelhouse_key: str | None
+    wheelhouse_uri: str | None
+
+
 def bundle_bytes(
-    wheel: Path | None, requirements: str = "torch==2.13.0\n", extra_wheels: tuple[Path, ...] = ()
-) -> bytes:
-    """A runtime bundle as `scripts/launch.sh --stack` uploads it (requirements, runtime/, wheels/)."""
+    wheel: Path | None,
+    requirements: str = "torch==2.13.0\n",
+    extra_wheels: tuple[Path, ...] = (),
+    models_bucket: str = "stratus-models",
+) -> HostBundle:
+    """A runtime bundle (requirements, runtime/, the manifest `wheels.json`) and its wheelhouse, both
+    made by the launcher's own code (`runtime.remote.wheelhouse`, `runtime.remote.bundle.write_tar`)."""
+    wheels = [*extra_wheels, *([wheel] if wheel is not None else [])]
+    members = {"requirements/runtime.txt": requirements.encode(), "runtime/__init__.py": b""}
+    members |= {name: (ROOT / name).read_bytes() for name in RUNTIME_OPS}
+    house = tar = None
+    if wheels:
+        with tempfile.TemporaryDirectory(prefix="wheelhouse-") as tmp:
+            for whl in wheels:
+                shutil.copy(whl, tmp)
+            house = read_wheelhouse(Path(tmp))
+            write_wheelhouse(house, Path(tmp) / "house.tar")
+            tar = (Path(tmp) / "house.tar").read_bytes()
+        members[WHEELS_MANIFEST] = house.manifest(models_bucket)
     out = io.BytesIO()
-    root = Path(__file__).resolve().parents[3]
-    with tarfile.open(fileobj=out, mode="w:gz") as tar:
-        members = {"requirements/runtime.txt": requirements.encode(), "runtime/__init__.py": b""}
-        members |= {name: (root / name).read_bytes() for name in RUNTIME_OPS}
-        for extra in extra_wheels:
-            members[f"wheels/{extra.name}"] = extra.read_bytes()
-        if wheel is not None:
-            members[f"wheels/{wheel.name}"] = wheel.read_bytes()
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
+    with gzip.GzipFile(fileobj=out, mode="wb") as gz:
+        write_tar([BundleEntry(name, data, len(data)) for name, data in members.items()], gz)
+    return HostBundle(out.getvalue(), tar, house and house.key, house and house.uri(models_bucket))

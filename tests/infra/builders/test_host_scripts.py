@@ -17,7 +17,7 @@ from runtime.contract import APP_DIR, HOST_PYTHON, NODE_ENV_FILE, PREPARE_UNIT, 
 from runtime.remote.nodes import NodeJob, node_script
 from runtime.remote.outputs import parse_outputs
 from runtime.serve.config import ServeConfig
-from tests.infra.builders.sandbox import Sandbox, bundle_bytes, fake_package_wheel, fake_wheel
+from tests.infra.builders.sandbox import HostBundle, Sandbox, bundle_bytes, fake_package_wheel, fake_wheel
 
 BUCKETS = {"models": "stratus-models", "datasets": "stratus-datasets", "checkpoints": "c", "logs": "l"}
 PREPARE = '"$STRATUS_SYSROOT/opt/stratus/prepare.sh"'
@@ -28,11 +28,14 @@ def _aws(env: dict) -> dict:
     return {k: v for k, v in env.items() if k.startswith("AWS_")}
 
 
-def _upload(env: dict, data: bytes) -> None:
+def _upload(env: dict, host_bundle: HostBundle) -> None:
+    """The bundle at its key and its wheelhouse (if any) at the key its manifest names."""
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKETS["models"])
     bucket, key = bundle_uri(BUCKETS["models"])[5:].split("/", 1)
-    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    s3.put_object(Bucket=bucket, Key=key, Body=host_bundle.bundle)
+    if host_bundle.wheelhouse is not None:
+        s3.put_object(Bucket=bucket, Key=host_bundle.wheelhouse_key, Body=host_bundle.wheelhouse)
 
 
 def _node(tmp_path, instance_type: str = "p5.48xlarge", scratch: str = "nvme", os_id: str = "amzn") -> Sandbox:
@@ -74,7 +77,7 @@ def test_trainer_user_data_installs_python_and_the_cuda_torch_offline_and_starts
     # AL2023: python3 is 3.9, so python3.11 comes from dnf; the wheels are installed offline.
     assert box.calls("dnf") == ["install -y -q python3.11 python3.11-pip"]
     assert box.calls("aws")[0].startswith("s3 cp --region us-east-1 --only-show-errors s3://stratus-models/")
-    assert "installing" in result.stderr and "offline from the bundle's wheels" in result.stderr
+    assert "installing" in result.stderr and "offline from the wheelhouse" in result.stderr
     assert "torch 2.13.0+cu128, CUDA 12.8, 8 GPUs" in result.stdout
     assert "its torch 2.12.0+cu128 is not the pinned torch==2.13.0" in result.stderr
     assert "installing the CUDA build of torch==2.13.0" in result.stderr
@@ -155,6 +158,7 @@ def test_wheels_for_another_python_are_refused_before_installing(tmp_path, aws_e
     assert result.returncode == userdata.EX_CONFIG
     assert "holds no cp311 wheel" in result.stderr and "stratus wheels --dest DIR" in result.stderr
     assert not (box.root / "opt/stratus/venv").exists()
+    assert [c for c in box.calls("aws") if "/runtime/wheelhouse/" in c] == []  # refused before fetching it
 
 
 def test_nvme_scratch_stripes_every_instance_store_disk(tmp_path):

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from infra.builders import policies
+from runtime.contract import wheelhouse_key
 from tests.infra.iam_sim import SSM_CORE_PARAMETER_STATEMENT, is_allowed
 
 REGION = "us-east-1"
@@ -26,6 +27,8 @@ def _matrix(arns: dict[str, str], key: str, token: str) -> list[tuple[str, str, 
     return [
         ("server", "s3:GetObject", f"{m}/models/mlp-binary/3/model.onnx", {}, True),
         ("server", "s3:GetObject", f"{m}/runtime/stratus-runtime.tar.gz", {}, True),
+        ("server", "s3:GetObject", f"{m}/{wheelhouse_key('0' * 64)}", {}, True),
+        ("server", "s3:PutObject", f"{m}/{wheelhouse_key('0' * 64)}", {}, False),
         ("server", "s3:ListBucket", m, {"s3:prefix": "models/mlp-binary/"}, True),
         ("server", "s3:ListBucket", m, {}, False),
         ("server", "s3:PutObject", f"{m}/models/mlp-binary/LATEST", {}, False),
@@ -61,6 +64,9 @@ def _matrix(arns: dict[str, str], key: str, token: str) -> list[tuple[str, str, 
         ("trainer", "s3:GetObject", f"{c}/run/latest", {}, True),
         ("trainer", "s3:PutObject", f"{m}/models/mlp-binary/3/model.onnx", {}, True),
         ("trainer", "s3:PutObject", f"{m}/runtime/stratus-runtime.tar.gz", {}, False),
+        # the wheelhouse: read when a node builds its venv, written only by the operator's launch
+        ("trainer", "s3:GetObject", f"{m}/{wheelhouse_key('0' * 64)}", {}, True),
+        ("trainer", "s3:PutObject", f"{m}/{wheelhouse_key('0' * 64)}", {}, False),
         ("trainer", "ssm:GetParameter", token, {}, False),
         ("trainer", "ssm:GetParameters", token, {}, False),
         ("trainer", "ssm:GetParameter", token.rsplit("/", 1)[0] + "/other", {}, False),

@@ -9,15 +9,24 @@ toolkit's CUDA version.
 
 from __future__ import annotations
 
+import boto3
+
 from infra.builders import userdata
-from runtime.contract import HOST_TORCH_EXTENSIONS
-from tests.infra.builders.sandbox import BASE_PYTHON, bundle_bytes, fake_deepspeed_wheel, fake_package_wheel, fake_wheel
-from tests.infra.builders.test_host_scripts import PREPARE, _aws, _node, _upload
+from runtime.contract import HOST_TORCH_EXTENSIONS, bundle_uri
+from tests.infra.builders.sandbox import (
+    BASE_PYTHON,
+    HostBundle,
+    bundle_bytes,
+    fake_deepspeed_wheel,
+    fake_package_wheel,
+    fake_wheel,
+)
+from tests.infra.builders.test_host_scripts import BUCKETS, PREPARE, _aws, _node, _upload
 
 REQUIREMENTS = "torch==2.13.0\ndeepspeed==0.19.8\n"
 
 
-def _gpu_bundle(tmp_path, requirements: str = REQUIREMENTS, *extra) -> bytes:
+def _gpu_bundle(tmp_path, requirements: str = REQUIREMENTS, *extra) -> HostBundle:
     torch = fake_wheel(tmp_path, "2.13.0+cu128", "12.8")
     return bundle_bytes(torch, requirements, (fake_deepspeed_wheel(tmp_path), *extra))
 
@@ -32,7 +41,8 @@ def _cuda(box, driver: str = "12.8", toolkits: tuple[str, ...] = ("12.8",)) -> N
 
 
 def test_gpu_node_builds_the_ops_once_with_the_matching_toolkit_and_a_relaunch_installs_nothing(tmp_path, aws_env):
-    _upload(aws_env, _gpu_bundle(tmp_path))
+    first = _gpu_bundle(tmp_path)
+    _upload(aws_env, first)
     box = _node(tmp_path)
     _cuda(box, toolkits=("12.4", "12.8"))
     result = box.run(PREPARE, _aws(aws_env), stack_env=True)
@@ -52,28 +62,75 @@ def test_gpu_node_builds_the_ops_once_with_the_matching_toolkit_and_a_relaunch_i
     # a relaunch with the same requirements: the venv is kept (nothing installed), the ops checked
     sentinel = box.root / "opt/stratus/venv/kept"
     sentinel.touch()
+    fetched = len(box.calls("aws"))
     again = box.run(PREPARE, _aws(aws_env), stack_env=True)
     assert again.returncode == 0, again.stderr
-    assert "runtime venv up to date (" in again.stderr and "offline from the bundle" not in again.stderr
+    assert "runtime venv up to date (" in again.stderr and "offline from the wheelhouse" not in again.stderr
     assert sentinel.exists() and (box.root / "opt/stratus/.ready").exists()
-    # another pin: rebuilt from scratch
-    _upload(
-        aws_env,
-        _gpu_bundle(tmp_path, REQUIREMENTS + "six==1.17.0\n", fake_package_wheel(tmp_path, "six", "1.17.0", "six")),
+    # ... and it downloaded the small bundle only, not the wheelhouse
+    assert [c.split()[-2] for c in box.calls("aws")[fetched:]] == [bundle_uri(BUCKETS["models"])]
+    # another pin: rebuilt from scratch, from the new wheelhouse
+    changed = _gpu_bundle(
+        tmp_path, REQUIREMENTS + "six==1.17.0\n", fake_package_wheel(tmp_path, "six", "1.17.0", "six")
     )
+    _upload(aws_env, changed)
     third = box.run(PREPARE, _aws(aws_env), stack_env=True)
     assert third.returncode == 0 and "runtime venv built (" in third.stderr, third.stderr
     assert not sentinel.exists()
+    assert wheelhouse_fetches(box) == [first.wheelhouse_uri, changed.wheelhouse_uri]
 
 
-def test_a_wheel_missing_from_the_bundle_fails_once_naming_it(tmp_path, aws_env):
+def wheelhouse_fetches(box) -> list[str]:
+    """The wheelhouse URIs the node's prepare.sh downloaded, in order."""
+    return [c.split()[-2] for c in box.calls("aws") if "/runtime/wheelhouse/" in c]
+
+
+def test_the_venv_is_built_from_the_wheelhouse_object_not_the_bundle(tmp_path, aws_env):
+    house = _gpu_bundle(tmp_path)
+    assert house.wheelhouse_uri == f"s3://{BUCKETS['models']}/{house.wheelhouse_key}"
+    _upload(aws_env, house)
+    box = _node(tmp_path)
+    _cuda(box)
+    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
+    assert result.returncode == 0, result.stderr
+    assert f"fetching the wheelhouse {house.wheelhouse_uri} ({len(house.wheelhouse)} bytes)" in result.stderr
+    assert "installing" in result.stderr and "offline from the wheelhouse" in result.stderr
+    assert wheelhouse_fetches(box) == [house.wheelhouse_uri]
+    app = box.root / "opt/stratus"
+    # the bundle carried the manifest, no wheel; the unpacked wheelhouse is gone after the install
+    assert (app / "app/wheels.json").is_file() and not list(app.glob("app/**/*.whl"))
+    assert list(app.glob("wheelhouse*")) == []
+    site = next((app / "venv/lib").glob("python3.11/site-packages"))
+    assert (site / "torch/__init__.py").is_file() and (site / "deepspeed/accelerator/__init__.py").is_file()
+
+
+def test_a_wheelhouse_that_is_not_the_one_the_bundle_names_fails_once_naming_it(tmp_path, aws_env):
+    house = _gpu_bundle(tmp_path)
+    _upload(aws_env, house)
+    damaged = bytearray(house.wheelhouse)
+    damaged[len(damaged) // 2] ^= 0xFF  # same key, same size: the launcher's size check cannot see it
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.put_object(Bucket=BUCKETS["models"], Key=house.wheelhouse_key, Body=bytes(damaged))
+    box = _node(tmp_path)
+    _cuda(box)
+    result = box.run(PREPARE, _aws(aws_env), stack_env=True)
+    assert result.returncode == userdata.EX_CONFIG, result.stderr  # not retried
+    assert f"{house.wheelhouse_uri} is not the wheelhouse the bundle names" in result.stderr
+    assert f"aws s3 rm {house.wheelhouse_uri}" in result.stderr
+    app = box.root / "opt/stratus"
+    assert not (app / "venv").exists() and not (app / ".ready").exists()
+    assert list(app.glob("wheelhouse*")) == []  # the download removed, pass or fail
+
+
+def test_a_wheel_missing_from_the_wheelhouse_fails_once_naming_it(tmp_path, aws_env):
     _upload(aws_env, _gpu_bundle(tmp_path, REQUIREMENTS + "pyyaml==6.0.3\n"))
     box = _node(tmp_path)
     result = box.run(PREPARE, _aws(aws_env), stack_env=True)
     assert result.returncode == userdata.EX_CONFIG, result.stderr  # RestartPreventExitStatus: not retried
-    assert "wheels/ has no wheel of pyyaml==6.0.3 for this host" in result.stderr
+    assert "the wheelhouse has no wheel of pyyaml==6.0.3 for this host" in result.stderr
     assert "stratus wheels --dest DIR" in result.stderr
     assert not (box.root / "opt/stratus/venv").exists() and not (box.root / "opt/stratus/.ready").exists()
+    assert list((box.root / "opt/stratus").glob("wheelhouse*")) == []
 
 
 def test_a_driver_older_than_torchs_cuda_is_named_and_not_retried(tmp_path, aws_env):

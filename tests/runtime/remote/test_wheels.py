@@ -16,9 +16,10 @@ from pathlib import Path
 
 import boto3
 
-from runtime.contract import BUNDLE_KEY, ExitCode
+from runtime.contract import WHEELS_MANIFEST, ExitCode, wheelhouse_key
 from runtime.remote import wheels
 from runtime.remote.bundle import RUNTIME_REQUIREMENTS
+from runtime.remote.wheelhouse import read_wheelhouse
 from runtime.remote.wheels import WheelsOptions, missing_wheels, pip_steps, read_pins
 from tests.infra.builders.sandbox import fake_package_wheel
 from tests.runtime.remote.test_launch import run_remote
@@ -121,7 +122,7 @@ def test_missing_wheels_names_the_pins_and_the_cuda_builds(tmp_path):
     assert missing_wheels(req, tmp_path, gpu=True) == ["pyyaml==6.0.3", "onnxruntime-genai-cuda==0.18.0"]
 
 
-def _wheelhouse(dest: Path) -> Path:
+def wheelhouse_of_pins(dest: Path) -> Path:
     """Stand-in wheels (right names and versions) for every pin of the repository's requirements."""
     dest.mkdir()
     pins = read_pins(REQUIREMENTS)
@@ -141,16 +142,20 @@ def test_a_stack_without_egress_needs_wheels_and_nothing_is_uploaded_without_the
     s3 = boto3.client("s3", region_name="us-east-1")
     assert s3.list_objects_v2(Bucket=outputs["models_bucket"]).get("KeyCount", 0) == 0
     # a wheelhouse without one of the pins: refused too, naming it
-    house = _wheelhouse(tmp_path / "wheels")
+    house = wheelhouse_of_pins(tmp_path / "wheels")
     next(house.glob("grpcio-*.whl")).unlink()
     result = run_remote(aws_env, "--wheels", str(house), *args)
     assert result.returncode == ExitCode.BAD_INPUT and "has no wheel of grpcio==" in result.stdout, result.stdout
-    # a complete one: the bundle ships it
+    # a complete one: planned as its own object, which the bundle's manifest names
     fake_package_wheel(house, "grpcio", read_pins(REQUIREMENTS)["grpcio"], "grpc")
     result = run_remote(aws_env, "--wheels", str(house), "--dry-run", *args)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "wheels/grpcio-" in result.stdout and "wheels/deepspeed-" in result.stdout
-    assert s3.list_objects_v2(Bucket=outputs["models_bucket"], Prefix=BUNDLE_KEY).get("KeyCount", 0) == 0
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("  wheelhouse   ")]
+    sha = read_wheelhouse(house).sha256
+    assert line.split()[1] == f"s3://{outputs['models_bucket']}/{wheelhouse_key(sha)}"
+    assert line.endswith("; would be uploaded)") and f"({len(list(house.glob('*.whl')))} wheels, " in line
+    assert f"  {WHEELS_MANIFEST}\n" in result.stdout and ".whl" not in result.stdout.split("S3 keys:")[0]
+    assert s3.list_objects_v2(Bucket=outputs["models_bucket"]).get("KeyCount", 0) == 0
 
 
 def test_a_stack_that_does_not_say_only_warns(stack, aws_env):
