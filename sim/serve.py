@@ -1,10 +1,12 @@
 """Boot the serving hosts of a simulated stack with the user data the stack gives real ones.
 
-    python -m sim.serve /tmp/sim [--hosts 2] [--model-name mlp-binary]
+    python -m sim.serve /tmp/sim [--hosts 2] [--model-name mlp-binary] [--wheels W]
     python -m sim.serve /tmp/sim --replace sim-serving0      # one step of an instance refresh
 
 (`scripts/sim-stack.sh serve DIR` runs the first.) Uploads the runtime bundle to the simulated
-models bucket (as a launch does, SSE-KMS under the stack key), renders
+models bucket (as a launch does, SSE-KMS under the stack key; with `--wheels W`, the wheelhouse
+and the bundle naming it, as `stratus remote --wheels` does: a stack made with `--real-prepare`
+needs it, its hosts installing offline), renders
 `infra.builders.userdata.serving_user_data` with the simulated stack's outputs (TLS pair and token
 from the emulated SSM), and does the Auto Scaling group's part: each host is a new namespace with
 a new instance id and an address from the pool, booted with that user data (`sim.host.boot`:
@@ -40,7 +42,9 @@ from pathlib import Path
 from infra.builders.userdata import SERVE_UNIT, serving_user_data
 from runtime.common.s3 import sse_kms_args
 from runtime.contract import BUNDLE_KEY, model_name_problem
+from runtime.remote import wheelhouse
 from runtime.remote.bundle import bundle_entries, write_bundle
+from runtime.remote.outputs import RemoteError
 from sim import balancer, host, stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,14 +57,23 @@ class BootError(RuntimeError):
     """A serving host's user data failed; the message names its log."""
 
 
-def upload_bundle(sim_dir: Path, outputs: dict) -> None:
-    """The runtime bundle at s3://<models_bucket>/runtime/..., as `stratus remote` uploads it."""
+def upload_bundle(sim_dir: Path, outputs: dict, wheels: Path | None = None) -> None:
+    """The runtime bundle at s3://<models_bucket>/runtime/..., as `stratus remote` uploads it; with
+    `wheels`, the wheelhouse first (unless already there) and the bundle naming it, as `--wheels` does.
+
+    Raises:
+        RemoteError: `wheels` holds no wheel.
+    """
+    s3, bucket, key = stack.client(sim_dir, "s3"), outputs["models_bucket"], outputs["kms_key_arn"]
     with tempfile.TemporaryDirectory(prefix="stratus-bundle-") as tmp:
+        manifest = None
+        if wheels is not None:
+            house = wheelhouse.read_wheelhouse(wheels)
+            wheelhouse.upload(s3, house, bucket, key, Path(tmp))
+            manifest = house.manifest(bucket)
         bundle = Path(tmp) / "bundle.tar.gz"
-        write_bundle(bundle_entries(ROOT), bundle)
-        stack.client(sim_dir, "s3").upload_file(
-            str(bundle), outputs["models_bucket"], BUNDLE_KEY, ExtraArgs=sse_kms_args(outputs["kms_key_arn"])
-        )
+        write_bundle(bundle_entries(ROOT, manifest), bundle)
+        s3.upload_file(str(bundle), bucket, BUNDLE_KEY, ExtraArgs=sse_kms_args(key))
 
 
 def user_data(outputs: dict, *, model_name: str) -> str:
@@ -143,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--drain-seconds", type=float, default=DRAIN_SECONDS, help=f"deregistration delay (default {DRAIN_SECONDS})"
     )
+    parser.add_argument(
+        "--wheels",
+        type=Path,
+        metavar="W",
+        help="wheelhouse of `stratus wheels --cpu --dest W` for the hosts' offline install (a stack made with "
+        "--real-prepare needs it: its hosts have no route out)",
+    )
     args = parser.parse_args(argv)
     if problem := model_name_problem(args.model_name):
         parser.error(f"--model-name: {problem}")
@@ -157,7 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.replace and args.replace not in hosts:
         print(f"--replace {args.replace}: not a serving host; the hosts are {sorted(hosts)}", file=sys.stderr)
         return 2
-    upload_bundle(args.dir, outputs)
+    if stack.read_sim_file(args.dir).get("real_prepare") and args.wheels is None:
+        print(
+            f"{args.dir} was made with --real-prepare: its serving hosts install the runtime offline; "
+            "pass --wheels W (`stratus wheels --cpu --dest W`; scripts/sim-stack.sh: SIM_WHEELS=W)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        upload_bundle(args.dir, outputs, args.wheels)
+    except RemoteError as e:
+        print(str(e), file=sys.stderr)
+        return 2
     text = user_data(outputs, model_name=args.model_name)
     try:
         if args.replace:

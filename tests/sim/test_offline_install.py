@@ -4,10 +4,11 @@ nothing.
 
 One simulated node of a `--real-prepare` stack (`sim.prepare`): the wheelhouse and the bundle
 naming it go to the emulator's models bucket as `stratus remote --wheels` puts them there
-(`runtime.remote.wheelhouse.upload`, the bundle with its manifest), then the node's prepare unit
-runs, as the node script restarts it. The node is given a serving host's `stack.env` (no
-DeepSpeed ops built at prepare): the ops build is `tests/runtime/remote/test_ops.py`'s, and the
-whole first launch with it is timed in docs/operations.md.
+(`sim.serve.upload_bundle`: `runtime.remote.wheelhouse.upload`, then the bundle with its
+manifest), then the node's prepare unit runs, as the node script restarts it. The node is given
+a serving host's `stack.env` (no DeepSpeed ops built at prepare): the ops build is
+`tests/runtime/remote/test_ops.py`'s, and the whole first launch with it is timed in
+docs/operations.md.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ import pytest
 
 import sim.prepare
 import sim.stack
-from runtime.common.s3 import sse_kms_args
-from runtime.contract import BUNDLE_KEY, PREPARE_UNIT
+from runtime.contract import PREPARE_UNIT
 from runtime.remote import wheelhouse
-from runtime.remote.bundle import bundle_entries, write_bundle
+from sim import serve
 from sim.transport import LocalTransport
 from tests.sim.conftest import _have_namespaces, leftovers
 
@@ -59,17 +59,6 @@ def _run(transport: LocalTransport, iid: str, lines: list[str], timeout_s: int =
     return result
 
 
-def _publish_runtime(sim_dir: Path, outputs: dict, wheels: Path, work: Path) -> wheelhouse.Wheelhouse:
-    """What `stratus remote --wheels` uploads before it sends the node commands."""
-    s3, bucket = sim.stack.client(sim_dir, "s3"), outputs["models_bucket"]
-    house = wheelhouse.read_wheelhouse(wheels)
-    assert wheelhouse.upload(s3, house, bucket, outputs["kms_key_arn"], work)
-    bundle = work / "bundle.tar.gz"
-    write_bundle(bundle_entries(ROOT, house.manifest(bucket)), bundle)
-    s3.upload_file(str(bundle), bucket, BUNDLE_KEY, ExtraArgs=sse_kms_args(outputs["kms_key_arn"]))
-    return house
-
-
 def test_prepare_builds_the_venv_offline_from_the_wheelhouse_and_a_relaunch_installs_nothing(cpu_wheelhouse, tmp_path):
     sim_dir = tmp_path / "sim"
     outputs = sim.stack.up(sim_dir, num_nodes=1, tag="t", real_prepare=True)
@@ -80,7 +69,8 @@ def test_prepare_builds_the_venv_offline_from_the_wheelhouse_and_a_relaunch_inst
         # a serving host's stack.env: the trainer's without the ops build at prepare
         env = {**sim.prepare.trainer_stack_env(described["env"]), "STRATUS_BUILD_OPS": "0"}
         (node / "etc-stratus" / "stack.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
-        house = _publish_runtime(sim_dir, outputs, cpu_wheelhouse, tmp_path)
+        serve.upload_bundle(sim_dir, outputs, cpu_wheelhouse)  # as `stratus remote --wheels` uploads them
+        house = wheelhouse.read_wheelhouse(cpu_wheelhouse)
         transport = LocalTransport(sim_dir)
         check = [
             f"systemctl restart {PREPARE_UNIT}",

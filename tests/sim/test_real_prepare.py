@@ -17,7 +17,7 @@ from infra.builders.userdata import shipped_script
 from runtime.contract import ENV_BUNDLE_URI, PREPARE_UNIT
 from runtime.remote.nodes import OPS_ENV_LINE, NodeJob, node_script
 from runtime.remote.outputs import parse_outputs
-from sim import prepare
+from sim import prepare, serve
 from sim.transport import LocalTransport
 from tests.runtime.remote.test_plan import outputs_dict
 from tests.sim.conftest import _have_namespaces, leftovers
@@ -75,7 +75,7 @@ def test_user_data_part_is_the_trainer_s_and_an_existing_one_is_kept(tmp_path):
     assert prepare.read_env_file(tmp_path / "etc" / "stack.env") == {"AWS_REGION": "us-west-2"}
 
 
-def test_real_prepare_runs_the_node_s_prepare_sh_in_its_namespaces(tmp_path):
+def test_real_prepare_runs_the_node_s_prepare_sh_in_its_namespaces(tmp_path, capsys):
     if not _have_namespaces():
         pytest.skip("simulated nodes need root, iproute2 and util-linux (ip netns, unshare)")
     sim_dir = tmp_path / "sim"
@@ -105,6 +105,12 @@ def test_real_prepare_runs_the_node_s_prepare_sh_in_its_namespaces(tmp_path):
         (app / "prepare.sh").write_text("#!/bin/bash\necho 'no wheel of x' >&2\nexit 78\n")
         failed = _run_on(transport, "sim-node0", [f"systemctl restart {PREPARE_UNIT}"])
         assert failed["Status"] == "Failed" and "no wheel of x" in failed["StandardErrorContent"]
+        # its serving hosts would install offline too: `sim.serve` wants the wheelhouse
+        assert serve.main([str(sim_dir)]) == 2
+        assert "made with --real-prepare" in capsys.readouterr().err
+        assert serve.main([str(sim_dir), "--wheels", str(tmp_path)]) == 2  # no wheel there
+        assert f"--wheels {tmp_path}: no .whl files there" in capsys.readouterr().err
+        assert described["serving_hosts"] == {} == sim.stack.read_sim_file(sim_dir)["serving_hosts"]
     finally:
         sim.stack.down(sim_dir)
     assert not leftovers(described)
