@@ -43,8 +43,9 @@ from infra.builders.userdata import SERVE_UNIT, serving_user_data
 from runtime.common.s3 import sse_kms_args
 from runtime.contract import BUNDLE_KEY, model_name_problem
 from runtime.remote import wheelhouse
-from runtime.remote.bundle import bundle_entries, write_bundle
+from runtime.remote.bundle import RUNTIME_REQUIREMENTS, bundle_entries, write_bundle
 from runtime.remote.outputs import RemoteError
+from runtime.remote.wheels import missing_wheels
 from sim import balancer, host, stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{args.dir} was made with --real-prepare: its serving hosts install the runtime offline; "
             "pass --wheels W (`stratus wheels --cpu --dest W`; scripts/sim-stack.sh: SIM_WHEELS=W)",
+            file=sys.stderr,
+        )
+        return 2
+    missing = args.wheels and missing_wheels(ROOT / RUNTIME_REQUIREMENTS, args.wheels, gpu=False)
+    if missing:
+        print(
+            f"--wheels {args.wheels} has no wheel of {', '.join(missing)}; the hosts install offline from it. "
+            f"Rebuild it with `stratus wheels --cpu --dest {args.wheels}`; nothing was uploaded",
             file=sys.stderr,
         )
         return 2

@@ -108,8 +108,14 @@ def test_real_prepare_runs_the_node_s_prepare_sh_in_its_namespaces(tmp_path, cap
         # its serving hosts would install offline too: `sim.serve` wants the wheelhouse
         assert serve.main([str(sim_dir)]) == 2
         assert "made with --real-prepare" in capsys.readouterr().err
-        assert serve.main([str(sim_dir), "--wheels", str(tmp_path)]) == 2  # no wheel there
-        assert f"--wheels {tmp_path}: no .whl files there" in capsys.readouterr().err
+        (tmp_path / "wheels").mkdir()
+        (tmp_path / "wheels" / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+        assert serve.main([str(sim_dir), "--wheels", str(tmp_path / "wheels")]) == 2  # one pin of many
+        refused = capsys.readouterr().err
+        assert "has no wheel of deepspeed==0.19.8, numpy==" in refused and "torch==" not in refused
+        assert "nothing was uploaded" in refused
+        models = json.loads((sim_dir / "outputs.json").read_text())["models_bucket"]
+        assert "Contents" not in sim.stack.client(sim_dir, "s3").list_objects_v2(Bucket=models, Prefix="runtime/")
         assert described["serving_hosts"] == {} == sim.stack.read_sim_file(sim_dir)["serving_hosts"]
     finally:
         sim.stack.down(sim_dir)
