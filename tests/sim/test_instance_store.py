@@ -72,6 +72,25 @@ def test_on_a_plain_image_scratch_sh_formats_the_disk_with_xfs(root):
     assert f"formatting {device} (xfs)" in (root / "journal" / "stratus-scratch.service.log").read_text()
 
 
+def test_a_blank_disk_under_a_name_blkid_remembers_holding_a_file_system_is_still_formatted(root):
+    # blkid's cache (/run/blkid) keeps what a device name held before: an instance-store disk
+    # that comes back blank under the same name (here a loop device given a new image) must be
+    # probed itself (`blkid -p`), or scratch.sh would mount a file system that is not there.
+    (device,) = instance_store.attach(root, disks=1)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", device], check=True, capture_output=True)
+    assert _fs(device) == "btrfs"  # now in the cache
+    subprocess.run(["losetup", "--detach", device], check=True)
+    blank = root / "instance-store" / "blank.img"
+    with open(blank, "wb") as f:
+        f.truncate(instance_store.DISK_BYTES)
+    subprocess.run(["losetup", device, str(blank)], check=True)
+    cached = subprocess.run(["blkid", "-o", "value", "-s", "TYPE", device], capture_output=True, text=True)
+    done = instance_store.scratch(root, 1)
+    assert done.returncode == 0, done.stderr
+    assert f"formatting {device} (xfs)" in done.stderr and _mounted(root / "scratch") == (device, "xfs")
+    print(f"blkid's cache said {cached.stdout.strip() or 'nothing'!r} of the blank disk")
+
+
 def test_disks_holding_a_file_system_are_never_striped_and_nothing_is_mounted(root):
     # Disks a dlami-nvme set up but did not mount (no unit file here, so no wait): scratch.sh
     # names them and fails rather than giving them to mdadm or training on the root volume.
