@@ -18,7 +18,8 @@ R="${STRATUS_SYSROOT:-}"
 MOUNT="${R}/scratch"
 ARRAY="${R}/dev/md/stratus-scratch"
 DLAMI_NVME="${R}/opt/dlami/nvme"
-DLAMI_UNIT="${R}/usr/lib/systemd/system/dlami-nvme.service"
+# Where systemd finds the unit: the DLAMI's own (/lib, merged into /usr/lib), or one an image added.
+DLAMI_UNITS=("${R}/etc/systemd/system" "${R}/usr/lib/systemd/system" "${R}/lib/systemd/system")
 
 log() { echo "[stratus-scratch] $*" >&2; }
 
@@ -41,6 +42,14 @@ wait_for() {
 enough_nvme() { [ "$(nvme_disks | wc -l)" -ge "${STRATUS_NVME_DISKS:-1}" ]; }
 
 dlami_nvme_mounted() { mountpoint -q "${DLAMI_NVME}"; }
+
+dlami_nvme_installed() {
+  local dir
+  for dir in "${DLAMI_UNITS[@]}"; do
+    [ -e "${dir}/dlami-nvme.service" ] && return 0
+  done
+  return 1
+}
 
 use_dlami_nvme() {
   # The AMI's instance-store volume (LVM over every disk): bind-mount a directory of it at /scratch.
@@ -94,7 +103,7 @@ if [ "${STRATUS_SCRATCH:-none}" = nvme ] && mountpoint -q "${MOUNT}"; then
   log "${MOUNT} is already mounted"
   exit 0
 fi
-if [ "${STRATUS_SCRATCH:-none}" = nvme ] && [ -e "${DLAMI_UNIT}" ]; then
+if [ "${STRATUS_SCRATCH:-none}" = nvme ] && dlami_nvme_installed; then
   # dlami-nvme normally finishes before user data; wait for it on a slow boot.
   wait_for dlami_nvme_mounted || log "dlami-nvme is installed but ${DLAMI_NVME} is not mounted"
 fi

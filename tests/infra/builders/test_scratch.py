@@ -8,6 +8,8 @@ The stand-in for dlami-nvme's work (no LVM or real disks in the sandbox): its un
 
 from __future__ import annotations
 
+import pytest
+
 from infra.builders import userdata
 from infra.config.catalog import CATALOG
 from runtime.contract import PREPARE_UNIT
@@ -24,9 +26,9 @@ def _lvm_disks(box, count: int = 8) -> None:
     box.stand_in("mdadm", "exit 1")  # mdadm --assemble finds no array of ours
 
 
-def _dlami_nvme(box, mounted: bool) -> None:
-    unit = box.root / "usr/lib/systemd/system/dlami-nvme.service"
-    unit.parent.mkdir(parents=True)
+def _dlami_nvme(box, mounted: bool, unit_dir: str = "usr/lib/systemd/system") -> None:
+    unit = box.root / unit_dir / "dlami-nvme.service"
+    unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text("[Unit]\nDescription=dlami-nvme\n")
     nvme = box.root / "opt/dlami/nvme"
     nvme.mkdir(parents=True)
@@ -47,10 +49,12 @@ def test_scratch_reuses_dlami_nvmes_volume_with_a_bind_mount_and_never_runs_mdad
     assert "bind-mounted at" in result.stderr
 
 
-def test_busy_disks_without_the_dlami_mount_fail_the_unit_naming_them(tmp_path):
+@pytest.mark.parametrize("unit_dir", ["usr/lib/systemd/system", "lib/systemd/system", "etc/systemd/system"])
+def test_busy_disks_without_the_dlami_mount_fail_the_unit_naming_them(tmp_path, unit_dir):
+    # wherever the image installed the unit (the DLAMI: /lib/systemd/system), scratch.sh waits for it
     box = _node(tmp_path, "p5.48xlarge", "nvme")
     _lvm_disks(box)
-    _dlami_nvme(box, mounted=False)  # dlami-nvme failed or is still running after the wait
+    _dlami_nvme(box, mounted=False, unit_dir=unit_dir)  # dlami-nvme failed or is still running after the wait
     result = box.run(SCRATCH, stack_env=True)
     assert result.returncode == 1, result.stderr
     assert f"the NVMe disks are in use, not striping them: {box.root}/dev/nvme1n1 (LVM2_member)" in result.stderr
