@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sim.nodes import add_training_node, update_sim
+from sim.nodes import NodeBootError, add_training_node, update_sim
 from sim.transport import SIM_FILE
 
 INTERVAL_S = 1.0
@@ -35,7 +35,11 @@ def reconcile(sim: dict[str, Any], sim_dir: Path) -> list[str]:
         return []
     lines = []
     for _ in range(short):
-        iid = add_training_node(sim, sim_dir)
+        try:
+            iid = add_training_node(sim, sim_dir)
+        except NodeBootError as e:  # terminated again; the next interval launches another
+            lines.append(f"a launched node did not boot, terminated: {e}")
+            continue
         lines.append(f"launched {iid} ({sim['nodes'][iid]['ip']}) for a group of {group['desired']} short by {short}")
     return lines
 

@@ -88,7 +88,9 @@ def attach(root: Path, *, disks: int = DISKS, size: int = DISK_BYTES) -> list[st
         device = made.stdout.strip()
         devices.append(device)
         serial = hashlib.sha256(f"{root.resolve()}:{i}".encode()).hexdigest()[:17].upper()
-        (by_id / DISK_LINK.format(serial=serial)).symlink_to(device)
+        link = by_id / DISK_LINK.format(serial=serial)
+        link.unlink(missing_ok=True)  # a root booted before (a node whose boot failed)
+        link.symlink_to(device)
     return devices
 
 

@@ -89,14 +89,38 @@ def add_training_node(sim: dict[str, Any], sim_dir: Path) -> str:
     sim["nodes"][iid] = node
     netns.add_namespace(sim, node["netns"], ip, n)
     node_root(Path(node["root"]))
-    node["boot"] = instance_store.boot(Path(node["root"]))
+    try:
+        node["boot"] = instance_store.boot(Path(node["root"]))
+    except Exception as e:  # a node that did not boot is terminated (its id is not reused; its root stays)
+        remove_training_node(sim, iid, abrupt=True)
+        raise NodeBootError(str(e)) from e
+    return iid
+
+
+class NodeBootError(RuntimeError):
+    """A launched training node did not boot (`sim.instance_store.boot` failed); it was terminated."""
+
+
+def _launched(sim_dir: Path, change) -> str:
+    """`update_sim(change)` for a change that launches a node: sim.json is written even when the
+    node failed to boot (its id is used up, as EC2's would be), then the `NodeBootError` raised."""
+
+    def guarded(sim: dict[str, Any]) -> tuple[str | None, NodeBootError | None]:
+        try:
+            return change(sim), None
+        except NodeBootError as e:
+            return None, e
+
+    iid, error = update_sim(sim_dir, guarded)
+    if error is not None:
+        raise error
     return iid
 
 
 def launch_node(sim_dir: Path) -> str:
     """A new training node, as the Auto Scaling group launches one: `sim-node<N>` (N never reused),
     the next address of `TRAINER_HOSTS`, its namespace and an empty root. Its id."""
-    return update_sim(sim_dir, lambda sim: add_training_node(sim, Path(sim_dir)))
+    return _launched(sim_dir, lambda sim: add_training_node(sim, Path(sim_dir)))
 
 
 def remove_training_node(sim: dict[str, Any], instance_id: str, *, abrupt: bool = False) -> None:
@@ -143,4 +167,4 @@ def replace_node(sim_dir: Path, instance_id: str) -> str:
         remove_training_node(sim, instance_id)
         return add_training_node(sim, Path(sim_dir))
 
-    return update_sim(sim_dir, replace)
+    return _launched(sim_dir, replace)

@@ -110,7 +110,7 @@ def _until(condition, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def test_the_group_controller_replaces_a_terminated_node_with_a_freshly_booted_one(tmp_path):
+def test_the_group_controller_replaces_a_terminated_node_with_a_freshly_booted_one(tmp_path, monkeypatch):
     sim_dir = tmp_path / "sim"
     sim.stack.up(sim_dir, num_nodes=1, tag="t")
     described = json.loads((sim_dir / "sim.json").read_text())
@@ -122,6 +122,20 @@ def test_the_group_controller_replaces_a_terminated_node_with_a_freshly_booted_o
         _until(lambda: transport.get_command_invocation(command, old.instance_id)["Status"] != "InProgress", "findmnt")
         assert transport.get_command_invocation(command, old.instance_id)["StandardOutputContent"].strip() == "btrfs"
         sim.nodes.suspend_processes(sim_dir, "Launch")
+        # a launch whose boot fails (scratch.sh exits 1) leaves nothing behind but its root directory
+        with monkeypatch.context() as m:
+            m.setattr(instance_store, "scratch", lambda root, disks: subprocess.CompletedProcess([], 1, "", "no disks"))
+            with pytest.raises(
+                sim.nodes.NodeBootError, match="stratus-scratch.service failed on the simulated node sim-node1"
+            ):
+                sim.nodes.launch_node(sim_dir)
+        described = sim.stack.read_sim_file(sim_dir)
+        assert list(described["nodes"]) == [old.instance_id] and described["trainer_group"]["launched"] == 2
+        assert (
+            instance_store.mounts_under(sim_dir / "sim-node1")
+            == instance_store.loops_under(sim_dir / "sim-node1")
+            == []
+        )
         sim.nodes.terminate_node(sim_dir, old.instance_id, abrupt=True)
         assert instance_store.mounts_under(sim_dir / old.instance_id) == []
         time.sleep(3)  # three controller intervals: suspended, it launches nothing
@@ -129,12 +143,12 @@ def test_the_group_controller_replaces_a_terminated_node_with_a_freshly_booted_o
         sim.nodes.resume_processes(sim_dir, "Launch")
         _until(lambda: len(transport.group_state(sim.nodes.TRAINER_GROUP).members) == 1, "the replacement")
         (new,) = transport.group_state(sim.nodes.TRAINER_GROUP).members
-        assert new.instance_id == "sim-node1" and new.private_ip != old.private_ip
+        assert new.instance_id == "sim-node2" and new.private_ip != old.private_ip  # ids are never reused
         assert _mounted(sim_dir / new.instance_id / "scratch")[1] == "btrfs"
         scratch = sim_dir / new.instance_id / "scratch"
         assert [p.name for p in scratch.iterdir()] == ["runs"] and not list((scratch / "runs").iterdir())
         assert (
-            f"launched sim-node1 ({new.private_ip}) for a group of 1 short by 1" in (sim_dir / "group.log").read_text()
+            f"launched sim-node2 ({new.private_ip}) for a group of 1 short by 1" in (sim_dir / "group.log").read_text()
         )
         described = json.loads((sim_dir / "sim.json").read_text())
     finally:
