@@ -150,7 +150,7 @@ def scratch(root: Path, disks: int) -> subprocess.CompletedProcess:
 
 def boot(root: Path, *, dlami: bool = True, disks: int = DISKS) -> dict:
     """A training node's boot up to its scratch: disks, `dlami-nvme` (unless `dlami` is False: one
-    disk, a plain image), `scratch.sh`. What was made, as recorded in `R/instance-store/boot.json`.
+    disk, a plain image), `scratch.sh`. What was made (`sim.nodes` keeps it in the node's sim.json entry).
 
     Raises:
         RuntimeError: `scratch.sh` failed (its output in the message); the disks are released.
@@ -162,9 +162,7 @@ def boot(root: Path, *, dlami: bool = True, disks: int = DISKS) -> dict:
         release(root)
         raise RuntimeError(f"stratus-scratch.service failed on the simulated node {root.name}:\n{done.stderr}")
     found = _run("findmnt", "-n", "-o", "SOURCE,FSTYPE", str(root / SCRATCH_MOUNT.lstrip("/"))).stdout.split()
-    record = {"devices": devices, "dlami_nvme": volume, "scratch": found}
-    (root / "instance-store" / "boot.json").write_text(json.dumps(record))
-    return record
+    return {"devices": devices, "dlami_nvme": volume, "scratch": found}
 
 
 def mounts_under(root: Path) -> list[str]:

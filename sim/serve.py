@@ -43,9 +43,9 @@ from infra.builders.userdata import SERVE_UNIT, serving_user_data
 from runtime.common.s3 import sse_kms_args
 from runtime.contract import BUNDLE_KEY, model_name_problem
 from runtime.remote import wheelhouse
-from runtime.remote.bundle import RUNTIME_REQUIREMENTS, bundle_entries, write_bundle
+from runtime.remote.bundle import bundle_entries, write_bundle
 from runtime.remote.outputs import RemoteError
-from runtime.remote.wheels import missing_wheels
+from runtime.remote.wheels import check_wheelhouse
 from sim import balancer, host, stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,16 +58,17 @@ class BootError(RuntimeError):
     """A serving host's user data failed; the message names its log."""
 
 
-def upload_bundle(sim_dir: Path, outputs: dict, wheels: Path | None = None) -> None:
+def upload_bundle(sim_dir: Path, outputs: dict, wheels: Path | None = None) -> wheelhouse.Wheelhouse | None:
     """The runtime bundle at s3://<models_bucket>/runtime/..., as `stratus remote` uploads it; with
     `wheels`, the wheelhouse first (unless already there) and the bundle naming it, as `--wheels` does.
+    The wheelhouse uploaded (None without `wheels`).
 
     Raises:
         RemoteError: `wheels` holds no wheel.
     """
     s3, bucket, key = stack.client(sim_dir, "s3"), outputs["models_bucket"], outputs["kms_key_arn"]
     with tempfile.TemporaryDirectory(prefix="stratus-bundle-") as tmp:
-        manifest = None
+        house = manifest = None
         if wheels is not None:
             house = wheelhouse.read_wheelhouse(wheels)
             wheelhouse.upload(s3, house, bucket, key, Path(tmp))
@@ -75,6 +76,7 @@ def upload_bundle(sim_dir: Path, outputs: dict, wheels: Path | None = None) -> N
         bundle = Path(tmp) / "bundle.tar.gz"
         write_bundle(bundle_entries(ROOT, manifest), bundle)
         s3.upload_file(str(bundle), bucket, BUNDLE_KEY, ExtraArgs=sse_kms_args(key))
+    return house
 
 
 def user_data(outputs: dict, *, model_name: str) -> str:
@@ -185,15 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    missing = args.wheels and missing_wheels(ROOT / RUNTIME_REQUIREMENTS, args.wheels, gpu=False)
-    if missing:
-        print(
-            f"--wheels {args.wheels} has no wheel of {', '.join(missing)}; the hosts install offline from it. "
-            f"Rebuild it with `stratus wheels --cpu --dest {args.wheels}`; nothing was uploaded",
-            file=sys.stderr,
-        )
-        return 2
     try:
+        if args.wheels is not None:
+            check_wheelhouse(args.wheels, gpu=False, hosts="hosts")
         upload_bundle(args.dir, outputs, args.wheels)
     except RemoteError as e:
         print(str(e), file=sys.stderr)

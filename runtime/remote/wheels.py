@@ -281,14 +281,25 @@ def check_install_path(out: StackOutputs, wheels: Path | None, *, gpu: bool) -> 
                 OUTPUT_EGRESS_ENABLED,
             )
         return
-    if wheels.is_dir():
-        missing = missing_wheels(Path(__file__).resolve().parents[2] / RUNTIME_REQUIREMENTS, wheels, gpu=gpu)
-        if missing:
-            kind = "" if gpu else " --cpu"
-            raise RemoteError(
-                f"--wheels {wheels} has no wheel of {', '.join(missing)}; the nodes install offline from it. "
-                f"Rebuild it with `stratus wheels --dest {wheels}{kind}`; nothing was uploaded"
-            )
+    check_wheelhouse(wheels, gpu=gpu)
+
+
+def check_wheelhouse(wheels: Path, *, gpu: bool, hosts: str = "nodes") -> None:
+    """Refuse a wheelhouse directory without a wheel of every pin (`missing_wheels`), before
+    anything is uploaded; `hosts` names who installs from it in the message.
+
+    Raises:
+        RemoteError: names the missing pins and the command that rebuilds the wheelhouse.
+    """
+    if not wheels.is_dir():
+        return  # read_wheelhouse names a missing directory
+    missing = missing_wheels(Path(__file__).resolve().parents[2] / RUNTIME_REQUIREMENTS, wheels, gpu=gpu)
+    if missing:
+        kind = "" if gpu else " --cpu"
+        raise RemoteError(
+            f"--wheels {wheels} has no wheel of {', '.join(missing)}; the {hosts} install offline from it. "
+            f"Rebuild it with `stratus wheels --dest {wheels}{kind}`; nothing was uploaded"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,7 @@ def test_a_dlami_node_s_scratch_is_a_bind_mount_of_the_ami_s_striped_volume(root
     assert (
         root / instance_store.DLAMI_MOUNT / "stratus-scratch" / "runs" / "probe"
     ).read_text() == "on the instance store"
-    assert json.loads((root / "instance-store" / "boot.json").read_text())["dlami_nvme"] == "btrfs"
+    assert booted["dlami_nvme"] == "btrfs" and booted["scratch"] == [source, fstype]
     assert instance_store.release(root) == []
     assert _mounted(root / "scratch") == ("", "") and instance_store.loops_under(root) == []
     assert not list((root / "instance-store").glob("*.img"))

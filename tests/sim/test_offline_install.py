@@ -25,7 +25,6 @@ import pytest
 import sim.prepare
 import sim.stack
 from runtime.contract import PREPARE_UNIT
-from runtime.remote import wheelhouse
 from sim import serve
 from sim.transport import LocalTransport
 from tests.sim.conftest import _have_namespaces, leftovers
@@ -69,8 +68,8 @@ def test_prepare_builds_the_venv_offline_from_the_wheelhouse_and_a_relaunch_inst
         # a serving host's stack.env: the trainer's without the ops build at prepare
         env = {**sim.prepare.trainer_stack_env(described["env"]), "STRATUS_BUILD_OPS": "0"}
         (node / "etc-stratus" / "stack.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
-        serve.upload_bundle(sim_dir, outputs, cpu_wheelhouse)  # as `stratus remote --wheels` uploads them
-        house = wheelhouse.read_wheelhouse(cpu_wheelhouse)
+        house = serve.upload_bundle(sim_dir, outputs, cpu_wheelhouse)  # as `stratus remote --wheels` uploads them
+        assert house is not None
         transport = LocalTransport(sim_dir)
         check = [
             f"systemctl restart {PREPARE_UNIT}",
