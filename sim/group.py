@@ -20,18 +20,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sim.nodes import NodeBootError, add_training_node, update_sim
+from sim.nodes import NodeBootError, add_training_node, read_sim_file, update_sim
 from sim.transport import SIM_FILE
 
 INTERVAL_S = 1.0
 LOG = "group.log"
 
 
+def shortfall(sim: dict[str, Any]) -> int:
+    """Nodes the group should launch now: how many it is short of, 0 while `Launch` is suspended."""
+    group = sim["trainer_group"]
+    return 0 if "Launch" in group.get("suspended", []) else max(0, group["desired"] - len(sim["nodes"]))
+
+
 def reconcile(sim: dict[str, Any], sim_dir: Path) -> list[str]:
     """Launch the nodes the group is short of, unless `Launch` is suspended; the lines to log."""
-    group = sim["trainer_group"]
-    short = group["desired"] - len(sim["nodes"])
-    if short <= 0 or "Launch" in group.get("suspended", []):
+    group, short = sim["trainer_group"], shortfall(sim)
+    if not short:
         return []
     lines = []
     for _ in range(short):
@@ -51,7 +56,9 @@ def run(sim_dir: Path, *, interval_s: float = INTERVAL_S) -> int:
         log.write(f"{time.strftime('%H:%M:%S')} controller of the simulated training group in {sim_dir}\n")
         while (sim_dir / SIM_FILE).is_file():
             try:
-                lines = update_sim(sim_dir, lambda sim: reconcile(sim, sim_dir))
+                # sim.json is rewritten (under the lock) only when there is something to launch
+                short = shortfall(read_sim_file(sim_dir))
+                lines = update_sim(sim_dir, lambda sim: reconcile(sim, sim_dir)) if short else []
             except Exception as e:  # noqa: BLE001 - a failed launch is logged and retried, as EC2 does
                 lines = [f"launch failed, retrying: {e}"]
             for line in lines:
