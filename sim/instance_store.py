@@ -89,7 +89,7 @@ def attach(root: Path, *, disks: int = DISKS, size: int = DISK_BYTES) -> list[st
         devices.append(device)
         serial = hashlib.sha256(f"{root.resolve()}:{i}".encode()).hexdigest()[:17].upper()
         link = by_id / DISK_LINK.format(serial=serial)
-        link.unlink(missing_ok=True)  # a root booted before (a node whose boot failed)
+        link.unlink(missing_ok=True)  # a root booted before: `up` again in a directory `down` left
         link.symlink_to(device)
     return devices
 
